@@ -1,0 +1,15 @@
+//! Host facts, read in one place.
+//!
+//! - [`domcaps`]: parses libvirt's domain capabilities (pure);
+//! - [`facts`]: reads CPU, memory, render nodes, firmware descriptors and
+//!   QEMU modules through a root directory, so tests run on fixture trees;
+//! - [`kvm`]: decides whether KVM can really run guests (a bounded probe);
+//! - [`fixture`]: loads a recorded host (`fixtures/hosts/NAME`).
+
+pub mod domcaps;
+pub mod facts;
+pub mod fixture;
+pub mod kvm;
+
+pub use domcaps::parse_domcaps;
+pub use facts::read_facts;

@@ -1,0 +1,168 @@
+//! The one crate that talks to libvirt. Everything else in Phyllome sees
+//! plain strings and its own error type, never `virt` handles.
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+/// An error from libvirt, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct Error {
+    pub op: String,
+    pub message: String,
+    /// libvirt's error code (`virErrorNumber`).
+    pub code: i32,
+}
+
+impl Error {
+    fn new(op: impl Into<String>, e: virt::error::Error) -> Self {
+        Error {
+            op: op.into(),
+            message: e.message().to_string(),
+            code: e.code().to_raw() as i32,
+        }
+    }
+
+    /// True when libvirt said the domain does not exist.
+    pub fn is_no_domain(&self) -> bool {
+        self.code == sys::VIR_ERR_NO_DOMAIN as i32
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Formats libvirt's packed version numbers (major * 1,000,000 + minor * 1,000 + release).
+pub fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+/// A connection to libvirtd.
+pub struct Libvirt {
+    conn: Connect,
+}
+
+/// Domain lifecycle state, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Paused,
+    Shutoff,
+    Other,
+}
+
+impl Libvirt {
+    /// Connects to `uri` (e.g. `qemu:///system`).
+    pub fn connect(uri: &str) -> Result<Self> {
+        // libvirt prints every error to stderr by default; we report them ourselves.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri))
+            .map_err(|e| Error::new(format!("cannot connect to {uri}"), e))?;
+        Ok(Libvirt { conn })
+    }
+
+    /// libvirt's and the hypervisor's versions.
+    pub fn versions(&self) -> Result<(String, String)> {
+        let lib = self
+            .conn
+            .lib_version()
+            .map_err(|e| Error::new("libvirt version", e))?;
+        let hyp = self
+            .conn
+            .hyp_version()
+            .map_err(|e| Error::new("hypervisor version", e))?;
+        Ok((version_string(lib), version_string(hyp)))
+    }
+
+    /// `virsh domcapabilities --virttype VIRTTYPE --machine MACHINE --arch x86_64`.
+    pub fn domain_capabilities(&self, virttype: &str, machine: &str) -> Result<String> {
+        self.conn
+            .domain_capabilities(None, Some("x86_64"), Some(machine), Some(virttype), 0)
+            .map_err(|e| Error::new(format!("domain capabilities for {virttype}"), e))
+    }
+
+    /// Defines a persistent domain; libvirt validates it against its schema first.
+    pub fn define(&self, xml: &str) -> Result<()> {
+        self.conn
+            .define_domain_xml_flags(xml, sys::VIR_DOMAIN_DEFINE_VALIDATE)
+            .map(|_| ())
+            .map_err(|e| Error::new("define domain", e))
+    }
+
+    fn domain(&self, name: &str) -> Result<Domain> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(|e| Error::new(format!("domain {name}"), e))
+    }
+
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        match self.domain(name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_no_domain() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn start(&self, name: &str) -> Result<()> {
+        self.domain(name)?
+            .create()
+            .map(|_| ())
+            .map_err(|e| Error::new(format!("start {name}"), e))
+    }
+
+    /// Stops a domain at once (power cord).
+    pub fn destroy(&self, name: &str) -> Result<()> {
+        self.domain(name)?
+            .destroy()
+            .map_err(|e| Error::new(format!("destroy {name}"), e))
+    }
+
+    pub fn state(&self, name: &str) -> Result<State> {
+        let (state, _) = self
+            .domain(name)?
+            .state()
+            .map_err(|e| Error::new(format!("state of {name}"), e))?;
+        Ok(match state.to_raw() {
+            sys::VIR_DOMAIN_RUNNING => State::Running,
+            sys::VIR_DOMAIN_PAUSED => State::Paused,
+            sys::VIR_DOMAIN_SHUTOFF => State::Shutoff,
+            _ => State::Other,
+        })
+    }
+
+    /// The domain's live (or inactive) XML.
+    pub fn xml(&self, name: &str) -> Result<String> {
+        self.domain(name)?
+            .xml_desc(0)
+            .map_err(|e| Error::new(format!("XML of {name}"), e))
+    }
+
+    /// Removes a stopped domain's definition with its NVRAM and TPM state.
+    pub fn undefine(&self, name: &str) -> Result<()> {
+        let flags = sys::VIR_DOMAIN_UNDEFINE_NVRAM
+            | sys::VIR_DOMAIN_UNDEFINE_TPM
+            | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+        self.domain(name)?
+            .undefine_flags(flags)
+            .map_err(|e| Error::new(format!("undefine {name}"), e))
+    }
+
+    /// The target directory of a storage pool, if the pool exists.
+    pub fn pool_path(&self, pool: &str) -> Result<Option<String>> {
+        match self.conn.lookup_storage_pool_by_name(pool) {
+            Ok(p) => {
+                let xml = p
+                    .xml_desc(0)
+                    .map_err(|e| Error::new(format!("pool {pool}"), e))?;
+                Ok(xml
+                    .split_once("<path>")
+                    .and_then(|(_, rest)| rest.split_once("</path>"))
+                    .map(|(path, _)| path.trim().to_string()))
+            }
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => Ok(None),
+            Err(e) => Err(Error::new(format!("pool {pool}"), e)),
+        }
+    }
+}

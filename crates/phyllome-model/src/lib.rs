@@ -1,0 +1,18 @@
+//! Phyllome's VM models: pure logic, no I/O.
+//!
+//! - [`catalog`]: the guest OS profiles, the one place that decides which
+//!   devices each guest gets and why;
+//! - [`build`]: adapts a profile to a host's facts and a user's request;
+//! - [`domain`]: the typed libvirt domain it produces, rendered by [`xml`];
+//! - [`host`]: the host facts the builder consumes;
+//! - [`input`]: validation of names, sizes and paths.
+
+pub mod build;
+pub mod catalog;
+pub mod domain;
+pub mod host;
+pub mod input;
+pub mod xml;
+
+pub use build::{build, BuildError, DiskRef, NetworkChoice, Plan, Request};
+pub use host::{DomainCaps, Host, HostFacts};

@@ -1,0 +1,15 @@
+//! Phyllome's core: what the CLI (and later the web API) do, over the model,
+//! the host facts and libvirt.
+
+pub mod hostinfo;
+pub mod request;
+
+pub use phyllome_model as model;
+
+/// This build's version, recorded in every domain Phyllome creates.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The storage pool Phyllome keeps its disks in.
+pub const POOL: &str = "phyllome";
+/// Where that pool lives when Phyllome creates it (readable by libvirt's QEMU user).
+pub const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# build-test-guest.sh - build a tiny Linux test guest (kernel + busybox
+# initramfs) for Phyllome's integration tests, from Debian packages only.
+#
+# Usage: scripts/build-test-guest.sh [OUTPUT_DIR]
+#   OUTPUT_DIR defaults to /var/lib/phyllome/test-guest and ends up holding
+#   vmlinuz, initrd.img and STAMP. Must run as root on Debian (uses apt).
+#
+# The result is cached: when OUTPUT_DIR/STAMP matches the hash of this script
+# plus the current kernel package version, nothing is done. A build happens in
+# temporary directories and is renamed into place, so an interrupted build
+# never leaves a half-built guest behind.
+#
+# Guest behaviour (kernel command line must contain console=ttyS0):
+#   prints PHYLLOME-BOOT, loads the virtio/input/button modules, then prints
+#   "PHYLLOME-VIRTIO: <sorted virtio device ids>" and
+#   "PHYLLOME-PCI: <vendor:device ...>", and acts on phyllome.test=ACTION:
+#     write-marker:TEXT  write "PHYLLOME-MARKER:TEXT\n" + zero padding to the
+#                        first 512 bytes of /dev/vda, print PHYLLOME-WROTE,
+#                        power off
+#     read-marker        print the PHYLLOME-MARKER:... line found in the first
+#                        512 bytes of /dev/vda (or PHYLLOME-MARKER-MISSING),
+#                        power off
+#     poweroff           power off right after the report
+#     (none)             start acpid, print PHYLLOME-READY, run a shell on the
+#                        console forever; the ACPI power button prints
+#                        PHYLLOME-POWERBUTTON and powers off
+#   An unknown action prints PHYLLOME-UNKNOWN-ACTION and powers off.
+
+set -euo pipefail
+umask 022
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+
+log() { printf 'build-test-guest: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+OUT=${1:-/var/lib/phyllome/test-guest}
+OUT=$(realpath -m -- "$OUT")
+[ "$OUT" != / ] || die "refusing to use / as output directory"
+PARENT=$(dirname -- "$OUT")
+NAME=$(basename -- "$OUT")
+SELF=$(realpath -- "${BASH_SOURCE[0]}")
+
+# Meta package whose dependency names the current cloud kernel image package.
+KERNEL_META=linux-image-cloud-amd64
+# Modules the guest loads (in this order); dependencies are added automatically.
+MODULES=(virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
+         virtio_blk virtio_net net_failover failover virtio_console
+         virtio_rng virtio_balloon virtio_input virtio_gpu evdev button)
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (uses apt-get)"
+
+# --- apt helpers: refresh package lists only when an operation fails ---------
+apt_retry() {
+    if ! "$@"; then
+        log "'$*' failed; running apt-get update and retrying"
+        apt-get update -q >&2
+        "$@"
+    fi
+}
+
+# Install busybox-static, cpio and kmod when missing.
+need=()
+dpkg-query -W -f='${Status}\n' busybox-static 2>/dev/null | grep -q 'install ok installed' \
+    || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+{ command -v depmod && command -v modprobe && command -v modinfo; } >/dev/null || need+=(kmod)
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt_retry apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die "$BUSYBOX not found after installing busybox-static"
+
+# --- resolve the exact kernel package and version ----------------------------
+resolve_kernel() {
+    apt-cache depends "$KERNEL_META" 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-[^ ]*-cloud-amd64\)$/\1/p' | head -n1
+}
+KPKG=$(resolve_kernel)
+if [ -z "$KPKG" ]; then
+    log "$KERNEL_META not in apt lists; running apt-get update"
+    apt-get update -q >&2
+    KPKG=$(resolve_kernel)
+fi
+[ -n "$KPKG" ] || die "cannot resolve the kernel package from $KERNEL_META"
+KVERPKG=$(apt-cache show --no-all-versions "$KPKG" | sed -n 's/^Version: //p' | head -n1)
+[ -n "$KVERPKG" ] || die "no candidate version for $KPKG"
+
+# --- cache check ---------------------------------------------------------------
+STAMP_TEXT="$(sha256sum "$SELF" | cut -d' ' -f1) $KPKG=$KVERPKG"
+STAMP_HASH=$(printf '%s\n' "$STAMP_TEXT" | sha256sum | cut -d' ' -f1)
+STAMP_LINE="$STAMP_HASH $KPKG=$KVERPKG"
+is_cached() {
+    [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.img" ] && [ -f "$OUT/STAMP" ] \
+        && [ "$(cat "$OUT/STAMP")" = "$STAMP_LINE" ]
+}
+if is_cached; then
+    echo "test guest is cached in $OUT ($KPKG $KVERPKG); nothing to do"
+    exit 0
+fi
+
+mkdir -p -- "$PARENT"
+# Serialise concurrent builds of the same output; re-check after the wait.
+exec 9>"$PARENT/.$NAME.lock"
+flock 9
+if is_cached; then
+    echo "test guest is cached in $OUT ($KPKG $KVERPKG); nothing to do"
+    exit 0
+fi
+
+# --- temporary dirs, removed on exit -----------------------------------------
+WORK=$(mktemp -d /tmp/phyllome-test-guest.XXXXXX)
+STAGE=$(mktemp -d "$PARENT/.$NAME.new.XXXXXX")   # same fs as OUT: atomic rename
+OLD=""
+cleanup() { rm -rf -- "$WORK" "$STAGE" ${OLD:+"$OLD"}; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# --- download and unpack the kernel package (no install) ---------------------
+# apt drops privileges to _apt for downloads: give it a writable directory.
+chmod 0755 "$WORK"
+mkdir "$WORK/dl"
+chown _apt "$WORK/dl" 2>/dev/null || chmod 0777 "$WORK/dl"
+log "downloading $KPKG=$KVERPKG"
+(cd "$WORK/dl" && apt_retry apt-get download -q "$KPKG=$KVERPKG" >&2)
+DEB=$(find "$WORK/dl" -maxdepth 1 -name "${KPKG}_*.deb" | head -n1)
+[ -n "$DEB" ] || die "download of $KPKG produced no .deb"
+KROOT=$WORK/kernel
+dpkg-deb -x "$DEB" "$KROOT"
+KVER=${KPKG#linux-image-}
+[ -d "$KROOT/lib/modules/$KVER" ] || die "no /lib/modules/$KVER in $KPKG"
+VMLINUZ=$KROOT/boot/vmlinuz-$KVER
+[ -f "$VMLINUZ" ] || die "no vmlinuz in $KPKG"
+depmod -b "$KROOT" "$KVER"
+
+# --- initramfs tree --------------------------------------------------------------
+IR=$WORK/initramfs
+mkdir -p "$IR"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,root,run,var/log,var/run,etc/acpi/PWRF}
+chmod 1777 "$IR/tmp"
+cp "$BUSYBOX" "$IR/bin/busybox"
+# One symlink per applet (busybox --list-full prints e.g. "usr/bin/awk").
+"$BUSYBOX" --list-full | while read -r applet; do
+    [ "$applet" = bin/busybox ] || ln -sf /bin/busybox "$IR/$applet"
+done
+# Console node, in case the kernel's built-in initramfs lacks one.
+mknod -m 600 "$IR/dev/console" c 5 1
+
+# Modules: classify each wanted one, copy loadable ones plus their dependencies.
+MODDIR=lib/modules/$KVER
+mkdir -p "$IR/$MODDIR"
+cp "$KROOT/$MODDIR"/modules.{builtin,builtin.modinfo,order} "$IR/$MODDIR/"
+loadable=() builtin=() missing=()
+for m in "${MODULES[@]}"; do
+    if ! file=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$m" 2>/dev/null); then
+        missing+=("$m"); continue
+    fi
+    case $file in
+        '(builtin)'*) builtin+=("$m"); continue ;;
+    esac
+    loadable+=("$m")
+    modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" \
+        | sed -n 's/^insmod \([^ ]*\).*/\1/p' \
+        | while read -r ko; do
+            rel=${ko#"$KROOT"/}
+            mkdir -p "$IR/$(dirname "$rel")"
+            [ -e "$IR/$rel" ] || cp "$ko" "$IR/$rel"
+        done
+done
+depmod -b "$IR" "$KVER"
+printf '%s\n' "${loadable[@]}" >"$IR/etc/phyllome-modules"
+
+# ACPI power button handler, run by busybox acpid (event "PWRF/00000080").
+cat >"$IR/etc/acpi/PWRF/00000080" <<'EOF'
+#!/bin/sh
+# Leading newline: the console may hold a half-written shell prompt.
+printf '\nPHYLLOME-POWERBUTTON\n' >/dev/console
+sync
+poweroff -f
+EOF
+chmod 0755 "$IR/etc/acpi/PWRF/00000080"
+
+# The guest's /init (busybox ash).
+cat >"$IR/init" <<'EOF'
+#!/bin/sh
+# Phyllome test guest init; see scripts/build-test-guest.sh in Phyllome.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root TERM=vt100
+
+off() {                       # power the VM off for real; never return
+    sync
+    poweroff -f
+    sleep 5
+    echo PHYLLOME-POWEROFF-FAILED
+    while :; do sleep 3600; done
+}
+
+wait_disk() {                 # wait up to ~5 s for /dev/vda
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+    [ -b /dev/vda ] && return 0
+    echo PHYLLOME-NO-DISK
+    return 1
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+exec </dev/console >/dev/console 2>&1
+hostname phyllome-test
+echo PHYLLOME-BOOT
+
+# Load drivers (only loadable ones are listed; builtin ones need nothing).
+while read -r m; do
+    [ -n "$m" ] || continue
+    modprobe "$m" || echo "phyllome-init: modprobe $m failed"
+done </etc/phyllome-modules
+ip link set lo up 2>/dev/null || true
+
+# Device report (virtio ids are de-duplicated: keyboard+tablet give one 0x0012).
+ids=$(cat /sys/bus/virtio/devices/*/device 2>/dev/null | sort -u | tr '\n' ' ')
+echo "PHYLLOME-VIRTIO: ${ids% }"
+pci=""
+for d in /sys/bus/pci/devices/*; do
+    [ -r "$d/vendor" ] || continue
+    v=$(cat "$d/vendor"); p=$(cat "$d/device")
+    pci="$pci ${v#0x}:${p#0x}"
+done
+echo "PHYLLOME-PCI:$pci"
+
+# phyllome.test=ACTION from the kernel command line.
+action=""
+set -f
+for arg in $(cat /proc/cmdline); do
+    case $arg in phyllome.test=*) action=${arg#phyllome.test=} ;; esac
+done
+set +f
+
+case $action in
+    write-marker:*)
+        wait_disk || off
+        printf 'PHYLLOME-MARKER:%s\n' "${action#write-marker:}" >/tmp/marker
+        # conv=sync pads the block with zeros up to 512 bytes.
+        if dd if=/tmp/marker of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; then
+            sync
+            echo PHYLLOME-WROTE
+        else
+            echo PHYLLOME-WRITE-FAILED
+        fi
+        off
+        ;;
+    read-marker)
+        wait_disk || off
+        line=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' \
+               | grep -m1 '^PHYLLOME-MARKER:' || true)
+        echo "${line:-PHYLLOME-MARKER-MISSING}"
+        off
+        ;;
+    poweroff)
+        off
+        ;;
+    "")
+        ;;
+    *)
+        echo "PHYLLOME-UNKNOWN-ACTION: $action"
+        off
+        ;;
+esac
+
+# Default mode: ACPI power button -> /etc/acpi/PWRF/00000080 via acpid.
+# acpid writes its pid file once it has opened /dev/input/event*.
+rm -f /var/run/acpid.pid
+acpid -f -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid &
+i=0
+while [ ! -s /var/run/acpid.pid ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+[ -s /var/run/acpid.pid ] || echo "PHYLLOME-NO-ACPID (see /var/log/acpid.log)"
+echo PHYLLOME-READY
+
+# Interactive shell on the console (ttyS0), respawned forever.
+while :; do
+    setsid cttyhack sh -l
+    sleep 1
+done
+EOF
+chmod 0755 "$IR/init"
+
+# --- assemble the output in STAGE, then rename it into place -----------------
+(cd "$IR" && find . -print0 | LC_ALL=C sort -z \
+    | cpio --null -o -H newc -R 0:0 --quiet) | gzip -9n >"$STAGE/initrd.img"
+cp "$VMLINUZ" "$STAGE/vmlinuz"
+printf '%s\n' "$STAMP_LINE" >"$STAGE/STAMP"
+chmod 0644 "$STAGE"/{vmlinuz,initrd.img,STAMP}
+chmod 0755 "$STAGE"
+sync -f "$STAGE/initrd.img" 2>/dev/null || sync
+if [ -e "$OUT" ]; then
+    OLD="$PARENT/.$NAME.old.$$"
+    mv -T -- "$OUT" "$OLD"
+fi
+mv -T -- "$STAGE" "$OUT"
+rm -rf -- "$OLD"
+OLD=""
+
+# libvirt-qemu must be able to reach the files.
+p=$PARENT
+while [ "$p" != / ]; do
+    perms=$(stat -c %A "$p")
+    [ "${perms:9:1}" = x ] || [ "${perms:9:1}" = t ] \
+        || log "warning: $p is not world-executable; libvirt-qemu cannot reach $OUT"
+    p=$(dirname "$p")
+done
+
+# --- summary -------------------------------------------------------------------
+echo "test guest built in $OUT"
+echo "  kernel package: $KPKG $KVERPKG"
+echo "  modules loaded at boot: ${loadable[*]:-none}"
+echo "  builtin: ${builtin[*]:-none}; not in kernel: ${missing[*]:-none}"
+for f in vmlinuz initrd.img STAMP; do
+    printf '  %-28s %8s bytes\n' "$OUT/$f" "$(stat -c %s "$OUT/$f")"
+done
