@@ -16,9 +16,7 @@ fn child<'a>(n: Node<'a, 'a>, name: &str) -> Option<Node<'a, 'a>> {
 }
 
 fn text(n: Node, name: &str) -> Option<String> {
-    child(n, name)
-        .and_then(|c| c.text())
-        .map(|t| t.trim().to_string())
+    child(n, name).and_then(|c| c.text()).map(|t| t.trim().to_string())
 }
 
 fn supported(n: Node) -> bool {
@@ -27,17 +25,11 @@ fn supported(n: Node) -> bool {
 
 /// Values of `<enum name=NAME><value>..</value></enum>` directly under `n`.
 fn enum_values(n: Node, name: &str) -> Option<Vec<String>> {
-    n.children()
-        .find(|c| c.has_tag_name("enum") && c.attribute("name") == Some(name))
-        .map(|e| values(e))
+    n.children().find(|c| c.has_tag_name("enum") && c.attribute("name") == Some(name)).map(|e| values(e))
 }
 
 fn values(n: Node) -> Vec<String> {
-    n.children()
-        .filter(|v| v.has_tag_name("value"))
-        .filter_map(|v| v.text())
-        .map(|t| t.trim().to_string())
-        .collect()
+    n.children().filter(|v| v.has_tag_name("value")).filter_map(|v| v.text()).map(|t| t.trim().to_string()).collect()
 }
 
 /// Parses a `<domainCapabilities>` document.
@@ -51,10 +43,7 @@ pub fn parse_domcaps(xml: &str) -> Result<DomainCaps, DomcapsError> {
         virt_type: text(root, "domain").ok_or(DomcapsError::Missing("domain"))?,
         emulator: text(root, "path").unwrap_or_default(),
         machine: text(root, "machine").unwrap_or_default(),
-        max_vcpus: child(root, "vcpu")
-            .and_then(|v| v.attribute("max"))
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0),
+        max_vcpus: child(root, "vcpu").and_then(|v| v.attribute("max")).and_then(|m| m.parse().ok()).unwrap_or(0),
         ..DomainCaps::default()
     };
     if let Some(os) = child(root, "os").filter(|o| supported(*o)) {
@@ -68,10 +57,7 @@ pub fn parse_domcaps(xml: &str) -> Result<DomainCaps, DomcapsError> {
         }
     }
     if let Some(cpu) = child(root, "cpu") {
-        for mode in cpu
-            .children()
-            .filter(|m| m.has_tag_name("mode") && supported(*m))
-        {
+        for mode in cpu.children().filter(|m| m.has_tag_name("mode") && supported(*m)) {
             let name = mode.attribute("name").unwrap_or_default().to_string();
             if name == "custom" {
                 caps.usable_cpu_models = mode
@@ -90,10 +76,7 @@ pub fn parse_domcaps(xml: &str) -> Result<DomainCaps, DomcapsError> {
         }
     }
     if let Some(devices) = child(root, "devices") {
-        for dev in devices
-            .children()
-            .filter(|d| d.is_element() && supported(*d))
-        {
+        for dev in devices.children().filter(|d| d.is_element() && supported(*d)) {
             let dname = dev.tag_name().name();
             caps.devices.push(dname.to_string());
             for e in dev.children().filter(|e| e.has_tag_name("enum")) {
@@ -106,12 +89,8 @@ pub fn parse_domcaps(xml: &str) -> Result<DomainCaps, DomcapsError> {
         if let Some(hv) = child(features, "hyperv").filter(|h| supported(*h)) {
             caps.hyperv = Some(enum_values(hv, "features").unwrap_or_default());
         }
-        for f in features
-            .children()
-            .filter(|f| f.is_element() && supported(*f))
-        {
-            caps.devices
-                .push(format!("feature:{}", f.tag_name().name()));
+        for f in features.children().filter(|f| f.is_element() && supported(*f)) {
+            caps.devices.push(format!("feature:{}", f.tag_name().name()));
         }
     }
     Ok(caps)
@@ -178,17 +157,8 @@ mod tests {
 
     #[test]
     fn rejects_other_documents() {
-        assert!(matches!(
-            parse_domcaps("<capabilities/>"),
-            Err(DomcapsError::Missing(_))
-        ));
-        assert!(matches!(
-            parse_domcaps("<domainCapabilities>"),
-            Err(DomcapsError::Xml(_))
-        ));
-        assert!(matches!(
-            parse_domcaps("<domainCapabilities/>"),
-            Err(DomcapsError::Missing("domain"))
-        ));
+        assert!(matches!(parse_domcaps("<capabilities/>"), Err(DomcapsError::Missing(_))));
+        assert!(matches!(parse_domcaps("<domainCapabilities>"), Err(DomcapsError::Xml(_))));
+        assert!(matches!(parse_domcaps("<domainCapabilities/>"), Err(DomcapsError::Missing("domain"))));
     }
 }

@@ -9,17 +9,9 @@ use std::path::{Path, PathBuf};
 /// later directory overrides one of the same name in an earlier one (as libvirt does).
 const FIRMWARE_DIRS: [&str; 2] = ["usr/share/qemu/firmware", "etc/qemu/firmware"];
 /// Where distributions put QEMU's loadable modules.
-const QEMU_MODULE_DIRS: [&str; 3] = [
-    "usr/lib/x86_64-linux-gnu/qemu",
-    "usr/lib64/qemu",
-    "usr/lib/qemu",
-];
+const QEMU_MODULE_DIRS: [&str; 3] = ["usr/lib/x86_64-linux-gnu/qemu", "usr/lib64/qemu", "usr/lib/qemu"];
 /// Where a virtio-win ISO is looked for (Fedora's virtio-win package, then the usual image folders).
-const VIRTIO_WIN_PLACES: [&str; 3] = [
-    "usr/share/virtio-win",
-    "var/lib/libvirt/images",
-    "var/lib/phyllome/iso",
-];
+const VIRTIO_WIN_PLACES: [&str; 3] = ["usr/share/virtio-win", "var/lib/libvirt/images", "var/lib/phyllome/iso"];
 
 fn at(root: &Path, rel: &str) -> PathBuf {
     root.join(rel.trim_start_matches('/'))
@@ -64,25 +56,12 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
 pub fn parse_firmware_descriptor(name: &str, json: &str) -> Option<FirmwareDescriptor> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
     };
     let mapping = v.get("mapping")?;
-    let executable = mapping
-        .get("executable")?
-        .get("filename")?
-        .as_str()?
-        .to_string();
-    let nvram_template = mapping
-        .get("nvram-template")
-        .and_then(|n| n.get("filename"))
-        .and_then(|f| f.as_str())
-        .map(str::to_string);
+    let executable = mapping.get("executable")?.get("filename")?.as_str()?.to_string();
+    let nvram_template =
+        mapping.get("nvram-template").and_then(|n| n.get("filename")).and_then(|f| f.as_str()).map(str::to_string);
     let machines = v
         .get("targets")
         .and_then(|t| t.as_array())
@@ -167,16 +146,9 @@ fn find_virtio_win(root: &Path) -> Option<String> {
 pub fn read_facts(root: &Path) -> HostFacts {
     let cpuinfo = fs::read_to_string(at(root, "proc/cpuinfo")).unwrap_or_default();
     let (cpu_vendor, cpu_model, cpus) = parse_cpuinfo(&cpuinfo);
-    let memory_mib = fs::read_to_string(at(root, "proc/meminfo"))
-        .ok()
-        .and_then(|t| parse_meminfo(&t))
-        .unwrap_or(0);
-    let swtpm = ["usr/bin/swtpm", "usr/local/bin/swtpm"]
-        .iter()
-        .any(|p| at(root, p).exists());
-    let virgl = QEMU_MODULE_DIRS
-        .iter()
-        .any(|d| at(root, d).join("hw-display-virtio-gpu-gl.so").exists());
+    let memory_mib = fs::read_to_string(at(root, "proc/meminfo")).ok().and_then(|t| parse_meminfo(&t)).unwrap_or(0);
+    let swtpm = ["usr/bin/swtpm", "usr/local/bin/swtpm"].iter().any(|p| at(root, p).exists());
+    let virgl = QEMU_MODULE_DIRS.iter().any(|d| at(root, d).join("hw-display-virtio-gpu-gl.so").exists());
     HostFacts {
         description: String::new(),
         cpu_vendor,
@@ -184,11 +156,7 @@ pub fn read_facts(root: &Path) -> HostFacts {
         cpus: cpus.max(1),
         memory_mib,
         render_nodes: render_nodes(root),
-        kvm: if at(root, "dev/kvm").exists() {
-            KvmState::Usable
-        } else {
-            KvmState::Absent
-        },
+        kvm: if at(root, "dev/kvm").exists() { KvmState::Usable } else { KvmState::Absent },
         swtpm,
         virgl,
         libvirt_version: String::new(),
@@ -205,22 +173,13 @@ mod tests {
     #[test]
     fn cpuinfo_vendor_model_count() {
         let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n";
-        assert_eq!(
-            parse_cpuinfo(text),
-            (CpuVendor::Amd, "AMD EPYC 7B13".into(), 2)
-        );
-        assert_eq!(
-            parse_cpuinfo("vendor_id: GenuineIntel\nprocessor: 0").0,
-            CpuVendor::Intel
-        );
+        assert_eq!(parse_cpuinfo(text), (CpuVendor::Amd, "AMD EPYC 7B13".into(), 2));
+        assert_eq!(parse_cpuinfo("vendor_id: GenuineIntel\nprocessor: 0").0, CpuVendor::Intel);
     }
 
     #[test]
     fn meminfo_total() {
-        assert_eq!(
-            parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
-            Some(24000)
-        );
+        assert_eq!(parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24000));
         assert_eq!(parse_meminfo("garbage"), None);
     }
 

@@ -20,9 +20,8 @@ pub fn load(dir: &Path) -> Result<Host, FixtureError> {
         let p = dir.join(name);
         std::fs::read_to_string(&p).map_err(|e| FixtureError::Io(p.display().to_string(), e))
     };
-    let facts: HostFacts = serde_json::from_str(&read("host.json")?)
-        .map_err(|e| FixtureError::Json(dir.display().to_string(), e))?;
-    let caps = parse_domcaps(&read("domcaps.xml")?)
-        .map_err(|e| FixtureError::Domcaps(dir.display().to_string(), e))?;
+    let facts: HostFacts =
+        serde_json::from_str(&read("host.json")?).map_err(|e| FixtureError::Json(dir.display().to_string(), e))?;
+    let caps = parse_domcaps(&read("domcaps.xml")?).map_err(|e| FixtureError::Domcaps(dir.display().to_string(), e))?;
     Ok(Host { facts, caps })
 }

@@ -21,44 +21,19 @@ pub struct Probe {
 
 /// Reads what a probe run printed and decides. Pure, for tests.
 pub fn judge(output: &str, exited: bool, timed_out: bool) -> Probe {
-    let broken = |detail: String| Probe {
-        state: KvmState::Broken,
-        detail,
-    };
-    if output.contains("BdsDxe")
-        || output.contains("No bootable device")
-        || output.contains("Booting from")
-    {
-        return Probe {
-            state: KvmState::Usable,
-            detail: "a probe guest ran its firmware under KVM".into(),
-        };
+    let broken = |detail: String| Probe { state: KvmState::Broken, detail };
+    if output.contains("BdsDxe") || output.contains("No bootable device") || output.contains("Booting from") {
+        return Probe { state: KvmState::Usable, detail: "a probe guest ran its firmware under KVM".into() };
     }
-    if let Some(line) = output
-        .lines()
-        .find(|l| l.contains("KVM internal error") || l.contains("emulation failure"))
-    {
-        return broken(format!(
-            "the probe guest crashed under KVM: {}",
-            line.trim()
-        ));
+    if let Some(line) = output.lines().find(|l| l.contains("KVM internal error") || l.contains("emulation failure")) {
+        return broken(format!("the probe guest crashed under KVM: {}", line.trim()));
     }
     if timed_out {
-        return broken(format!(
-            "the probe guest hung under KVM for {} s",
-            PROBE_TIMEOUT.as_secs()
-        ));
+        return broken(format!("the probe guest hung under KVM for {} s", PROBE_TIMEOUT.as_secs()));
     }
     if exited {
-        let last = output
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        return broken(format!(
-            "QEMU could not run a guest under KVM: {}",
-            last.trim()
-        ));
+        let last = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        return broken(format!("QEMU could not run a guest under KVM: {}", last.trim()));
     }
     broken("the probe guest gave no sign of life".into())
 }
@@ -87,35 +62,21 @@ pub fn probe_args(firmware: &[FirmwareDescriptor]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let plain = firmware.iter().find(|f| {
-        f.is_uefi_q35()
-            && !f.has("secure-boot")
-            && !f.has("requires-smm")
-            && f.nvram_template.is_some()
-    });
+    let plain = firmware
+        .iter()
+        .find(|f| f.is_uefi_q35() && !f.has("secure-boot") && !f.has("requires-smm") && f.nvram_template.is_some());
     match plain {
         Some(f) => {
             args.push("-drive".into());
-            args.push(format!(
-                "if=pflash,format=raw,readonly=on,file={}",
-                f.executable
-            ));
+            args.push(format!("if=pflash,format=raw,readonly=on,file={}", f.executable));
             args.push("-drive".into());
             // snapshot=on: the firmware may write its variables; nothing reaches the template.
-            args.push(format!(
-                "if=pflash,format=raw,snapshot=on,file={}",
-                f.nvram_template.as_deref().unwrap_or("")
-            ));
+            args.push(format!("if=pflash,format=raw,snapshot=on,file={}", f.nvram_template.as_deref().unwrap_or("")));
         }
         None => {
             args.extend(
-                [
-                    "-chardev",
-                    "stdio,id=dbg,signal=off",
-                    "-device",
-                    "isa-debugcon,iobase=0x402,chardev=dbg",
-                ]
-                .map(String::from),
+                ["-chardev", "stdio,id=dbg,signal=off", "-device", "isa-debugcon,iobase=0x402,chardev=dbg"]
+                    .map(String::from),
             );
             // -serial stdio and the debugcon cannot both own stdio.
             args.retain(|a| a != "-serial");
@@ -135,23 +96,12 @@ pub fn probe(qemu: &Path, firmware: &[FirmwareDescriptor]) -> Probe {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => {
-            return Probe {
-                state: KvmState::Broken,
-                detail: format!("cannot run {}: {e}", qemu.display()),
-            }
-        }
+        Err(e) => return Probe { state: KvmState::Broken, detail: format!("cannot run {}: {e}", qemu.display()) },
     };
     let (tx, rx) = mpsc::channel::<String>();
     for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -161,11 +111,7 @@ pub fn probe(qemu: &Path, firmware: &[FirmwareDescriptor]) -> Probe {
             let mut stream = stream;
             let mut buf = [0u8; 4096];
             while let Ok(n) = stream.read(&mut buf) {
-                if n == 0
-                    || tx
-                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                        .is_err()
-                {
+                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
                     break;
                 }
             }
@@ -228,20 +174,13 @@ pub fn probe_cached(qemu: &Path, firmware: &[FirmwareDescriptor]) -> Probe {
                 _ => None,
             };
             if let Some(state) = state {
-                return Probe {
-                    state,
-                    detail: parts.next().unwrap_or("").trim().to_string(),
-                };
+                return Probe { state, detail: parts.next().unwrap_or("").trim().to_string() };
             }
         }
     }
     let p = probe(qemu, firmware);
     if let Some(key) = key {
-        let state = if p.state == KvmState::Usable {
-            "usable"
-        } else {
-            "broken"
-        };
+        let state = if p.state == KvmState::Usable { "usable" } else { "broken" };
         let _ = std::fs::create_dir_all("/run/phyllome");
         let _ = std::fs::write(CACHE_FILE, format!("{key}\n{state}\n{}\n", p.detail));
     }
@@ -254,33 +193,19 @@ mod tests {
 
     #[test]
     fn firmware_boot_manager_means_usable() {
-        assert_eq!(
-            judge("BdsDxe: loading Boot0001", false, false).state,
-            KvmState::Usable
-        );
-        assert_eq!(
-            judge("SeaBIOS\nNo bootable device.", true, false).state,
-            KvmState::Usable
-        );
+        assert_eq!(judge("BdsDxe: loading Boot0001", false, false).state, KvmState::Usable);
+        assert_eq!(judge("SeaBIOS\nNo bootable device.", true, false).state, KvmState::Usable);
     }
 
     #[test]
     fn internal_error_hang_or_exit_mean_broken() {
-        let p = judge(
-            "warning: x\nKVM internal error. Suberror: 1\nemulation failure\n",
-            true,
-            false,
-        );
+        let p = judge("warning: x\nKVM internal error. Suberror: 1\nemulation failure\n", true, false);
         assert_eq!(p.state, KvmState::Broken);
         assert!(p.detail.contains("KVM internal error"), "{}", p.detail);
         assert!(judge("", false, true).detail.contains("hung"));
-        assert!(judge(
-            "Could not access KVM kernel module: Permission denied\n",
-            true,
-            false
-        )
-        .detail
-        .contains("Permission denied"));
+        assert!(judge("Could not access KVM kernel module: Permission denied\n", true, false)
+            .detail
+            .contains("Permission denied"));
     }
 
     #[test]
@@ -294,14 +219,8 @@ mod tests {
             features: vec![],
         };
         let args = probe_args(&[fw]).join(" ");
-        assert!(
-            args.contains("file=/c.fd") && args.contains("snapshot=on,file=/v.fd"),
-            "{args}"
-        );
+        assert!(args.contains("file=/c.fd") && args.contains("snapshot=on,file=/v.fd"), "{args}");
         let args = probe_args(&[]).join(" ");
-        assert!(
-            args.contains("isa-debugcon") && !args.contains("-serial"),
-            "{args}"
-        );
+        assert!(args.contains("isa-debugcon") && !args.contains("-serial"), "{args}");
     }
 }

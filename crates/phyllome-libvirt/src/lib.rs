@@ -17,11 +17,7 @@ pub struct Error {
 
 impl Error {
     fn new(op: impl Into<String>, e: virt::error::Error) -> Self {
-        Error {
-            op: op.into(),
-            message: e.message().to_string(),
-            code: e.code().to_raw() as i32,
-        }
+        Error { op: op.into(), message: e.message().to_string(), code: e.code().to_raw() as i32 }
     }
 
     /// True when libvirt said the domain does not exist.
@@ -56,21 +52,14 @@ impl Libvirt {
     pub fn connect(uri: &str) -> Result<Self> {
         // libvirt prints every error to stderr by default; we report them ourselves.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri))
-            .map_err(|e| Error::new(format!("cannot connect to {uri}"), e))?;
+        let conn = Connect::open(Some(uri)).map_err(|e| Error::new(format!("cannot connect to {uri}"), e))?;
         Ok(Libvirt { conn })
     }
 
     /// libvirt's and the hypervisor's versions.
     pub fn versions(&self) -> Result<(String, String)> {
-        let lib = self
-            .conn
-            .lib_version()
-            .map_err(|e| Error::new("libvirt version", e))?;
-        let hyp = self
-            .conn
-            .hyp_version()
-            .map_err(|e| Error::new("hypervisor version", e))?;
+        let lib = self.conn.lib_version().map_err(|e| Error::new("libvirt version", e))?;
+        let hyp = self.conn.hyp_version().map_err(|e| Error::new("hypervisor version", e))?;
         Ok((version_string(lib), version_string(hyp)))
     }
 
@@ -90,9 +79,7 @@ impl Libvirt {
     }
 
     fn domain(&self, name: &str) -> Result<Domain> {
-        self.conn
-            .lookup_domain_by_name(name)
-            .map_err(|e| Error::new(format!("domain {name}"), e))
+        self.conn.lookup_domain_by_name(name).map_err(|e| Error::new(format!("domain {name}"), e))
     }
 
     pub fn exists(&self, name: &str) -> Result<bool> {
@@ -104,24 +91,16 @@ impl Libvirt {
     }
 
     pub fn start(&self, name: &str) -> Result<()> {
-        self.domain(name)?
-            .create()
-            .map(|_| ())
-            .map_err(|e| Error::new(format!("start {name}"), e))
+        self.domain(name)?.create().map(|_| ()).map_err(|e| Error::new(format!("start {name}"), e))
     }
 
     /// Stops a domain at once (power cord).
     pub fn destroy(&self, name: &str) -> Result<()> {
-        self.domain(name)?
-            .destroy()
-            .map_err(|e| Error::new(format!("destroy {name}"), e))
+        self.domain(name)?.destroy().map_err(|e| Error::new(format!("destroy {name}"), e))
     }
 
     pub fn state(&self, name: &str) -> Result<State> {
-        let (state, _) = self
-            .domain(name)?
-            .state()
-            .map_err(|e| Error::new(format!("state of {name}"), e))?;
+        let (state, _) = self.domain(name)?.state().map_err(|e| Error::new(format!("state of {name}"), e))?;
         Ok(match state.to_raw() {
             sys::VIR_DOMAIN_RUNNING => State::Running,
             sys::VIR_DOMAIN_PAUSED => State::Paused,
@@ -132,9 +111,7 @@ impl Libvirt {
 
     /// The domain's live (or inactive) XML.
     pub fn xml(&self, name: &str) -> Result<String> {
-        self.domain(name)?
-            .xml_desc(0)
-            .map_err(|e| Error::new(format!("XML of {name}"), e))
+        self.domain(name)?.xml_desc(0).map_err(|e| Error::new(format!("XML of {name}"), e))
     }
 
     /// Removes a stopped domain's definition with its NVRAM and TPM state.
@@ -144,18 +121,14 @@ impl Libvirt {
             | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
-        self.domain(name)?
-            .undefine_flags(flags)
-            .map_err(|e| Error::new(format!("undefine {name}"), e))
+        self.domain(name)?.undefine_flags(flags).map_err(|e| Error::new(format!("undefine {name}"), e))
     }
 
     /// The target directory of a storage pool, if the pool exists.
     pub fn pool_path(&self, pool: &str) -> Result<Option<String>> {
         match self.conn.lookup_storage_pool_by_name(pool) {
             Ok(p) => {
-                let xml = p
-                    .xml_desc(0)
-                    .map_err(|e| Error::new(format!("pool {pool}"), e))?;
+                let xml = p.xml_desc(0).map_err(|e| Error::new(format!("pool {pool}"), e))?;
                 Ok(xml
                     .split_once("<path>")
                     .and_then(|(_, rest)| rest.split_once("</path>"))

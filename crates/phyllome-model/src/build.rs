@@ -2,8 +2,8 @@
 //! why each device was chosen.
 
 use crate::catalog::{
-    self, BalloonPolicy, Bus, ClockPolicy, CpuPolicy, Family, FirmwarePolicy, InputPolicy,
-    MachinePolicy, Need, Profile, SecureBoot, SoundPolicy, VideoPolicy,
+    self, BalloonPolicy, Bus, ClockPolicy, CpuPolicy, Family, FirmwarePolicy, InputPolicy, MachinePolicy, Need,
+    Profile, SecureBoot, SoundPolicy, VideoPolicy,
 };
 use crate::domain::*;
 use crate::host::{FirmwareDescriptor, Host, KvmState};
@@ -21,19 +21,11 @@ pub enum BuildError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error("{os} needs at least {min} of memory; {asked} was asked for")]
-    MemoryBelowMinimum {
-        os: &'static str,
-        min: String,
-        asked: String,
-    },
+    MemoryBelowMinimum { os: &'static str, min: String, asked: String },
     #[error("{asked} of memory is more than this host's {host} of RAM")]
     MemoryAboveHost { asked: String, host: String },
     #[error("{os} needs at least {min} of memory, but this host has only {host} of RAM")]
-    HostTooSmall {
-        os: &'static str,
-        min: String,
-        host: String,
-    },
+    HostTooSmall { os: &'static str, min: String, host: String },
     #[error("--cpus must be at least 1")]
     ZeroCpus,
     #[error("{asked} vCPUs is more than libvirt allows for this machine ({max})")]
@@ -41,11 +33,7 @@ pub enum BuildError {
     #[error("{asked} vCPUs is more than this host's {host} logical CPUs")]
     CpusAboveHost { asked: u32, host: u32 },
     #[error("{os} needs a disk of at least {min} GiB; {asked} GiB was asked for")]
-    DiskBelowMinimum {
-        os: &'static str,
-        min: u64,
-        asked: u64,
-    },
+    DiskBelowMinimum { os: &'static str, min: u64, asked: u64 },
     #[error("a {asked} GiB disk is larger than the {max} GiB Phyllome creates")]
     DiskTooLarge { asked: u64, max: u64 },
     #[error("{os} needs UEFI firmware, and this host's libvirt reports none. Fix: install OVMF (Debian: apt install ovmf; Fedora: dnf install edk2-ovmf) and restart libvirtd")]
@@ -54,9 +42,13 @@ pub enum BuildError {
     NoSecureBootFirmware { os: &'static str },
     #[error("{os} needs a TPM 2.0, and this host cannot emulate one ({why}). Fix: install swtpm (Debian: apt install swtpm swtpm-tools; Fedora: dnf install swtpm swtpm-tools) and restart libvirtd")]
     NoTpm { os: &'static str, why: &'static str },
-    #[error("macOS boots through OpenCore, which Phyllome does not ship: give your OpenCore image with --opencore PATH")]
+    #[error(
+        "macOS boots through OpenCore, which Phyllome does not ship: give your OpenCore image with --opencore PATH"
+    )]
     MissingOpenCore,
-    #[error("macOS needs Apple's SMC key (OSK), which Phyllome does not ship: give it with --osk TEXT (64 characters)")]
+    #[error(
+        "macOS needs Apple's SMC key (OSK), which Phyllome does not ship: give it with --osk TEXT (64 characters)"
+    )]
     MissingOsk,
     #[error("the OSK string must be 64 printable ASCII characters; the one given has {0}")]
     BadOsk(usize),
@@ -134,23 +126,16 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn note(&mut self, item: &'static str, choice: impl Into<String>, why: impl Into<String>) {
-        self.choices.push(Choice {
-            item,
-            choice: choice.into(),
-            why: why.into(),
-        });
+        self.choices.push(Choice { item, choice: choice.into(), why: why.into() });
     }
 }
 
 /// Builds the domain for `req` on `host`.
 pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
-    let profile = catalog::profile(&req.os)
-        .ok_or_else(|| BuildError::UnknownOs(req.os.clone(), catalog::ids().join(", ")))?;
+    let profile =
+        catalog::profile(&req.os).ok_or_else(|| BuildError::UnknownOs(req.os.clone(), catalog::ids().join(", ")))?;
     input::validate_name(&req.name)?;
-    for path in [&req.iso, &req.drivers, &req.opencore]
-        .into_iter()
-        .flatten()
-    {
+    for path in [&req.iso, &req.drivers, &req.opencore].into_iter().flatten() {
         input::validate_path(path)?;
     }
     if let Some(b) = &req.direct_boot {
@@ -159,12 +144,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
             input::validate_path(i)?;
         }
     }
-    let mut b = Builder {
-        host,
-        profile: profile.clone(),
-        choices: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut b = Builder { host, profile: profile.clone(), choices: Vec::new(), warnings: Vec::new() };
     let p = &profile;
 
     let kind = accelerator(&mut b);
@@ -182,11 +162,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
     let hyperv = hyperv(&mut b);
     let clock = clock(&mut b, !hyperv.is_empty());
     let smm = matches!(firmware, Firmware::Efi { secure_boot: true });
-    let features = Features {
-        smm,
-        hyperv,
-        vmport_off: true,
-    };
+    let features = Features { smm, hyperv, vmport_off: true };
 
     let mut devices = Vec::new();
     disks(&mut b, req, &mut devices)?;
@@ -199,18 +175,10 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
     display(&mut b, &mut devices);
     sound(&mut b, &mut devices);
     devices.push(Device::SerialConsole);
-    b.note(
-        "serial",
-        "serial console (pty)",
-        "a text console for `phyllome console` and early boot messages",
-    );
+    b.note("serial", "serial console (pty)", "a text console for `phyllome console` and early boot messages");
     if p.guest_agent.value {
         devices.push(Device::GuestAgentChannel);
-        b.note(
-            "guest-agent",
-            "virtio-serial channel org.qemu.guest_agent.0",
-            p.guest_agent.why,
-        );
+        b.note("guest-agent", "virtio-serial channel org.qemu.guest_agent.0", p.guest_agent.why);
     }
     if let Some(model) = tpm {
         devices.push(Device::Tpm { model });
@@ -220,12 +188,8 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
         b.note("rng", "virtio-rng (/dev/urandom)", p.rng.why);
     }
     match p.balloon.value {
-        BalloonPolicy::FreePageReporting => devices.push(Device::Balloon {
-            free_page_reporting: true,
-        }),
-        BalloonPolicy::Plain => devices.push(Device::Balloon {
-            free_page_reporting: false,
-        }),
+        BalloonPolicy::FreePageReporting => devices.push(Device::Balloon { free_page_reporting: true }),
+        BalloonPolicy::Plain => devices.push(Device::Balloon { free_page_reporting: false }),
         BalloonPolicy::None => devices.push(Device::NoBalloon),
     }
     let balloon_name = match p.balloon.value {
@@ -234,15 +198,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
         BalloonPolicy::FreePageReporting => "virtio-balloon, free page reporting",
     };
     b.note("balloon", balloon_name, p.balloon.why);
-    b.note(
-        "suspend",
-        if p.suspend.value {
-            "S3/S4 on"
-        } else {
-            "S3/S4 off"
-        },
-        p.suspend.why,
-    );
+    b.note("suspend", if p.suspend.value { "S3/S4 on" } else { "S3/S4 off" }, p.suspend.why);
 
     let qemu_args = macos_args(&mut b, req)?;
     let domain = Domain {
@@ -266,23 +222,13 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
         devices,
         qemu_args,
     };
-    Ok(Plan {
-        profile,
-        domain,
-        disk_gib,
-        choices: b.choices,
-        warnings: b.warnings,
-    })
+    Ok(Plan { profile, domain, disk_gib, choices: b.choices, warnings: b.warnings })
 }
 
 fn accelerator(b: &mut Builder) -> DomainType {
     let caps = &b.host.caps;
     if caps.is_kvm() && b.host.facts.kvm == KvmState::Usable {
-        b.note(
-            "accelerator",
-            "kvm",
-            "KVM works on this host: guests run at near-native speed",
-        );
+        b.note("accelerator", "kvm", "KVM works on this host: guests run at near-native speed");
         return DomainType::Kvm;
     }
     let why = match b.host.facts.kvm {
@@ -294,10 +240,7 @@ fn accelerator(b: &mut Builder) -> DomainType {
         }
         KvmState::Usable => "libvirt offers no KVM domain type here: using TCG emulation, which is much slower",
     };
-    b.warnings.push(format!(
-        "no usable KVM: {}",
-        why.split(": ").last().unwrap_or(why)
-    ));
+    b.warnings.push(format!("no usable KVM: {}", why.split(": ").last().unwrap_or(why)));
     b.note("accelerator", "qemu (TCG)", why);
     DomainType::Qemu
 }
@@ -322,10 +265,7 @@ fn memory(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
                 });
             }
             if mib > host_mib {
-                return Err(BuildError::MemoryAboveHost {
-                    asked: human_mib(mib),
-                    host: human_mib(host_mib),
-                });
+                return Err(BuildError::MemoryAboveHost { asked: human_mib(mib), host: human_mib(host_mib) });
             }
             if mib > host_mib * 3 / 4 {
                 b.warnings.push(format!(
@@ -346,10 +286,7 @@ fn memory(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
                 });
             }
             // The recommendation, but never more than half the host, and never below the minimum.
-            let mib = r
-                .recommended_memory_mib
-                .min(round_down_512(host_mib / 2))
-                .max(r.min_memory_mib);
+            let mib = r.recommended_memory_mib.min(round_down_512(host_mib / 2)).max(r.min_memory_mib);
             b.note(
                 "memory",
                 human_mib(mib),
@@ -376,33 +313,27 @@ fn cpus(b: &mut Builder, req: &Request) -> Result<u32, BuildError> {
                 return Err(BuildError::TooManyCpus { asked: n, max });
             }
             if n > host_cpus {
-                return Err(BuildError::CpusAboveHost {
-                    asked: n,
-                    host: host_cpus,
-                });
+                return Err(BuildError::CpusAboveHost { asked: n, host: host_cpus });
             }
             if n < r.min_cpus {
-                b.warnings.push(format!(
-                    "{} expects at least {} vCPUs",
-                    b.profile.name, r.min_cpus
-                ));
+                b.warnings.push(format!("{} expects at least {} vCPUs", b.profile.name, r.min_cpus));
             }
             b.note("vcpus", n.to_string(), "as asked");
             n
         }
         None => {
             // Half the host's threads (the host keeps the rest), within the profile's bounds.
-            let mut n = (host_cpus / 2)
-                .clamp(r.min_cpus, r.max_default_cpus)
-                .min(host_cpus)
-                .max(1);
+            let mut n = (host_cpus / 2).clamp(r.min_cpus, r.max_default_cpus).min(host_cpus).max(1);
             if b.profile.family == Family::Macos {
                 n = 1 << (31 - n.leading_zeros());
             }
             b.note(
                 "vcpus",
                 n.to_string(),
-                format!("half of the host's {host_cpus} logical CPUs, between {} and {} (--cpus to change)", r.min_cpus, r.max_default_cpus),
+                format!(
+                    "half of the host's {host_cpus} logical CPUs, between {} and {} (--cpus to change)",
+                    r.min_cpus, r.max_default_cpus
+                ),
             );
             n
         }
@@ -417,17 +348,10 @@ fn disk_size(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
         None => r.recommended_disk_gib,
     };
     if gib < r.min_disk_gib {
-        return Err(BuildError::DiskBelowMinimum {
-            os: b.profile.name,
-            min: r.min_disk_gib,
-            asked: gib,
-        });
+        return Err(BuildError::DiskBelowMinimum { os: b.profile.name, min: r.min_disk_gib, asked: gib });
     }
     if gib > MAX_DISK_GIB {
-        return Err(BuildError::DiskTooLarge {
-            asked: gib,
-            max: MAX_DISK_GIB,
-        });
+        return Err(BuildError::DiskTooLarge { asked: gib, max: MAX_DISK_GIB });
     }
     Ok(gib)
 }
@@ -436,11 +360,7 @@ fn disk_size(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
 fn find_firmware(host: &Host, secure_boot: bool) -> Option<&FirmwareDescriptor> {
     host.facts.firmware.iter().find(|f| {
         f.is_uefi_q35()
-            && if secure_boot {
-                f.has("secure-boot") && f.has("enrolled-keys")
-            } else {
-                !f.has("secure-boot")
-            }
+            && if secure_boot { f.has("secure-boot") && f.has("enrolled-keys") } else { !f.has("secure-boot") }
     })
 }
 
@@ -484,23 +404,15 @@ fn firmware(b: &mut Builder, req: &Request) -> Result<Firmware, BuildError> {
         }
         SecureBoot::Off => false,
     };
-    let file = find_firmware(b.host, want_sb)
-        .map(|f| format!(" ({})", f.executable))
-        .unwrap_or_default();
+    let file = find_firmware(b.host, want_sb).map(|f| format!(" ({})", f.executable)).unwrap_or_default();
     let choice = if want_sb {
         format!("UEFI, secure boot with Microsoft keys{file}")
     } else {
         format!("UEFI, secure boot off{file}")
     };
-    let why = if req.secure_boot && secure == SecureBoot::Off {
-        "--secure-boot was given"
-    } else {
-        why
-    };
+    let why = if req.secure_boot && secure == SecureBoot::Off { "--secure-boot was given" } else { why };
     b.note("firmware", choice, why);
-    Ok(Firmware::Efi {
-        secure_boot: want_sb,
-    })
+    Ok(Firmware::Efi { secure_boot: want_sb })
 }
 
 /// Why this host cannot give a guest an emulated TPM 2.0, if it cannot.
@@ -510,9 +422,7 @@ fn tpm_missing(host: &Host) -> Option<&'static str> {
         Some("swtpm is not installed")
     } else if !caps.supports("tpm") || !caps.has("tpm.backendModel", "emulator") {
         Some("libvirt reports no emulated TPM backend")
-    } else if caps.enums.contains_key("tpm.backendVersion")
-        && !caps.has("tpm.backendVersion", "2.0")
-    {
+    } else if caps.enums.contains_key("tpm.backendVersion") && !caps.has("tpm.backendVersion", "2.0") {
         Some("libvirt reports no TPM 2.0 emulation")
     } else {
         None
@@ -527,19 +437,14 @@ fn tpm(b: &mut Builder) -> Result<Option<&'static str>, BuildError> {
     }
     if let Some(why) = tpm_missing(b.host) {
         if need.value == Need::Required {
-            return Err(BuildError::NoTpm {
-                os: b.profile.name,
-                why,
-            });
+            return Err(BuildError::NoTpm { os: b.profile.name, why });
         }
         b.warnings.push(format!("no TPM for this VM: {why}"));
         b.note("tpm", "none", format!("{} — but {why}", need.why));
         return Ok(None);
     }
     // CRB is the TPM 2.0 interface Windows and Linux prefer; TIS only where CRB is missing.
-    let model = if b.host.caps.has("tpm.model", "tpm-crb")
-        || !b.host.caps.enums.contains_key("tpm.model")
-    {
+    let model = if b.host.caps.has("tpm.model", "tpm-crb") || !b.host.caps.enums.contains_key("tpm.model") {
         "tpm-crb"
     } else {
         "tpm-tis"
@@ -566,10 +471,7 @@ fn cpu(b: &mut Builder, vcpus: u32) -> Cpu {
                 };
                 (CpuMode::Custom { model: model.into(), vendor: None, features: vec![] }, why)
             } else {
-                (
-                    CpuMode::Maximum,
-                    "maximum: every feature TCG can emulate (host-model needs working KVM)",
-                )
+                (CpuMode::Maximum, "maximum: every feature TCG can emulate (host-model needs working KVM)")
             }
         }
         CpuPolicy::AppleIntel => (
@@ -595,7 +497,7 @@ fn cpu(b: &mut Builder, vcpus: u32) -> Cpu {
             "{name}, 1 socket x {vcpus} core{}",
             if vcpus == 1 { "" } else { "s" }
         ),
-        format!("{why}; one socket because Windows client editions use at most one or two sockets"),
+        format!("{why}; all vCPUs as cores of one socket, since guests license by socket (Windows client editions use at most two)"),
     );
     Cpu { mode, cores: vcpus }
 }
@@ -632,20 +534,9 @@ fn hyperv(b: &mut Builder) -> Vec<HypervFeature> {
     let why = if kvm {
         b.profile.hyperv.why.to_string()
     } else {
-        format!(
-            "{} — under TCG only what libvirt lists for it",
-            b.profile.hyperv.why
-        )
+        format!("{} — under TCG only what libvirt lists for it", b.profile.hyperv.why)
     };
-    b.note(
-        "hyperv",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        },
-        why,
-    );
+    b.note("hyperv", if names.is_empty() { "none".into() } else { names.join(", ") }, why);
     chosen.into_iter().map(|(_, f)| f).collect()
 }
 
@@ -660,15 +551,7 @@ fn clock(b: &mut Builder, hyperv: bool) -> Clock {
         }
         ClockPolicy::LocalTime => {
             let hypervclock = kvm && hyperv;
-            b.note(
-                "clock",
-                if hypervclock {
-                    "localtime, hypervclock"
-                } else {
-                    "localtime"
-                },
-                why,
-            );
+            b.note("clock", if hypervclock { "localtime, hypervclock" } else { "localtime" }, why);
             Clock::LocalTime { hypervclock }
         }
     }
@@ -690,22 +573,9 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
         return Err(BuildError::OptionNotForOs("drivers", "Windows"));
     }
     if (req.opencore.is_some() || req.osk.is_some()) && !is_macos {
-        return Err(BuildError::OptionNotForOs(
-            if req.opencore.is_some() {
-                "opencore"
-            } else {
-                "osk"
-            },
-            "macOS",
-        ));
+        return Err(BuildError::OptionNotForOs(if req.opencore.is_some() { "opencore" } else { "osk" }, "macOS"));
     }
-    let drivers = if is_windows {
-        req.drivers
-            .clone()
-            .or_else(|| b.host.facts.virtio_win_iso.clone())
-    } else {
-        None
-    };
+    let drivers = if is_windows { req.drivers.clone().or_else(|| b.host.facts.virtio_win_iso.clone()) } else { None };
     let main_bus = req.disk_bus.unwrap_or(p.disk_bus.value);
     let next_index = |bus: DiskBus, used: &mut Vec<DiskBus>| {
         let i = used.iter().filter(|x| **x == bus).count();
@@ -719,11 +589,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
         let Some(opencore) = req.opencore.clone() else {
             return Err(BuildError::MissingOpenCore);
         };
-        let format = if opencore.ends_with(".qcow2") {
-            "qcow2"
-        } else {
-            "raw"
-        };
+        let format = if opencore.ends_with(".qcow2") { "qcow2" } else { "raw" };
         let dbus = bus(p.cdrom_bus.value);
         devices.push(Device::Disk(Disk {
             cdrom: false,
@@ -748,10 +614,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
         let dbus = bus(main_bus);
         devices.push(Device::Disk(Disk {
             cdrom: false,
-            source: DiskSource::Volume {
-                pool: disk.pool.clone(),
-                volume: disk.volume.clone(),
-            },
+            source: DiskSource::Volume { pool: disk.pool.clone(), volume: disk.volume.clone() },
             format: "qcow2",
             bus: dbus,
             target: next_index(dbus, &mut used),
@@ -762,25 +625,13 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             luks_secret_usage: disk.encrypted.then(|| disk.path.clone()),
         }));
         boot += 1;
-        let why = if req.disk_bus.is_some() {
-            "--disk-bus was given"
-        } else {
-            p.disk_bus.why
-        };
+        let why = if req.disk_bus.is_some() { "--disk-bus was given" } else { p.disk_bus.why };
         let enc = if disk.encrypted {
             "qcow2, LUKS-encrypted (key in a private libvirt secret)"
         } else {
             "qcow2, NOT encrypted (--no-encrypt)"
         };
-        b.note(
-            "disk",
-            format!(
-                "{} {}, {enc}, boots first",
-                main_bus_name(main_bus),
-                disk.volume
-            ),
-            why,
-        );
+        b.note("disk", format!("{} {}, {enc}, boot order {}", main_bus_name(main_bus), disk.volume, boot - 1), why);
     }
 
     if let Some(iso) = &req.iso {
@@ -798,11 +649,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             luks_secret_usage: None,
         }));
         boot += 1;
-        b.note(
-            "installer",
-            format!("{iso} on {}", dbus.as_str()),
-            p.cdrom_bus.why,
-        );
+        b.note("installer", format!("{iso} on {}", dbus.as_str()), p.cdrom_bus.why);
     }
 
     if is_windows {
@@ -820,11 +667,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
                     discard: false,
                     luks_secret_usage: None,
                 }));
-                let why = if req.drivers.is_some() {
-                    "--drivers was given"
-                } else {
-                    "found on this host"
-                };
+                let why = if req.drivers.is_some() { "--drivers was given" } else { "found on this host" };
                 b.note(
                     "drivers",
                     format!("virtio-win {iso}"),
@@ -861,22 +704,12 @@ fn network(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) {
             b.note("network", format!("{model}, user-mode"), why);
         }
         NetworkChoice::Named(n) => {
-            devices.push(Device::Interface(Interface::Network {
-                network: n.clone(),
-                model,
-            }));
+            devices.push(Device::Interface(Interface::Network { network: n.clone(), model }));
             b.note("network", format!("{model} on libvirt network {n}"), why);
         }
         NetworkChoice::Default => {
-            devices.push(Device::Interface(Interface::Network {
-                network: "default".into(),
-                model,
-            }));
-            b.note(
-                "network",
-                format!("{model} on libvirt network default"),
-                why,
-            );
+            devices.push(Device::Interface(Interface::Network { network: "default".into(), model }));
+            b.note("network", format!("{model} on libvirt network default"), why);
         }
     }
 }
@@ -885,23 +718,13 @@ fn inputs(b: &mut Builder, devices: &mut Vec<Device>) {
     let p = &b.profile.input;
     let (list, name): (&[(InputKind, InputBus)], &str) = match p.value {
         InputPolicy::Virtio => (
-            &[
-                (InputKind::Keyboard, InputBus::Virtio),
-                (InputKind::Tablet, InputBus::Virtio),
-            ],
+            &[(InputKind::Keyboard, InputBus::Virtio), (InputKind::Tablet, InputBus::Virtio)],
             "virtio keyboard, virtio tablet",
         ),
-        InputPolicy::UsbTablet => (
-            &[(InputKind::Tablet, InputBus::Usb)],
-            "USB tablet, PS/2 keyboard",
-        ),
-        InputPolicy::UsbKeyboardTablet => (
-            &[
-                (InputKind::Keyboard, InputBus::Usb),
-                (InputKind::Tablet, InputBus::Usb),
-            ],
-            "USB keyboard, USB tablet",
-        ),
+        InputPolicy::UsbTablet => (&[(InputKind::Tablet, InputBus::Usb)], "USB tablet, PS/2 keyboard"),
+        InputPolicy::UsbKeyboardTablet => {
+            (&[(InputKind::Keyboard, InputBus::Usb), (InputKind::Tablet, InputBus::Usb)], "USB keyboard, USB tablet")
+        }
         InputPolicy::Ps2 => (&[], "PS/2 keyboard and mouse"),
     };
     devices.extend(list.iter().map(|&(kind, bus)| Device::Input { kind, bus }));
@@ -920,9 +743,7 @@ fn display(b: &mut Builder, devices: &mut Vec<Device>) {
             let gl_ok = virgl && facts.virgl && caps.has("graphics.type", "egl-headless");
             match node {
                 Some(n) if gl_ok => {
-                    devices.push(Device::Graphics(Graphics::EglHeadless {
-                        rendernode: n.clone(),
-                    }));
+                    devices.push(Device::Graphics(Graphics::EglHeadless { rendernode: n.clone() }));
                     b.note("video", format!("virtio-gpu with virgl 3D on {n}"), why);
                     ("virtio", true)
                 }
@@ -977,10 +798,7 @@ fn macos_args(b: &mut Builder, req: &Request) -> Result<Vec<String>, BuildError>
     let Some(osk) = &req.osk else {
         return Err(BuildError::MissingOsk);
     };
-    if osk.len() != 64
-        || !osk.bytes().all(|c| c.is_ascii_graphic() || c == b' ')
-        || osk.contains(',')
-    {
+    if osk.len() != 64 || !osk.bytes().all(|c| c.is_ascii_graphic() || c == b' ') || osk.contains(',') {
         return Err(BuildError::BadOsk(osk.chars().count()));
     }
     b.note(

@@ -171,32 +171,32 @@ pub struct Profile {
 }
 
 // Reasons shared by several profiles.
-const Q35: &str = "q35 is a PCIe machine: native PCIe for virtio devices, AHCI built in, and what current firmware expects";
-const RNG: &str =
-    "virtio-rng feeds the guest's entropy pool from the host's /dev/urandom: fast boot, good keys";
+const Q35: &str =
+    "q35 is a PCIe machine: native PCIe for virtio devices, AHCI built in, and what current firmware expects";
+const RNG: &str = "virtio-rng feeds the guest's entropy pool from the host's /dev/urandom: fast boot, good keys";
 const AGENT: &str = "qemu-guest-agent channel: clean shutdown when ACPI is ignored, filesystem freeze, IP addresses";
-const NO_SUSPEND: &str =
-    "S3/S4 disabled: guest suspend in a VM is unreliable and the host pauses VMs better";
+const NO_SUSPEND: &str = "S3/S4 disabled: guest suspend in a VM is unreliable and the host pauses VMs better";
 const VIRTIO_DISK: &str =
     "virtio-blk: the fastest generic disk; discard passes TRIM so freed blocks return to the host";
-const SATA_CDROM: &str =
-    "install media on SATA (AHCI): every firmware and installer can boot it without drivers";
+const SATA_CDROM: &str = "install media on SATA (AHCI): every firmware and installer can boot it without drivers";
 const VIRTIO_NIC: &str = "virtio-net: the fastest generic NIC";
 const XHCI: &str = "qemu-xhci: one USB 3 controller for tablets, redirection and passthrough";
 const UTC: &str = "UTC hardware clock, as Unix-like systems expect";
 
 const WIN_HYPERV: &str = "Hyper-V enlightenments: Windows runs much faster (timers, spinlocks, IPIs, TLB flushes) when it knows it is virtualized";
-const WIN_CLOCK: &str =
-    "Windows keeps the RTC in local time; hypervclock gives it a stable clock source";
-const WIN_DISK: &str = "virtio-blk needs the viostor driver from the virtio-win ISO during setup (or use --disk-bus sata)";
-const WIN_NIC: &str = "virtio-net needs the NetKVM driver from the virtio-win ISO (setup continues without network until then)";
-const WIN_VIDEO: &str = "virtio-gpu: OVMF drives it during setup, viogpudo after; no 3D since Windows has no virtio 3D driver";
-const WIN_INPUT: &str = "USB tablet: Windows has an in-box driver, so the pointer follows the console without extra drivers";
-const WIN_SOUND: &str =
-    "ich9 HD Audio: Windows has an in-box driver; its virtio-sound driver is not in-box";
-const WIN_BALLOON: &str =
-    "no balloon: Windows works better with fixed memory (ballooning fights its memory manager)";
-const WIN_CPU: &str = "host-model under KVM (near-native, still movable to another host), the most TCG can emulate otherwise";
+const WIN_CLOCK: &str = "Windows keeps the RTC in local time; hypervclock gives it a stable clock source";
+const WIN_DISK: &str =
+    "virtio-blk needs the viostor driver from the virtio-win ISO during setup (or use --disk-bus sata)";
+const WIN_NIC: &str =
+    "virtio-net needs the NetKVM driver from the virtio-win ISO (setup continues without network until then)";
+const WIN_VIDEO: &str =
+    "virtio-gpu: OVMF drives it during setup, viogpudo after; no 3D since Windows has no virtio 3D driver";
+const WIN_INPUT: &str =
+    "USB tablet: Windows has an in-box driver, so the pointer follows the console without extra drivers";
+const WIN_SOUND: &str = "ich9 HD Audio: Windows has an in-box driver; its virtio-sound driver is not in-box";
+const WIN_BALLOON: &str = "no balloon: Windows works better with fixed memory (ballooning fights its memory manager)";
+const WIN_CPU: &str =
+    "host-model under KVM (near-native, still movable to another host), the most TCG can emulate otherwise";
 
 fn windows(
     id: &'static str,
@@ -214,12 +214,7 @@ fn windows(
         family: Family::Windows,
         osinfo: Some(osinfo),
         machine: pick(MachinePolicy::Q35, Q35),
-        firmware: pick(
-            FirmwarePolicy::Uefi {
-                secure_boot: secure_boot.value,
-            },
-            secure_boot.why,
-        ),
+        firmware: pick(FirmwarePolicy::Uefi { secure_boot: secure_boot.value }, secure_boot.why),
         tpm,
         cpu: pick(CpuPolicy::HostModel, WIN_CPU),
         hyperv: pick(true, WIN_HYPERV),
@@ -240,12 +235,7 @@ fn windows(
     }
 }
 
-fn bsd(
-    id: &'static str,
-    name: &'static str,
-    description: &'static str,
-    osinfo: &'static str,
-) -> Profile {
+fn bsd(id: &'static str, name: &'static str, description: &'static str, osinfo: &'static str) -> Profile {
     Profile {
         id,
         name,
@@ -261,7 +251,10 @@ fn bsd(
         cpu: pick(CpuPolicy::HostModel, WIN_CPU),
         hyperv: pick(false, "no Hyper-V enlightenments: not Windows"),
         clock: pick(ClockPolicy::Utc, UTC),
-        disk_bus: pick(Bus::Virtio, "virtio-blk: vtblk (FreeBSD), vioblk (OpenBSD), ld@virtio (NetBSD); discard passes TRIM"),
+        disk_bus: pick(
+            Bus::Virtio,
+            "virtio-blk: vtblk (FreeBSD), vioblk (OpenBSD), ld@virtio (NetBSD); discard passes TRIM",
+        ),
         cdrom_bus: pick(Bus::Sata, SATA_CDROM),
         nic: pick("virtio", "virtio-net: vtnet (FreeBSD), vio (OpenBSD), vioif (NetBSD)"),
         video: pick(
@@ -481,17 +474,9 @@ mod tests {
     #[test]
     fn ids_are_unique_and_cover_the_issue_list() {
         let ids = ids();
-        for want in [
-            "linux",
-            "windows11",
-            "windows10",
-            "windows-server",
-            "macos",
-            "freebsd",
-            "openbsd",
-            "netbsd",
-            "legacy",
-        ] {
+        for want in
+            ["linux", "windows11", "windows10", "windows-server", "macos", "freebsd", "openbsd", "netbsd", "legacy"]
+        {
             assert!(ids.contains(&want), "{want} missing");
         }
         let mut sorted = ids.clone();
@@ -503,12 +488,7 @@ mod tests {
     #[test]
     fn windows11_demands_secure_boot_and_tpm() {
         let p = profile("windows11").unwrap();
-        assert_eq!(
-            p.firmware.value,
-            FirmwarePolicy::Uefi {
-                secure_boot: SecureBoot::Required
-            }
-        );
+        assert_eq!(p.firmware.value, FirmwarePolicy::Uefi { secure_boot: SecureBoot::Required });
         assert_eq!(p.tpm.value, Need::Required);
         assert_eq!(p.balloon.value, BalloonPolicy::None);
         assert!(p.hyperv.value);

@@ -161,13 +161,8 @@ pub struct Disk {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interface {
-    Network {
-        network: String,
-        model: &'static str,
-    },
-    User {
-        model: &'static str,
-    },
+    Network { network: String, model: &'static str },
+    User { model: &'static str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,31 +323,22 @@ impl Domain {
         if let Firmware::Efi { .. } = self.firmware {
             os = os.attr("firmware", "efi");
         }
-        os = os.child(
-            Element::leaf("type", "hvm")
-                .attr("arch", "x86_64")
-                .attr("machine", self.machine.as_str()),
-        );
+        os = os.child(Element::leaf("type", "hvm").attr("arch", "x86_64").attr("machine", self.machine.as_str()));
         if let Firmware::Efi { secure_boot } = self.firmware {
             // Ask libvirt's firmware auto-selection for the right OVMF build
             // instead of hard-coding distribution-specific paths: the VM then
             // moves to a host whose OVMF lives elsewhere.
             let mut fw = Element::new("firmware");
             if secure_boot {
-                fw.push(
-                    Element::new("feature")
-                        .attr("enabled", "yes")
-                        .attr("name", "enrolled-keys"),
-                );
+                fw.push(Element::new("feature").attr("enabled", "yes").attr("name", "enrolled-keys"));
             }
-            fw.push(
-                Element::new("feature")
-                    .attr("enabled", yes_no(secure_boot))
-                    .attr("name", "secure-boot"),
-            );
-            os = os
-                .child(fw)
-                .child(Element::new("loader").attr("secure", yes_no(secure_boot)));
+            fw.push(Element::new("feature").attr("enabled", yes_no(secure_boot)).attr("name", "secure-boot"));
+            os = os.child(fw);
+            if secure_boot {
+                // libvirt 9.0 refuses secure='no' next to auto-selection, but
+                // secure='yes' makes it check that SMM is on as secure boot needs.
+                os = os.child(Element::new("loader").attr("secure", "yes"));
+            }
         }
         if let Some(b) = &self.direct_boot {
             os = os
@@ -365,9 +351,7 @@ impl Domain {
 
     fn features_element(&self) -> Element {
         let f = &self.features;
-        let mut e = Element::new("features")
-            .child(Element::new("acpi"))
-            .child(Element::new("apic"));
+        let mut e = Element::new("features").child(Element::new("acpi")).child(Element::new("apic"));
         if !f.hyperv.is_empty() {
             let mut hv = Element::new("hyperv").attr("mode", "custom");
             for h in &f.hyperv {
@@ -395,19 +379,9 @@ impl Domain {
             .attr("cores", self.cpu.cores.to_string())
             .attr("threads", "1");
         match &self.cpu.mode {
-            CpuMode::HostModel => Element::new("cpu")
-                .attr("mode", "host-model")
-                .attr("check", "partial")
-                .child(topo),
-            CpuMode::Maximum => Element::new("cpu")
-                .attr("mode", "maximum")
-                .attr("check", "none")
-                .child(topo),
-            CpuMode::Custom {
-                model,
-                vendor,
-                features,
-            } => {
+            CpuMode::HostModel => Element::new("cpu").attr("mode", "host-model").attr("check", "partial").child(topo),
+            CpuMode::Maximum => Element::new("cpu").attr("mode", "maximum").attr("check", "none").child(topo),
+            CpuMode::Custom { model, vendor, features } => {
                 let mut c = Element::new("cpu")
                     .attr("mode", "custom")
                     .attr("match", "exact")
@@ -416,11 +390,7 @@ impl Domain {
                     .child_opt(vendor.as_ref().map(|v| Element::leaf("vendor", v)))
                     .child(topo);
                 for (policy, name) in features {
-                    c.push(
-                        Element::new("feature")
-                            .attr("policy", policy)
-                            .attr("name", name),
-                    );
+                    c.push(Element::new("feature").attr("policy", policy).attr("name", name));
                 }
                 c
             }
@@ -460,26 +430,20 @@ fn device_elements(dev: &Device) -> Vec<Element> {
     match dev {
         Device::Disk(d) => vec![disk_element(d)],
         Device::UsbController(model) => {
-            vec![Element::new("controller")
-                .attr("type", "usb")
-                .attr("model", *model)]
+            vec![Element::new("controller").attr("type", "usb").attr("model", *model)]
         }
-        Device::PcieRootPorts(n) => (0..*n)
-            .map(|_| {
-                Element::new("controller")
-                    .attr("type", "pci")
-                    .attr("model", "pcie-root-port")
-            })
-            .collect(),
+        Device::PcieRootPorts(n) => {
+            (0..*n).map(|_| Element::new("controller").attr("type", "pci").attr("model", "pcie-root-port")).collect()
+        }
         Device::Interface(i) => {
             let e = match i {
                 Interface::Network { network, model } => Element::new("interface")
                     .attr("type", "network")
                     .child(Element::new("source").attr("network", network))
                     .child(Element::new("model").attr("type", *model)),
-                Interface::User { model } => Element::new("interface")
-                    .attr("type", "user")
-                    .child(Element::new("model").attr("type", *model)),
+                Interface::User { model } => {
+                    Element::new("interface").attr("type", "user").child(Element::new("model").attr("type", *model))
+                }
             };
             vec![e]
         }
@@ -500,11 +464,7 @@ fn device_elements(dev: &Device) -> Vec<Element> {
                     .attr("type", "vnc")
                     .attr("port", "-1")
                     .attr("autoport", "yes")
-                    .child(
-                        Element::new("listen")
-                            .attr("type", "address")
-                            .attr("address", "127.0.0.1"),
-                    ),
+                    .child(Element::new("listen").attr("type", "address").attr("address", "127.0.0.1")),
                 Graphics::EglHeadless { rendernode } => Element::new("graphics")
                     .attr("type", "egl-headless")
                     .child(Element::new("gl").attr("rendernode", rendernode)),
@@ -512,10 +472,7 @@ fn device_elements(dev: &Device) -> Vec<Element> {
             vec![e]
         }
         Device::Video(v) => {
-            let mut model = Element::new("model")
-                .attr("type", v.model)
-                .attr("heads", "1")
-                .attr("primary", "yes");
+            let mut model = Element::new("model").attr("type", v.model).attr("heads", "1").attr("primary", "yes");
             if v.accel3d {
                 model = model.child(Element::new("acceleration").attr("accel3d", "yes"));
             }
@@ -525,9 +482,7 @@ fn device_elements(dev: &Device) -> Vec<Element> {
         Device::Rng => vec![Element::new("rng")
             .attr("model", "virtio")
             .child(Element::leaf("backend", "/dev/urandom").attr("model", "random"))],
-        Device::Balloon {
-            free_page_reporting,
-        } => {
+        Device::Balloon { free_page_reporting } => {
             let mut b = Element::new("memballoon").attr("model", "virtio");
             if *free_page_reporting {
                 b = b.attr("freePageReporting", "on");
@@ -535,54 +490,37 @@ fn device_elements(dev: &Device) -> Vec<Element> {
             vec![b.child(Element::new("stats").attr("period", "10"))]
         }
         Device::NoBalloon => vec![Element::new("memballoon").attr("model", "none")],
-        Device::Tpm { model } => vec![Element::new("tpm").attr("model", *model).child(
-            Element::new("backend")
-                .attr("type", "emulator")
-                .attr("version", "2.0"),
-        )],
-        Device::GuestAgentChannel => vec![Element::new("channel").attr("type", "unix").child(
-            Element::new("target")
-                .attr("type", "virtio")
-                .attr("name", "org.qemu.guest_agent.0"),
-        )],
+        Device::Tpm { model } => vec![Element::new("tpm")
+            .attr("model", *model)
+            .child(Element::new("backend").attr("type", "emulator").attr("version", "2.0"))],
+        Device::GuestAgentChannel => vec![Element::new("channel")
+            .attr("type", "unix")
+            .child(Element::new("target").attr("type", "virtio").attr("name", "org.qemu.guest_agent.0"))],
         Device::SerialConsole => vec![
-            Element::new("serial")
+            Element::new("serial").attr("type", "pty").child(Element::new("target").attr("port", "0")),
+            Element::new("console")
                 .attr("type", "pty")
-                .child(Element::new("target").attr("port", "0")),
-            Element::new("console").attr("type", "pty").child(
-                Element::new("target")
-                    .attr("type", "serial")
-                    .attr("port", "0"),
-            ),
+                .child(Element::new("target").attr("type", "serial").attr("port", "0")),
         ],
     }
 }
 
 fn disk_element(d: &Disk) -> Element {
-    let mut driver = Element::new("driver")
-        .attr("name", "qemu")
-        .attr("type", d.format);
+    let mut driver = Element::new("driver").attr("name", "qemu").attr("type", d.format);
     if d.discard {
-        driver = driver
-            .attr("discard", "unmap")
-            .attr("detect_zeroes", "unmap");
+        driver = driver.attr("discard", "unmap").attr("detect_zeroes", "unmap");
     }
     let (kind, mut source) = match &d.source {
-        DiskSource::Volume { pool, volume } => (
-            "volume",
-            Element::new("source")
-                .attr("pool", pool)
-                .attr("volume", volume),
-        ),
+        DiskSource::Volume { pool, volume } => {
+            ("volume", Element::new("source").attr("pool", pool).attr("volume", volume))
+        }
         DiskSource::File(path) => ("file", Element::new("source").attr("file", path)),
     };
     if let Some(usage) = &d.luks_secret_usage {
         source = source.child(
-            Element::new("encryption").attr("format", "luks").child(
-                Element::new("secret")
-                    .attr("type", "passphrase")
-                    .attr("usage", usage),
-            ),
+            Element::new("encryption")
+                .attr("format", "luks")
+                .child(Element::new("secret").attr("type", "passphrase").attr("usage", usage)),
         );
     }
     Element::new("disk")
@@ -590,14 +528,7 @@ fn disk_element(d: &Disk) -> Element {
         .attr("device", if d.cdrom { "cdrom" } else { "disk" })
         .child(driver)
         .child(source)
-        .child(
-            Element::new("target")
-                .attr("dev", &d.target)
-                .attr("bus", d.bus.as_str()),
-        )
+        .child(Element::new("target").attr("dev", &d.target).attr("bus", d.bus.as_str()))
         .child_opt(d.readonly.then(|| Element::new("readonly")))
-        .child_opt(
-            d.boot_order
-                .map(|o| Element::new("boot").attr("order", o.to_string())),
-        )
+        .child_opt(d.boot_order.map(|o| Element::new("boot").attr("order", o.to_string())))
 }

@@ -51,10 +51,7 @@ impl FirmwareDescriptor {
     /// True when the descriptor is UEFI firmware for a q35 machine.
     pub fn is_uefi_q35(&self) -> bool {
         self.interfaces.iter().any(|i| i == "uefi")
-            && self
-                .machines
-                .iter()
-                .any(|m| m.starts_with("pc-q35") || m == "q35")
+            && self.machines.iter().any(|m| m.starts_with("pc-q35") || m == "q35")
     }
 }
 
@@ -124,9 +121,7 @@ impl DomainCaps {
 
     /// Whether `device.enum` lists `value`.
     pub fn has(&self, key: &str, value: &str) -> bool {
-        self.enums
-            .get(key)
-            .is_some_and(|v| v.iter().any(|x| x == value))
+        self.enums.get(key).is_some_and(|v| v.iter().any(|x| x == value))
     }
 
     pub fn cpu_mode(&self, mode: &str) -> bool {

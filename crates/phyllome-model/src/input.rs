@@ -39,10 +39,7 @@ pub fn validate_name(name: &str) -> Result<(), InputError> {
     if len > MAX_NAME_LEN {
         return Err(InputError::NameTooLong(len));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(InputError::NameBadChar(name.to_string(), c));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -77,12 +74,9 @@ pub enum Unit {
 pub fn parse_size(text: &str, default_unit: Unit) -> Result<u64, InputError> {
     let t = text.trim();
     let err = || InputError::SizeSyntax(text.to_string());
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.')
-    {
+    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.') {
         return Err(err());
     }
     let shift: u32 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -98,12 +92,8 @@ pub fn parse_size(text: &str, default_unit: Unit) -> Result<u64, InputError> {
         _ => return Err(err()),
     };
     let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-    let int: u128 = int_part
-        .parse()
-        .map_err(|_| InputError::SizeOverflow(text.to_string()))?;
-    let mut bytes = int
-        .checked_shl(shift)
-        .ok_or_else(|| InputError::SizeOverflow(text.to_string()))?;
+    let int: u128 = int_part.parse().map_err(|_| InputError::SizeOverflow(text.to_string()))?;
+    let mut bytes = int.checked_shl(shift).ok_or_else(|| InputError::SizeOverflow(text.to_string()))?;
     if !frac_part.is_empty() {
         if frac_part.len() > 6 {
             return Err(err());
@@ -123,7 +113,7 @@ pub fn parse_size(text: &str, default_unit: Unit) -> Result<u64, InputError> {
 
 /// Formats MiB for people: `4 GiB`, `1.5 GiB`, `512 MiB`.
 pub fn human_mib(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{} GiB", mib / 1024)
     } else if mib >= 1024 {
         format!("{:.1} GiB", mib as f64 / 1024.0)
@@ -146,42 +136,15 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         assert_eq!(validate_name(""), Err(InputError::EmptyName));
-        assert_eq!(
-            validate_name(&"x".repeat(200)),
-            Err(InputError::NameTooLong(200))
-        );
-        assert!(matches!(
-            validate_name("a/b"),
-            Err(InputError::NameBadChar(_, '/'))
-        ));
-        assert!(matches!(
-            validate_name("<vm>"),
-            Err(InputError::NameBadChar(_, '<'))
-        ));
-        assert!(matches!(
-            validate_name("a'b"),
-            Err(InputError::NameBadChar(_, '\''))
-        ));
-        assert!(matches!(
-            validate_name("a&b"),
-            Err(InputError::NameBadChar(_, '&'))
-        ));
-        assert!(matches!(
-            validate_name("a b"),
-            Err(InputError::NameBadChar(_, ' '))
-        ));
-        assert!(matches!(
-            validate_name("é"),
-            Err(InputError::NameBadChar(_, 'é'))
-        ));
-        assert!(matches!(
-            validate_name("-x"),
-            Err(InputError::NameBadStart(_))
-        ));
-        assert!(matches!(
-            validate_name(".x"),
-            Err(InputError::NameBadStart(_))
-        ));
+        assert_eq!(validate_name(&"x".repeat(200)), Err(InputError::NameTooLong(200)));
+        assert!(matches!(validate_name("a/b"), Err(InputError::NameBadChar(_, '/'))));
+        assert!(matches!(validate_name("<vm>"), Err(InputError::NameBadChar(_, '<'))));
+        assert!(matches!(validate_name("a'b"), Err(InputError::NameBadChar(_, '\''))));
+        assert!(matches!(validate_name("a&b"), Err(InputError::NameBadChar(_, '&'))));
+        assert!(matches!(validate_name("a b"), Err(InputError::NameBadChar(_, ' '))));
+        assert!(matches!(validate_name("é"), Err(InputError::NameBadChar(_, 'é'))));
+        assert!(matches!(validate_name("-x"), Err(InputError::NameBadStart(_))));
+        assert!(matches!(validate_name(".x"), Err(InputError::NameBadStart(_))));
     }
 
     #[test]
@@ -199,36 +162,18 @@ mod tests {
     #[test]
     fn rejects_bad_sizes() {
         for s in ["", "G", "-1G", "4X", "1..5G", ".5G", "4G4", "abc", "1e9"] {
-            assert!(
-                matches!(parse_size(s, Unit::Mib), Err(InputError::SizeSyntax(_))),
-                "{s}"
-            );
+            assert!(matches!(parse_size(s, Unit::Mib), Err(InputError::SizeSyntax(_))), "{s}");
         }
-        assert!(matches!(
-            parse_size("0", Unit::Mib),
-            Err(InputError::SizeZero(_))
-        ));
-        assert!(matches!(
-            parse_size("99999999999999999999999T", Unit::Mib),
-            Err(InputError::SizeOverflow(_))
-        ));
-        assert!(matches!(
-            parse_size("17179869184T", Unit::Mib),
-            Err(InputError::SizeOverflow(_))
-        ));
+        assert!(matches!(parse_size("0", Unit::Mib), Err(InputError::SizeZero(_))));
+        assert!(matches!(parse_size("99999999999999999999999T", Unit::Mib), Err(InputError::SizeOverflow(_))));
+        assert!(matches!(parse_size("17179869184T", Unit::Mib), Err(InputError::SizeOverflow(_))));
     }
 
     #[test]
     fn paths_must_be_absolute_and_printable() {
         assert_eq!(validate_path("/isos/a b&'<>.iso"), Ok(()));
-        assert!(matches!(
-            validate_path("rel.iso"),
-            Err(InputError::PathNotAbsolute(_))
-        ));
-        assert!(matches!(
-            validate_path("/a\nb"),
-            Err(InputError::PathControlChar(_))
-        ));
+        assert!(matches!(validate_path("rel.iso"), Err(InputError::PathNotAbsolute(_))));
+        assert!(matches!(validate_path("/a\nb"), Err(InputError::PathControlChar(_))));
     }
 
     #[test]

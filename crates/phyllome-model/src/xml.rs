@@ -22,11 +22,7 @@ enum Node {
 
 impl Element {
     pub fn new(name: &'static str) -> Self {
-        Element {
-            name,
-            attrs: Vec::new(),
-            children: Vec::new(),
-        }
+        Element { name, attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Adds an attribute (builder style).
@@ -56,8 +52,7 @@ impl Element {
     }
 
     pub fn children(mut self, children: impl IntoIterator<Item = Element>) -> Self {
-        self.children
-            .extend(children.into_iter().map(Node::Element));
+        self.children.extend(children.into_iter().map(Node::Element));
         self
     }
 
@@ -153,13 +148,8 @@ mod tests {
 
     #[test]
     fn escapes_attributes_and_text() {
-        let e = Element::new("a")
-            .attr("x", "1'2\"3<&>")
-            .text("<b>&amp;</b>\u{1}");
-        assert_eq!(
-            e.render(),
-            "<a x='1&apos;2&quot;3&lt;&amp;&gt;'>&lt;b&gt;&amp;amp;&lt;/b&gt;</a>\n"
-        );
+        let e = Element::new("a").attr("x", "1'2\"3<&>").text("<b>&amp;</b>\u{1}");
+        assert_eq!(e.render(), "<a x='1&apos;2&quot;3&lt;&amp;&gt;'>&lt;b&gt;&amp;amp;&lt;/b&gt;</a>\n");
     }
 
     #[test]

@@ -17,14 +17,10 @@ pub enum HostError {
 
 /// The QEMU binary the KVM probe runs.
 pub fn qemu_binary() -> Option<PathBuf> {
-    [
-        "/usr/bin/qemu-system-x86_64",
-        "/usr/libexec/qemu-kvm",
-        "/usr/local/bin/qemu-system-x86_64",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
+    ["/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Reads the live host. `probe_kvm` runs (or reuses this boot's) KVM probe

@@ -7,12 +7,7 @@ use std::path::Path;
 /// The main disk of VM `name`: `NAME.qcow2` in `pool`.
 pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encrypted: bool) -> DiskRef {
     let volume = format!("{name}.qcow2");
-    DiskRef {
-        pool: pool.to_string(),
-        path: format!("{}/{volume}", pool_path.trim_end_matches('/')),
-        volume,
-        encrypted,
-    }
+    DiskRef { pool: pool.to_string(), path: format!("{}/{volume}", pool_path.trim_end_matches('/')), volume, encrypted }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,11 +17,7 @@ pub enum FileError {
     #[error("{what} {path:?} is not a regular file")]
     NotAFile { what: &'static str, path: String },
     #[error("{what} {path:?} cannot be read: {err}")]
-    Unreadable {
-        what: &'static str,
-        path: String,
-        err: String,
-    },
+    Unreadable { what: &'static str, path: String, err: String },
 }
 
 fn check_file(what: &'static str, path: &str) -> Result<(), FileError> {
@@ -34,34 +25,18 @@ fn check_file(what: &'static str, path: &str) -> Result<(), FileError> {
     let meta = match std::fs::metadata(p) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FileError::Missing {
-                what,
-                path: path.to_string(),
-            })
+            return Err(FileError::Missing { what, path: path.to_string() })
         }
-        Err(e) => {
-            return Err(FileError::Unreadable {
-                what,
-                path: path.to_string(),
-                err: e.to_string(),
-            })
-        }
+        Err(e) => return Err(FileError::Unreadable { what, path: path.to_string(), err: e.to_string() }),
     };
     if !meta.is_file() && !meta.file_type().is_symlink() {
         use std::os::unix::fs::FileTypeExt;
         // Block devices are fine as install media.
         if !meta.file_type().is_block_device() {
-            return Err(FileError::NotAFile {
-                what,
-                path: path.to_string(),
-            });
+            return Err(FileError::NotAFile { what, path: path.to_string() });
         }
     }
-    std::fs::File::open(p).map_err(|e| FileError::Unreadable {
-        what,
-        path: path.to_string(),
-        err: e.to_string(),
-    })?;
+    std::fs::File::open(p).map_err(|e| FileError::Unreadable { what, path: path.to_string(), err: e.to_string() })?;
     Ok(())
 }
 
@@ -106,21 +81,9 @@ mod tests {
 
     #[test]
     fn missing_iso_is_named() {
-        let req = Request {
-            iso: Some("/nonexistent/x.iso".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            check_files(&req),
-            Err(FileError::Missing {
-                what: "ISO",
-                path: "/nonexistent/x.iso".into()
-            })
-        );
-        let req = Request {
-            iso: Some("/".into()),
-            ..Default::default()
-        };
+        let req = Request { iso: Some("/nonexistent/x.iso".into()), ..Default::default() };
+        assert_eq!(check_files(&req), Err(FileError::Missing { what: "ISO", path: "/nonexistent/x.iso".into() }));
+        let req = Request { iso: Some("/".into()), ..Default::default() };
         assert!(matches!(check_files(&req), Err(FileError::NotAFile { .. })));
     }
 }

@@ -1,0 +1,46 @@
+//! `phyllome host`: the facts the VM models are tuned to.
+
+use super::Fallible;
+use clap::Subcommand;
+use phyllome::hostinfo;
+use phyllome_libvirt::Libvirt;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Show the host facts the VM models are tuned to.
+    Facts {
+        #[arg(long)]
+        json: bool,
+        /// Write host.json and domcaps.xml into DIR (a recorded-host fixture).
+        #[arg(long, value_name = "DIR")]
+        record: Option<String>,
+    },
+}
+
+pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
+    let lv = Libvirt::connect(uri)?;
+    let (host, kvm_detail) = hostinfo::gather(&lv, true)?;
+    if let Some(dir) = record {
+        std::fs::create_dir_all(&dir)?;
+        let virttype = &host.caps.virt_type;
+        std::fs::write(format!("{dir}/domcaps.xml"), lv.domain_capabilities(virttype, "q35")?)?;
+        std::fs::write(format!("{dir}/host.json"), serde_json::to_string_pretty(&host.facts)? + "\n")?;
+        eprintln!("recorded {dir}/host.json and {dir}/domcaps.xml");
+    }
+    if json {
+        let v = json!({"facts": host.facts, "kvm_detail": kvm_detail, "domcaps": host.caps});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let f = &host.facts;
+    println!("cpu:       {} ({:?}), {} logical CPUs", f.cpu_model, f.cpu_vendor, f.cpus);
+    println!("memory:    {}", phyllome::model::input::human_mib(f.memory_mib));
+    println!("kvm:       {:?}{}", f.kvm, kvm_detail.map(|d| format!(" ({d})")).unwrap_or_default());
+    println!("libvirt:   {}, QEMU {}, domain type {}", f.libvirt_version, f.qemu_version, host.caps.virt_type);
+    println!("firmware:  {}", f.firmware.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!("swtpm:     {}", if f.swtpm { "yes" } else { "no" });
+    println!("render:    {}", if f.render_nodes.is_empty() { "none".into() } else { f.render_nodes.join(", ") });
+    println!("virgl:     {}", if f.virgl { "yes" } else { "no" });
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The command-line front end: one module per command group. Each parses
+//! its arguments and calls the core (`phyllome` library), which the web API
+//! shares.
+
+pub mod host;
+pub mod os;
+pub mod xml;
+
+pub type Fallible = Result<(), Box<dyn std::error::Error>>;

@@ -1,0 +1,142 @@
+//! Helpers shared by the tests that drive the real libvirtd.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub const URI: &str = "qemu:///system";
+/// Every object a test makes carries this prefix.
+pub const PREFIX: &str = "phyllome-test-";
+
+pub fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("virsh must be installed: run scripts/setup.sh")
+}
+
+/// Runs virsh and panics with its stderr when it fails.
+pub fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(out.status.success(), "virsh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn phyllome(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phyllome")).env("PHYLLOME_CONNECT", URI).args(args).output().unwrap()
+}
+
+pub fn require_libvirt() {
+    let out = virsh(&["version"]);
+    assert!(
+        out.status.success(),
+        "libvirtd is not reachable on {URI}: run scripts/setup.sh first ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory storage pool for one test; removed with its volumes on drop.
+pub struct TestPool {
+    pub name: String,
+    pub path: String,
+}
+
+impl TestPool {
+    pub fn new(suffix: &str) -> TestPool {
+        let name = format!("{PREFIX}{suffix}");
+        let path = format!("/var/lib/libvirt/images/{name}");
+        let pool = TestPool { name: name.clone(), path: path.clone() };
+        pool.remove(); // a previous run killed before cleaning up
+        virsh_ok(&["pool-define-as", &name, "dir", "--target", &path]);
+        virsh_ok(&["pool-build", &name]);
+        virsh_ok(&["pool-start", &name]);
+        pool
+    }
+
+    pub fn create_volume(&self, volume: &str, size: &str) {
+        virsh_ok(&["vol-create-as", &self.name, volume, size, "--format", "qcow2"]);
+    }
+
+    fn remove(&self) {
+        if virsh(&["pool-info", &self.name]).status.success() {
+            let vols = virsh(&["vol-list", &self.name, "--name"]);
+            for v in String::from_utf8_lossy(&vols.stdout).lines().filter(|l| !l.trim().is_empty()) {
+                virsh(&["vol-delete", v.trim(), "--pool", &self.name]);
+            }
+            virsh(&["pool-destroy", &self.name]);
+            virsh(&["pool-delete", &self.name]);
+            virsh(&["pool-undefine", &self.name]);
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A domain a test defined; destroyed and undefined (with NVRAM and TPM state) on drop.
+pub struct TestDomain {
+    pub name: String,
+}
+
+impl TestDomain {
+    pub fn adopt(name: &str) -> TestDomain {
+        assert!(name.starts_with(PREFIX));
+        let d = TestDomain { name: name.to_string() };
+        d.remove();
+        d
+    }
+
+    pub fn remove(&self) {
+        virsh(&["destroy", &self.name]);
+        virsh(&["undefine", &self.name, "--nvram", "--tpm", "--managed-save", "--snapshots-metadata"]);
+    }
+
+    pub fn state(&self) -> String {
+        virsh_ok(&["domstate", &self.name]).trim().to_string()
+    }
+}
+
+impl Drop for TestDomain {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// How many distinct colours a screenshot (PNG or PPM, as QEMU versions differ) shows, up to 65.
+pub fn screenshot_colours(path: &Path) -> usize {
+    let data = std::fs::read(path).unwrap();
+    let (pixels, channels): (Vec<u8>, usize) = if data.starts_with(b"\x89PNG") {
+        let decoder = png::Decoder::new(std::io::Cursor::new(data));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (buf, info.color_type.samples())
+    } else {
+        assert_eq!(&data[..2], b"P6", "screenshot is neither PNG nor PPM");
+        // P6 <w> <h> <max> then RGB: skip three whitespace-separated fields after the magic.
+        let mut fields = 0;
+        let mut i = 2;
+        let mut in_token = false;
+        while fields < 3 && i < data.len() {
+            let ws = data[i].is_ascii_whitespace();
+            if !ws && !in_token {
+                in_token = true;
+            } else if ws && in_token {
+                in_token = false;
+                fields += 1;
+            }
+            i += 1;
+        }
+        (data[i..].to_vec(), 3)
+    };
+    let mut colours = std::collections::HashSet::new();
+    for px in pixels.chunks_exact(channels).step_by(7) {
+        colours.insert(px.to_vec());
+        if colours.len() > 64 {
+            break;
+        }
+    }
+    colours.len()
+}
