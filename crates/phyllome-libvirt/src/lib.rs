@@ -1,6 +1,10 @@
 //! The one crate that talks to libvirt. Everything else in Phyllome sees
 //! plain strings and its own error type, never `virt` handles.
 
+mod secret;
+mod storage;
+
+pub use storage::VolumeInfo;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
@@ -136,6 +140,64 @@ impl Libvirt {
             }
             Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => Ok(None),
             Err(e) => Err(Error::new(format!("pool {pool}"), e)),
+        }
+    }
+
+    /// Asks the guest to shut down: ACPI power button, or the guest agent.
+    pub fn shutdown(&self, name: &str, agent: bool) -> Result<()> {
+        let flags = if agent { sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT } else { sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN };
+        self.domain(name)?.shutdown_flags(flags).map_err(|e| Error::new(format!("shut down {name}"), e))
+    }
+
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.domain(name)?.suspend().map_err(|e| Error::new(format!("pause {name}"), e))
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.domain(name)?.resume().map_err(|e| Error::new(format!("resume {name}"), e))
+    }
+
+    /// The inactive (persistent) XML, with secure info such as VNC passwords left out.
+    pub fn inactive_xml(&self, name: &str) -> Result<String> {
+        self.domain(name)?.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(|e| Error::new(format!("XML of {name}"), e))
+    }
+
+    /// Names of all domains, running or not.
+    pub fn domain_names(&self) -> Result<Vec<String>> {
+        let doms = self.conn.list_all_domains(0).map_err(|e| Error::new("list domains", e))?;
+        let mut names: Vec<String> = doms.iter().filter_map(|d| d.name().ok()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn uuid(&self, name: &str) -> Result<String> {
+        self.domain(name)?.uuid_string().map_err(|e| Error::new(format!("uuid of {name}"), e))
+    }
+
+    /// Takes a screenshot of the first display; returns the image bytes and libvirt's MIME type.
+    pub fn screenshot(&self, name: &str) -> Result<(Vec<u8>, String)> {
+        let dom = self.domain(name)?;
+        let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
+        let mime = dom.screenshot(&stream, 0, 0).map_err(|e| Error::new(format!("screenshot of {name}"), e))?;
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = stream.recv(&mut buf).map_err(|e| Error::new("read screenshot", e))?;
+            if n <= 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n as usize]);
+        }
+        stream.finish().map_err(|e| Error::new("finish screenshot", e))?;
+        Ok((data, mime))
+    }
+
+    /// Whether a libvirt network exists, and whether it is active.
+    pub fn network_state(&self, name: &str) -> Result<Option<bool>> {
+        match self.conn.lookup_network_by_name(name) {
+            Ok(n) => Ok(Some(n.is_active().map_err(|e| Error::new(format!("network {name}"), e))?)),
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_NETWORK => Ok(None),
+            Err(e) => Err(Error::new(format!("network {name}"), e)),
         }
     }
 }

@@ -63,7 +63,33 @@ pub struct DiskRef {
     pub volume: String,
     /// The volume's path; also the usage id of its LUKS passphrase secret.
     pub path: String,
-    pub encrypted: bool,
+    pub encryption: Encryption,
+}
+
+/// How the main disk is encrypted at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Not encrypted (`--no-encrypt`).
+    None,
+    /// LUKS with a random key held in a private libvirt secret.
+    Secret,
+    /// LUKS with a passphrase the user types at each start.
+    Prompt,
+}
+
+impl Encryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::None => "none",
+            Encryption::Secret => "secret",
+            Encryption::Prompt => "prompt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Encryption> {
+        [Encryption::None, Encryption::Secret, Encryption::Prompt].into_iter().find(|e| e.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -113,6 +139,8 @@ pub struct Plan {
     pub profile: Profile,
     pub domain: Domain,
     pub disk_gib: u64,
+    /// The main disk the domain refers to.
+    pub disk: Option<DiskRef>,
     pub choices: Vec<Choice>,
     pub warnings: Vec<String>,
 }
@@ -174,7 +202,9 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
     inputs(&mut b, &mut devices);
     display(&mut b, &mut devices);
     sound(&mut b, &mut devices);
-    devices.push(Device::SerialConsole);
+    // The serial output is also kept in libvirt's log folder (through virtlogd), so
+    // boot messages can be read after the fact.
+    devices.push(Device::SerialConsole { log: format!("/var/log/libvirt/qemu/{}-serial.log", req.name) });
     b.note("serial", "serial console (pty)", "a text console for `phyllome console` and early boot messages");
     if p.guest_agent.value {
         devices.push(Device::GuestAgentChannel);
@@ -209,6 +239,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
             os_id: p.id.to_string(),
             version: req.version.clone(),
             osinfo: p.osinfo.map(str::to_string),
+            encryption: req.disk.as_ref().map_or(Encryption::None, |d| d.encryption).as_str().to_string(),
         },
         memory_mib,
         vcpus,
@@ -222,7 +253,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
         devices,
         qemu_args,
     };
-    Ok(Plan { profile, domain, disk_gib, choices: b.choices, warnings: b.warnings })
+    Ok(Plan { profile, domain, disk_gib, disk: req.disk.clone(), choices: b.choices, warnings: b.warnings })
 }
 
 fn accelerator(b: &mut Builder) -> DomainType {
@@ -622,14 +653,14 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             // The disk boots first; while it is empty firmware falls through to the installer.
             boot_order: Some(boot),
             discard: true,
-            luks_secret_usage: disk.encrypted.then(|| disk.path.clone()),
+            luks_secret_usage: (disk.encryption != Encryption::None).then(|| disk.path.clone()),
         }));
         boot += 1;
         let why = if req.disk_bus.is_some() { "--disk-bus was given" } else { p.disk_bus.why };
-        let enc = if disk.encrypted {
-            "qcow2, LUKS-encrypted (key in a private libvirt secret)"
-        } else {
-            "qcow2, NOT encrypted (--no-encrypt)"
+        let enc = match disk.encryption {
+            Encryption::Secret => "qcow2, LUKS-encrypted (random key in a private libvirt secret)",
+            Encryption::Prompt => "qcow2, LUKS-encrypted (passphrase asked at each start, kept nowhere)",
+            Encryption::None => "qcow2, NOT encrypted (--no-encrypt)",
         };
         b.note("disk", format!("{} {}, {enc}, boot order {}", main_bus_name(main_bus), disk.volume, boot - 1), why);
     }

@@ -215,7 +215,10 @@ pub enum Device {
         model: &'static str,
     },
     GuestAgentChannel,
-    SerialConsole,
+    /// The first serial port as the console, logged to `log`.
+    SerialConsole {
+        log: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +226,8 @@ pub struct Metadata {
     pub os_id: String,
     pub version: String,
     pub osinfo: Option<String>,
+    /// `secret`, `prompt` or `none`: how the main disk is encrypted.
+    pub encryption: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,7 +314,8 @@ impl Domain {
         let ours = Element::new("phyllome:vm")
             .attr("xmlns:phyllome", METADATA_NS)
             .child(Element::leaf("phyllome:os", &m.os_id))
-            .child(Element::leaf("phyllome:version", &m.version));
+            .child(Element::leaf("phyllome:version", &m.version))
+            .child(Element::leaf("phyllome:encryption", &m.encryption));
         let osinfo = m.osinfo.as_ref().map(|id| {
             Element::new("libosinfo:libosinfo")
                 .attr("xmlns:libosinfo", LIBOSINFO_NS)
@@ -496,8 +502,11 @@ fn device_elements(dev: &Device) -> Vec<Element> {
         Device::GuestAgentChannel => vec![Element::new("channel")
             .attr("type", "unix")
             .child(Element::new("target").attr("type", "virtio").attr("name", "org.qemu.guest_agent.0"))],
-        Device::SerialConsole => vec![
-            Element::new("serial").attr("type", "pty").child(Element::new("target").attr("port", "0")),
+        Device::SerialConsole { log } => vec![
+            Element::new("serial")
+                .attr("type", "pty")
+                .child(Element::new("log").attr("file", log).attr("append", "off"))
+                .child(Element::new("target").attr("port", "0")),
             Element::new("console")
                 .attr("type", "pty")
                 .child(Element::new("target").attr("type", "serial").attr("port", "0")),

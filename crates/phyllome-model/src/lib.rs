@@ -14,5 +14,5 @@ pub mod host;
 pub mod input;
 pub mod xml;
 
-pub use build::{build, BuildError, DiskRef, NetworkChoice, Plan, Request};
+pub use build::{build, BuildError, DiskRef, Encryption, NetworkChoice, Plan, Request};
 pub use host::{DomainCaps, Host, HostFacts};

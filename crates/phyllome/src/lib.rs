@@ -1,8 +1,12 @@
 //! Phyllome's core: what the CLI (and later the web API) do, over the model,
 //! the host facts and libvirt.
 
+pub mod domxml;
 pub mod hostinfo;
+pub mod image;
+pub mod journal;
 pub mod request;
+pub mod vm;
 
 pub use phyllome_model as model;
 

@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{host, os, xml};
+use cli::{host, os, vm, xml};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -26,6 +26,8 @@ enum Command {
     /// What Phyllome knows about this host (CPU, memory, KVM, firmware, libvirt).
     #[command(subcommand)]
     Host(host::HostCommand),
+    #[command(flatten)]
+    Vm(vm::VmCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Os(os::OsCommand::List { json }) => os::list(json),
         Command::Os(os::OsCommand::Show { id, json }) => os::show(&id, json),
         Command::Xml(args) => xml::run(uri, *args),
+        Command::Vm(cmd) => vm::run(uri, cmd),
         Command::Host(host::HostCommand::Facts { json, record }) => host::facts(uri, json, record),
     };
     match result {

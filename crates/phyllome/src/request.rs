@@ -1,13 +1,18 @@
 //! From user input to a model request, with the checks that need the host's
 //! file system (the model itself does no I/O).
 
-use phyllome_model::build::{DiskRef, Request};
+use phyllome_model::build::{DiskRef, Encryption, Request};
 use std::path::Path;
 
 /// The main disk of VM `name`: `NAME.qcow2` in `pool`.
-pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encrypted: bool) -> DiskRef {
+pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encryption: Encryption) -> DiskRef {
     let volume = format!("{name}.qcow2");
-    DiskRef { pool: pool.to_string(), path: format!("{}/{volume}", pool_path.trim_end_matches('/')), volume, encrypted }
+    DiskRef {
+        pool: pool.to_string(),
+        path: format!("{}/{volume}", pool_path.trim_end_matches('/')),
+        volume,
+        encryption,
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,10 +78,10 @@ mod tests {
 
     #[test]
     fn disk_ref_joins_pool_path() {
-        let d = disk_ref("vm1", "phyllome", "/var/lib/x/", true);
+        let d = disk_ref("vm1", "phyllome", "/var/lib/x/", Encryption::Secret);
         assert_eq!(d.volume, "vm1.qcow2");
         assert_eq!(d.path, "/var/lib/x/vm1.qcow2");
-        assert!(d.encrypted);
+        assert_eq!(d.encryption, Encryption::Secret);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub fn golden_request(os: &str) -> Request {
         name: name.clone(),
         iso: Some("/var/lib/phyllome/iso/installer & <setup>.iso".into()),
         network: NetworkChoice::Default,
-        disk: Some(disk_ref(&name, phyllome::POOL, phyllome::POOL_PATH, true)),
+        disk: Some(disk_ref(&name, phyllome::POOL, phyllome::POOL_PATH, phyllome::model::Encryption::Secret)),
         version: "golden".into(),
         ..Default::default()
     };

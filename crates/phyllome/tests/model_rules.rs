@@ -20,7 +20,7 @@ fn req(os: &str) -> Request {
         os: os.into(),
         name: "vm1".into(),
         network: NetworkChoice::None,
-        disk: Some(disk_ref("vm1", "phyllome", "/pool", true)),
+        disk: Some(disk_ref("vm1", "phyllome", "/pool", phyllome::model::Encryption::Secret)),
         version: "test".into(),
         ..Default::default()
     }

@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod os;
+pub mod vm;
 pub mod xml;
 
 pub type Fallible = Result<(), Box<dyn std::error::Error>>;

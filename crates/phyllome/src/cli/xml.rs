@@ -1,13 +1,13 @@
-//! `phyllome xml`: the domain XML for a VM, tuned to this host.
+//! `phyllome xml`: the domain XML for a VM, tuned to this host. Its VM
+//! options (`VmArgs`) are shared with `phyllome create`.
 
-use super::os::{print_rows, unknown_os};
+use super::os::print_rows;
 use super::Fallible;
 use clap::{Args, ValueEnum};
-use phyllome::hostinfo;
-use phyllome::model::build::{self, NetworkChoice, Request};
-use phyllome::model::catalog::{self, Bus};
+use phyllome::model::catalog::Bus;
 use phyllome::model::domain::DirectBoot;
-use phyllome::request::{check_files, disk_ref};
+use phyllome::model::Encryption;
+use phyllome::vm::{self, VmSpec};
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
 
@@ -17,57 +17,101 @@ pub enum DiskBusArg {
     Sata,
 }
 
+/// What a VM is made of: the options `xml` and `create` share.
 #[derive(Args)]
-pub struct XmlArgs {
+pub struct VmArgs {
     /// Guest OS id (see `phyllome os list`).
     #[arg(long)]
-    os: String,
+    pub os: String,
+    /// Memory, e.g. 4G or 2048M (default: sized from the host).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// vCPUs (default: sized from the host).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Disk size, e.g. 64G (default: the OS's recommendation).
+    #[arg(long)]
+    pub disk_size: Option<String>,
+    /// Installer ISO (a recovery image for macOS).
+    #[arg(long)]
+    pub iso: Option<String>,
+    /// Windows: the virtio-win driver ISO (default: found on the host).
+    #[arg(long)]
+    pub drivers: Option<String>,
+    /// Turn secure boot on where the OS model leaves it off.
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// Bus of the main disk (e.g. sata to install Windows without virtio drivers).
+    #[arg(long, value_enum)]
+    pub disk_bus: Option<DiskBusArg>,
+    /// none, user, or a libvirt network name.
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// macOS: your OpenCore image.
+    #[arg(long)]
+    pub opencore: Option<String>,
+    /// macOS: the applesmc OSK string.
+    #[arg(long)]
+    pub osk: Option<String>,
+    /// Do not encrypt the disk.
+    #[arg(long, conflicts_with = "passphrase_prompt")]
+    pub no_encrypt: bool,
+    /// Encrypt with a passphrase you type (asked again at every start) instead of a stored key.
+    #[arg(long)]
+    pub passphrase_prompt: bool,
+    /// Storage pool of the disk.
+    #[arg(long, default_value = phyllome::POOL)]
+    pub pool: String,
+    /// Boot this kernel directly (with --initrd and --cmdline).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<String>,
+    #[arg(long, requires = "kernel")]
+    pub cmdline: Option<String>,
+}
+
+impl VmArgs {
+    pub fn spec(&self) -> VmSpec {
+        VmSpec {
+            os: self.os.clone(),
+            memory: self.memory.clone(),
+            cpus: self.cpus,
+            disk_size: self.disk_size.clone(),
+            iso: self.iso.clone(),
+            drivers: self.drivers.clone(),
+            secure_boot: self.secure_boot,
+            disk_bus: self.disk_bus.map(|b| match b {
+                DiskBusArg::Virtio => Bus::Virtio,
+                DiskBusArg::Sata => Bus::Sata,
+            }),
+            network: self.network.clone(),
+            opencore: self.opencore.clone(),
+            osk: self.osk.clone(),
+            direct_boot: self.kernel.clone().map(|kernel| DirectBoot {
+                kernel,
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone(),
+            }),
+            encryption: Some(if self.no_encrypt {
+                Encryption::None
+            } else if self.passphrase_prompt {
+                Encryption::Prompt
+            } else {
+                Encryption::Secret
+            }),
+            pool: Some(self.pool.clone()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct XmlArgs {
     /// VM name: letters, digits, '.', '_' and '-', at most 64.
     #[arg(long)]
     name: String,
-    /// Memory, e.g. 4G or 2048M (default: sized from the host).
-    #[arg(long)]
-    memory: Option<String>,
-    /// vCPUs (default: sized from the host).
-    #[arg(long)]
-    cpus: Option<u32>,
-    /// Disk size, e.g. 64G (default: the OS's recommendation).
-    #[arg(long)]
-    disk_size: Option<String>,
-    /// Installer ISO (a recovery image for macOS).
-    #[arg(long)]
-    iso: Option<String>,
-    /// Windows: the virtio-win driver ISO (default: found on the host).
-    #[arg(long)]
-    drivers: Option<String>,
-    /// Turn secure boot on where the OS model leaves it off.
-    #[arg(long)]
-    secure_boot: bool,
-    /// Bus of the main disk (e.g. sata to install Windows without virtio drivers).
-    #[arg(long, value_enum)]
-    disk_bus: Option<DiskBusArg>,
-    /// none, user, or a libvirt network name.
-    #[arg(long, default_value = "default")]
-    network: String,
-    /// macOS: your OpenCore image.
-    #[arg(long)]
-    opencore: Option<String>,
-    /// macOS: the applesmc OSK string.
-    #[arg(long)]
-    osk: Option<String>,
-    /// Do not encrypt the disk.
-    #[arg(long)]
-    no_encrypt: bool,
-    /// Storage pool of the disk.
-    #[arg(long, default_value = phyllome::POOL)]
-    pool: String,
-    /// Boot this kernel directly (with --initrd and --cmdline).
-    #[arg(long)]
-    kernel: Option<String>,
-    #[arg(long, requires = "kernel")]
-    initrd: Option<String>,
-    #[arg(long, requires = "kernel")]
-    cmdline: Option<String>,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Say why each device was chosen instead of printing the XML.
     #[arg(long)]
     explain: bool,
@@ -77,46 +121,21 @@ pub struct XmlArgs {
 }
 
 pub fn run(uri: &str, a: XmlArgs) -> Fallible {
-    // Everything that needs no host is checked first: a typo fails fast.
-    if catalog::profile(&a.os).is_none() {
-        return Err(unknown_os(&a.os).into());
-    }
+    let spec = a.vm.spec();
+    // Refuse a bad name or OS id before connecting anywhere.
     phyllome::model::input::validate_name(&a.name)?;
-    let network = match a.network.as_str() {
-        "none" => NetworkChoice::None,
-        "user" => NetworkChoice::User,
-        "default" => NetworkChoice::Default,
-        other => {
-            phyllome::model::input::validate_name(other).map_err(|e| format!("--network: {e}"))?;
-            NetworkChoice::Named(other.to_string())
-        }
-    };
-    let mut req = Request {
-        os: a.os,
-        name: a.name.clone(),
-        memory: a.memory,
-        cpus: a.cpus,
-        disk_size: a.disk_size,
-        iso: a.iso,
-        drivers: a.drivers,
-        secure_boot: a.secure_boot,
-        disk_bus: a.disk_bus.map(|b| match b {
-            DiskBusArg::Virtio => Bus::Virtio,
-            DiskBusArg::Sata => Bus::Sata,
-        }),
-        network,
-        opencore: a.opencore,
-        osk: a.osk,
-        direct_boot: a.kernel.map(|kernel| DirectBoot { kernel, initrd: a.initrd, cmdline: a.cmdline }),
-        disk: None,
-        version: phyllome::VERSION.to_string(),
-    };
-    check_files(&req)?;
+    if phyllome::model::catalog::profile(&spec.os).is_none() {
+        return Err(super::os::unknown_os(&spec.os).into());
+    }
+    phyllome::request::check_files(&phyllome::model::Request {
+        iso: spec.iso.clone(),
+        drivers: spec.drivers.clone(),
+        opencore: spec.opencore.clone(),
+        direct_boot: spec.direct_boot.clone(),
+        ..Default::default()
+    })?;
     let lv = Libvirt::connect(uri)?;
-    let pool_path = lv.pool_path(&a.pool)?.unwrap_or_else(|| phyllome::POOL_PATH.to_string());
-    req.disk = Some(disk_ref(&a.name, &a.pool, &pool_path, !a.no_encrypt));
-    let (host, _) = hostinfo::gather(&lv, true)?;
-    let plan = build::build(&req, &host)?;
+    let plan = vm::plan(&lv, &a.name, &spec)?;
     let xml = plan.domain.to_xml();
     if a.json {
         let v = json!({"name": a.name, "os": plan.profile.id, "memory_mib": plan.domain.memory_mib,

@@ -1,0 +1,310 @@
+//! VM lifecycle commands: create, start, stop, kill, pause, resume, delete,
+//! list, info, console, display, screenshot.
+
+use super::xml::VmArgs;
+use super::Fallible;
+use clap::{Args, Subcommand};
+use phyllome::model::input::human_mib;
+use phyllome::model::Encryption;
+use phyllome::vm::{self, VmError};
+use phyllome_libvirt::Libvirt;
+use serde_json::json;
+use std::io::{BufRead, IsTerminal};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create a VM (disk encrypted by default), optionally starting it.
+    Create(Box<CreateArgs>),
+    /// Start a VM (asks for the disk passphrase when it has one).
+    Start {
+        name: String,
+        /// Attach to the serial console once started.
+        #[arg(long)]
+        console: bool,
+    },
+    /// Shut a VM down: ACPI power button, then the guest agent.
+    Stop {
+        name: String,
+        /// Seconds to wait before giving up (or forcing).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Power off if the guest has not shut down in time.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Power a VM off at once (like pulling the plug).
+    Kill { name: String },
+    /// Pause a running VM.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// Delete a stopped VM: domain, disk, its secret, NVRAM and TPM state.
+    Delete {
+        name: String,
+        /// Keep the disk volume (and its key).
+        #[arg(long)]
+        keep_disk: bool,
+    },
+    /// List VMs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Details of one VM.
+    Info {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach to a VM's serial console (Ctrl-] leaves).
+    Console { name: String },
+    /// Show a VM's display address, and open a viewer when one is installed.
+    Display { name: String },
+    /// Save a screenshot of a VM's display as PNG.
+    Screenshot { name: String, file: String },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// VM name: letters, digits, '.', '_' and '-', at most 64.
+    name: String,
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Start the VM once created.
+    #[arg(long)]
+    start: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn progress(msg: &str) {
+    eprintln!("phyllome: {msg}");
+}
+
+/// Reads a passphrase without echo from the terminal, or one line from
+/// standard input when it is not a terminal (scripts, tests). Never from
+/// arguments or the environment.
+fn read_passphrase(prompt: &str, confirm: bool) -> vm::Result<Vec<u8>> {
+    let io = |e: std::io::Error| VmError::Disk(format!("cannot read the passphrase: {e}"));
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(prompt).map_err(io)?;
+        if confirm {
+            let again = rpassword::prompt_password("Repeat the passphrase: ").map_err(io)?;
+            if again != first {
+                return Err(VmError::Disk("the two passphrases differ".into()));
+            }
+        }
+        return Ok(first.into_bytes());
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    Ok(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+}
+
+fn encryption_text(e: Encryption) -> &'static str {
+    match e {
+        Encryption::Secret => "encrypted (LUKS, random key in a private libvirt secret)",
+        Encryption::Prompt => "encrypted (LUKS, your passphrase, asked at each start)",
+        Encryption::None => "NOT encrypted",
+    }
+}
+
+pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
+    let lv = Libvirt::connect(uri)?;
+    match cmd {
+        VmCommand::Create(a) => create(&lv, *a),
+        VmCommand::Start { name, console: attach } => {
+            let started = vm::start(&lv, &name, &|| read_passphrase(&format!("Passphrase of {name}'s disk: "), false))?;
+            if started {
+                progress(&format!("started {name}"));
+            } else {
+                progress(&format!("{name} is already running"));
+            }
+            if attach {
+                return console(uri, &name);
+            }
+            Ok(())
+        }
+        VmCommand::Stop { name, timeout, force } => {
+            let how = vm::stop(&lv, &name, Duration::from_secs(timeout), force, &progress)?;
+            let msg = match how {
+                vm::Stopped::AlreadyOff => "was already shut off",
+                vm::Stopped::PowerButton => "shut down (ACPI power button)",
+                vm::Stopped::GuestAgent => "shut down (guest agent)",
+                vm::Stopped::Forced => "did not shut down in time and was powered off (--force)",
+            };
+            progress(&format!("{name} {msg}"));
+            Ok(())
+        }
+        VmCommand::Kill { name } => {
+            vm::kill(&lv, &name)?;
+            progress(&format!("{name} powered off"));
+            Ok(())
+        }
+        VmCommand::Pause { name } => Ok(vm::pause(&lv, &name)?),
+        VmCommand::Resume { name } => Ok(vm::resume(&lv, &name)?),
+        VmCommand::Delete { name, keep_disk } => {
+            let d = vm::delete(&lv, &name, keep_disk)?;
+            let disk = if d.kept_disk {
+                "disk kept".to_string()
+            } else if d.volumes.is_empty() {
+                "no disk volume".to_string()
+            } else {
+                format!("removed {} and {} secret(s)", d.volumes.join(", "), d.secrets)
+            };
+            progress(&format!("deleted {name} (domain, NVRAM, TPM state; {disk})"));
+            Ok(())
+        }
+        VmCommand::List { json } => list(&lv, json),
+        VmCommand::Info { name, json } => info(&lv, &name, json),
+        VmCommand::Console { name } => {
+            vm::summary(&lv, &name)?;
+            console(uri, &name)
+        }
+        VmCommand::Display { name } => display(&lv, uri, &name),
+        VmCommand::Screenshot { name, file } => screenshot(&lv, &name, &file),
+    }
+}
+
+fn create(lv: &Libvirt, a: CreateArgs) -> Fallible {
+    let spec = a.vm.spec();
+    let passphrase = if spec.encryption == Some(Encryption::Prompt) {
+        // Check everything that can be checked before asking for a passphrase.
+        phyllome::model::input::validate_name(&a.name)?;
+        Some(read_passphrase(&format!("New passphrase for {}'s disk: ", a.name), true)?)
+    } else {
+        None
+    };
+    let c = vm::create(lv, &a.name, &spec, passphrase.as_deref(), a.start, &progress)?;
+    for w in &c.warnings {
+        eprintln!("phyllome: warning: {w}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
+    println!(
+        "created {}: {}, {} vCPU{}, {} memory, {} GiB disk {}",
+        c.name,
+        c.os,
+        c.vcpus,
+        if c.vcpus == 1 { "" } else { "s" },
+        human_mib(c.memory_mib),
+        c.disk_gib,
+        encryption_text(c.encryption)
+    );
+    if c.started {
+        println!(
+            "running: `phyllome console {0}` for its serial console, `phyllome display {0}` for its screen",
+            c.name
+        );
+    } else {
+        println!("start it with `phyllome start {}`", c.name);
+    }
+    Ok(())
+}
+
+fn list(lv: &Libvirt, json: bool) -> Fallible {
+    let rows = vm::list(lv)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    println!("{:w$}  {:14}  {:8}  {:5}  {:>8}  {:>8}  ENCRYPTED", "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK");
+    for r in rows {
+        println!(
+            "{:w$}  {:14}  {:8}  {:5}  {:>8}  {:>8}  {}",
+            r.name,
+            r.os.as_deref().unwrap_or("-"),
+            r.state,
+            r.vcpus,
+            human_mib(r.memory_mib),
+            r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or_else(|| "-".into()),
+            if r.encrypted { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
+    let s = vm::summary(lv, name)?;
+    let r = vm::row(lv, name)?;
+    let vnc = s.vnc.as_ref().map(|(h, p)| format!("vnc://{h}:{p}"));
+    if json {
+        let disks: Vec<_> = s
+            .disks
+            .iter()
+            .map(|d| {
+                json!({"target": d.target, "device": d.device, "pool": d.pool, "volume": d.volume,
+                            "file": d.file, "encrypted": d.luks_secret.is_some()})
+            })
+            .collect();
+        let v = json!({"name": r.name, "uuid": s.uuid, "os": r.os, "state": r.state, "vcpus": r.vcpus,
+                       "memory_mib": r.memory_mib, "encrypted": r.encrypted, "encryption": s.encryption,
+                       "disk_gib": r.disk_gib, "disks": disks, "display": vnc, "created_by": s.created_by});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("name:       {}", r.name);
+    println!("uuid:       {}", s.uuid);
+    println!("os:         {}", r.os.as_deref().unwrap_or("- (not made by phyllome)"));
+    println!("state:      {}", r.state);
+    println!("vcpus:      {}", r.vcpus);
+    println!("memory:     {}", human_mib(r.memory_mib));
+    let enc = s.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);
+    println!("disk:       {} {}", r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
+    for d in &s.disks {
+        let src = match (&d.pool, &d.volume, &d.file) {
+            (Some(p), Some(v), _) => format!("{p}/{v}"),
+            (_, _, Some(f)) => f.clone(),
+            _ => "-".into(),
+        };
+        println!("  {:4} {:6} {src}", d.target, d.device);
+    }
+    println!("display:    {}", vnc.unwrap_or_else(|| "- (not running)".into()));
+    Ok(())
+}
+
+fn console(uri: &str, name: &str) -> Fallible {
+    use std::os::unix::process::CommandExt;
+    eprintln!("phyllome: serial console of {name}; leave with Ctrl-]");
+    let err = std::process::Command::new("virsh").args(["-c", uri, "console", name]).exec();
+    Err(format!("cannot run virsh console: {err}").into())
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn display(lv: &Libvirt, uri: &str, name: &str) -> Fallible {
+    let s = vm::summary(lv, name)?;
+    let Some((host, port)) = s.vnc else {
+        return Err(format!("{name} is not running (or has no VNC display)").into());
+    };
+    let addr = format!("vnc://{host}:{port}");
+    println!("{addr}");
+    let graphical = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if graphical && in_path("virt-viewer") {
+        std::process::Command::new("virt-viewer").args(["--connect", uri, name]).spawn()?;
+        eprintln!("phyllome: opened virt-viewer");
+    } else if graphical && in_path("remote-viewer") {
+        std::process::Command::new("remote-viewer").arg(&addr).spawn()?;
+        eprintln!("phyllome: opened remote-viewer");
+    } else {
+        eprintln!(
+            "phyllome: the display listens on this host only; from another machine: ssh -L {port}:{host}:{port} THIS-HOST, then open vnc://127.0.0.1:{port}"
+        );
+    }
+    Ok(())
+}
+
+fn screenshot(lv: &Libvirt, name: &str, file: &str) -> Fallible {
+    vm::summary(lv, name)?;
+    let (data, mime) = lv.screenshot(name)?;
+    let png = if data.starts_with(b"\x89PNG") { data } else { phyllome::image::ppm_to_png(&data)? };
+    std::fs::write(file, png)?;
+    eprintln!("phyllome: saved {name}'s screen to {file} (from {mime})");
+    Ok(())
+}

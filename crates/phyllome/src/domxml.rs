@@ -1,0 +1,147 @@
+//! Reads back the parts of a libvirt domain XML that Phyllome reports:
+//! its metadata, size, disks and display. Pure, for tests.
+
+use phyllome_model::domain::METADATA_NS;
+use roxmltree::{Document, Node};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskSummary {
+    pub target: String,
+    pub device: String,
+    pub pool: Option<String>,
+    pub volume: Option<String>,
+    pub file: Option<String>,
+    /// Usage id or UUID of the LUKS passphrase secret, when encrypted.
+    pub luks_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainSummary {
+    pub name: String,
+    pub uuid: String,
+    /// Phyllome's OS id, when Phyllome made the VM.
+    pub os: Option<String>,
+    /// `secret`, `prompt` or `none` (Phyllome's metadata).
+    pub encryption: Option<String>,
+    pub created_by: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskSummary>,
+    /// VNC port and listen address of a running domain.
+    pub vnc: Option<(String, u16)>,
+}
+
+impl DomainSummary {
+    /// The main disk: the first disk (not CD-ROM) that is a pool volume.
+    pub fn main_disk(&self) -> Option<&DiskSummary> {
+        self.disks.iter().find(|d| d.device == "disk" && d.volume.is_some())
+    }
+
+    pub fn encrypted(&self) -> bool {
+        self.main_disk().is_some_and(|d| d.luks_secret.is_some())
+    }
+}
+
+fn child<'a>(n: Node<'a, 'a>, name: &str) -> Option<Node<'a, 'a>> {
+    n.children().find(|c| c.has_tag_name(name))
+}
+
+fn text(n: Node, name: &str) -> Option<String> {
+    child(n, name).and_then(|c| c.text()).map(|t| t.trim().to_string())
+}
+
+fn to_mib(value: &str, unit: Option<&str>) -> u64 {
+    let v: u64 = value.trim().parse().unwrap_or(0);
+    match unit.unwrap_or("KiB") {
+        "b" | "bytes" => v >> 20,
+        "KiB" | "k" | "K" => v >> 10,
+        "MiB" | "M" | "m" => v,
+        "GiB" | "G" | "g" => v << 10,
+        _ => v >> 10,
+    }
+}
+
+pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
+    let doc = Document::parse(xml)?;
+    let root = doc.root_element();
+    let mut s = DomainSummary {
+        name: text(root, "name").unwrap_or_default(),
+        uuid: text(root, "uuid").unwrap_or_default(),
+        vcpus: text(root, "vcpu").and_then(|v| v.parse().ok()).unwrap_or(0),
+        ..Default::default()
+    };
+    if let Some(m) = child(root, "memory") {
+        s.memory_mib = to_mib(m.text().unwrap_or("0"), m.attribute("unit"));
+    }
+    if let Some(ours) =
+        root.descendants().find(|n| n.tag_name().namespace() == Some(METADATA_NS) && n.tag_name().name() == "vm")
+    {
+        let get = |name: &str| {
+            ours.children()
+                .find(|c| c.tag_name().name() == name && c.tag_name().namespace() == Some(METADATA_NS))
+                .and_then(|c| c.text())
+                .map(|t| t.trim().to_string())
+        };
+        s.os = get("os");
+        s.encryption = get("encryption");
+        s.created_by = get("version");
+    }
+    if let Some(devices) = child(root, "devices") {
+        for d in devices.children().filter(|d| d.has_tag_name("disk")) {
+            let source = child(d, "source");
+            let luks = source
+                .and_then(|src| child(src, "encryption"))
+                .and_then(|e| child(e, "secret"))
+                .and_then(|sec| sec.attribute("usage").or(sec.attribute("uuid")))
+                .map(str::to_string);
+            s.disks.push(DiskSummary {
+                target: child(d, "target").and_then(|t| t.attribute("dev")).unwrap_or_default().to_string(),
+                device: d.attribute("device").unwrap_or("disk").to_string(),
+                pool: source.and_then(|x| x.attribute("pool")).map(str::to_string),
+                volume: source.and_then(|x| x.attribute("volume")).map(str::to_string),
+                file: source.and_then(|x| x.attribute("file")).map(str::to_string),
+                luks_secret: luks,
+            });
+        }
+        for g in devices.children().filter(|g| g.has_tag_name("graphics") && g.attribute("type") == Some("vnc")) {
+            let port = g.attribute("port").and_then(|p| p.parse::<i32>().ok()).unwrap_or(-1);
+            if port > 0 {
+                let listen = g.attribute("listen").unwrap_or("127.0.0.1").to_string();
+                s.vnc = Some((listen, port as u16));
+            }
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_metadata_disks_and_vnc() {
+        let xml = r#"<domain type='qemu' id='3'>
+  <name>vm1</name><uuid>1234</uuid>
+  <metadata><phyllome:vm xmlns:phyllome='https://phyllo.me/xmlns/phyllome/1'><phyllome:os>linux</phyllome:os><phyllome:version>0.1.0</phyllome:version><phyllome:encryption>secret</phyllome:encryption></phyllome:vm></metadata>
+  <memory unit='KiB'>4194304</memory><vcpu placement='static'>2</vcpu>
+  <devices>
+    <disk type='volume' device='disk'><source pool='phyllome' volume='vm1.qcow2'><encryption format='luks'><secret type='passphrase' usage='/p/vm1.qcow2'/></encryption></source><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><source file='/isos/a.iso'/><target dev='sda' bus='sata'/></disk>
+    <graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'/>
+  </devices>
+</domain>"#;
+        let s = parse(xml).unwrap();
+        assert_eq!((s.name.as_str(), s.os.as_deref(), s.vcpus, s.memory_mib), ("vm1", Some("linux"), 2, 4096));
+        assert_eq!(s.encryption.as_deref(), Some("secret"));
+        assert!(s.encrypted());
+        assert_eq!(s.main_disk().unwrap().volume.as_deref(), Some("vm1.qcow2"));
+        assert_eq!(s.disks[1].file.as_deref(), Some("/isos/a.iso"));
+        assert_eq!(s.vnc, Some(("127.0.0.1".into(), 5901)));
+    }
+
+    #[test]
+    fn foreign_domains_have_no_phyllome_metadata() {
+        let s = parse("<domain type='kvm'><name>x</name><memory unit='GiB'>2</memory><vcpu>1</vcpu></domain>").unwrap();
+        assert_eq!((s.os, s.memory_mib, s.encrypted()), (None, 2048, false));
+    }
+}

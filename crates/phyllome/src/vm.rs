@@ -1,0 +1,583 @@
+//! The VM lifecycle: create (all or nothing, encrypted by default), start,
+//! stop, kill, pause, resume, delete, list, info. The CLI and the web API
+//! both call these; nothing here prints.
+
+use crate::domxml::{self, DomainSummary};
+use crate::hostinfo::{self, HostError};
+use crate::journal::{Entry, Journal, JournalError};
+use crate::request::{check_files, disk_ref, FileError};
+use phyllome_libvirt::{Libvirt, State};
+use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
+use phyllome_model::catalog::Bus;
+use phyllome_model::domain::DirectBoot;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// PBKDF time for disks keyed by a random 256-bit secret: brute force is
+/// hopeless whatever the iteration count, so the key derivation is kept
+/// short and start-up stays fast.
+const RANDOM_KEY_ITER_MS: u32 = 10;
+/// PBKDF time for passphrases people type: slow on purpose (QEMU's default).
+const PASSPHRASE_ITER_MS: u32 = 2000;
+
+/// What the user asks for, apart from the name.
+#[derive(Debug, Clone, Default)]
+pub struct VmSpec {
+    pub os: String,
+    pub memory: Option<String>,
+    pub cpus: Option<u32>,
+    pub disk_size: Option<String>,
+    pub iso: Option<String>,
+    pub drivers: Option<String>,
+    pub secure_boot: bool,
+    pub disk_bus: Option<Bus>,
+    /// `none`, `user`, `default` or a libvirt network name.
+    pub network: String,
+    pub opencore: Option<String>,
+    pub osk: Option<String>,
+    pub direct_boot: Option<DirectBoot>,
+    pub encryption: Option<Encryption>,
+    /// Storage pool for the disk (default: Phyllome's).
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Libvirt(#[from] phyllome_libvirt::Error),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("a VM named {0:?} already exists")]
+    NameBusy(String),
+    #[error("no VM named {0:?}")]
+    NoSuchVm(String),
+    #[error("volume {volume} already exists in pool {pool}: delete it or choose another name")]
+    VolumeExists { pool: String, volume: String },
+    #[error("a libvirt secret for {0} already exists: remove it (virsh secret-list) or choose another name")]
+    SecretExists(String),
+    #[error("storage pool {0:?} does not exist")]
+    NoPool(String),
+    #[error("libvirt network {0:?} does not exist: use --network none, user, or an existing network")]
+    NoNetwork(String),
+    #[error("--network: {0}")]
+    BadNetwork(String),
+    #[error("{0} is running: stop it first (phyllome stop {0}, or phyllome kill {0})")]
+    Running(String),
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("interrupted: everything this command created was removed")]
+    Interrupted,
+    #[error("cannot create the disk: {0}")]
+    Disk(String),
+    #[error("the passphrase does not unlock {0}'s disk")]
+    WrongPassphrase(String),
+    #[error("{0}'s disk is locked by a passphrase: run `phyllome start {0}` where you can type it")]
+    NeedPassphrase(String),
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+    #[error("{name} did not shut down within {secs} s: try again with --force, or `phyllome kill {name}`")]
+    StopTimeout { name: String, secs: u64 },
+    #[error("cannot read {0}'s domain XML: {1}")]
+    Xml(String, roxmltree::Error),
+    #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
+    Injected(String),
+}
+
+pub type Result<T> = std::result::Result<T, VmError>;
+
+/// Validates and plans a VM on this host; changes nothing.
+pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
+    phyllome_model::input::validate_name(name).map_err(BuildError::from)?;
+    let network = match spec.network.as_str() {
+        "none" => NetworkChoice::None,
+        "user" => NetworkChoice::User,
+        "default" | "" => NetworkChoice::Default,
+        other => {
+            phyllome_model::input::validate_name(other).map_err(|e| VmError::BadNetwork(e.to_string()))?;
+            NetworkChoice::Named(other.to_string())
+        }
+    };
+    let mut req = Request {
+        os: spec.os.clone(),
+        name: name.to_string(),
+        memory: spec.memory.clone(),
+        cpus: spec.cpus,
+        disk_size: spec.disk_size.clone(),
+        iso: spec.iso.clone(),
+        drivers: spec.drivers.clone(),
+        secure_boot: spec.secure_boot,
+        disk_bus: spec.disk_bus,
+        network,
+        opencore: spec.opencore.clone(),
+        osk: spec.osk.clone(),
+        direct_boot: spec.direct_boot.clone(),
+        disk: None,
+        version: crate::VERSION.to_string(),
+    };
+    if phyllome_model::catalog::profile(&req.os).is_none() {
+        // The model says which ids exist; ask it before touching the host.
+        return Err(build::build(&req, &placeholder_host()).unwrap_err().into());
+    }
+    check_files(&req)?;
+    let pool = spec.pool.clone().unwrap_or_else(|| crate::POOL.to_string());
+    let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| crate::POOL_PATH.to_string());
+    req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
+    let (host, _) = hostinfo::gather(lv, true)?;
+    Ok(build::build(&req, &host)?)
+}
+
+/// A host with nothing, for asking the model to validate the OS id alone.
+fn placeholder_host() -> phyllome_model::Host {
+    use phyllome_model::host::*;
+    Host {
+        facts: HostFacts {
+            description: String::new(),
+            cpu_vendor: CpuVendor::Other,
+            cpu_model: String::new(),
+            cpus: 1,
+            memory_mib: 0,
+            render_nodes: vec![],
+            kvm: KvmState::Absent,
+            swtpm: false,
+            virgl: false,
+            libvirt_version: String::new(),
+            qemu_version: String::new(),
+            firmware: vec![],
+            virtio_win_iso: None,
+        },
+        caps: DomainCaps::default(),
+    }
+}
+
+/// Test hooks: `PHYLLOME_TEST_FAIL_AT=STEP` fails a create step,
+/// `PHYLLOME_TEST_PAUSE_AT=STEP` holds it for 60 s (so a test can kill -9 it).
+fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
+    if let Ok(s) = std::env::var("PHYLLOME_TEST_PAUSE_AT") {
+        if s == name {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        return Err(VmError::Interrupted);
+    }
+    match std::env::var("PHYLLOME_TEST_FAIL_AT") {
+        Ok(s) if s == name => Err(VmError::Injected(name.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// A random 256-bit key as 64 hex digits (printable, so it survives every layer as-is).
+fn random_key() -> std::io::Result<Vec<u8>> {
+    let mut raw = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    Ok(raw.iter().flat_map(|b| format!("{b:02x}").into_bytes()).collect())
+}
+
+/// Creates the qcow2 file with qemu-img. The key reaches qemu-img on its
+/// standard input (`file=/dev/stdin`), never in its arguments or environment.
+fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some((_, iter_ms)) = key {
+        cmd.args(["--object", "secret,id=sec0,file=/dev/stdin", "-o"]);
+        cmd.arg(format!("encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time={iter_ms}"));
+    }
+    cmd.arg(path).arg(format!("{gib}G"));
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| VmError::Disk(format!("cannot run qemu-img: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        if let Some((k, _)) = key {
+            let _ = stdin.write_all(k);
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| VmError::Disk(e.to_string()))?;
+    if !out.status.success() {
+        return Err(VmError::Disk(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| VmError::Disk(e.to_string()))
+}
+
+/// Removes whatever an (interrupted or failed) create may have made.
+fn rollback(lv: &Libvirt, e: &Entry) {
+    let _ = lv.destroy(&e.name);
+    let _ = lv.undefine(&e.name);
+    let _ = lv.delete_volume(&e.pool, &e.volume);
+    if Path::new(&e.volume_path).exists() {
+        let _ = std::fs::remove_file(&e.volume_path);
+    }
+    let _ = lv.undefine_volume_secret(&e.volume_path);
+}
+
+/// Cleans up after creates whose process died; returns the names cleaned.
+pub fn recover(lv: &Libvirt) -> Vec<String> {
+    let journal = Journal::open();
+    let mut cleaned = Vec::new();
+    for e in journal.orphans() {
+        rollback(lv, &e);
+        journal.finish(&e.name);
+        cleaned.push(e.name);
+    }
+    cleaned
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub name: String,
+    pub os: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub encryption: Encryption,
+    pub started: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Creates a VM: disk (LUKS-encrypted unless asked otherwise), secret and
+/// domain, and starts it when asked. All or nothing: any failure, Ctrl-C or
+/// SIGTERM removes what was made; a kill -9 is cleaned by the next command.
+pub fn create(
+    lv: &Libvirt,
+    name: &str,
+    spec: &VmSpec,
+    passphrase: Option<&[u8]>,
+    start: bool,
+    progress: &dyn Fn(&str),
+) -> Result<Created> {
+    recover(lv);
+    let plan = plan(lv, name, spec)?;
+    if lv.exists(name)? {
+        return Err(VmError::NameBusy(name.to_string()));
+    }
+    let net = plan.domain.devices.iter().find_map(|d| match d {
+        phyllome_model::domain::Device::Interface(phyllome_model::domain::Interface::Network { network, .. }) => {
+            Some(network.clone())
+        }
+        _ => None,
+    });
+    if let Some(n) = net {
+        if lv.network_state(&n)?.is_none() {
+            return Err(VmError::NoNetwork(n));
+        }
+    }
+    let disk = plan.disk.clone().expect("plan() always asks for a disk");
+    let encryption = spec.encryption.unwrap_or(Encryption::Secret);
+    if encryption == Encryption::Prompt && passphrase.is_none_or(|p| p.is_empty()) {
+        return Err(VmError::EmptyPassphrase);
+    }
+    let pool_exists = lv.pool_path(&disk.pool)?.is_some();
+    if !pool_exists && disk.pool != crate::POOL {
+        return Err(VmError::NoPool(disk.pool.clone()));
+    }
+    if lv.volume_info(&disk.pool, &disk.volume)?.is_some() || Path::new(&disk.path).exists() {
+        return Err(VmError::VolumeExists { pool: disk.pool.clone(), volume: disk.volume.clone() });
+    }
+    if lv.volume_secret(&disk.path)?.is_some() {
+        return Err(VmError::SecretExists(disk.path.clone()));
+    }
+
+    let entry = Entry::new(name, &disk.pool, &disk.volume, &disk.path);
+    let journal = Journal::open();
+    journal.begin(&entry)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
+        .collect();
+
+    let result = (|| -> Result<bool> {
+        step("pool", &interrupted)?;
+        if !pool_exists && lv.ensure_dir_pool(&disk.pool, crate::POOL_PATH)? {
+            progress(&format!("created storage pool {} in {}", disk.pool, crate::POOL_PATH));
+        }
+        step("secret", &interrupted)?;
+        let key = match encryption {
+            Encryption::None => None,
+            Encryption::Secret => Some(random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?),
+            Encryption::Prompt => passphrase.map(<[u8]>::to_vec),
+        };
+        if let Some(k) = &key {
+            let desc = format!("phyllome: disk passphrase of VM {name}");
+            lv.define_volume_secret(&disk.path, &desc, encryption == Encryption::Prompt, k)?;
+        }
+        step("volume", &interrupted)?;
+        let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
+        progress(&format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
+        let iter = if encryption == Encryption::Prompt { PASSPHRASE_ITER_MS } else { RANDOM_KEY_ITER_MS };
+        create_disk_file(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, iter)))?;
+        lv.refresh_pool(&disk.pool)?;
+        step("define", &interrupted)?;
+        lv.define(&plan.domain.to_xml())?;
+        progress(&format!("defined VM {name}"));
+        let mut started = false;
+        if start {
+            step("start", &interrupted)?;
+            progress(&format!("starting {name}"));
+            start_checked(lv, name, &disk.path)?;
+            started = true;
+        }
+        step("finish", &interrupted)?;
+        Ok(started)
+    })();
+
+    // A passphrase typed by the user never outlives this command in libvirt.
+    if encryption == Encryption::Prompt {
+        let _ = lv.undefine_volume_secret(&disk.path);
+    }
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    match result {
+        Ok(started) => {
+            journal.finish(name);
+            Ok(Created {
+                name: name.to_string(),
+                os: plan.profile.id.to_string(),
+                vcpus: plan.domain.vcpus,
+                memory_mib: plan.domain.memory_mib,
+                disk_gib: plan.disk_gib,
+                encryption,
+                started,
+                warnings: plan.warnings,
+            })
+        }
+        Err(e) => {
+            progress("failed: removing what was created");
+            rollback(lv, &entry);
+            journal.finish(name);
+            Err(e)
+        }
+    }
+}
+
+/// Starts a domain, turning QEMU's LUKS error into a clear one.
+fn start_checked(lv: &Libvirt, name: &str, _volume_path: &str) -> Result<()> {
+    lv.start(name).map_err(|e| {
+        if e.message.contains("Invalid password") || e.message.contains("cannot unlock") {
+            VmError::WrongPassphrase(name.to_string())
+        } else {
+            VmError::Libvirt(e)
+        }
+    })
+}
+
+pub fn summary(lv: &Libvirt, name: &str) -> Result<DomainSummary> {
+    let xml = lv.xml(name).map_err(|e| if e.is_no_domain() { VmError::NoSuchVm(name.into()) } else { e.into() })?;
+    domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))
+}
+
+fn state(lv: &Libvirt, name: &str) -> Result<State> {
+    lv.state(name).map_err(|e| if e.is_no_domain() { VmError::NoSuchVm(name.into()) } else { e.into() })
+}
+
+/// Starts a VM. For a passphrase-locked disk, `ask` is called for the
+/// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
+pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
+    recover(lv);
+    match state(lv, name)? {
+        State::Running => return Ok(false),
+        State::Paused => {
+            lv.resume(name)?;
+            return Ok(true);
+        }
+        _ => {}
+    }
+    let s = summary(lv, name)?;
+    if s.encryption.as_deref() == Some("prompt") {
+        let Some(path) = s.main_disk().and_then(|d| d.luks_secret.clone()) else {
+            return Err(VmError::Disk(format!("{name} has no encrypted disk to unlock")));
+        };
+        let pass = ask()?;
+        if pass.is_empty() {
+            return Err(VmError::EmptyPassphrase);
+        }
+        let _ = lv.undefine_volume_secret(&path);
+        lv.define_volume_secret(&path, &format!("phyllome: disk passphrase of VM {name}"), true, &pass)?;
+        let r = start_checked(lv, name, &path);
+        let _ = lv.undefine_volume_secret(&path);
+        r?;
+    } else {
+        start_checked(lv, name, "")?;
+    }
+    Ok(true)
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stopped {
+    AlreadyOff,
+    PowerButton,
+    GuestAgent,
+    Forced,
+}
+
+/// Stops a VM gracefully: the ACPI power button, then (after half the
+/// timeout) the guest agent; forced off at the end only when `force`.
+pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: &dyn Fn(&str)) -> Result<Stopped> {
+    match state(lv, name)? {
+        State::Shutoff => return Ok(Stopped::AlreadyOff),
+        State::Paused => lv.resume(name)?,
+        _ => {}
+    }
+    lv.shutdown(name, false)?;
+    progress(&format!("pressed {name}'s power button; waiting up to {} s", timeout.as_secs()));
+    let start = Instant::now();
+    let mut tried_agent = false;
+    let mut last_report = 0;
+    loop {
+        if state(lv, name)? == State::Shutoff {
+            return Ok(if tried_agent { Stopped::GuestAgent } else { Stopped::PowerButton });
+        }
+        let waited = start.elapsed();
+        if !tried_agent && waited >= timeout / 2 {
+            tried_agent = true;
+            if lv.shutdown(name, true).is_ok() {
+                progress(&format!("asked {name}'s guest agent to shut down"));
+            }
+        }
+        if waited >= timeout {
+            break;
+        }
+        if waited.as_secs() >= last_report + 5 {
+            last_report = waited.as_secs();
+            progress(&format!("still waiting for {name} ({last_report} s)"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if force {
+        lv.destroy(name)?;
+        return Ok(Stopped::Forced);
+    }
+    Err(VmError::StopTimeout { name: name.to_string(), secs: timeout.as_secs() })
+}
+
+pub fn kill(lv: &Libvirt, name: &str) -> Result<()> {
+    match state(lv, name)? {
+        State::Shutoff => Err(VmError::NotRunning(name.into())),
+        _ => Ok(lv.destroy(name)?),
+    }
+}
+
+pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
+    match state(lv, name)? {
+        State::Running => Ok(lv.suspend(name)?),
+        State::Paused => Ok(()),
+        _ => Err(VmError::NotRunning(name.into())),
+    }
+}
+
+pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
+    match state(lv, name)? {
+        State::Paused => Ok(lv.resume(name)?),
+        State::Running => Ok(()),
+        _ => Err(VmError::NotRunning(name.into())),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleted {
+    pub name: String,
+    pub volumes: Vec<String>,
+    pub secrets: usize,
+    pub kept_disk: bool,
+}
+
+/// Deletes a stopped VM: domain, NVRAM and TPM state, and (unless `keep_disk`)
+/// its disk volumes and their secrets. Installer media are never touched.
+pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
+    recover(lv);
+    if state(lv, name)? != State::Shutoff {
+        return Err(VmError::Running(name.into()));
+    }
+    let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+    lv.undefine(name)?;
+    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk };
+    if keep_disk {
+        return Ok(out);
+    }
+    for d in s.disks.iter().filter(|d| d.device == "disk") {
+        if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
+            let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+            if lv.delete_volume(pool, volume)? {
+                out.volumes.push(format!("{pool}/{volume}"));
+            }
+            let usage = d.luks_secret.clone().or(path);
+            if let Some(u) = usage {
+                if lv.undefine_volume_secret(&u)? {
+                    out.secrets += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One row of `phyllome list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRow {
+    pub name: String,
+    pub os: Option<String>,
+    pub state: &'static str,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub encrypted: bool,
+    pub disk_gib: Option<f64>,
+}
+
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Running => "running",
+        State::Paused => "paused",
+        State::Shutoff => "shut off",
+        State::Other => "other",
+    }
+}
+
+pub fn row(lv: &Libvirt, name: &str) -> Result<VmRow> {
+    let s = summary(lv, name)?;
+    let st = state(lv, name)?;
+    let disk_gib = match s.main_disk() {
+        Some(d) => lv
+            .volume_info(d.pool.as_deref().unwrap_or_default(), d.volume.as_deref().unwrap_or_default())?
+            .map(|v| (v.capacity as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0),
+        None => None,
+    };
+    Ok(VmRow {
+        name: s.name.clone(),
+        os: s.os.clone(),
+        state: state_name(st),
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
+        encrypted: s.encrypted(),
+        disk_gib,
+    })
+}
+
+pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
+    recover(lv);
+    let mut rows = Vec::new();
+    for name in lv.domain_names()? {
+        match row(lv, &name) {
+            Ok(r) => rows.push(r),
+            // Deleted between listing and reading: skip.
+            Err(VmError::NoSuchVm(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rows)
+}
