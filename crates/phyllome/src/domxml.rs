@@ -142,6 +142,6 @@ mod tests {
     #[test]
     fn foreign_domains_have_no_phyllome_metadata() {
         let s = parse("<domain type='kvm'><name>x</name><memory unit='GiB'>2</memory><vcpu>1</vcpu></domain>").unwrap();
-        assert_eq!((s.os, s.memory_mib, s.encrypted()), (None, 2048, false));
+        assert_eq!((s.os.as_deref(), s.memory_mib, s.encrypted()), (None, 2048, false));
     }
 }

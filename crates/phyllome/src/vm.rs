@@ -208,6 +208,28 @@ fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<(
     if !out.status.success() {
         return Err(VmError::Disk(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
+    Ok(())
+}
+
+/// Creates the qcow2 file, retrying QEMU's flaky PBKDF benchmark: QEMU
+/// builds with the threaded benchmark (Debian's 7.2 among them) sometimes
+/// measure 0 ms of CPU for the first round on a fast or busy host and fail with
+/// "Unable to get accurate CPU usage" (fixed upstream in 2025). Nothing is
+/// left behind between attempts.
+fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match create_disk_file(path, gib, key) {
+            Err(VmError::Disk(msg)) if msg.contains("Unable to get accurate CPU usage") && attempt < 5 => {
+                let _ = std::fs::remove_file(path);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn set_private(path: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| VmError::Disk(e.to_string()))
 }
@@ -318,7 +340,8 @@ pub fn create(
         let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
         progress(&format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
         let iter = if encryption == Encryption::Prompt { PASSPHRASE_ITER_MS } else { RANDOM_KEY_ITER_MS };
-        create_disk_file(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, iter)))?;
+        create_disk(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, iter)))?;
+        set_private(&disk.path)?;
         lv.refresh_pool(&disk.pool)?;
         step("define", &interrupted)?;
         lv.define(&plan.domain.to_xml())?;
