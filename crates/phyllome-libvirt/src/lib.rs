@@ -1,9 +1,12 @@
 //! The one crate that talks to libvirt. Everything else in Phyllome sees
 //! plain strings and its own error type, never `virt` handles.
 
+mod events;
+mod hostdev;
 mod secret;
 mod storage;
 
+pub use events::{start_event_loop, DomainEvent, Lifecycle};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
 use virt::domain::Domain;

@@ -11,6 +11,7 @@ pub mod build;
 pub mod catalog;
 pub mod domain;
 pub mod host;
+pub mod hostdev;
 pub mod input;
 pub mod xml;
 

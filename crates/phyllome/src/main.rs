@@ -2,8 +2,8 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
-use cli::{host, os, vm, xml};
+use clap::{CommandFactory, Parser, Subcommand};
+use cli::{host, image, os, packaging, setup, vm, xml};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -26,6 +26,29 @@ enum Command {
     /// What Phyllome knows about this host (CPU, memory, KVM, firmware, libvirt).
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// Phyllome OS images: the Fedora Remix that hosts your VMs.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff, or write every page into DIR (for packaging).
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Is this host ready to run guests well? Each check says what to fix; exits 1 when one fails.
+    Check(cli::check::CheckArgs),
+    /// PCI and USB devices, and whether each can be passed through to a VM.
+    Devices(cli::devices::DevicesArgs),
+    /// Pass a host device through to a VM (a last resort: a device given away leaves the host).
+    Attach(cli::devices::AttachArgs),
+    /// Take a passed-through host device back from a VM.
+    Detach(cli::devices::DetachArgs),
     #[command(flatten)]
     Vm(vm::VmCommand),
 }
@@ -39,6 +62,14 @@ fn main() -> ExitCode {
         Command::Xml(args) => xml::run(uri, *args),
         Command::Vm(cmd) => vm::run(uri, cmd),
         Command::Host(host::HostCommand::Facts { json, record }) => host::facts(uri, json, record),
+        Command::Host(host::HostCommand::Setup { dry_run, root }) => setup::run(uri, dry_run, &root),
+        Command::Image(image::ImageCommand::Kickstart(args)) => image::kickstart(args),
+        Command::Completions { shell } => packaging::completions(Cli::command(), shell),
+        Command::Manpage { dir } => packaging::manpage(Cli::command(), dir),
+        Command::Check(args) => cli::check::run(uri, args),
+        Command::Devices(args) => cli::devices::list(args),
+        Command::Attach(args) => cli::devices::attach(uri, args),
+        Command::Detach(args) => cli::devices::detach(uri, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,13 +37,13 @@ fn tpm_state_dir(uuid: &str) -> String {
 #[test]
 fn every_profile_defines_starts_and_runs_in_real_libvirtd() {
     require_libvirt();
-    let pool = TestPool::new("accept-pool");
+    let pool = TestPool::new(&format!("accept-pool-{}", std::process::id()));
     // macOS needs an OpenCore image: an empty raw disk stands in (the VM starts; it does not boot macOS).
     let opencore = format!("{}/opencore.img", pool.path);
     std::fs::write(&opencore, vec![0u8; 1 << 20]).unwrap();
     let osk = "o".repeat(64);
     for os in phyllome::model::catalog::ids() {
-        let name = format!("{PREFIX}accept-{os}");
+        let name = format!("{PREFIX}accept-{os}-{}", std::process::id());
         let extra: Vec<&str> = if os == "macos" { vec!["--opencore", &opencore, "--osk", &osk] } else { vec![] };
         let xml = generate(os, &name, &pool, &extra);
         pool.create_volume(&format!("{name}.qcow2"), "1G");
@@ -61,8 +61,8 @@ fn every_profile_defines_starts_and_runs_in_real_libvirtd() {
 #[test]
 fn windows11_runs_secure_boot_firmware_with_a_tpm() {
     require_libvirt();
-    let pool = TestPool::new("accept-w11-pool");
-    let name = format!("{PREFIX}accept-w11");
+    let pool = TestPool::new(&format!("accept-w11-pool-{}", std::process::id()));
+    let name = format!("{PREFIX}accept-w11-{}", std::process::id());
     let xml = generate("windows11", &name, &pool, &[]);
     pool.create_volume(&format!("{name}.qcow2"), "1G");
     let dom = define(&name, &xml);

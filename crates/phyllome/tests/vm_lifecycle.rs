@@ -119,8 +119,9 @@ fn leftovers(name: &str) -> Vec<String> {
 struct Vm(String);
 
 impl Vm {
+    /// Names carry the test process id, so two test runs on one host never share a VM.
     fn new(suffix: &str) -> Vm {
-        let vm = Vm(format!("{PREFIX}{suffix}"));
+        let vm = Vm(format!("{PREFIX}{suffix}-{}", std::process::id()));
         vm.clean();
         vm
     }
@@ -150,8 +151,9 @@ impl Drop for Vm {
 struct IsolatedNet(String);
 
 impl IsolatedNet {
-    fn new(suffix: &str, bridge: &str) -> IsolatedNet {
-        let name = format!("{PREFIX}{suffix}");
+    fn new(suffix: &str) -> IsolatedNet {
+        let name = format!("{PREFIX}{suffix}-{}", std::process::id());
+        let bridge = format!("phyt{}", std::process::id() % 1_000_000);
         virsh(&["net-destroy", &name]);
         virsh(&["net-undefine", &name]);
         let file = std::env::temp_dir().join(format!("{name}.xml"));
@@ -174,7 +176,7 @@ impl Drop for IsolatedNet {
 #[test]
 fn linux_vm_sees_every_virtio_device_of_its_profile() {
     require_libvirt();
-    let net = IsolatedNet::new("net-devices", "phyltest1");
+    let net = IsolatedNet::new("net-devices");
     let vm = Vm::new("devices");
     ok(create(&vm.0, "phyllome.test=poweroff", &["--network", &net.0, "--start"]));
     let log = wait_for_serial(&vm.0, "PHYLLOME-VIRTIO:", 120);

@@ -16,6 +16,16 @@ pub enum HostCommand {
         #[arg(long, value_name = "DIR")]
         record: Option<String>,
     },
+    /// Configure this host for virtualization (IOMMU, vfio, nested, libvirt, storage pool), idempotently.
+    /// Shows every change before making it.
+    Setup {
+        /// Only show the changes.
+        #[arg(long)]
+        dry_run: bool,
+        /// Work on the system under DIR instead of this host (nothing is executed there).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+    },
 }
 
 pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {

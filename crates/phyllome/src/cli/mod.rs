@@ -2,8 +2,13 @@
 //! its arguments and calls the core (`phyllome` library), which the web API
 //! shares.
 
+pub mod check;
+pub mod devices;
 pub mod host;
+pub mod image;
 pub mod os;
+pub mod packaging;
+pub mod setup;
 pub mod vm;
 pub mod xml;
 

@@ -140,3 +140,37 @@ pub fn screenshot_colours(path: &Path) -> usize {
     }
     colours.len()
 }
+
+/// Defines a minimal stopped TCG domain (no disk, no NIC, no display) named `name`; removed on drop.
+pub fn define_minimal_domain(name: &str) -> TestDomain {
+    let dom = TestDomain::adopt(name);
+    let xml = format!(
+        "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n  \
+         <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n  </os>\n  <devices/>\n</domain>\n"
+    );
+    let file = std::env::temp_dir().join(format!("{name}-{}.xml", std::process::id()));
+    std::fs::write(&file, xml).unwrap();
+    let out = virsh(&["define", "--validate", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "cannot define {name}: {}", String::from_utf8_lossy(&out.stderr));
+    dom
+}
+
+/// Validates a whole domain document against libvirt's RELAX NG schema (xmllint); Err carries xmllint's output.
+pub fn xmllint_domain(xml: &str) -> Result<(), String> {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("phyllome-xmllint-{}-{n}.xml", std::process::id()));
+    std::fs::write(&file, xml).unwrap();
+    let out = Command::new("xmllint")
+        .args(["--noout", "--relaxng", "/usr/share/libvirt/schemas/domain.rng"])
+        .arg(&file)
+        .output()
+        .expect("xmllint must be installed (libxml2-utils): run scripts/setup.sh");
+    let _ = std::fs::remove_file(&file);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

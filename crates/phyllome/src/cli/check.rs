@@ -1,0 +1,96 @@
+//! `phyllome check`: is this host ready to run guests well, and what exactly to fix.
+
+use super::Fallible;
+use clap::Args;
+use phyllome::hostinfo;
+use phyllome_host::check::{self, Inputs, Report, Status, Versions};
+use phyllome_host::facts::read_firmware;
+use phyllome_host::kvm;
+use phyllome_libvirt::Libvirt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Print {"verdict", "checks": [{"id", "status", "summary", "fix"}]}.
+    #[arg(long)]
+    json: bool,
+    /// Read the host through DIR (a recorded tree) instead of /; the KVM probe, libvirtd and free space are then not asked.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+}
+
+/// Whether `root` is this running host.
+pub fn is_live_root(root: &Path) -> Result<bool, String> {
+    let canonical = root.canonicalize().map_err(|e| format!("--root {}: {e}", root.display()))?;
+    Ok(canonical == Path::new("/"))
+}
+
+/// What only the running host can answer: libvirtd, the KVM probe, free space, the user.
+fn live_inputs(uri: &str) -> Inputs {
+    let lv = Libvirt::connect(uri);
+    let libvirt = match &lv {
+        Ok(lv) => lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()),
+        Err(e) => Err(e.message.clone()),
+    };
+    let pool_path = lv
+        .as_ref()
+        .ok()
+        .and_then(|lv| lv.pool_path(phyllome::POOL).ok().flatten())
+        .unwrap_or(phyllome::POOL_PATH.into());
+    // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
+    let kvm_probe = if Path::new("/dev/kvm").exists() {
+        hostinfo::qemu_binary().map(|qemu| kvm::probe_cached(&qemu, &read_firmware(Path::new("/"))))
+    } else {
+        None
+    };
+    Inputs {
+        kvm_probe,
+        libvirt: Some(libvirt),
+        uri: uri.to_string(),
+        disk: check::free_space(&pool_path),
+        user: check::current_user(),
+        not_live: None,
+    }
+}
+
+pub fn run(uri: &str, args: CheckArgs) -> Fallible {
+    let inputs = if is_live_root(&args.root)? {
+        live_inputs(uri)
+    } else {
+        let mut i = Inputs::recorded(&format!("--root {} is not the running host", args.root.display()));
+        i.uri = uri.to_string();
+        i.user = check::current_user();
+        i
+    };
+    let report = check::run(&args.root, &inputs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if report.failed() {
+        // A failing check is the answer, not an error: exit 1 without an error line.
+        std::io::stdout().flush()?;
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_report(report: &Report) {
+    let w = report.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+    for c in &report.checks {
+        println!("{:4}  {:w$}  {}", c.status.as_str().to_uppercase(), c.id, c.summary);
+        if let Some(fix) = &c.fix {
+            println!("{:4}  {:w$}  fix: {fix}", "", "");
+        }
+    }
+    let count = |s: Status| report.checks.iter().filter(|c| c.status == s).count();
+    println!(
+        "\nverdict: {} ({} fail, {} warn, {} pass)",
+        report.verdict.as_str(),
+        count(Status::Fail),
+        count(Status::Warn),
+        count(Status::Pass)
+    );
+}
