@@ -392,6 +392,14 @@ fn kvm_device(h: &Host, user: &User) -> Check {
             format!("`usermod -aG {group} {}` (as root), then log out and back in", user.name),
         );
     }
+    if h.exists("dev/kvm.phyllome-broken") {
+        // scripts/setup.sh --kvm-aside-if-broken moved it there after a probe guest failed under KVM.
+        return fail(
+            ID,
+            "/dev/kvm was moved aside to /dev/kvm.phyllome-broken because a probe guest could not run under KVM",
+            "fix KVM itself first (see kvm.functional); then `scripts/setup.sh --restore-kvm` puts the device back",
+        );
+    }
     let recreate = "recreate it: `mknod -m 660 /dev/kvm c 10 232 && chgrp kvm /dev/kvm` (udev normally does this)";
     if !h.hw_virt() {
         if h.module("kvm_pvm") {
@@ -424,15 +432,28 @@ fn kvm_device(h: &Host, user: &User) -> Check {
 fn kvm_functional(h: &Host, inputs: &Inputs, device: &Check) -> Check {
     const ID: &str = "kvm.functional";
     let slow = "guests will run under slow TCG emulation (often 10 times slower or worse)";
-    if !h.exists("dev/kvm") {
+    if !h.exists("dev/kvm") && !h.exists("dev/kvm.phyllome-broken") {
         return fail(
             ID,
             format!("KVM cannot run guests here (no /dev/kvm): {slow}"),
             format!("fix kvm.device: {}", device.fix.as_deref().unwrap_or("make /dev/kvm available")),
         );
     }
+    let moved_aside = h.exists("dev/kvm.phyllome-broken") && !h.exists("dev/kvm");
     match &inputs.kvm_probe {
         Some(p) if p.state == KvmState::Usable => pass(ID, format!("KVM runs guests: {}", p.detail)),
+        _ if moved_aside => fail(
+            ID,
+            format!("a probe guest could not run under KVM, so /dev/kvm was moved aside: {slow}"),
+            if h.in_vm {
+                "this host is a VM whose nested KVM is broken: fix nested virtualization on the host that runs it \
+                 (a current kernel and QEMU there, nested=1, a host-passthrough CPU for this VM) or run Phyllome \
+                 on bare metal; then `scripts/setup.sh --restore-kvm`"
+            } else {
+                "look for KVM errors in `dmesg`, update the kernel and QEMU, check that virtualization is fully \
+                 enabled in the firmware setup; then `scripts/setup.sh --restore-kvm`"
+            },
+        ),
         Some(p) => {
             let fix = if h.in_vm {
                 "this host is a VM whose nested KVM is broken: fix nested virtualization on the host that runs it \
@@ -1029,6 +1050,22 @@ mod tests {
         assert_eq!(r.get("resources.cpu").unwrap().status, Status::Fail);
         assert_eq!(r.get("resources.memory").unwrap().status, Status::Fail);
         assert!(r.failed());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_device_moved_aside_as_broken_is_reported_with_the_way_back() {
+        let d = scratch("aside");
+        fs::create_dir_all(d.join("dev")).unwrap();
+        fs::write(d.join("dev/kvm.phyllome-broken"), "").unwrap();
+        let r = host_in(&d, "processor: 0\nvendor_id: GenuineIntel\nflags: vmx\n", "MemTotal: 2097152 kB\n");
+        let dev = r.get("kvm.device").unwrap();
+        assert_eq!(dev.status, Status::Fail);
+        assert!(dev.summary.contains("moved aside"), "{}", dev.summary);
+        let func = r.get("kvm.functional").unwrap();
+        assert_eq!(func.status, Status::Fail);
+        assert!(func.summary.contains("slow TCG"), "{}", func.summary);
+        assert!(func.fix.as_deref().unwrap().contains("--restore-kvm"));
         let _ = fs::remove_dir_all(&d);
     }
 
