@@ -68,6 +68,8 @@ pub enum VmError {
     NoPool(String),
     #[error("libvirt network {0:?} does not exist: use --network none, user, or an existing network")]
     NoNetwork(String),
+    #[error("libvirt network {0:?} is not active: start it (virsh net-start {0}) or use --network none or user")]
+    NetworkInactive(String),
     #[error("--network: {0}")]
     BadNetwork(String),
     #[error("{0} is running: stop it first (phyllome stop {0}, or phyllome kill {0})")]
@@ -290,8 +292,14 @@ pub fn create(
         _ => None,
     });
     if let Some(n) = net {
-        if lv.network_state(&n)?.is_none() {
-            return Err(VmError::NoNetwork(n));
+        match lv.network_state(&n)? {
+            None => return Err(VmError::NoNetwork(n)),
+            // Starting would fail half way: say so before creating anything.
+            Some(false) if start => return Err(VmError::NetworkInactive(n)),
+            Some(false) => {
+                progress(&format!("libvirt network {n} is not active: `virsh net-start {n}` before starting"))
+            }
+            Some(true) => {}
         }
     }
     let disk = plan.disk.clone().expect("plan() always asks for a disk");

@@ -422,6 +422,9 @@ fn bad_input_is_refused_with_nothing_created_and_other_vms_untouched() {
     assert!(Path::new(&volume_path(&vm.0)).exists(), "the existing VM's disk was removed");
 
     let other = Vm::new("bad-input");
+    // A defined but stopped network: starting on it would fail half way.
+    let inactive = IsolatedNet::new("net-inactive");
+    virsh_ok(&["net-destroy", &inactive.0]);
     let host_mib = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
         .lines()
@@ -443,6 +446,7 @@ fn bad_input_is_refused_with_nothing_created_and_other_vms_untouched() {
         (vec!["--disk-size", "100000T"], "larger than"),
         (vec!["--cpus", "0"], "at least 1"),
         (vec!["--network", "phyllome-test-no-such-net"], "does not exist"),
+        (vec!["--network", &inactive.0], "is not active"),
     ];
     for (extra, want) in cases {
         let mut args = extra.clone();
