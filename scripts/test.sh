@@ -14,4 +14,11 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace 2>&1
+mkdir -p target
+set +e
+cargo test --workspace 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo's own last line is a doc-test binary's count).
+awk '/^test result:/ {p += $4; f += $6} END {printf "cargo test: %d passed, %d failed\n", p, f}' target/test-output.log
+exit "$status"
