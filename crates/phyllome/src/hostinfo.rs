@@ -53,3 +53,29 @@ pub fn gather(lv: &Libvirt, probe_kvm: bool) -> Result<(Host, Option<String>), H
     let caps = parse_domcaps(&xml)?;
     Ok((Host { facts, caps }, kvm_detail))
 }
+
+/// What only the running host can answer for `phyllome check`: libvirt's
+/// versions (or why it cannot be reached), the KVM probe, free space where
+/// disks live and who is asking. The CLI and the web API ask the same.
+pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::check::Inputs {
+    use phyllome_host::check::{self, Versions};
+    let libvirt = lv
+        .clone()
+        .and_then(|lv| lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()));
+    let pool_path =
+        lv.ok().and_then(|lv| lv.pool_path(crate::POOL).ok().flatten()).unwrap_or_else(|| crate::POOL_PATH.into());
+    // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
+    let kvm_probe = if Path::new("/dev/kvm").exists() {
+        qemu_binary().map(|qemu| kvm::probe_cached(&qemu, &phyllome_host::facts::read_firmware(Path::new("/"))))
+    } else {
+        None
+    };
+    check::Inputs {
+        kvm_probe,
+        libvirt: Some(libvirt),
+        uri: uri.to_string(),
+        disk: check::free_space(&pool_path),
+        user: check::current_user(),
+        not_live: None,
+    }
+}

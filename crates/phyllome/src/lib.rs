@@ -7,6 +7,7 @@ pub mod image;
 pub mod journal;
 pub mod request;
 pub mod vm;
+pub mod web;
 
 pub use phyllome_model as model;
 

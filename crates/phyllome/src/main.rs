@@ -49,6 +49,11 @@ enum Command {
     Attach(cli::devices::AttachArgs),
     /// Take a passed-through host device back from a VM.
     Detach(cli::devices::DetachArgs),
+    /// Serve the web UI and REST API (with VM consoles in the browser).
+    Serve(Box<cli::serve::ServeArgs>),
+    /// Accounts of the web UI and API.
+    #[command(subcommand)]
+    User(cli::serve::UserCommand),
     #[command(flatten)]
     Vm(vm::VmCommand),
 }
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Command::Devices(args) => cli::devices::list(args),
         Command::Attach(args) => cli::devices::attach(uri, args),
         Command::Detach(args) => cli::devices::detach(uri, args),
+        Command::Serve(args) => cli::serve::serve(uri, *args),
+        Command::User(cmd) => cli::serve::user(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

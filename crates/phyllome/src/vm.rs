@@ -585,12 +585,13 @@ pub fn state_name(s: State) -> &'static str {
 pub fn row(lv: &Libvirt, name: &str) -> Result<VmRow> {
     let s = summary(lv, name)?;
     let st = state(lv, name)?;
-    let disk_gib = match s.main_disk() {
-        Some(d) => lv
-            .volume_info(d.pool.as_deref().unwrap_or_default(), d.volume.as_deref().unwrap_or_default())?
-            .map(|v| (v.capacity as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0),
-        None => None,
-    };
+    // A volume deleted meanwhile (by another command) leaves the size unknown, not the row unreadable.
+    let disk_gib = s.main_disk().and_then(|d| {
+        lv.volume_info(d.pool.as_deref().unwrap_or_default(), d.volume.as_deref().unwrap_or_default())
+            .ok()
+            .flatten()
+            .map(|v| (v.capacity as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0)
+    });
     Ok(VmRow {
         name: s.name.clone(),
         os: s.os.clone(),
@@ -610,6 +611,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             Ok(r) => rows.push(r),
             // Deleted between listing and reading: skip.
             Err(VmError::NoSuchVm(_)) => {}
+            Err(VmError::Libvirt(e)) if e.is_no_domain() => {}
             Err(e) => return Err(e),
         }
     }

@@ -3,9 +3,7 @@
 use super::Fallible;
 use clap::Args;
 use phyllome::hostinfo;
-use phyllome_host::check::{self, Inputs, Report, Status, Versions};
-use phyllome_host::facts::read_firmware;
-use phyllome_host::kvm;
+use phyllome_host::check::{self, Inputs, Report, Status};
 use phyllome_libvirt::Libvirt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,36 +25,10 @@ pub fn is_live_root(root: &Path) -> Result<bool, String> {
 }
 
 /// What only the running host can answer: libvirtd, the KVM probe, free space, the user.
-fn live_inputs(uri: &str) -> Inputs {
-    let lv = Libvirt::connect(uri);
-    let libvirt = match &lv {
-        Ok(lv) => lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()),
-        Err(e) => Err(e.message.clone()),
-    };
-    let pool_path = lv
-        .as_ref()
-        .ok()
-        .and_then(|lv| lv.pool_path(phyllome::POOL).ok().flatten())
-        .unwrap_or(phyllome::POOL_PATH.into());
-    // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
-    let kvm_probe = if Path::new("/dev/kvm").exists() {
-        hostinfo::qemu_binary().map(|qemu| kvm::probe_cached(&qemu, &read_firmware(Path::new("/"))))
-    } else {
-        None
-    };
-    Inputs {
-        kvm_probe,
-        libvirt: Some(libvirt),
-        uri: uri.to_string(),
-        disk: check::free_space(&pool_path),
-        user: check::current_user(),
-        not_live: None,
-    }
-}
-
 pub fn run(uri: &str, args: CheckArgs) -> Fallible {
     let inputs = if is_live_root(&args.root)? {
-        live_inputs(uri)
+        let lv = Libvirt::connect(uri).map_err(|e| e.message);
+        hostinfo::check_inputs(lv.as_ref().map_err(String::clone), uri)
     } else {
         let mut i = Inputs::recorded(&format!("--root {} is not the running host", args.root.display()));
         i.uri = uri.to_string();

@@ -8,6 +8,7 @@ pub mod host;
 pub mod image;
 pub mod os;
 pub mod packaging;
+pub mod serve;
 pub mod setup;
 pub mod vm;
 pub mod xml;

@@ -1,0 +1,69 @@
+//! The web UI in a real browser: starts `phyllome serve` on the real
+//! libvirtd and runs tests/browser/console.test.mjs (playwright-core driving
+//! Debian's headless Chromium). Screenshots of each page go to
+//! target/artifacts/web-ui/. The test VMs are removed however the run ends.
+
+mod web_common;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use web_common::*;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn artifacts() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is TARGET/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("artifacts/web-ui")
+}
+
+#[test]
+fn web_ui_in_chromium_login_create_console_stop_delete() {
+    require_guest();
+    let dir = browser_dir();
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/setup.sh (npm ci in {})",
+        dir.display()
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: run scripts/setup.sh (apt-get install chromium)"
+    );
+    let server = Server::start(&[]);
+    let vm = TestVm::new("web-ui");
+    let xss = TestVm(format!(
+        "{PREFIX}<img src=x onerror=window.__phyllome_xss=1><svg onload=alert(2)>&'\"-{}",
+        std::process::id()
+    ));
+    xss.clean();
+    define_foreign_domain(&xss);
+    let out_dir = artifacts();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let config = serde_json::json!({
+        "url": server.url, "user": USER, "password": PASSWORD, "vm": vm.0, "xssName": xss.0,
+        "artifacts": out_dir, "serialLog": format!("/var/log/libvirt/qemu/{}-serial.log", vm.0),
+    });
+    let mut child = Command::new("node")
+        .arg(dir.join("console.test.mjs"))
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed: run scripts/setup.sh");
+    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Shown by cargo test when the test fails (and with --nocapture).
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
+    assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
+    assert!(summary.ends_with(" 0 failed"), "{summary}");
+    for page in ["01-login", "02-vm-list", "03-create-dialog", "05-host-check", "06-devices", "07-console"] {
+        assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
+    }
+    assert!(!vm.exists(), "the UI's delete left the VM");
+    assert!(!server.log_text().contains(PASSWORD));
+}
