@@ -603,6 +603,67 @@ pub fn row(lv: &Libvirt, name: &str) -> Result<VmRow> {
     })
 }
 
+/// One disk of `phyllome info` / `GET /api/v1/vms/{name}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskDetail {
+    pub target: String,
+    pub device: String,
+    pub pool: Option<String>,
+    pub volume: Option<String>,
+    pub file: Option<String>,
+    pub encrypted: bool,
+}
+
+/// Everything `phyllome info` and the API's VM page show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Details {
+    pub name: String,
+    pub uuid: String,
+    pub os: Option<String>,
+    pub state: &'static str,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub encrypted: bool,
+    /// `secret`, `prompt` or `none` for VMs Phyllome made.
+    pub encryption: Option<String>,
+    pub disk_gib: Option<f64>,
+    pub disks: Vec<DiskDetail>,
+    /// `vnc://127.0.0.1:PORT` while running.
+    pub display: Option<String>,
+    /// The Phyllome version that made the VM.
+    pub created_by: Option<String>,
+}
+
+pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
+    let s = summary(lv, name)?;
+    let r = row(lv, name)?;
+    Ok(Details {
+        name: r.name,
+        uuid: s.uuid,
+        os: r.os,
+        state: r.state,
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        encrypted: r.encrypted,
+        encryption: s.encryption,
+        disk_gib: r.disk_gib,
+        disks: s
+            .disks
+            .into_iter()
+            .map(|d| DiskDetail {
+                encrypted: d.luks_secret.is_some(),
+                target: d.target,
+                device: d.device,
+                pool: d.pool,
+                volume: d.volume,
+                file: d.file,
+            })
+            .collect(),
+        display: s.vnc.map(|(h, p)| format!("vnc://{h}:{p}")),
+        created_by: s.created_by,
+    })
+}
+
 pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
     recover(lv);
     let mut rows = Vec::new();

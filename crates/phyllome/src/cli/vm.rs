@@ -8,7 +8,6 @@ use phyllome::model::input::human_mib;
 use phyllome::model::Encryption;
 use phyllome::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
-use serde_json::json;
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
 
@@ -229,41 +228,28 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
 }
 
 fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
-    let s = vm::summary(lv, name)?;
-    let r = vm::row(lv, name)?;
-    let vnc = s.vnc.as_ref().map(|(h, p)| format!("vnc://{h}:{p}"));
+    let d = vm::details(lv, name)?;
     if json {
-        let disks: Vec<_> = s
-            .disks
-            .iter()
-            .map(|d| {
-                json!({"target": d.target, "device": d.device, "pool": d.pool, "volume": d.volume,
-                            "file": d.file, "encrypted": d.luks_secret.is_some()})
-            })
-            .collect();
-        let v = json!({"name": r.name, "uuid": s.uuid, "os": r.os, "state": r.state, "vcpus": r.vcpus,
-                       "memory_mib": r.memory_mib, "encrypted": r.encrypted, "encryption": s.encryption,
-                       "disk_gib": r.disk_gib, "disks": disks, "display": vnc, "created_by": s.created_by});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    println!("name:       {}", r.name);
-    println!("uuid:       {}", s.uuid);
-    println!("os:         {}", r.os.as_deref().unwrap_or("- (not made by phyllome)"));
-    println!("state:      {}", r.state);
-    println!("vcpus:      {}", r.vcpus);
-    println!("memory:     {}", human_mib(r.memory_mib));
-    let enc = s.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);
-    println!("disk:       {} {}", r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
-    for d in &s.disks {
-        let src = match (&d.pool, &d.volume, &d.file) {
+    println!("name:       {}", d.name);
+    println!("uuid:       {}", d.uuid);
+    println!("os:         {}", d.os.as_deref().unwrap_or("- (not made by phyllome)"));
+    println!("state:      {}", d.state);
+    println!("vcpus:      {}", d.vcpus);
+    println!("memory:     {}", human_mib(d.memory_mib));
+    let enc = d.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);
+    println!("disk:       {} {}", d.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
+    for disk in &d.disks {
+        let src = match (&disk.pool, &disk.volume, &disk.file) {
             (Some(p), Some(v), _) => format!("{p}/{v}"),
             (_, _, Some(f)) => f.clone(),
             _ => "-".into(),
         };
-        println!("  {:4} {:6} {src}", d.target, d.device);
+        println!("  {:4} {:6} {src}", disk.target, disk.device);
     }
-    println!("display:    {}", vnc.unwrap_or_else(|| "- (not running)".into()));
+    println!("display:    {}", d.display.as_deref().unwrap_or("- (not running)"));
     Ok(())
 }
 

@@ -48,8 +48,8 @@ impl From<VmError> for ApiError {
             NoSuchVm(_) => StatusCode::NOT_FOUND,
             NameBusy(_) | VolumeExists { .. } | SecretExists(_) | Running(_) | NotRunning(_) => StatusCode::CONFLICT,
             Journal(crate::journal::JournalError::Busy(_)) => StatusCode::CONFLICT,
-            Build(_) | File(_) | BadNetwork(_) | NoNetwork(_) | NoPool(_) | EmptyPassphrase | WrongPassphrase(_)
-            | NeedPassphrase(_) => StatusCode::BAD_REQUEST,
+            Build(_) | File(_) | BadNetwork(_) | NoNetwork(_) | NetworkInactive(_) | NoPool(_) | EmptyPassphrase
+            | WrongPassphrase(_) | NeedPassphrase(_) => StatusCode::BAD_REQUEST,
             StopTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -264,20 +264,10 @@ fn current_state(app: &App, name: &str) -> Option<String> {
 }
 
 fn details(lv: &Libvirt, name: &str) -> Result<serde_json::Value, ApiError> {
-    let s = vm::summary(lv, name)?;
-    let r = vm::row(lv, name)?;
-    let console = lv.xml(name).ok().is_some_and(|x| ws::vnc_target(&x).is_ok());
-    let disks: Vec<_> = s
-        .disks
-        .iter()
-        .map(|d| {
-            json!({ "target": d.target, "device": d.device, "pool": d.pool, "volume": d.volume,
-                    "file": d.file, "encrypted": d.luks_secret.is_some() })
-        })
-        .collect();
-    Ok(json!({ "name": r.name, "uuid": s.uuid, "os": r.os, "state": r.state, "vcpus": r.vcpus,
-               "memory_mib": r.memory_mib, "encrypted": r.encrypted, "encryption": s.encryption,
-               "disk_gib": r.disk_gib, "disks": disks, "console": console, "created_by": s.created_by }))
+    let mut v = serde_json::to_value(vm::details(lv, name)?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    v["console"] = json!(lv.xml(name).ok().is_some_and(|x| ws::vnc_target(&x).is_ok()));
+    Ok(v)
 }
 
 fn media_kind(name: &str) -> &'static str {
