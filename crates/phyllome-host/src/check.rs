@@ -15,7 +15,7 @@ use phyllome_model::host::{CpuVendor, HostFacts, KvmState};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// libvirt with firmware auto-selection by feature (secure-boot, enrolled-keys), which the models use.
 pub const MIN_LIBVIRT: (u32, u32, u32) = (7, 2, 0);
@@ -135,9 +135,7 @@ impl Inputs {
     }
 }
 
-fn at(root: &Path, rel: &str) -> PathBuf {
-    root.join(rel.trim_start_matches('/'))
-}
+use crate::facts::at;
 
 fn check(id: &'static str, status: Status, summary: impl Into<String>, fix: Option<String>) -> Check {
     Check { id, status, summary: summary.into(), fix: if status == Status::Pass { None } else { fix } }
@@ -985,6 +983,7 @@ pub fn run(root: &Path, inputs: &Inputs) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn flags_versions_and_df() {

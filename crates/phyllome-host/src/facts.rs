@@ -13,7 +13,8 @@ const QEMU_MODULE_DIRS: [&str; 3] = ["usr/lib/x86_64-linux-gnu/qemu", "usr/lib64
 /// Where a virtio-win ISO is looked for (Fedora's virtio-win package, then the usual image folders).
 const VIRTIO_WIN_PLACES: [&str; 3] = ["usr/share/virtio-win", "var/lib/libvirt/images", "var/lib/phyllome/iso"];
 
-fn at(root: &Path, rel: &str) -> PathBuf {
+/// `rel` (absolute or not) inside the host tree at `root`.
+pub fn at(root: &Path, rel: &str) -> PathBuf {
     root.join(rel.trim_start_matches('/'))
 }
 

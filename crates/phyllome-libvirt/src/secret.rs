@@ -47,20 +47,6 @@ impl Libvirt {
             Err(e) => Err(Error::new(format!("secret for {volume_path}"), e)),
         }
     }
-
-    /// (usage id, uuid) of every volume secret.
-    pub fn volume_secrets(&self) -> Result<Vec<(String, String)>> {
-        let secrets = self.conn.list_all_secrets(0).map_err(|e| Error::new("list secrets", e))?;
-        let mut out = Vec::new();
-        for s in secrets {
-            if s.usage_type().ok() == Some(sys::VIR_SECRET_USAGE_TYPE_VOLUME) {
-                if let (Ok(id), Ok(uuid)) = (s.usage_id(), s.uuid_string()) {
-                    out.push((id, uuid));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 fn secret_xml(volume_path: &str, description: &str, ephemeral: bool) -> String {

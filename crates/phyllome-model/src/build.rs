@@ -679,7 +679,6 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             discard: false,
             luks_secret_usage: None,
         }));
-        boot += 1;
         b.note("installer", format!("{iso} on {}", dbus.as_str()), p.cdrom_bus.why);
     }
 
@@ -713,7 +712,6 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             None => {}
         }
     }
-    let _ = boot;
     Ok(())
 }
 

@@ -36,9 +36,7 @@ pub const POOL_MODE: u32 = 0o711;
 pub const QEMU_CONF_KEYS: [(&str, &str); 2] = [("vnc_listen", "\"127.0.0.1\""), ("spice_listen", "\"127.0.0.1\"")];
 
 /// A path inside `root` (`/etc/x` under a fixture tree is `<root>/etc/x`).
-pub fn at(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
-}
+pub use phyllome_host::facts::at;
 
 /// An error while reading the host.
 #[derive(Debug, thiserror::Error)]

@@ -126,8 +126,7 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
         version: crate::VERSION.to_string(),
     };
     if phyllome_model::catalog::profile(&req.os).is_none() {
-        // The model says which ids exist; ask it before touching the host.
-        return Err(build::build(&req, &placeholder_host()).unwrap_err().into());
+        return Err(BuildError::UnknownOs(req.os, phyllome_model::catalog::ids().join(", ")).into());
     }
     check_files(&req)?;
     let pool = spec.pool.clone().unwrap_or_else(|| crate::POOL.to_string());
@@ -135,29 +134,6 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
     let (host, _) = hostinfo::gather(lv, true)?;
     Ok(build::build(&req, &host)?)
-}
-
-/// A host with nothing, for asking the model to validate the OS id alone.
-fn placeholder_host() -> phyllome_model::Host {
-    use phyllome_model::host::*;
-    Host {
-        facts: HostFacts {
-            description: String::new(),
-            cpu_vendor: CpuVendor::Other,
-            cpu_model: String::new(),
-            cpus: 1,
-            memory_mib: 0,
-            render_nodes: vec![],
-            kvm: KvmState::Absent,
-            swtpm: false,
-            virgl: false,
-            libvirt_version: String::new(),
-            qemu_version: String::new(),
-            firmware: vec![],
-            virtio_win_iso: None,
-        },
-        caps: DomainCaps::default(),
-    }
 }
 
 /// Test hooks: `PHYLLOME_TEST_FAIL_AT=STEP` fails a create step,
@@ -361,7 +337,7 @@ pub fn create(
         if start {
             step("start", &interrupted)?;
             progress(&format!("starting {name}"));
-            start_checked(lv, name, &disk.path)?;
+            start_checked(lv, name)?;
             started = true;
         }
         step("finish", &interrupted)?;
@@ -399,7 +375,7 @@ pub fn create(
 }
 
 /// Starts a domain, turning QEMU's LUKS error into a clear one.
-fn start_checked(lv: &Libvirt, name: &str, _volume_path: &str) -> Result<()> {
+fn start_checked(lv: &Libvirt, name: &str) -> Result<()> {
     lv.start(name).map_err(|e| {
         if e.message.contains("Invalid password") || e.message.contains("cannot unlock") {
             VmError::WrongPassphrase(name.to_string())
@@ -441,11 +417,11 @@ pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Res
         }
         let _ = lv.undefine_volume_secret(&path);
         lv.define_volume_secret(&path, &format!("phyllome: disk passphrase of VM {name}"), true, &pass)?;
-        let r = start_checked(lv, name, &path);
+        let r = start_checked(lv, name);
         let _ = lv.undefine_volume_secret(&path);
         r?;
     } else {
-        start_checked(lv, name, "")?;
+        start_checked(lv, name)?;
     }
     Ok(true)
 }
