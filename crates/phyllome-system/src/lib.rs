@@ -21,4 +21,4 @@ pub mod kickstart;
 pub mod setup;
 
 /// TCP port `phyllome serve` listens on in Phyllome OS (the unit's default).
-pub const WEB_PORT: u16 = 7373;
+pub const WEB_PORT: u16 = 7440;

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address and port to listen on. Any address but loopback is served over TLS only.
-    #[arg(long, value_name = "ADDR:PORT", default_value = web::DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR:PORT", env = "PHYLLOME_LISTEN", default_value = web::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Use TLS on loopback too (a self-signed certificate unless --tls-cert is given).
     #[arg(long)]
