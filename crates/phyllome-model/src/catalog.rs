@@ -183,6 +183,11 @@ const VIRTIO_NIC: &str = "virtio-net: the fastest generic NIC";
 const XHCI: &str = "qemu-xhci: one USB 3 controller for tablets, redirection and passthrough";
 const UTC: &str = "UTC hardware clock, as Unix-like systems expect";
 
+/// FreeBSD and NetBSD releases have no virtio-gpu console driver to rely on.
+const BSD_VGA: Pick<VideoPolicy> = pick(
+    VideoPolicy::Vga,
+    "standard VGA: OVMF gives it a framebuffer every BSD console (efifb/genfb) and X driver can use",
+);
 const WIN_HYPERV: &str = "Hyper-V enlightenments: Windows runs much faster (timers, spinlocks, IPIs, TLB flushes) when it knows it is virtualized";
 const WIN_CLOCK: &str = "Windows keeps the RTC in local time; hypervclock gives it a stable clock source";
 const WIN_DISK: &str =
@@ -235,7 +240,13 @@ fn windows(
     }
 }
 
-fn bsd(id: &'static str, name: &'static str, description: &'static str, osinfo: &'static str) -> Profile {
+fn bsd(
+    id: &'static str,
+    name: &'static str,
+    description: &'static str,
+    osinfo: &'static str,
+    video: Pick<VideoPolicy>,
+) -> Profile {
     Profile {
         id,
         name,
@@ -257,10 +268,7 @@ fn bsd(id: &'static str, name: &'static str, description: &'static str, osinfo: 
         ),
         cdrom_bus: pick(Bus::Sata, SATA_CDROM),
         nic: pick("virtio", "virtio-net: vtnet (FreeBSD), vio (OpenBSD), vioif (NetBSD)"),
-        video: pick(
-            VideoPolicy::Vga,
-            "standard VGA: OVMF gives it a framebuffer every BSD console (efifb/genfb) and X driver can use",
-        ),
+        video,
         input: pick(
             InputPolicy::UsbKeyboardTablet,
             "USB keyboard and tablet: every BSD has USB HID; virtio-input drivers are missing or new",
@@ -418,9 +426,15 @@ pub fn profiles() -> Vec<Profile> {
                 recommended_disk_gib: 128,
             },
         },
-        bsd("freebsd", "FreeBSD", "FreeBSD 13 or later, on virtio devices", "http://freebsd.org/freebsd/14.0"),
-        bsd("openbsd", "OpenBSD", "OpenBSD 7 or later, on virtio devices", "http://openbsd.org/openbsd/7.5"),
-        bsd("netbsd", "NetBSD", "NetBSD 9 or later, on virtio devices", "http://netbsd.org/netbsd/9.0"),
+        bsd("freebsd", "FreeBSD", "FreeBSD 13 or later, on virtio devices", "http://freebsd.org/freebsd/14.0", BSD_VGA),
+        bsd(
+            "openbsd",
+            "OpenBSD",
+            "OpenBSD 7 or later, on virtio devices",
+            "http://openbsd.org/openbsd/7.5",
+            pick(VideoPolicy::Virtio { virgl: false }, "virtio-gpu: OpenBSD drives it with viogpu(4) since 7.1"),
+        ),
+        bsd("netbsd", "NetBSD", "NetBSD 9 or later, on virtio devices", "http://netbsd.org/netbsd/9.0", BSD_VGA),
         Profile {
             id: "legacy",
             name: "Legacy (ReactOS, DOS, ...)",
