@@ -226,15 +226,8 @@ release build; \`scripts/bench-web.sh\` reproduces it (loopback only).
 <!-- bench:serve:end -->
 EOT
 )
+. scripts/lib/bench-section.sh
+write_section serve "$SECTION"
 F=docs/benchmarks.md
-[ -f "$F" ] || printf '# Benchmarks\n\nFigures measured on the machines this project is built on; each section says how.\n' >"$F"
-python3 - "$F" "$SECTION" <<'PY'
-import sys, re
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pat = re.compile(r"<!-- bench:serve:start -->.*?<!-- bench:serve:end -->", re.S)
-text = pat.sub(lambda m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
 log "wrote $F"
 sed -n '/bench:serve:start/,/bench:serve:end/p' "$F"

@@ -104,15 +104,8 @@ Median of $RUNS runs of the whole process (wall time from the clock; peak RSS of
 <!-- bench:cli:end -->
 EOT
 )
+. scripts/lib/bench-section.sh
+write_section cli "$SECTION"
 F=docs/benchmarks.md
-[ -f "$F" ] || printf '# Benchmarks\n\nFigures measured on the machines this project is built on; each section says how.\n' >"$F"
-python3 - "$F" "$SECTION" <<'PY'
-import sys, re
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pat = re.compile(r"<!-- bench:cli:start -->.*?<!-- bench:cli:end -->", re.S)
-text = pat.sub(lambda m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
 echo "bench: wrote $F" >&2
 sed -n '/bench:cli:start/,/bench:cli:end/p' "$F"

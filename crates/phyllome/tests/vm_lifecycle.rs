@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const GUEST: &str = "/var/lib/phyllome/test-guest";
-const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";
-
 fn guest_args(cmdline: &str) -> Vec<String> {
     assert!(
         Path::new(GUEST).join("vmlinuz").exists(),
@@ -85,10 +82,6 @@ fn wait_state(name: &str, want: &str, secs: u64) {
     }
 }
 
-fn volume_path(name: &str) -> String {
-    format!("{POOL_PATH}/{name}.qcow2")
-}
-
 /// Everything `name` could leave behind, as a list of what is still there.
 fn leftovers(name: &str) -> Vec<String> {
     let mut left = Vec::new();
@@ -113,38 +106,6 @@ fn leftovers(name: &str) -> Vec<String> {
         left.push("journal entry".into());
     }
     left
-}
-
-/// Removes a test VM however far it got, on drop.
-struct Vm(String);
-
-impl Vm {
-    /// Names carry the test process id, so two test runs on one host never share a VM.
-    fn new(suffix: &str) -> Vm {
-        let vm = Vm(format!("{PREFIX}{suffix}-{}", std::process::id()));
-        vm.clean();
-        vm
-    }
-
-    fn clean(&self) {
-        virsh(&["destroy", &self.0]);
-        virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
-        virsh(&["vol-delete", &format!("{}.qcow2", self.0), "--pool", "phyllome"]);
-        let _ = std::fs::remove_file(volume_path(&self.0));
-        let secrets = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
-        for line in secrets.lines().filter(|l| l.contains(&volume_path(&self.0))) {
-            if let Some(uuid) = line.split_whitespace().next() {
-                virsh(&["secret-undefine", uuid]);
-            }
-        }
-        let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending/{}.json", self.0));
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        self.clean();
-    }
 }
 
 /// An isolated libvirt network (no forward, no address): traffic stays on this host.
@@ -177,7 +138,7 @@ impl Drop for IsolatedNet {
 fn linux_vm_sees_every_virtio_device_of_its_profile() {
     require_libvirt();
     let net = IsolatedNet::new("net-devices");
-    let vm = Vm::new("devices");
+    let vm = TestVm::new("devices");
     ok(create(&vm.0, "phyllome.test=poweroff", &["--network", &net.0, "--start"]));
     let log = wait_for_serial(&vm.0, "PHYLLOME-VIRTIO:", 120);
     let line = log.lines().find(|l| l.contains("PHYLLOME-VIRTIO:")).unwrap();
@@ -212,7 +173,7 @@ fn redefine_cmdline(name: &str, cmdline: &str) {
 #[test]
 fn disk_is_encrypted_at_rest_and_reads_back_after_reboot() {
     require_libvirt();
-    let vm = Vm::new("encrypted");
+    let vm = TestVm::new("encrypted");
     let marker = format!("secret-marker-{}", std::process::id());
     ok(create(&vm.0, &format!("phyllome.test=write-marker:{marker}"), &["--network", "none", "--start"]));
     wait_for_serial(&vm.0, "PHYLLOME-WROTE", 120);
@@ -237,7 +198,7 @@ fn disk_is_encrypted_at_rest_and_reads_back_after_reboot() {
 #[test]
 fn lifecycle_pause_resume_graceful_stop_kill_and_delete() {
     require_libvirt();
-    let vm = Vm::new("lifecycle");
+    let vm = TestVm::new("lifecycle");
     ok(create(&vm.0, "", &["--network", "none", "--start"]));
     wait_for_serial(&vm.0, "PHYLLOME-READY", 120);
     let list: serde_json::Value = serde_json::from_str(&ok(phyllome(&["list", "--json"]))).unwrap();
@@ -316,7 +277,7 @@ fn phyllome_stdin(args: &[&str], input: &str) -> std::process::Output {
 #[test]
 fn typed_passphrase_never_shows_in_any_process_and_is_asked_at_start() {
     require_libvirt();
-    let vm = Vm::new("passphrase");
+    let vm = TestVm::new("passphrase");
     let pass = format!("correct-horse-{}", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let scanner = {
@@ -364,7 +325,7 @@ fn typed_passphrase_never_shows_in_any_process_and_is_asked_at_start() {
 fn a_failure_at_any_create_step_leaves_nothing() {
     require_libvirt();
     for step in ["pool", "secret", "volume", "define", "start", "finish"] {
-        let vm = Vm::new(&format!("fault-{step}"));
+        let vm = TestVm::new(&format!("fault-{step}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
         cmd.env("PHYLLOME_CONNECT", URI).env("PHYLLOME_TEST_FAIL_AT", step).arg("create").arg(&vm.0);
         cmd.args(guest_args("phyllome.test=poweroff")).args(["--network", "none", "--start"]);
@@ -380,7 +341,7 @@ fn a_failure_at_any_create_step_leaves_nothing() {
 fn a_create_killed_with_sigkill_is_cleaned_by_the_next_command() {
     require_libvirt();
     for step in ["define", "finish"] {
-        let vm = Vm::new(&format!("kill9-{step}"));
+        let vm = TestVm::new(&format!("kill9-{step}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
         cmd.env("PHYLLOME_CONNECT", URI).env("PHYLLOME_TEST_PAUSE_AT", step).arg("create").arg(&vm.0);
         cmd.args(guest_args("")).args(["--network", "none", "--start"]);
@@ -408,7 +369,7 @@ fn a_create_killed_with_sigkill_is_cleaned_by_the_next_command() {
 #[test]
 fn bad_input_is_refused_with_nothing_created_and_other_vms_untouched() {
     require_libvirt();
-    let vm = Vm::new("busy");
+    let vm = TestVm::new("busy");
     ok(create(&vm.0, "phyllome.test=poweroff", &["--network", "none"]));
     let before = virsh_ok(&["dumpxml", &vm.0]);
 
@@ -421,7 +382,7 @@ fn bad_input_is_refused_with_nothing_created_and_other_vms_untouched() {
     assert_eq!(virsh_ok(&["dumpxml", &vm.0]), before, "the existing VM changed");
     assert!(Path::new(&volume_path(&vm.0)).exists(), "the existing VM's disk was removed");
 
-    let other = Vm::new("bad-input");
+    let other = TestVm::new("bad-input");
     // A defined but stopped network: starting on it would fail half way.
     let inactive = IsolatedNet::new("net-inactive");
     virsh_ok(&["net-destroy", &inactive.0]);

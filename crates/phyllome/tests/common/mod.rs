@@ -7,6 +7,55 @@ use std::process::{Command, Output};
 pub const URI: &str = "qemu:///system";
 /// Every object a test makes carries this prefix.
 pub const PREFIX: &str = "phyllome-test-";
+/// The tiny test guest built by scripts/build-test-guest.sh.
+pub const GUEST: &str = "/var/lib/phyllome/test-guest";
+/// Where Phyllome's pool keeps disks.
+pub const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";
+
+pub fn volume_path(name: &str) -> String {
+    format!("{POOL_PATH}/{name}.qcow2")
+}
+
+/// A test VM (or foreign domain) name, removed with everything it made on drop.
+pub struct TestVm(pub String);
+
+impl TestVm {
+    /// `phyllome-test-SUFFIX-PID`: two test runs on one host never share a VM.
+    pub fn new(suffix: &str) -> TestVm {
+        let vm = TestVm(format!("{PREFIX}{suffix}-{}", std::process::id()));
+        vm.clean();
+        vm
+    }
+
+    /// Removes the domain, its disk, the disk's secret and any journal entry, however far a create got.
+    pub fn clean(&self) {
+        virsh(&["destroy", &self.0]);
+        virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
+        virsh(&["vol-delete", &format!("{}.qcow2", self.0), "--pool", "phyllome"]);
+        let _ = std::fs::remove_file(volume_path(&self.0));
+        let secrets = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
+        for line in secrets.lines().filter(|l| l.contains(&volume_path(&self.0))) {
+            if let Some(uuid) = line.split_whitespace().next() {
+                virsh(&["secret-undefine", uuid]);
+            }
+        }
+        let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending/{}.json", self.0));
+    }
+
+    pub fn exists(&self) -> bool {
+        virsh(&["dominfo", &self.0]).status.success()
+    }
+
+    pub fn state(&self) -> String {
+        String::from_utf8_lossy(&virsh(&["domstate", &self.0]).stdout).trim().to_string()
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
 
 pub fn virsh(args: &[&str]) -> Output {
     Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("virsh must be installed: run scripts/setup.sh")

@@ -10,16 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const URI: &str = "qemu:///system";
-pub const PREFIX: &str = "phyllome-test-";
-pub const GUEST: &str = "/var/lib/phyllome/test-guest";
-pub const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";
+#[path = "../common/mod.rs"]
+mod common;
+// Each test binary uses a different part of these.
+#[allow(unused_imports)]
+pub use common::{virsh, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "correct horse battery staple";
-
-pub fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("virsh must be installed: run scripts/setup.sh")
-}
 
 pub fn phyllome() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_phyllome"));
@@ -335,52 +332,10 @@ pub fn ws_send(s: &mut TcpStream, data: &[u8]) {
     s.write_all(&f).unwrap();
 }
 
-pub fn volume_path(name: &str) -> String {
-    format!("{POOL_PATH}/{name}.qcow2")
-}
-
-/// A test VM (or foreign domain) name, removed with everything it made on drop.
-pub struct TestVm(pub String);
-
 impl TestVm {
-    /// `phyllome-test-SUFFIX-PID`: two test runs on one host never share a VM.
-    pub fn new(suffix: &str) -> TestVm {
-        let vm = TestVm(format!("{PREFIX}{suffix}-{}", std::process::id()));
-        vm.clean();
-        vm
-    }
-
-    pub fn clean(&self) {
-        virsh(&["destroy", &self.0]);
-        virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
-        virsh(&["vol-delete", &format!("{}.qcow2", self.0), "--pool", "phyllome"]);
-        let _ = std::fs::remove_file(volume_path(&self.0));
-        let secrets = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
-        for line in secrets.lines().filter(|l| l.contains(&volume_path(&self.0))) {
-            if let Some(uuid) = line.split_whitespace().next() {
-                virsh(&["secret-undefine", uuid]);
-            }
-        }
-        let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending/{}.json", self.0));
-    }
-
-    pub fn exists(&self) -> bool {
-        virsh(&["dominfo", &self.0]).status.success()
-    }
-
-    pub fn state(&self) -> String {
-        String::from_utf8_lossy(&virsh(&["domstate", &self.0]).stdout).trim().to_string()
-    }
-
     /// Percent-encoded for a URL path.
     pub fn url_name(&self) -> String {
         encode(&self.0)
-    }
-}
-
-impl Drop for TestVm {
-    fn drop(&mut self) {
-        self.clean();
     }
 }
 
