@@ -8,8 +8,6 @@ use crate::journal::{Entry, Journal, JournalError};
 use crate::request::{check_files, disk_ref, FileError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
-use phyllome_model::catalog::Bus;
-use phyllome_model::domain::DirectBoot;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -26,19 +24,11 @@ const PASSPHRASE_ITER_MS: u32 = 2000;
 /// What the user asks for, apart from the name.
 #[derive(Debug, Clone, Default)]
 pub struct VmSpec {
-    pub os: String,
-    pub memory: Option<String>,
-    pub cpus: Option<u32>,
-    pub disk_size: Option<String>,
-    pub iso: Option<String>,
-    pub drivers: Option<String>,
-    pub secure_boot: bool,
-    pub disk_bus: Option<Bus>,
+    /// The model's request: OS, sizes, media, secure boot, disk bus, macOS
+    /// parts, direct boot. Its name, network, disk and version are filled in by [`plan`].
+    pub request: Request,
     /// `none`, `user`, `default` or a libvirt network name.
     pub network: String,
-    pub opencore: Option<String>,
-    pub osk: Option<String>,
-    pub direct_boot: Option<DirectBoot>,
     pub encryption: Option<Encryption>,
     /// Storage pool for the disk (default: Phyllome's).
     pub pool: Option<String>,
@@ -109,21 +99,11 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
         }
     };
     let mut req = Request {
-        os: spec.os.clone(),
         name: name.to_string(),
-        memory: spec.memory.clone(),
-        cpus: spec.cpus,
-        disk_size: spec.disk_size.clone(),
-        iso: spec.iso.clone(),
-        drivers: spec.drivers.clone(),
-        secure_boot: spec.secure_boot,
-        disk_bus: spec.disk_bus,
         network,
-        opencore: spec.opencore.clone(),
-        osk: spec.osk.clone(),
-        direct_boot: spec.direct_boot.clone(),
         disk: None,
         version: crate::VERSION.to_string(),
+        ..spec.request.clone()
     };
     if phyllome_model::catalog::profile(&req.os).is_none() {
         return Err(BuildError::UnknownOs(req.os, phyllome_model::catalog::ids().join(", ")).into());
@@ -559,8 +539,12 @@ pub fn state_name(s: State) -> &'static str {
 }
 
 pub fn row(lv: &Libvirt, name: &str) -> Result<VmRow> {
-    let s = summary(lv, name)?;
-    let st = state(lv, name)?;
+    row_of(lv, &summary(lv, name)?)
+}
+
+/// The row of a domain whose XML was already read.
+fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
+    let st = state(lv, &s.name)?;
     // A volume deleted meanwhile (by another command) leaves the size unknown, not the row unreadable.
     let disk_gib = s.main_disk().and_then(|d| {
         lv.volume_info(d.pool.as_deref().unwrap_or_default(), d.volume.as_deref().unwrap_or_default())
@@ -612,7 +596,7 @@ pub struct Details {
 
 pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
     let s = summary(lv, name)?;
-    let r = row(lv, name)?;
+    let r = row_of(lv, &s)?;
     Ok(Details {
         name: r.name,
         uuid: s.uuid,

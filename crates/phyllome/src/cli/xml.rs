@@ -6,7 +6,7 @@ use super::Fallible;
 use clap::{Args, ValueEnum};
 use phyllome::model::catalog::Bus;
 use phyllome::model::domain::DirectBoot;
-use phyllome::model::Encryption;
+use phyllome::model::{Encryption, Request};
 use phyllome::vm::{self, VmSpec};
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
@@ -74,25 +74,28 @@ pub struct VmArgs {
 impl VmArgs {
     pub fn spec(&self) -> VmSpec {
         VmSpec {
-            os: self.os.clone(),
-            memory: self.memory.clone(),
-            cpus: self.cpus,
-            disk_size: self.disk_size.clone(),
-            iso: self.iso.clone(),
-            drivers: self.drivers.clone(),
-            secure_boot: self.secure_boot,
-            disk_bus: self.disk_bus.map(|b| match b {
-                DiskBusArg::Virtio => Bus::Virtio,
-                DiskBusArg::Sata => Bus::Sata,
-            }),
+            request: Request {
+                os: self.os.clone(),
+                memory: self.memory.clone(),
+                cpus: self.cpus,
+                disk_size: self.disk_size.clone(),
+                iso: self.iso.clone(),
+                drivers: self.drivers.clone(),
+                secure_boot: self.secure_boot,
+                disk_bus: self.disk_bus.map(|b| match b {
+                    DiskBusArg::Virtio => Bus::Virtio,
+                    DiskBusArg::Sata => Bus::Sata,
+                }),
+                opencore: self.opencore.clone(),
+                osk: self.osk.clone(),
+                direct_boot: self.kernel.clone().map(|kernel| DirectBoot {
+                    kernel,
+                    initrd: self.initrd.clone(),
+                    cmdline: self.cmdline.clone(),
+                }),
+                ..Default::default()
+            },
             network: self.network.clone(),
-            opencore: self.opencore.clone(),
-            osk: self.osk.clone(),
-            direct_boot: self.kernel.clone().map(|kernel| DirectBoot {
-                kernel,
-                initrd: self.initrd.clone(),
-                cmdline: self.cmdline.clone(),
-            }),
             encryption: Some(if self.no_encrypt {
                 Encryption::None
             } else if self.passphrase_prompt {
@@ -124,16 +127,11 @@ pub fn run(uri: &str, a: XmlArgs) -> Fallible {
     let spec = a.vm.spec();
     // Refuse a bad name or OS id before connecting anywhere.
     phyllome::model::input::validate_name(&a.name)?;
-    if phyllome::model::catalog::profile(&spec.os).is_none() {
-        return Err(super::os::unknown_os(&spec.os).into());
+    if phyllome::model::catalog::profile(&spec.request.os).is_none() {
+        return Err(super::os::unknown_os(&spec.request.os).into());
     }
-    phyllome::request::check_files(&phyllome::model::Request {
-        iso: spec.iso.clone(),
-        drivers: spec.drivers.clone(),
-        opencore: spec.opencore.clone(),
-        direct_boot: spec.direct_boot.clone(),
-        ..Default::default()
-    })?;
+    phyllome::request::check_files(&spec.request)?;
+
     let lv = Libvirt::connect(uri)?;
     let plan = vm::plan(&lv, &a.name, &spec)?;
     let xml = plan.domain.to_xml();

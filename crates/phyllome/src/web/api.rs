@@ -234,18 +234,19 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
         Some(_) => return Err(ApiError::bad("disk_bus must be virtio or sata")),
     };
     let spec = VmSpec {
-        os: b.os.clone(),
-        memory: given(&b.memory),
-        cpus: b.cpus,
-        disk_size: given(&b.disk_size),
-        iso: file("iso", &b.iso)?,
-        drivers: file("drivers", &b.drivers)?,
-        secure_boot: b.secure_boot.unwrap_or(false),
-        disk_bus,
+        request: phyllome_model::Request {
+            os: b.os.clone(),
+            memory: given(&b.memory),
+            cpus: b.cpus,
+            disk_size: given(&b.disk_size),
+            iso: file("iso", &b.iso)?,
+            drivers: file("drivers", &b.drivers)?,
+            secure_boot: b.secure_boot.unwrap_or(false),
+            disk_bus,
+            direct_boot: kernel.map(|kernel| DirectBoot { kernel, initrd, cmdline }),
+            ..Default::default()
+        },
         network: given(&b.network).unwrap_or_else(|| "default".into()),
-        opencore: None,
-        osk: None,
-        direct_boot: kernel.map(|kernel| DirectBoot { kernel, initrd, cmdline }),
         encryption: Some(encryption),
         pool: None,
     };
