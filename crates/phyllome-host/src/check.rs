@@ -805,6 +805,28 @@ fn qemu_version(h: &Host, inputs: &Inputs) -> Check {
     }
 }
 
+/// The virtiofs daemon that shared folders need: QEMU ≥ 8 no longer ships one.
+fn virtiofsd(h: &Host) -> Check {
+    const ID: &str = "virtiofsd";
+    let build = "build the Rust daemon: `apt install libseccomp-dev libcap-ng-dev && cargo install virtiofsd`, copy ~/.cargo/bin/virtiofsd to /usr/local/libexec/virtiofsd and describe it to libvirt in /usr/share/qemu/vhost-user/50-virtiofsd.json ({\"type\": \"fs\", \"binary\": \"/usr/local/libexec/virtiofsd\"})";
+    let install = match h.distro {
+        Distro::Dnf => "dnf install virtiofsd".to_string(),
+        Distro::Apt => format!("apt install virtiofsd (Debian 13, Ubuntu 24.04 and later); where there is no such package (Debian 12), {build}"),
+        Distro::Unknown => format!("install your distribution's virtiofsd package, or {build}"),
+    };
+    match (crate::platform::described_virtiofsd(h.root), crate::platform::find_virtiofsd(h.root)) {
+        (Some(bin), _) => pass(ID, format!("virtiofsd at {bin}: shared folders work")),
+        (None, Some(bin)) => warn(
+            ID,
+            format!("virtiofsd at {bin}, but no vhost-user descriptor tells libvirt about it"),
+            format!(
+                "write /usr/share/qemu/vhost-user/50-virtiofsd.json with {{\"type\": \"fs\", \"binary\": \"{bin}\"}}"
+            ),
+        ),
+        (None, None) => warn(ID, "no virtiofs daemon: shared folders are unavailable", install),
+    }
+}
+
 fn libvirt_connection(h: &Host, inputs: &Inputs) -> Check {
     const ID: &str = "libvirt.connection";
     let uri = &inputs.uri;
@@ -968,6 +990,7 @@ pub fn run(root: &Path, inputs: &Inputs) -> Report {
         firmware_secureboot(&h),
         tpm(&h),
         render_node(&h),
+        virtiofsd(&h),
         qemu_version(&h, inputs),
         libvirt_connection(&h, inputs),
         libvirt_version(inputs),
@@ -1049,6 +1072,38 @@ mod tests {
         assert_eq!(r.get("resources.cpu").unwrap().status, Status::Fail);
         assert_eq!(r.get("resources.memory").unwrap().status, Status::Fail);
         assert!(r.failed());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn virtiofsd_found_described_or_missing() {
+        let d = scratch("virtiofsd");
+        let cpu = "processor: 0\nvendor_id: GenuineIntel\nflags: vmx\n";
+        let mem = "MemTotal: 2097152 kB\n";
+        fs::create_dir_all(d.join("etc")).unwrap();
+        fs::write(d.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        let c = host_in(&d, cpu, mem).get("virtiofsd").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        let fix = c.fix.unwrap();
+        assert!(fix.contains("apt install virtiofsd") && fix.contains("cargo install virtiofsd"), "{fix}");
+        assert!(!fix.contains("setup.sh"), "an installed package has no setup.sh: {fix}");
+        // A daemon libvirt cannot find: the descriptor is the fix.
+        fs::create_dir_all(d.join("usr/local/libexec")).unwrap();
+        fs::write(d.join("usr/local/libexec/virtiofsd"), "").unwrap();
+        let c = host_in(&d, cpu, mem).get("virtiofsd").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.fix.unwrap().contains("/usr/share/qemu/vhost-user/50-virtiofsd.json"));
+        fs::create_dir_all(d.join("usr/share/qemu/vhost-user")).unwrap();
+        fs::write(
+            d.join("usr/share/qemu/vhost-user/50-x.json"),
+            r#"{"type": "fs", "binary": "/usr/local/libexec/virtiofsd"}"#,
+        )
+        .unwrap();
+        let c = host_in(&d, cpu, mem).get("virtiofsd").unwrap().clone();
+        assert_eq!(
+            (c.status, c.summary.as_str()),
+            (Status::Pass, "virtiofsd at /usr/local/libexec/virtiofsd: shared folders work")
+        );
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -160,10 +160,10 @@ pub fn read_facts(root: &Path) -> HostFacts {
         kvm: if at(root, "dev/kvm").exists() { KvmState::Usable } else { KvmState::Absent },
         swtpm,
         virgl,
-        libvirt_version: String::new(),
-        qemu_version: String::new(),
         firmware: read_firmware(root),
         virtio_win_iso: find_virtio_win(root),
+        // The versions come from libvirtd; the tools are asked by `platform`.
+        platform: Default::default(),
     }
 }
 

@@ -70,6 +70,16 @@ impl Libvirt {
         Ok((version_string(lib), version_string(hyp)))
     }
 
+    /// The libvirt library this process is linked against (the daemon's may differ).
+    pub fn library_version() -> Result<String> {
+        Connect::version().map(version_string).map_err(|e| Error::new("libvirt library version", e))
+    }
+
+    /// `virsh capabilities`: the host's capabilities XML.
+    pub fn capabilities(&self) -> Result<String> {
+        self.conn.capabilities().map_err(|e| Error::new("host capabilities", e))
+    }
+
     /// `virsh domcapabilities --virttype VIRTTYPE --machine MACHINE --arch x86_64`.
     pub fn domain_capabilities(&self, virttype: &str, machine: &str) -> Result<String> {
         self.conn

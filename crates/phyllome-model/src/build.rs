@@ -1,6 +1,7 @@
 //! Turns a profile, a request and the host's facts into a domain, recording
 //! why each device was chosen.
 
+use crate::capability::Feature;
 use crate::catalog::{
     self, BalloonPolicy, Bus, ClockPolicy, CpuPolicy, Family, FirmwarePolicy, InputPolicy, MachinePolicy, Need,
     Profile, SecureBoot, SoundPolicy, VideoPolicy,
@@ -185,11 +186,12 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
     };
     b.note("machine", machine.as_str(), p.machine.why);
     let firmware = firmware(&mut b, req)?;
+    nvram_note(&mut b, &firmware);
     let tpm = tpm(&mut b)?;
     let cpu = cpu(&mut b, vcpus);
     let hyperv = hyperv(&mut b);
     let clock = clock(&mut b, !hyperv.is_empty());
-    let smm = matches!(firmware, Firmware::Efi { secure_boot: true });
+    let smm = matches!(firmware, Firmware::Efi { secure_boot: true, .. });
     let features = Features { smm, hyperv, vmport_off: true };
 
     let mut devices = Vec::new();
@@ -442,8 +444,32 @@ fn firmware(b: &mut Builder, req: &Request) -> Result<Firmware, BuildError> {
         format!("UEFI, secure boot off{file}")
     };
     let why = if req.secure_boot && secure == SecureBoot::Off { "--secure-boot was given" } else { why };
-    b.note("firmware", choice, why);
-    Ok(Firmware::Efi { secure_boot: want_sb })
+    let when = match b.host.check(Feature::FirmwareAtDefine) {
+        Ok(()) => "libvirt picks the build from the host's firmware descriptors when the VM is defined, so the definition names it".to_string(),
+        Err(e) => format!("libvirt picks the build from the host's firmware descriptors at each start ({} for it at define time)", e.needs),
+    };
+    b.note("firmware", choice, format!("{why}; {when}"));
+    // A qcow2 variable store where libvirt can snapshot, revert and delete UEFI VMs with it.
+    let nvram = b.host.supports(Feature::QcowNvram).then(|| qcow2_nvram_path(&req.name));
+    Ok(Firmware::Efi { secure_boot: want_sb, nvram })
+}
+
+/// Why the UEFI variable store is what it is.
+fn nvram_note(b: &mut Builder, firmware: &Firmware) {
+    let Firmware::Efi { nvram, .. } = firmware else { return };
+    match (nvram, b.host.check(Feature::QcowNvram)) {
+        (Some(path), _) => b.note(
+            "nvram",
+            format!("qcow2 {path}, made from the firmware's own template"),
+            "qcow2, so snapshots hold the UEFI variables (secure-boot keys, boot entries) with the disk: libvirt ≥ 10.10 takes, reverts and deletes internal snapshots of UEFI VMs only with a qcow2 store",
+        ),
+        (None, Err(e)) => b.note(
+            "nvram",
+            "raw, made by libvirt from the firmware's template",
+            format!("a qcow2 store, which UEFI snapshots need, needs {}; this host has {}", e.needs, e.have),
+        ),
+        (None, Ok(())) => b.note("nvram", "raw, made by libvirt from the firmware's template", "libvirt's default"),
+    }
 }
 
 /// Why this host cannot give a guest an emulated TPM 2.0, if it cannot.
@@ -806,15 +832,12 @@ fn display(b: &mut Builder, devices: &mut Vec<Device>) {
 
 fn sound(b: &mut Builder, devices: &mut Vec<Device>) {
     let why = b.profile.sound.why;
-    let model = match b.profile.sound.value {
-        SoundPolicy::VirtioOr(fallback) => {
-            if b.host.caps.has("sound.model", "virtio") {
-                "virtio"
-            } else {
-                fallback
-            }
-        }
-        SoundPolicy::Model(m) => m,
+    let (model, why) = match b.profile.sound.value {
+        SoundPolicy::VirtioOr(fallback) => match b.host.check(Feature::VirtioSound) {
+            Ok(()) => ("virtio", why.to_string()),
+            Err(e) => (fallback, format!("{why}; virtio-sound needs {}, this host has {}", e.needs, e.have)),
+        },
+        SoundPolicy::Model(m) => (m, why.to_string()),
     };
     devices.push(Device::Sound(model));
     b.note("sound", model, why);

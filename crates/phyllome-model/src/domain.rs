@@ -46,7 +46,18 @@ pub enum Firmware {
     /// SeaBIOS.
     Bios,
     /// OVMF, auto-selected by libvirt from the host's firmware descriptors.
-    Efi { secure_boot: bool },
+    /// `nvram`: the path of a qcow2 variable store (Phyllome makes it from the
+    /// template libvirt picked, see `capability::Feature::QcowNvram`); `None`
+    /// lets libvirt keep a raw one of its own.
+    Efi { secure_boot: bool, nvram: Option<String> },
+}
+
+/// Where libvirt keeps UEFI variable stores (its `nvram_dir`).
+pub const NVRAM_DIR: &str = "/var/lib/libvirt/qemu/nvram";
+
+/// The qcow2 variable store of the VM `name`, named as libvirt names its raw ones.
+pub fn qcow2_nvram_path(name: &str) -> String {
+    format!("{NVRAM_DIR}/{name}_VARS.qcow2")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +341,8 @@ impl Domain {
             os = os.attr("firmware", "efi");
         }
         os = os.child(Element::leaf("type", "hvm").attr("arch", "x86_64").attr("machine", self.machine.as_str()));
-        if let Firmware::Efi { secure_boot } = self.firmware {
+        if let Firmware::Efi { secure_boot, nvram } = &self.firmware {
+            let secure_boot = *secure_boot;
             // Ask libvirt's firmware auto-selection for the right OVMF build
             // instead of hard-coding distribution-specific paths: the VM then
             // moves to a host whose OVMF lives elsewhere.
@@ -340,10 +352,23 @@ impl Domain {
             }
             fw.push(Element::new("feature").attr("enabled", yes_no(secure_boot)).attr("name", "secure-boot"));
             os = os.child(fw);
-            if secure_boot {
-                // libvirt 9.0 refuses secure='no' next to auto-selection, but
-                // secure='yes' makes it check that SMM is on as secure boot needs.
-                os = os.child(Element::new("loader").attr("secure", "yes"));
+            // libvirt 9.0 refuses secure='no' next to auto-selection, but
+            // secure='yes' makes it check that SMM is on as secure boot needs.
+            let secure = secure_boot.then_some(("secure", "yes"));
+            // Beside a qcow2 store the code's format must be said: libvirt would
+            // otherwise look for qcow2 firmware code, which OVMF rarely ships.
+            let raw_code = nvram.is_some().then_some(("format", "raw"));
+            if secure.is_some() || raw_code.is_some() {
+                let mut loader = Element::new("loader");
+                for (k, v) in [secure, raw_code].into_iter().flatten() {
+                    loader = loader.attr(k, v);
+                }
+                os = os.child(loader);
+            }
+            if let Some(path) = nvram {
+                // libvirt still picks the firmware and its template at define time;
+                // only the store's format and place are ours.
+                os = os.child(Element::leaf("nvram", path).attr("format", "qcow2"));
             }
         }
         if let Some(b) = &self.direct_boot {

@@ -4,6 +4,7 @@
 //! recorded fixture); the model only consumes them, so every host-dependent
 //! decision can be tested against recorded hosts without touching one.
 
+use crate::capability::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -74,14 +75,14 @@ pub struct HostFacts {
     #[serde(default)]
     pub virgl: bool,
     #[serde(default)]
-    pub libvirt_version: String,
-    #[serde(default)]
-    pub qemu_version: String,
-    #[serde(default)]
     pub firmware: Vec<FirmwareDescriptor>,
     /// A virtio-win driver ISO found on the host, if any.
     #[serde(default)]
     pub virtio_win_iso: Option<String>,
+    /// libvirt's, QEMU's, swtpm's and virtiofsd's versions and abilities: what
+    /// [`crate::capability`] decides features from.
+    #[serde(default)]
+    pub platform: Platform,
 }
 
 /// libvirt's domain capabilities, parsed (`virsh domcapabilities`).

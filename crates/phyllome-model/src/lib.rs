@@ -5,9 +5,11 @@
 //! - [`build`]: adapts a profile to a host's facts and a user's request;
 //! - [`domain`]: the typed libvirt domain it produces, rendered by [`xml`];
 //! - [`host`]: the host facts the builder consumes;
+//! - [`capability`]: what the host's libvirt/QEMU versions can do, decided in one place;
 //! - [`input`]: validation of names, sizes and paths.
 
 pub mod build;
+pub mod capability;
 pub mod catalog;
 pub mod domain;
 pub mod host;
@@ -16,4 +18,5 @@ pub mod input;
 pub mod xml;
 
 pub use build::{build, BuildError, DiskRef, Encryption, NetworkChoice, Plan, Request};
+pub use capability::{Feature, Platform, Unsupported, Version};
 pub use host::{DomainCaps, Host, HostFacts};

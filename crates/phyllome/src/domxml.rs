@@ -15,6 +15,17 @@ pub struct DiskSummary {
     pub luks_secret: Option<String>,
 }
 
+/// The UEFI variable store, as `<os><nvram>` names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NvramSummary {
+    pub path: String,
+    /// `raw` when the element does not say.
+    pub format: String,
+    /// The template libvirt copies it from (filled in at define time by libvirt ≥ 9.2).
+    pub template: Option<String>,
+    pub template_format: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainSummary {
     pub name: String,
@@ -29,6 +40,7 @@ pub struct DomainSummary {
     pub disks: Vec<DiskSummary>,
     /// VNC port and listen address of a running domain.
     pub vnc: Option<(String, u16)>,
+    pub nvram: Option<NvramSummary>,
 }
 
 impl DomainSummary {
@@ -86,6 +98,14 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
         s.encryption = get("encryption");
         s.created_by = get("version");
     }
+    s.nvram = child(root, "os").and_then(|os| child(os, "nvram")).and_then(|n| {
+        Some(NvramSummary {
+            path: n.text().map(str::trim).filter(|p| !p.is_empty())?.to_string(),
+            format: n.attribute("format").unwrap_or("raw").to_string(),
+            template: n.attribute("template").map(str::to_string),
+            template_format: n.attribute("templateFormat").map(str::to_string),
+        })
+    });
     if let Some(devices) = child(root, "devices") {
         for d in devices.children().filter(|d| d.has_tag_name("disk")) {
             let source = child(d, "source");
@@ -137,6 +157,18 @@ mod tests {
         assert_eq!(s.main_disk().unwrap().volume.as_deref(), Some("vm1.qcow2"));
         assert_eq!(s.disks[1].file.as_deref(), Some("/isos/a.iso"));
         assert_eq!(s.vnc, Some(("127.0.0.1".into(), 5901)));
+    }
+
+    #[test]
+    fn reads_the_nvram_libvirt_resolved() {
+        let xml = "<domain><name>w</name><os firmware='efi'><loader readonly='yes' type='pflash' format='raw'>/c.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd' templateFormat='raw' format='qcow2'>/var/lib/libvirt/qemu/nvram/w_VARS.qcow2</nvram></os></domain>";
+        let n = parse(xml).unwrap().nvram.unwrap();
+        assert_eq!((n.path.as_str(), n.format.as_str()), ("/var/lib/libvirt/qemu/nvram/w_VARS.qcow2", "qcow2"));
+        assert_eq!(n.template.as_deref(), Some("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"));
+        assert_eq!(n.template_format.as_deref(), Some("raw"));
+        let raw = parse("<domain><os><nvram>/n/x_VARS.fd</nvram></os></domain>").unwrap().nvram.unwrap();
+        assert_eq!((raw.format.as_str(), raw.template), ("raw", None));
+        assert_eq!(parse("<domain><os><nvram/></os></domain>").unwrap().nvram, None);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Gathers the live host's facts: the file system through `phyllome-host`,
-//! libvirt's domain capabilities, and the KVM probe.
+//! libvirt's versions, host and domain capabilities, swtpm and virtiofsd (the
+//! capability record, [`phyllome_model::capability`]), and the KVM probe.
 
-use phyllome_host::{kvm, parse_domcaps, read_facts};
+use phyllome_host::{kvm, parse_domcaps, platform, read_facts};
 use phyllome_libvirt::Libvirt;
 use phyllome_model::host::KvmState;
-use phyllome_model::Host;
+use phyllome_model::{Host, Platform};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +27,17 @@ pub fn qemu_binary() -> Option<PathBuf> {
 /// Reads the live host. `probe_kvm` runs (or reuses this boot's) KVM probe
 /// when `/dev/kvm` exists.
 pub fn gather(lv: &Libvirt, probe_kvm: bool) -> Result<(Host, Option<String>), HostError> {
-    let mut facts = read_facts(Path::new("/"));
-    let (libvirt_version, qemu_version) = lv.versions()?;
-    facts.libvirt_version = libvirt_version;
-    facts.qemu_version = qemu_version;
+    let root = Path::new("/");
+    let mut facts = read_facts(root);
+    let (libvirt, qemu) = lv.versions()?;
+    facts.platform = Platform {
+        libvirt,
+        libvirt_library: Libvirt::library_version().unwrap_or_default(),
+        qemu,
+        external_snapshot: platform::parse_external_snapshot(&lv.capabilities()?),
+        swtpm: platform::swtpm(root),
+        virtiofsd: platform::virtiofsd(root),
+    };
     let mut kvm_detail = None;
     if facts.kvm == KvmState::Usable && probe_kvm {
         if let Some(qemu) = qemu_binary() {

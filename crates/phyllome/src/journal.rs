@@ -16,6 +16,9 @@ pub struct Entry {
     pub pool: String,
     pub volume: String,
     pub volume_path: String,
+    /// The qcow2 UEFI variable store the create will make, if any.
+    #[serde(default)]
+    pub nvram: Option<String>,
     pub pid: u32,
     pub boot_id: String,
 }
@@ -31,6 +34,7 @@ impl Entry {
             pool: pool.into(),
             volume: volume.into(),
             volume_path: volume_path.into(),
+            nvram: None,
             pid: std::process::id(),
             boot_id: boot_id(),
         }

@@ -80,6 +80,8 @@ pub enum VmError {
     StopTimeout { name: String, secs: u64 },
     #[error("cannot read {0}'s domain XML: {1}")]
     Xml(String, roxmltree::Error),
+    #[error("cannot make the UEFI variable store: {0}")]
+    Nvram(String),
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     Injected(String),
 }
@@ -190,6 +192,58 @@ fn set_private(path: &str) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| VmError::Disk(e.to_string()))
 }
 
+/// The temporary name a variable store is written under before it is renamed into place.
+fn nvram_tmp(path: &str) -> String {
+    format!("{path}.phyllome-tmp")
+}
+
+/// Makes the qcow2 UEFI variable store a definition names, when it is missing,
+/// from the template libvirt picked at define time (libvirt copies a template
+/// only into a store of the template's own format, and OVMF ships raw ones).
+/// Only stores inside libvirt's NVRAM folder are made. Returns whether one was made.
+pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<bool> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+    let Some(n) = s.nvram.filter(|n| n.format == "qcow2") else { return Ok(false) };
+    let path = Path::new(&n.path);
+    if path.exists() {
+        return Ok(false);
+    }
+    if path.parent() != Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
+        return Err(VmError::Nvram(format!(
+            "{} is outside libvirt's NVRAM folder {}",
+            n.path,
+            phyllome_model::domain::NVRAM_DIR
+        )));
+    }
+    let Some(template) = n.template else {
+        return Err(VmError::Nvram(format!("libvirt named no firmware template for {}", n.path)));
+    };
+    let dir = std::fs::metadata(phyllome_model::domain::NVRAM_DIR)
+        .map_err(|e| VmError::Nvram(format!("{}: {e}", phyllome_model::domain::NVRAM_DIR)))?;
+    let tmp = nvram_tmp(&n.path);
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", n.template_format.as_deref().unwrap_or("raw"), "-O", "qcow2", &template, &tmp])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| VmError::Nvram(format!("cannot run qemu-img: {e}")))?;
+    let finish = || -> std::io::Result<()> {
+        if !out.status.success() {
+            return Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        // Private, and owned like the stores libvirt makes itself (the folder's owner: QEMU's user).
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(&tmp, Some(dir.uid()), Some(dir.gid()))?;
+        std::fs::rename(&tmp, path)
+    };
+    finish().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        VmError::Nvram(format!("{template} -> {}: {e}", n.path))
+    })?;
+    Ok(true)
+}
+
 /// Removes whatever an (interrupted or failed) create may have made.
 fn rollback(lv: &Libvirt, e: &Entry) {
     let _ = lv.destroy(&e.name);
@@ -199,6 +253,10 @@ fn rollback(lv: &Libvirt, e: &Entry) {
         let _ = std::fs::remove_file(&e.volume_path);
     }
     let _ = lv.undefine_volume_secret(&e.volume_path);
+    if let Some(nvram) = &e.nvram {
+        // The undefine above removed a finished store; a half-written one has our own name.
+        let _ = std::fs::remove_file(nvram_tmp(nvram));
+    }
 }
 
 /// Cleans up after creates whose process died; returns the names cleaned.
@@ -274,7 +332,11 @@ pub fn create(
         return Err(VmError::SecretExists(disk.path.clone()));
     }
 
-    let entry = Entry::new(name, &disk.pool, &disk.volume, &disk.path);
+    let nvram = match &plan.domain.firmware {
+        phyllome_model::domain::Firmware::Efi { nvram, .. } => nvram.clone(),
+        phyllome_model::domain::Firmware::Bios => None,
+    };
+    let entry = Entry { nvram, ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
     let journal = Journal::open();
     journal.begin(&entry)?;
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -313,6 +375,10 @@ pub fn create(
         step("define", &interrupted)?;
         lv.define(&plan.domain.to_xml())?;
         progress(&format!("defined VM {name}"));
+        step("nvram", &interrupted)?;
+        if prepare_nvram(lv, name)? {
+            progress("made its qcow2 UEFI variable store from the firmware's template");
+        }
         let mut started = false;
         if start {
             step("start", &interrupted)?;
@@ -386,6 +452,8 @@ pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Res
         }
         _ => {}
     }
+    // A qcow2 variable store lost since (libvirt cannot remake one itself).
+    prepare_nvram(lv, name)?;
     let s = summary(lv, name)?;
     if s.encryption.as_deref() == Some("prompt") {
         let Some(path) = s.main_disk().and_then(|d| d.luks_secret.clone()) else {

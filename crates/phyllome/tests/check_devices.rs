@@ -75,6 +75,7 @@ fn every_fixture_reports_every_check_with_a_fix_unless_it_passes() {
         "firmware.secureboot",
         "tpm.swtpm",
         "gpu.rendernode",
+        "virtiofsd",
         "qemu.version",
         "libvirt.connection",
         "libvirt.version",
@@ -101,7 +102,7 @@ fn every_fixture_reports_every_check_with_a_fix_unless_it_passes() {
 fn intel_laptop_is_ready_but_lacks_swtpm_and_virgl() {
     let r = check::run(&sysroot("intel-laptop-poor-iommu"), &live(Some(KvmState::Usable)));
     let warned: Vec<&str> = r.checks.iter().filter(|c| c.status != Status::Pass).map(|c| c.id).collect();
-    assert_eq!(warned, ["tpm.swtpm", "gpu.rendernode"], "{r:#?}");
+    assert_eq!(warned, ["tpm.swtpm", "gpu.rendernode", "virtiofsd"], "{r:#?}");
     assert_eq!(r.verdict, Status::Warn);
     assert!(get(&r, "cpu.virtualization").summary.contains("VT-x"));
     assert!(get(&r, "kvm.nested").summary.contains("kvm_intel nested=Y"));
@@ -112,6 +113,7 @@ fn intel_laptop_is_ready_but_lacks_swtpm_and_virgl() {
     // Ubuntu: apt packages.
     assert_eq!(fix(&r, "tpm.swtpm"), "apt install swtpm swtpm-tools");
     assert_eq!(fix(&r, "gpu.rendernode"), "apt install qemu-system-gui");
+    assert!(fix(&r, "virtiofsd").starts_with("apt install virtiofsd"));
 }
 
 #[test]
@@ -123,6 +125,8 @@ fn amd_desktop_passes_everything() {
     assert!(get(&r, "hugepages").summary.contains("8192 huge pages"));
     assert!(get(&r, "firmware.secureboot").summary.contains("30-edk2-ovmf-x64-sb-enrolled.json"));
     assert!(get(&r, "gpu.rendernode").summary.contains("virgl"));
+    // Fedora's virtiofsd package, found through its vhost-user descriptor.
+    assert!(get(&r, "virtiofsd").summary.contains("/usr/libexec/virtiofsd"));
     assert!(get(&r, "kvm.functional").summary.contains("KVM runs guests"));
 }
 

@@ -16,18 +16,27 @@ fn generate(os: &str, name: &str, pool: &TestPool, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Defines the XML as `phyllome create` does: validated, then the qcow2 UEFI
+/// variable store made where the definition asks for one (libvirt cannot).
 fn define(name: &str, xml: &str) -> TestDomain {
     let dom = TestDomain::adopt(name);
     let file = std::env::temp_dir().join(format!("{name}.xml"));
     std::fs::write(&file, xml).unwrap();
     virsh_ok(&["define", "--validate", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(file);
+    let lv = phyllome_libvirt::Libvirt::connect(URI).unwrap();
+    phyllome::vm::prepare_nvram(&lv, name).unwrap();
     dom
 }
 
-/// The files libvirt keeps for a domain: NVRAM and the swtpm state directory.
-fn nvram_path(name: &str) -> String {
-    format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.fd")
+/// The files libvirt keeps for a domain: NVRAM (raw, or qcow2 where the host
+/// can snapshot UEFI VMs with it) and the swtpm state directory.
+fn nvram_paths(name: &str) -> [String; 2] {
+    [format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.fd"), format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.qcow2")]
+}
+
+fn no_nvram(name: &str) -> bool {
+    nvram_paths(name).iter().all(|p| !Path::new(p).exists())
 }
 
 fn tpm_state_dir(uuid: &str) -> String {
@@ -54,7 +63,7 @@ fn every_profile_defines_starts_and_runs_in_real_libvirtd() {
         assert!(live.contains("<phyllome:os>") && live.contains(&format!(">{os}<")), "{os}: metadata lost");
         drop(dom);
         assert!(!virsh(&["dominfo", &name]).status.success(), "{os}: domain still defined");
-        assert!(!Path::new(&nvram_path(&name)).exists(), "{os}: NVRAM left behind");
+        assert!(no_nvram(&name), "{os}: NVRAM left behind");
     }
 }
 
@@ -87,7 +96,15 @@ fn windows11_runs_secure_boot_firmware_with_a_tpm() {
     let cmdline = log.rsplit("starting up").next().unwrap_or_default();
     assert!(cmdline.contains("tpm-crb"), "QEMU command line has no tpm-crb");
     assert!(cmdline.contains("smm=on"), "QEMU command line has no SMM");
-    assert!(Path::new(&nvram_path(&name)).exists(), "no NVRAM file");
+    // The variable store is qcow2 where this libvirt snapshots UEFI VMs with one, raw elsewhere.
+    let [raw, qcow2] = nvram_paths(&name);
+    if host_supports("qcow2-nvram") {
+        assert!(live.contains("format='qcow2'>/var/lib/libvirt/qemu/nvram/"), "no qcow2 NVRAM in the live XML");
+        assert_eq!(image_format(&qcow2), "qcow2");
+        assert!(!Path::new(&raw).exists(), "a raw NVRAM beside the qcow2 one");
+    } else {
+        assert!(Path::new(&raw).exists(), "no NVRAM file");
+    }
     let uuid = virsh_ok(&["domuuid", &name]).trim().to_string();
     assert!(Path::new(&tpm_state_dir(&uuid)).join("tpm2").exists(), "no swtpm state");
 
@@ -112,6 +129,6 @@ fn windows11_runs_secure_boot_firmware_with_a_tpm() {
     assert!(colours > 8, "the firmware never drew its screen ({colours} colours)");
 
     drop(dom);
-    assert!(!Path::new(&nvram_path(&name)).exists(), "NVRAM left behind");
+    assert!(no_nvram(&name), "NVRAM left behind");
     assert!(!Path::new(&tpm_state_dir(&uuid)).exists(), "TPM state left behind");
 }

@@ -39,7 +39,8 @@ pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
         eprintln!("recorded {dir}/host.json and {dir}/domcaps.xml");
     }
     if json {
-        let v = json!({"facts": host.facts, "kvm_detail": kvm_detail, "domcaps": host.caps});
+        let v =
+            json!({"facts": host.facts, "kvm_detail": kvm_detail, "domcaps": host.caps, "features": host.features()});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -47,10 +48,44 @@ pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
     println!("cpu:       {} ({:?}), {} logical CPUs", f.cpu_model, f.cpu_vendor, f.cpus);
     println!("memory:    {}", phyllome::model::input::human_mib(f.memory_mib));
     println!("kvm:       {:?}{}", f.kvm, kvm_detail.map(|d| format!(" ({d})")).unwrap_or_default());
-    println!("libvirt:   {}, QEMU {}, domain type {}", f.libvirt_version, f.qemu_version, host.caps.virt_type);
+    let p = &f.platform;
+    let library = if p.libvirt_library.is_empty() || p.libvirt_library == p.libvirt {
+        String::new()
+    } else {
+        format!(" (client library {})", p.libvirt_library)
+    };
+    println!("libvirt:   {}{library}, QEMU {}, domain type {}", p.libvirt, p.qemu, host.caps.virt_type);
     println!("firmware:  {}", f.firmware.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "));
-    println!("swtpm:     {}", if f.swtpm { "yes" } else { "no" });
+    match &p.swtpm {
+        Some(t) => println!("swtpm:     {} ({})", or(&t.version, "version unknown"), t.features.join(", ")),
+        None => println!("swtpm:     {}", if f.swtpm { "yes (it did not describe itself)" } else { "no" }),
+    }
+    match &p.virtiofsd {
+        Some(v) => println!(
+            "virtiofsd: {} {}{}",
+            v.path,
+            or(&v.version, "(version unknown)"),
+            if v.readonly { ", --readonly" } else { ", no read-only mode" }
+        ),
+        None => println!("virtiofsd: none (shared folders unavailable)"),
+    }
+    println!("snapshots: external revert {}", if p.external_snapshot { "yes" } else { "no" });
     println!("render:    {}", if f.render_nodes.is_empty() { "none".into() } else { f.render_nodes.join(", ") });
     println!("virgl:     {}", if f.virgl { "yes" } else { "no" });
+    println!("\nwhat this libvirt {} and QEMU {} can do:", p.libvirt, p.qemu);
+    for s in host.features() {
+        match (&s.needs, &s.have) {
+            (Some(needs), Some(have)) => println!("  no   {:<26} needs {needs} (has {have})", s.feature),
+            _ => println!("  yes  {:<26} {}", s.feature, s.what),
+        }
+    }
     Ok(())
+}
+
+fn or<'a>(v: &'a str, unknown: &'a str) -> &'a str {
+    if v.is_empty() {
+        unknown
+    } else {
+        v
+    }
 }

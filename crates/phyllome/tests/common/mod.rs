@@ -72,6 +72,23 @@ pub fn phyllome(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_phyllome")).env("PHYLLOME_CONNECT", URI).args(args).output().unwrap()
 }
 
+/// Whether `phyllome host facts` says this host's libvirt/QEMU can do `feature` (an id of the capability record).
+pub fn host_supports(feature: &str) -> bool {
+    let out = phyllome(&["host", "facts", "--json"]);
+    assert!(out.status.success(), "phyllome host facts failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = v["features"].as_array().unwrap().iter().find(|f| f["feature"] == feature).cloned();
+    row.unwrap_or_else(|| panic!("no feature {feature} in host facts"))["supported"].as_bool().unwrap()
+}
+
+/// The format `qemu-img info` reads in a file.
+pub fn image_format(path: &str) -> String {
+    let out = Command::new("qemu-img").args(["info", "--output=json", "-U", path]).output().unwrap();
+    assert!(out.status.success(), "qemu-img info {path}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["format"].as_str().unwrap_or_default().to_string()
+}
+
 pub fn require_libvirt() {
     let out = virsh(&["version"]);
     assert!(
