@@ -99,8 +99,10 @@ fn leftovers(name: &str) -> Vec<String> {
     if secrets.contains(&volume_path(name)) {
         left.push("secret".into());
     }
-    if Path::new(&format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.fd")).exists() {
-        left.push("nvram".into());
+    for nvram in ["fd", "qcow2", "qcow2.phyllome-tmp"] {
+        if Path::new(&format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.{nvram}")).exists() {
+            left.push(format!("nvram ({nvram})"));
+        }
     }
     if Path::new(&format!("/var/lib/phyllome/pending/{name}.json")).exists() {
         left.push("journal entry".into());
@@ -153,6 +155,19 @@ fn linux_vm_sees_every_virtio_device_of_its_profile() {
         ("0x0012", "input"),
     ] {
         assert!(line.contains(id), "no virtio {what} ({id}) in {line:?}");
+    }
+    // Where QEMU and libvirt have it, the linux profile's sound card is virtio-sound.
+    if host_supports("virtio-sound") {
+        assert!(line.contains("0x0019"), "no virtio-sound (0x0019) in {line:?}");
+    }
+    // The guest booted through OVMF from a qcow2 variable store where libvirt can snapshot it.
+    let nvram = format!("/var/lib/libvirt/qemu/nvram/{}_VARS.qcow2", vm.0);
+    if host_supports("qcow2-nvram") {
+        assert_eq!(image_format(&nvram), "qcow2");
+        let info = ok(phyllome(&["info", &vm.0]));
+        assert!(virsh_ok(&["dumpxml", &vm.0]).contains(&format!("format='qcow2'>{nvram}</nvram>")), "{info}");
+    } else {
+        assert!(!Path::new(&nvram).exists());
     }
     wait_state(&vm.0, "shut off", 60);
     ok(phyllome(&["delete", &vm.0]));
@@ -324,7 +339,7 @@ fn typed_passphrase_never_shows_in_any_process_and_is_asked_at_start() {
 #[test]
 fn a_failure_at_any_create_step_leaves_nothing() {
     require_libvirt();
-    for step in ["pool", "secret", "volume", "define", "start", "finish"] {
+    for step in ["pool", "secret", "volume", "define", "nvram", "start", "finish"] {
         let vm = TestVm::new(&format!("fault-{step}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
         cmd.env("PHYLLOME_CONNECT", URI).env("PHYLLOME_TEST_FAIL_AT", step).arg("create").arg(&vm.0);
