@@ -21,6 +21,9 @@
 #     read-marker        print the PHYLLOME-MARKER:... line found in the first
 #                        512 bytes of /dev/vda (or PHYLLOME-MARKER-MISSING),
 #                        power off
+#     dd-bench           write then read 512 MiB of /dev/vda with O_DIRECT (dd),
+#                        print "PHYLLOME-DD-WRITE: <dd's summary>" and
+#                        "PHYLLOME-DD-READ: <dd's summary>", power off
 #     poweroff           power off right after the report
 #     (none)             start acpid, print PHYLLOME-READY, run a shell on the
 #                        console forever; the ACPI power button prints
@@ -253,6 +256,15 @@ case $action in
         line=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' \
                | grep -m1 '^PHYLLOME-MARKER:' || true)
         echo "${line:-PHYLLOME-MARKER-MISSING}"
+        off
+        ;;
+    dd-bench)
+        wait_disk || off
+        # O_DIRECT both ways, so the guest's page cache measures nothing.
+        w=$(dd if=/dev/zero of=/dev/vda bs=1M count=512 oflag=direct 2>&1 | tail -1)
+        echo "PHYLLOME-DD-WRITE: $w"
+        r=$(dd if=/dev/vda of=/dev/null bs=1M count=512 iflag=direct 2>&1 | tail -1)
+        echo "PHYLLOME-DD-READ: $r"
         off
         ;;
     poweroff)

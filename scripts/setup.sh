@@ -51,10 +51,10 @@ esac
 # The virtualization stack: on Debian 12 these come from bookworm-backports
 # unless PHYLLOME_STACK=stock. The rest comes from the release itself.
 APT_STACK=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev libvirt-daemon-driver-qemu)
-APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc
+APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc cryptsetup-bin
               busybox-static cpio kmod socat rpm
               chromium fonts-dejavu-core wrk python3-websockify)
-DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm
+DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm cryptsetup
               swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
               chromium dejavu-sans-fonts wrk python3-websockify virtiofsd)
 

@@ -123,11 +123,33 @@ fn virgl_only_with_a_render_node_and_gl_modules() {
 }
 
 #[test]
-fn virtio_sound_only_where_libvirt_lists_it() {
+fn virtio_sound_only_where_qemu_and_libvirt_have_it() {
+    // libvirt's domain capabilities list no sound models: the versions decide (QEMU 8.2 + libvirt 10.4).
     let mut h = host("amd-kvm");
-    assert!(xml(&req("linux"), &h).contains("<sound model='ich9'/>"));
-    h.caps.enums.insert("sound.model".into(), vec!["ich9".into(), "virtio".into()]);
     assert!(xml(&req("linux"), &h).contains("<sound model='virtio'/>"));
+    h.facts.platform.qemu = "8.1.0".into();
+    assert!(xml(&req("linux"), &h).contains("<sound model='ich9'/>"));
+    let plan = build(&req("linux"), &h).unwrap();
+    let why = &plan.choices.iter().find(|c| c.item == "sound").unwrap().why;
+    assert!(why.contains("virtio-sound needs QEMU ≥ 8.2.0, this host has QEMU 8.1.0"), "{why}");
+    assert!(xml(&req("linux"), &host("debian12-tcg")).contains("<sound model='ich9'/>"));
+    // Windows keeps ich9 (no in-box virtio-sound driver) everywhere.
+    assert!(xml(&req("windows11"), &host("debian12-backports-tcg")).contains("<sound model='ich9'/>"));
+}
+
+#[test]
+fn uefi_vms_get_a_qcow2_nvram_only_where_libvirt_snapshots_with_it() {
+    let new = xml(&req("windows11"), &host("debian12-backports-tcg"));
+    assert!(new.contains("<loader secure='yes' format='raw'/>"), "{new}");
+    assert!(new.contains("<nvram format='qcow2'>/var/lib/libvirt/qemu/nvram/vm1_VARS.qcow2</nvram>"), "{new}");
+    let old = xml(&req("windows11"), &host("debian12-tcg"));
+    assert!(!old.contains("<nvram") && old.contains("<loader secure='yes'/>"), "{old}");
+    // 10.9 takes UEFI snapshots but cannot revert them: still raw.
+    let mut h = host("debian12-backports-tcg");
+    h.facts.platform.libvirt = "10.9.0".into();
+    assert!(!xml(&req("linux"), &h).contains("<nvram"));
+    // BIOS guests have no variable store at all.
+    assert!(!xml(&req("legacy"), &host("debian12-backports-tcg")).contains("<nvram"));
 }
 
 #[test]
