@@ -73,7 +73,8 @@ echo "bench: qemu-img's PBKDF benchmark failures over $FAIL_RUNS runs" >&2
 : >"$TMP/fails"
 for _ in $(seq "$FAIL_RUNS"); do rm -f "$IMG"; timed fails "$QEMU_IMG"; done
 FAILED=$(awk '$3 != 0' "$TMP/fails" | wc -l)
-CPUFAIL=$(cat "$TMP/fails.cpufail" 2>/dev/null | wc -l)
+CPUFAIL=0
+[ -f "$TMP/fails.cpufail" ] && CPUFAIL=$(wc -l <"$TMP/fails.cpufail")
 QEMU_ITERS=$(rm -f "$IMG"; printf '%s' "$KEY" | $QEMU_IMG >/dev/null 2>&1; qemu-img info --output=json "$IMG" \
     | python3 -c 'import json,sys; d=json.load(sys.stdin)["format-specific"]["data"]["encrypt"]; print(d["slots"][0]["iters"], d["master-key-iters"])')
 
@@ -107,7 +108,7 @@ dd_run() {
     # $extra is empty or one flag.
     # shellcheck disable=SC2086
     "$P" create "$vm" --os linux --kernel "$G/vmlinuz" --initrd "$G/initrd.img" \
-        --cmdline "console=ttyS0 phyllome.test=dd-bench" --memory 512M --cpus 2 --disk-size 1G \
+        --cmdline "console=ttyS0 phyllome.test=dd-bench" --memory 512M --cpus 2 --disk-size 4G \
         --network none $extra --start >/dev/null
     log=/var/log/libvirt/qemu/$vm-serial.log
     for i in $(seq 600); do

@@ -284,20 +284,22 @@ pub fn os_random(buf: &mut [u8]) {
 /// Creates the image file at `path` (which must not exist), mode 0600.
 pub fn create(path: &Path, size: u64, passphrase: &[u8], cost: Cost) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    let image = layout(size, passphrase, cost, &mut os_random)?;
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    let written = (|| -> std::io::Result<()> {
-        for (offset, bytes) in &image.pieces {
-            f.seek(SeekFrom::Start(*offset))?;
-            f.write_all(bytes)?;
-        }
-        f.set_len(image.len)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
+    write(&mut f, size, passphrase, cost).inspect_err(|_| {
         let _ = std::fs::remove_file(path);
-        return Err(e.into());
+    })
+}
+
+/// Writes the image into `f`, an empty file the caller made (and may have
+/// recorded by identity before anything is written).
+pub fn write(f: &mut std::fs::File, size: u64, passphrase: &[u8], cost: Cost) -> Result<(), Error> {
+    let image = layout(size, passphrase, cost, &mut os_random)?;
+    for (offset, bytes) in &image.pieces {
+        f.seek(SeekFrom::Start(*offset))?;
+        f.write_all(bytes)?;
     }
+    f.set_len(image.len)?;
+    f.sync_all()?;
     Ok(())
 }
 

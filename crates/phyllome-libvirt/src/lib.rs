@@ -40,6 +40,13 @@ pub fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
+/// Undefine with everything libvirt keeps beside the definition.
+const UNDEFINE_ALL: u32 = sys::VIR_DOMAIN_UNDEFINE_NVRAM
+    | sys::VIR_DOMAIN_UNDEFINE_TPM
+    | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+
 /// A connection to libvirtd.
 pub struct Libvirt {
     conn: Connect,
@@ -88,11 +95,28 @@ impl Libvirt {
     }
 
     /// Defines a persistent domain; libvirt validates it against its schema first.
-    pub fn define(&self, xml: &str) -> Result<()> {
-        self.conn
+    /// Returns the new domain's UUID, the identity rollback acts on.
+    pub fn define(&self, xml: &str) -> Result<String> {
+        let d = self
+            .conn
             .define_domain_xml_flags(xml, sys::VIR_DOMAIN_DEFINE_VALIDATE)
-            .map(|_| ())
-            .map_err(|e| Error::new("define domain", e))
+            .map_err(|e| Error::new("define domain", e))?;
+        d.uuid_string().map_err(|e| Error::new("domain uuid", e))
+    }
+
+    /// Stops (if running) and undefines, with its NVRAM and TPM state, the domain
+    /// with this UUID, whatever it is named now. A missing one is not an error.
+    pub fn remove_domain_by_uuid(&self, uuid: &str) -> Result<bool> {
+        let d = match self.conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(d) => d,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(false),
+            Err(e) => return Err(Error::new(format!("domain {uuid}"), e)),
+        };
+        if d.is_active().unwrap_or(false) {
+            let _ = d.destroy();
+        }
+        d.undefine_flags(UNDEFINE_ALL).map_err(|e| Error::new(format!("undefine {uuid}"), e))?;
+        Ok(true)
     }
 
     fn domain(&self, name: &str) -> Result<Domain> {
@@ -133,12 +157,7 @@ impl Libvirt {
 
     /// Removes a stopped domain's definition with its NVRAM and TPM state.
     pub fn undefine(&self, name: &str) -> Result<()> {
-        let flags = sys::VIR_DOMAIN_UNDEFINE_NVRAM
-            | sys::VIR_DOMAIN_UNDEFINE_TPM
-            | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
-        self.domain(name)?.undefine_flags(flags).map_err(|e| Error::new(format!("undefine {name}"), e))
+        self.domain(name)?.undefine_flags(UNDEFINE_ALL).map_err(|e| Error::new(format!("undefine {name}"), e))
     }
 
     /// The target directory of a storage pool, if the pool exists.

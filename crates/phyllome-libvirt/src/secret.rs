@@ -36,6 +36,18 @@ impl Libvirt {
         }
     }
 
+    /// Removes the secret with this UUID (the one a create made); a missing one is not an error.
+    pub fn undefine_secret_uuid(&self, uuid: &str) -> Result<bool> {
+        match self.conn.lookup_secret_by_uuid_string(uuid) {
+            Ok(s) => {
+                s.undefine().map_err(|e| Error::new("undefine secret", e))?;
+                Ok(true)
+            }
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SECRET => Ok(false),
+            Err(e) => Err(Error::new(format!("secret {uuid}"), e)),
+        }
+    }
+
     /// Removes the secret for `volume_path`; a missing one is not an error.
     pub fn undefine_volume_secret(&self, volume_path: &str) -> Result<bool> {
         match self.conn.lookup_secret_by_usage(sys::VIR_SECRET_USAGE_TYPE_VOLUME as i32, volume_path) {

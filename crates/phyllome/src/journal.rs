@@ -1,7 +1,10 @@
-//! A create in progress leaves a journal entry naming everything it may have
-//! made. When the process dies before finishing (kill -9, power loss), the
-//! next phyllome command finds the entry of a dead process and removes those
-//! objects, so an interrupted create leaves nothing behind.
+//! A create in progress holds a journal entry: created exclusively before
+//! anything is checked, it claims the VM's name, and it records each object
+//! the moment it is made, by identity (domain UUID, secret UUID, the disk
+//! file's device and inode). When the process dies before finishing (kill -9,
+//! power loss), the next phyllome command finds the entry of a dead process and
+//! removes exactly those objects, only while their identity still matches, so
+//! an interrupted create leaves nothing behind and touches nothing it did not make.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -21,6 +24,40 @@ pub struct Entry {
     pub nvram: Option<String>,
     pub pid: u32,
     pub boot_id: String,
+    /// What this create has made so far.
+    #[serde(default)]
+    pub made: Made,
+}
+
+/// A file by identity: its path, and the device and inode it had when made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file now at `path`.
+    pub fn of(path: &str) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(FileId { path: path.to_string(), dev: m.dev(), ino: m.ino() })
+    }
+
+    /// Whether the file at the path is still the one recorded (not replaced, not gone).
+    pub fn still_there(&self) -> bool {
+        FileId::of(&self.path).is_ok_and(|now| now == *self)
+    }
+}
+
+/// The objects a create made, each recorded as soon as it exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    pub secret_uuid: Option<String>,
+    pub volume_file: Option<FileId>,
+    pub domain_uuid: Option<String>,
+    pub nvram_file: Option<FileId>,
 }
 
 fn boot_id() -> String {
@@ -37,6 +74,7 @@ impl Entry {
             nvram: None,
             pid: std::process::id(),
             boot_id: boot_id(),
+            made: Made::default(),
         }
     }
 
@@ -92,6 +130,16 @@ impl Journal {
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io)
     }
 
+    /// Rewrites the entry (what was made so far), atomically: a crash leaves the old or the new one.
+    pub fn record(&self, entry: &Entry) -> Result<(), JournalError> {
+        let io = |e| JournalError::Io(self.dir.display().to_string(), e);
+        let tmp = self.dir.join(format!(".{}.json.tmp", entry.name));
+        let text = serde_json::to_string(entry).expect("entry serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, self.path(&entry.name)).map_err(io)
+    }
+
     pub fn finish(&self, name: &str) {
         let _ = std::fs::remove_file(self.path(name));
     }
@@ -100,6 +148,9 @@ impl Journal {
     pub fn orphans(&self) -> Vec<Entry> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         rd.flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().ends_with(".json") && !e.file_name().to_string_lossy().starts_with('.')
+            })
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
             .filter_map(|t| serde_json::from_str::<Entry>(&t).ok())
             .filter(Entry::is_orphan)
@@ -110,6 +161,23 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_known_by_its_inode_not_its_name() {
+        let p = std::env::temp_dir().join(format!("phyllome-fileid-{}", std::process::id()));
+        let path = p.to_str().unwrap();
+        std::fs::write(&p, "a").unwrap();
+        let id = FileId::of(path).unwrap();
+        assert!(id.still_there());
+        // Replaced by another file of the same name (made while the first still
+        // existed, so with another inode): no longer ours.
+        let other = std::env::temp_dir().join(format!("phyllome-fileid-other-{}", std::process::id()));
+        std::fs::write(&other, "b").unwrap();
+        std::fs::rename(&other, &p).unwrap();
+        assert!(!id.still_there());
+        std::fs::remove_file(&p).unwrap();
+        assert!(!id.still_there());
+    }
 
     #[test]
     fn begin_is_exclusive_and_dead_entries_are_orphans() {
@@ -123,6 +191,15 @@ mod tests {
         assert!(dead.is_orphan());
         let other_boot = Entry { boot_id: "x".into(), ..e.clone() };
         assert!(other_boot.is_orphan());
+        // What was made is recorded in place, and read back.
+        let mut made = e.clone();
+        made.made.secret_uuid = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
+        j.record(&made).unwrap();
+        let back: Entry = serde_json::from_str(&std::fs::read_to_string(j.path("vm")).unwrap()).unwrap();
+        assert_eq!(back.made, made.made);
+        // An entry written before `made` existed still reads.
+        let old = r#"{"name":"o","pool":"p","volume":"o.qcow2","volume_path":"/p/o.qcow2","pid":1,"boot_id":"b"}"#;
+        assert_eq!(serde_json::from_str::<Entry>(old).unwrap().made, Made::default());
         j.finish("vm");
         assert!(j.orphans().is_empty());
         let _ = std::fs::remove_dir_all(dir);

@@ -4,7 +4,7 @@
 
 use crate::domxml::{self, DomainSummary};
 use crate::hostinfo::{self, HostError};
-use crate::journal::{Entry, Journal, JournalError};
+use crate::journal::{Entry, FileId, Journal, JournalError};
 use crate::request::{check_files, disk_ref, FileError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
@@ -50,9 +50,9 @@ pub enum VmError {
     NameBusy(String),
     #[error("no VM named {0:?}")]
     NoSuchVm(String),
-    #[error("volume {volume} already exists in pool {pool}: delete it or choose another name")]
+    #[error("volume {volume} already exists in pool {pool} (it may be another VM's disk): choose another name")]
     VolumeExists { pool: String, volume: String },
-    #[error("a libvirt secret for {0} already exists: remove it (virsh secret-list) or choose another name")]
+    #[error("a libvirt secret for {0} already exists (it may be another VM's disk key): choose another name")]
     SecretExists(String),
     #[error("storage pool {0:?} does not exist")]
     NoPool(String),
@@ -64,6 +64,8 @@ pub enum VmError {
     BadNetwork(String),
     #[error("{0} is running: stop it first (phyllome stop {0}, or phyllome kill {0})")]
     Running(String),
+    #[error("disk {disk} is also used by VM {other}: remove it from {other} first, or delete with --keep-disk")]
+    DiskShared { disk: String, other: String },
     #[error("{0} is not running")]
     NotRunning(String),
     #[error("interrupted: everything this command created was removed")]
@@ -119,11 +121,13 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
 }
 
 /// Test hooks: `PHYLLOME_TEST_FAIL_AT=STEP` fails a create step,
-/// `PHYLLOME_TEST_PAUSE_AT=STEP` holds it for 60 s (so a test can kill -9 it).
+/// `PHYLLOME_TEST_PAUSE_AT=STEP` holds it for `PHYLLOME_TEST_PAUSE_SECS` (60 s
+/// by default), so a test can kill -9 it or race another command against it.
 fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
     if let Ok(s) = std::env::var("PHYLLOME_TEST_PAUSE_AT") {
         if s == name {
-            let until = Instant::now() + Duration::from_secs(60);
+            let secs = std::env::var("PHYLLOME_TEST_PAUSE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+            let until = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -172,24 +176,17 @@ fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<(
 /// Creates the qcow2 file, retrying QEMU's flaky PBKDF benchmark: QEMU
 /// builds with the threaded benchmark (Debian's 7.2 among them) sometimes
 /// measure 0 ms of CPU for the first round on a fast or busy host and fail with
-/// "Unable to get accurate CPU usage" (fixed upstream in 2025). Nothing is
-/// left behind between attempts.
+/// "Unable to get accurate CPU usage" (fixed upstream in 2025). Each attempt
+/// truncates the same (recorded) file, so it keeps its inode and mode.
 fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match create_disk_file(path, gib, key) {
-            Err(VmError::Disk(msg)) if msg.contains("Unable to get accurate CPU usage") && attempt < 5 => {
-                let _ = std::fs::remove_file(path);
-            }
+            Err(VmError::Disk(msg)) if msg.contains("Unable to get accurate CPU usage") && attempt < 5 => {}
             other => return other,
         }
     }
-}
-
-fn set_private(path: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| VmError::Disk(e.to_string()))
 }
 
 /// The temporary name a variable store is written under before it is renamed into place.
@@ -200,14 +197,14 @@ fn nvram_tmp(path: &str) -> String {
 /// Makes the qcow2 UEFI variable store a definition names, when it is missing,
 /// from the template libvirt picked at define time (libvirt copies a template
 /// only into a store of the template's own format, and OVMF ships raw ones).
-/// Only stores inside libvirt's NVRAM folder are made. Returns whether one was made.
-pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<bool> {
+/// Only stores inside libvirt's NVRAM folder are made. Returns the path of the one made, if any.
+pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<Option<String>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
-    let Some(n) = s.nvram.filter(|n| n.format == "qcow2") else { return Ok(false) };
+    let Some(n) = s.nvram.filter(|n| n.format == "qcow2") else { return Ok(None) };
     let path = Path::new(&n.path);
     if path.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     if path.parent() != Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
         return Err(VmError::Nvram(format!(
@@ -241,22 +238,97 @@ pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<bool> {
         let _ = std::fs::remove_file(&tmp);
         VmError::Nvram(format!("{template} -> {}: {e}", n.path))
     })?;
-    Ok(true)
+    Ok(Some(n.path))
 }
 
-/// Removes whatever an (interrupted or failed) create may have made.
+/// Removes what an (interrupted or failed) create made, by identity: the
+/// domain and the secret by UUID, files by device and inode, and files only
+/// inside the pool's own folder or libvirt's NVRAM folder. Nothing found by
+/// name alone is touched: a VM, volume or secret someone else made with the
+/// same name stays.
 fn rollback(lv: &Libvirt, e: &Entry) {
-    let _ = lv.destroy(&e.name);
-    let _ = lv.undefine(&e.name);
-    let _ = lv.delete_volume(&e.pool, &e.volume);
-    if Path::new(&e.volume_path).exists() {
-        let _ = std::fs::remove_file(&e.volume_path);
+    let m = &e.made;
+    if let Some(uuid) = &m.domain_uuid {
+        // Undefining with the NVRAM flag also removes the store libvirt (or we) made for it.
+        let _ = lv.remove_domain_by_uuid(uuid);
     }
-    let _ = lv.undefine_volume_secret(&e.volume_path);
+    if let Some(f) = &m.nvram_file {
+        if Path::new(&f.path).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)) && f.still_there() {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
     if let Some(nvram) = &e.nvram {
-        // The undefine above removed a finished store; a half-written one has our own name.
-        let _ = std::fs::remove_file(nvram_tmp(nvram));
+        // A half-written store carries this create's temporary name, which only a holder of the claim writes.
+        if Path::new(nvram).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
+            let _ = std::fs::remove_file(nvram_tmp(nvram));
+        }
     }
+    if let Some(f) = &m.volume_file {
+        let pool_dir = lv.pool_path(&e.pool).ok().flatten();
+        let inside = pool_dir.is_some_and(|d| Path::new(&f.path).parent() == Some(Path::new(&d)));
+        if inside && f.still_there() {
+            let _ = std::fs::remove_file(&f.path);
+            let _ = lv.refresh_pool(&e.pool);
+        }
+    }
+    if let Some(uuid) = &m.secret_uuid {
+        let _ = lv.undefine_secret_uuid(uuid);
+    }
+}
+
+/// Makes an empty file, exclusively, private (0600).
+fn new_private_file(path: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            VmError::Disk(format!("{path} appeared meanwhile; nothing was overwritten"))
+        } else {
+            VmError::Disk(format!("{path}: {e}"))
+        }
+    })
+}
+
+/// What must not exist yet, checked while this create holds the name's claim.
+/// Returns whether the pool exists.
+fn preflight(
+    lv: &Libvirt,
+    name: &str,
+    plan: &Plan,
+    disk: &phyllome_model::DiskRef,
+    start: bool,
+    progress: &dyn Fn(&str),
+) -> Result<bool> {
+    if lv.exists(name)? {
+        return Err(VmError::NameBusy(name.to_string()));
+    }
+    let net = plan.domain.devices.iter().find_map(|d| match d {
+        phyllome_model::domain::Device::Interface(phyllome_model::domain::Interface::Network { network, .. }) => {
+            Some(network.clone())
+        }
+        _ => None,
+    });
+    if let Some(n) = net {
+        match lv.network_state(&n)? {
+            None => return Err(VmError::NoNetwork(n)),
+            // Starting would fail half way: say so before creating anything.
+            Some(false) if start => return Err(VmError::NetworkInactive(n)),
+            Some(false) => {
+                progress(&format!("libvirt network {n} is not active: `virsh net-start {n}` before starting"))
+            }
+            Some(true) => {}
+        }
+    }
+    let pool_exists = lv.pool_path(&disk.pool)?.is_some();
+    if !pool_exists && disk.pool != crate::POOL {
+        return Err(VmError::NoPool(disk.pool.clone()));
+    }
+    if lv.volume_info(&disk.pool, &disk.volume)?.is_some() || Path::new(&disk.path).exists() {
+        return Err(VmError::VolumeExists { pool: disk.pool.clone(), volume: disk.volume.clone() });
+    }
+    if lv.volume_secret(&disk.path)?.is_some() {
+        return Err(VmError::SecretExists(disk.path.clone()));
+    }
+    Ok(pool_exists)
 }
 
 /// Cleans up after creates whose process died; returns the names cleaned.
@@ -296,49 +368,28 @@ pub fn create(
 ) -> Result<Created> {
     recover(lv);
     let plan = plan(lv, name, spec)?;
-    if lv.exists(name)? {
-        return Err(VmError::NameBusy(name.to_string()));
-    }
-    let net = plan.domain.devices.iter().find_map(|d| match d {
-        phyllome_model::domain::Device::Interface(phyllome_model::domain::Interface::Network { network, .. }) => {
-            Some(network.clone())
-        }
-        _ => None,
-    });
-    if let Some(n) = net {
-        match lv.network_state(&n)? {
-            None => return Err(VmError::NoNetwork(n)),
-            // Starting would fail half way: say so before creating anything.
-            Some(false) if start => return Err(VmError::NetworkInactive(n)),
-            Some(false) => {
-                progress(&format!("libvirt network {n} is not active: `virsh net-start {n}` before starting"))
-            }
-            Some(true) => {}
-        }
-    }
     let disk = plan.disk.clone().expect("plan() always asks for a disk");
     let encryption = spec.encryption.unwrap_or(Encryption::Secret);
     if encryption == Encryption::Prompt && passphrase.is_none_or(|p| p.is_empty()) {
         return Err(VmError::EmptyPassphrase);
     }
-    let pool_exists = lv.pool_path(&disk.pool)?.is_some();
-    if !pool_exists && disk.pool != crate::POOL {
-        return Err(VmError::NoPool(disk.pool.clone()));
-    }
-    if lv.volume_info(&disk.pool, &disk.volume)?.is_some() || Path::new(&disk.path).exists() {
-        return Err(VmError::VolumeExists { pool: disk.pool.clone(), volume: disk.volume.clone() });
-    }
-    if lv.volume_secret(&disk.path)?.is_some() {
-        return Err(VmError::SecretExists(disk.path.clone()));
-    }
-
     let nvram = match &plan.domain.firmware {
         phyllome_model::domain::Firmware::Efi { nvram, .. } => nvram.clone(),
         phyllome_model::domain::Firmware::Bios => None,
     };
-    let entry = Entry { nvram, ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
+    // Claim the name before looking at what exists: of two creates of one name,
+    // the second stops here, so no check can go stale before this create makes its objects.
+    let mut entry = Entry { nvram, ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
     let journal = Journal::open();
+    step("claim", &AtomicBool::new(false))?;
     journal.begin(&entry)?;
+    let pool_exists = match preflight(lv, name, &plan, &disk, start, progress) {
+        Ok(p) => p,
+        Err(e) => {
+            journal.finish(name);
+            return Err(e);
+        }
+    };
     let interrupted = Arc::new(AtomicBool::new(false));
     let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
         .iter()
@@ -358,25 +409,34 @@ pub fn create(
         };
         if let Some(k) = &key {
             let desc = format!("phyllome: disk passphrase of VM {name}");
-            lv.define_volume_secret(&disk.path, &desc, encryption == Encryption::Prompt, k)?;
+            let uuid = lv.define_volume_secret(&disk.path, &desc, encryption == Encryption::Prompt, k)?;
+            entry.made.secret_uuid = Some(uuid);
+            journal.record(&entry)?;
         }
         step("volume", &interrupted)?;
         let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
         progress(&format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
+        // The file is made empty and exclusively, and recorded by inode, before anything is written to it.
+        let mut file = new_private_file(&disk.path)?;
+        entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
+        journal.record(&entry)?;
         match (encryption, &key) {
             (Encryption::Secret, Some(k)) => {
-                phyllome_disk::create(Path::new(&disk.path), plan.disk_gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
+                phyllome_disk::write(&mut file, plan.disk_gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
                     .map_err(|e| VmError::Disk(e.to_string()))?
             }
             _ => create_disk(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, PASSPHRASE_ITER_MS)))?,
         }
-        set_private(&disk.path)?;
+        drop(file);
         lv.refresh_pool(&disk.pool)?;
         step("define", &interrupted)?;
-        lv.define(&plan.domain.to_xml())?;
+        entry.made.domain_uuid = Some(lv.define(&plan.domain.to_xml())?);
+        journal.record(&entry)?;
         progress(&format!("defined VM {name}"));
         step("nvram", &interrupted)?;
-        if prepare_nvram(lv, name)? {
+        if let Some(path) = prepare_nvram(lv, name)? {
+            entry.made.nvram_file = FileId::of(&path).ok();
+            journal.record(&entry)?;
             progress("made its qcow2 UEFI variable store from the firmware's template");
         }
         let mut started = false;
@@ -392,7 +452,9 @@ pub fn create(
 
     // A passphrase typed by the user never outlives this command in libvirt.
     if encryption == Encryption::Prompt {
-        let _ = lv.undefine_volume_secret(&disk.path);
+        if let Some(uuid) = entry.made.secret_uuid.take() {
+            let _ = lv.undefine_secret_uuid(&uuid);
+        }
     }
     for h in hooks {
         signal_hook::low_level::unregister(h);
@@ -412,7 +474,7 @@ pub fn create(
             })
         }
         Err(e) => {
-            progress("failed: removing what was created");
+            progress("failed: removing what this command made");
             rollback(lv, &entry);
             journal.finish(name);
             Err(e)
@@ -563,6 +625,17 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         return Err(VmError::Running(name.into()));
     }
     let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+    if !keep_disk {
+        // A disk another VM also uses is not this VM's to delete: refuse before anything is removed.
+        for d in s.disks.iter().filter(|d| d.device == "disk") {
+            if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
+                let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+                if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
+                    return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
+                }
+            }
+        }
+    }
     lv.undefine(name)?;
     let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk };
     if keep_disk {
@@ -583,6 +656,25 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         }
     }
     Ok(out)
+}
+
+/// The name of another domain (not `uuid`) whose disks include the volume, if any.
+fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&str>) -> Result<Option<String>> {
+    for other in lv.domain_names()? {
+        let Ok(xml) = lv.inactive_xml(&other) else { continue };
+        let Ok(o) = domxml::parse(&xml) else { continue };
+        if o.uuid == uuid {
+            continue;
+        }
+        let uses = o.disks.iter().any(|d| {
+            (d.pool.as_deref() == Some(pool) && d.volume.as_deref() == Some(volume))
+                || (path.is_some() && d.file.as_deref() == path)
+        });
+        if uses {
+            return Ok(Some(o.name));
+        }
+    }
+    Ok(None)
 }
 
 /// One row of `phyllome list`.

@@ -1,0 +1,170 @@
+//! Data loss and host safety (issue 10): what a create, its rollback, crash
+//! recovery and delete may touch, checked in the real libvirtd.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn guest(name: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
+    cmd.env("PHYLLOME_CONNECT", URI).arg("create").arg(name);
+    cmd.args(["--os", "linux", "--kernel", &format!("{GUEST}/vmlinuz"), "--initrd", &format!("{GUEST}/initrd.img")]);
+    cmd.args(["--cmdline", "console=ttyS0", "--memory", "512M", "--disk-size", "4G", "--network", "none"]);
+    cmd
+}
+
+fn journal_entry(name: &str) -> String {
+    format!("/var/lib/phyllome/pending/{name}.json")
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn secret_of(name: &str) -> Option<String> {
+    let list = virsh_ok(&["secret-list"]);
+    list.lines().find(|l| l.contains(&volume_path(name))).and_then(|l| l.split_whitespace().next()).map(str::to_string)
+}
+
+#[test]
+fn a_create_that_loses_the_race_never_removes_the_winners_vm() {
+    require_libvirt();
+    let vm = TestVm::new("race");
+    // B pauses before it claims the name; A creates the VM meanwhile and finishes.
+    let b = guest(&vm.0)
+        .env("PHYLLOME_TEST_PAUSE_AT", "claim")
+        .env("PHYLLOME_TEST_PAUSE_SECS", "6")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let a = guest(&vm.0).output().unwrap();
+    assert!(a.status.success(), "A: {}", String::from_utf8_lossy(&a.stderr));
+    let uuid = virsh_ok(&["domuuid", &vm.0]).trim().to_string();
+    let secret = secret_of(&vm.0).expect("A's disk key");
+    // B wakes up, claims, sees A's VM and stops, removing nothing.
+    let b = b.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&b.stderr);
+    assert_eq!(b.status.code(), Some(1), "B: {err}");
+    assert!(err.contains("already exists"), "B: {err}");
+    assert!(!err.contains("remove it"), "B's message must not advise removing A's objects: {err}");
+    assert_eq!(virsh_ok(&["domuuid", &vm.0]).trim(), uuid, "A's domain was replaced or removed");
+    assert!(Path::new(&volume_path(&vm.0)).exists(), "A's disk was removed");
+    assert_eq!(secret_of(&vm.0).as_deref(), Some(secret.as_str()), "A's disk key was removed");
+
+    // While a create holds the claim (paused after making its secret), another one of the name stops at once.
+    let other = TestVm::new("race-claim");
+    let mut holder = guest(&other.0)
+        .env("PHYLLOME_TEST_PAUSE_AT", "volume")
+        .env("PHYLLOME_TEST_PAUSE_SECS", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the holder's secret", 30, || secret_of(&other.0).is_some());
+    let held = secret_of(&other.0).unwrap();
+    let late = guest(&other.0).env("PHYLLOME_TEST_FAIL_AT", "secret").output().unwrap();
+    let err = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(late.status.code(), Some(1));
+    assert!(err.contains("another phyllome command is creating"), "{err}");
+    assert_eq!(secret_of(&other.0).as_deref(), Some(held.as_str()), "the late create removed the holder's secret");
+    // Interrupted, the holder removes what it made, and only that.
+    let _ = Command::new("kill").arg("-INT").arg(holder.id().to_string()).status();
+    holder.wait().unwrap();
+    assert_eq!(secret_of(&other.0), None, "the interrupted create left its secret");
+    assert!(!Path::new(&journal_entry(&other.0)).exists());
+}
+
+#[test]
+fn recovery_after_kill_9_touches_only_what_the_dead_create_made() {
+    require_libvirt();
+    let vm = TestVm::new("recover-identity");
+    // Killed after claiming the name and before making anything.
+    let mut child = guest(&vm.0).env("PHYLLOME_TEST_PAUSE_AT", "secret").stdout(Stdio::null()).spawn().unwrap();
+    wait_for("the journal entry", 60, || Path::new(&journal_entry(&vm.0)).exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Someone defines a domain and a volume of that very name by hand.
+    let xml = format!(
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>",
+        vm.0
+    );
+    let file = std::env::temp_dir().join(format!("{}.xml", vm.0));
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
+    virsh_ok(&["vol-create-as", "phyllome", &format!("{}.qcow2", vm.0), "1M", "--format", "raw"]);
+    ok(phyllome(&["list"]));
+    assert!(!Path::new(&journal_entry(&vm.0)).exists(), "the orphaned entry was not cleared");
+    assert!(virsh(&["dominfo", &vm.0]).status.success(), "recovery removed a domain it did not make");
+    assert!(Path::new(&volume_path(&vm.0)).exists(), "recovery removed a volume it did not make");
+}
+
+#[test]
+fn recovery_never_removes_a_path_outside_phyllomes_pools() {
+    require_libvirt();
+    let name = format!("{PREFIX}victim-{}", std::process::id());
+    let victim = format!("/var/tmp/{name}");
+    std::fs::write(&victim, "not phyllome's").unwrap();
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&victim).unwrap();
+        (m.dev(), m.ino())
+    };
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    // An orphaned entry (its process long gone) that names the file, even with its true inode.
+    let entry = serde_json::json!({
+        "name": name, "pool": "phyllome", "volume": format!("{name}.qcow2"), "volume_path": victim,
+        "pid": 999_999_999u32, "boot_id": boot,
+        "made": {"volume_file": {"path": victim, "dev": id.0, "ino": id.1}},
+    });
+    std::fs::create_dir_all("/var/lib/phyllome/pending").unwrap();
+    std::fs::write(journal_entry(&name), entry.to_string()).unwrap();
+    ok(phyllome(&["list"]));
+    let survived = Path::new(&victim).exists();
+    let _ = std::fs::remove_file(&victim);
+    let _ = std::fs::remove_file(journal_entry(&name));
+    assert!(survived, "recovery deleted {victim}, which is outside every pool");
+}
+
+#[test]
+fn delete_refuses_a_disk_another_vm_uses() {
+    require_libvirt();
+    let vm = TestVm::new("shared-disk");
+    let other = TestVm::new("shared-disk-user");
+    let out = guest(&vm.0).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A second VM, defined by hand, uses the same volume.
+    let xml = format!(
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
+         <devices><disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source pool='phyllome' volume='{}.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        other.0, vm.0
+    );
+    let file = std::env::temp_dir().join(format!("{}.xml", other.0));
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
+    let out = phyllome(&["delete", &vm.0]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("also used by VM {}", other.0)), "{err}");
+    assert!(vm.exists(), "the VM was undefined although its delete was refused");
+    assert!(Path::new(&volume_path(&vm.0)).exists(), "the shared disk was removed");
+    // Once the other VM is gone, delete goes through.
+    virsh_ok(&["undefine", &other.0]);
+    ok(phyllome(&["delete", &vm.0]));
+    assert!(!vm.exists() && !Path::new(&volume_path(&vm.0)).exists());
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
