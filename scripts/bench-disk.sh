@@ -116,10 +116,11 @@ dd_run() {
         sleep 0.5
     done
     grep -q 'PHYLLOME-DD-READ' "$log" || { echo "bench: $vm never finished dd" >&2; exit 1; }
-    # busybox dd: "536870912 bytes (512.0MB) copied, 3.1 seconds, 163.9MB/s"; MiB/s from bytes and seconds.
+    # "PHYLLOME-DD-WRITE: BYTES bytes from T0 to T1" (the guest's uptime clock); MiB/s from them.
     local w r
-    w=$(sed -n 's/.*PHYLLOME-DD-WRITE: \([0-9]*\) bytes.*copied, \([0-9.]*\) seconds.*/\1 \2/p' "$log" | awk '{printf "%.1f", $1 / 1048576 / $2}')
-    r=$(sed -n 's/.*PHYLLOME-DD-READ: \([0-9]*\) bytes.*copied, \([0-9.]*\) seconds.*/\1 \2/p' "$log" | awk '{printf "%.1f", $1 / 1048576 / $2}')
+    w=$(sed -n 's/.*PHYLLOME-DD-WRITE: \([0-9]*\) bytes from \([0-9.]*\) to \([0-9.]*\).*/\1 \2 \3/p' "$log" | awk '{printf "%.1f", $1 / 1048576 / ($3 - $2)}')
+    r=$(sed -n 's/.*PHYLLOME-DD-READ: \([0-9]*\) bytes from \([0-9.]*\) to \([0-9.]*\).*/\1 \2 \3/p' "$log" | awk '{printf "%.1f", $1 / 1048576 / ($3 - $2)}')
+    [ -n "$w" ] && [ -n "$r" ] || { echo "bench: no dd figures from $vm" >&2; exit 1; }
     echo "$w $r" >>"$TMP/$label"
     for i in $(seq 120); do [ "$(virsh -c "$URI" domstate "$vm" 2>/dev/null)" = "shut off" ] && break; sleep 0.5; done
     virsh -c "$URI" destroy "$vm" >/dev/null 2>&1 || true

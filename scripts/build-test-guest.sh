@@ -22,8 +22,8 @@
 #                        512 bytes of /dev/vda (or PHYLLOME-MARKER-MISSING),
 #                        power off
 #     dd-bench           write then read 512 MiB of /dev/vda with O_DIRECT (dd),
-#                        print "PHYLLOME-DD-WRITE: <dd's summary>" and
-#                        "PHYLLOME-DD-READ: <dd's summary>", power off
+#                        print "PHYLLOME-DD-WRITE: 536870912 bytes from T0 to T1"
+#                        and the same for READ (T: /proc/uptime), power off
 #     poweroff           power off right after the report
 #     (none)             start acpid, print PHYLLOME-READY, run a shell on the
 #                        console forever; the ACPI power button prints
@@ -260,11 +260,16 @@ case $action in
         ;;
     dd-bench)
         wait_disk || off
-        # O_DIRECT both ways, so the guest's page cache measures nothing.
-        w=$(dd if=/dev/zero of=/dev/vda bs=1M count=512 oflag=direct 2>&1 | tail -1)
-        echo "PHYLLOME-DD-WRITE: $w"
-        r=$(dd if=/dev/vda of=/dev/null bs=1M count=512 iflag=direct 2>&1 | tail -1)
-        echo "PHYLLOME-DD-READ: $r"
+        # O_DIRECT both ways, so the guest's page cache measures nothing; busybox dd
+        # prints no timing, so the uptime clock (10 ms) brackets each copy.
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/zero of=/dev/vda bs=1M count=512 oflag=direct 2>/dev/null
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        echo "PHYLLOME-DD-WRITE: 536870912 bytes from $t0 to $t1"
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/vda of=/dev/null bs=1M count=512 iflag=direct 2>/dev/null
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        echo "PHYLLOME-DD-READ: 536870912 bytes from $t0 to $t1"
         off
         ;;
     poweroff)

@@ -360,14 +360,20 @@ fn cpus(b: &mut Builder, req: &Request) -> Result<u32, BuildError> {
             if b.profile.family == Family::Macos {
                 n = 1 << (31 - n.leading_zeros());
             }
-            b.note(
-                "vcpus",
-                n.to_string(),
+            let half = host_cpus / 2;
+            let why = if n == half {
+                format!("half of the host's {host_cpus} logical CPUs (--cpus to change)")
+            } else if n > half && n == r.min_cpus {
                 format!(
-                    "half of the host's {host_cpus} logical CPUs, between {} and {} (--cpus to change)",
-                    r.min_cpus, r.max_default_cpus
-                ),
-            );
+                    "{} needs at least {n}, more than half of the host's {host_cpus} logical CPUs (--cpus to change)",
+                    b.profile.name
+                )
+            } else if n < half && n == r.max_default_cpus {
+                format!("at most {n} by default, though the host has {host_cpus} logical CPUs (--cpus to change)")
+            } else {
+                format!("{n} of the host's {host_cpus} logical CPUs (--cpus to change)")
+            };
+            b.note("vcpus", n.to_string(), why);
             n
         }
     };
@@ -633,7 +639,10 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
         return Err(BuildError::OptionNotForOs(if req.opencore.is_some() { "opencore" } else { "osk" }, "macOS"));
     }
     let drivers = if is_windows { req.drivers.clone().or_else(|| b.host.facts.virtio_win_iso.clone()) } else { None };
-    let main_bus = req.disk_bus.unwrap_or(p.disk_bus.value);
+    // Windows setup sees a virtio disk only with the virtio-win drivers: without them the
+    // disk defaults to SATA, so setup can install (a user's explicit --disk-bus still wins).
+    let sata_for_setup = is_windows && drivers.is_none() && req.disk_bus.is_none() && p.disk_bus.value == Bus::Virtio;
+    let main_bus = if sata_for_setup { Bus::Sata } else { req.disk_bus.unwrap_or(p.disk_bus.value) };
     let next_index = |bus: DiskBus, used: &mut Vec<DiskBus>| {
         let i = used.iter().filter(|x| **x == bus).count();
         used.push(bus);
@@ -658,6 +667,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             boot_order: Some(boot),
             discard: false,
             luks_secret_usage: None,
+            keep_label: false,
         }));
         boot += 1;
         b.note(
@@ -680,9 +690,16 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             boot_order: Some(boot),
             discard: true,
             luks_secret_usage: (disk.encryption != Encryption::None).then(|| disk.path.clone()),
+            keep_label: false,
         }));
         boot += 1;
-        let why = if req.disk_bus.is_some() { "--disk-bus was given" } else { p.disk_bus.why };
+        let why = if req.disk_bus.is_some() {
+            "--disk-bus was given"
+        } else if sata_for_setup {
+            "SATA, because no virtio-win driver ISO was given (--drivers PATH) or found on this host: Windows setup cannot see a virtio disk without it. With the ISO the disk is virtio-blk, which is faster"
+        } else {
+            p.disk_bus.why
+        };
         let enc = match disk.encryption {
             Encryption::Secret => "qcow2, LUKS-encrypted (random key in a private libvirt secret)",
             Encryption::Prompt => "qcow2, LUKS-encrypted (passphrase asked at each start, kept nowhere)",
@@ -704,6 +721,8 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             boot_order: Some(boot),
             discard: false,
             luks_secret_usage: None,
+            // A read-only CD is given as it is: libvirt must not chown the user's file.
+            keep_label: !is_macos,
         }));
         b.note("installer", format!("{iso} on {}", dbus.as_str()), p.cdrom_bus.why);
     }
@@ -722,6 +741,7 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
                     boot_order: None,
                     discard: false,
                     luks_secret_usage: None,
+                    keep_label: true,
                 }));
                 let why = if req.drivers.is_some() { "--drivers was given" } else { "found on this host" };
                 b.note(
@@ -732,7 +752,12 @@ fn disks(b: &mut Builder, req: &Request, devices: &mut Vec<Device>) -> Result<()
             }
             None if main_bus == Bus::Virtio => {
                 b.warnings.push(
-                    "no virtio-win driver ISO given (--drivers PATH) or found on this host: Windows setup will not see the virtio disk. Get virtio-win.iso, or install on SATA with --disk-bus sata".into(),
+                    "--disk-bus virtio without a virtio-win driver ISO (--drivers PATH): Windows setup will not see the disk until you load viostor from one".into(),
+                );
+            }
+            None if sata_for_setup => {
+                b.warnings.push(
+                    "no virtio-win driver ISO given (--drivers PATH) or found on this host: the disk is SATA so Windows setup can see it; give --drivers virtio-win.iso for a faster virtio disk".into(),
                 );
             }
             None => {}

@@ -168,6 +168,9 @@ pub struct Disk {
     pub discard: bool,
     /// LUKS encryption; the passphrase secret is found by its usage id (the volume path).
     pub luks_secret_usage: Option<String>,
+    /// Tell libvirt not to relabel the file (`<seclabel model='dac' relabel='no'/>`): for
+    /// read-only installer media, which stay as the user made them (QEMU must already be able to read them).
+    pub keep_label: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,7 +551,15 @@ fn disk_element(d: &Disk) -> Element {
         DiskSource::Volume { pool, volume } => {
             ("volume", Element::new("source").attr("pool", pool).attr("volume", volume))
         }
-        DiskSource::File(path) => ("file", Element::new("source").attr("file", path)),
+        DiskSource::File(path) => {
+            let src = Element::new("source").attr("file", path);
+            let src = if d.keep_label {
+                src.child(Element::new("seclabel").attr("model", "dac").attr("relabel", "no"))
+            } else {
+                src
+            };
+            ("file", src)
+        }
     };
     if let Some(usage) = &d.luks_secret_usage {
         source = source.child(

@@ -41,6 +41,8 @@ pub struct DomainSummary {
     /// VNC port and listen address of a running domain.
     pub vnc: Option<(String, u16)>,
     pub nvram: Option<NvramSummary>,
+    /// The direct-boot kernel and initrd, when the domain has them.
+    pub boot_files: Vec<String>,
 }
 
 impl DomainSummary {
@@ -97,6 +99,9 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
         s.os = get("os");
         s.encryption = get("encryption");
         s.created_by = get("version");
+    }
+    if let Some(os) = child(root, "os") {
+        s.boot_files = ["kernel", "initrd"].iter().filter_map(|k| text(os, k)).filter(|p| !p.is_empty()).collect();
     }
     s.nvram = child(root, "os").and_then(|os| child(os, "nvram")).and_then(|n| {
         Some(NvramSummary {

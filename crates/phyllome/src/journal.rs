@@ -58,6 +58,9 @@ pub struct Made {
     pub volume_file: Option<FileId>,
     pub domain_uuid: Option<String>,
     pub nvram_file: Option<FileId>,
+    /// The copies of the direct-boot kernel and initrd.
+    #[serde(default)]
+    pub boot_files: Vec<FileId>,
 }
 
 fn boot_id() -> String {

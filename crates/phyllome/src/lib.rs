@@ -5,6 +5,7 @@ pub mod domxml;
 pub mod hostinfo;
 pub mod image;
 pub mod journal;
+pub mod media;
 pub mod request;
 pub mod vm;
 pub mod web;
@@ -18,3 +19,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const POOL: &str = "phyllome";
 /// Where that pool lives when Phyllome creates it (readable by libvirt's QEMU user).
 pub const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";
+/// Where a VM's direct-boot kernel and initrd are copied (`BOOT_DIR/NAME/`), so
+/// libvirt relabels Phyllome's copies, never the user's files.
+pub const BOOT_DIR: &str = "/var/lib/phyllome/boot";

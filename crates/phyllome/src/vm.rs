@@ -85,6 +85,7 @@ pub enum VmError {
     #[error("cannot make the UEFI variable store: {0}")]
     Nvram(String),
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
 }
 
@@ -117,29 +118,86 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| crate::POOL_PATH.to_string());
     req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
     let (host, _) = hostinfo::gather(lv, true)?;
-    Ok(build::build(&req, &host)?)
+    let mut plan = build::build(&req, &host)?;
+    if let Some(b) = &mut plan.domain.direct_boot {
+        let dir = boot_dir(name);
+        b.kernel = format!("{dir}/vmlinuz");
+        if let Some(i) = &mut b.initrd {
+            *i = format!("{dir}/initrd.img");
+        }
+        plan.choices.push(build::Choice {
+            item: "boot-files",
+            choice: format!("kernel and initrd copied into {dir}"),
+            why: "libvirt chowns a direct-boot kernel to QEMU's user while the VM runs and may not give it back: it gets Phyllome's copy, and your files keep their owner and mode".into(),
+        });
+    }
+    Ok(plan)
 }
 
-/// Test hooks: `PHYLLOME_TEST_FAIL_AT=STEP` fails a create step,
-/// `PHYLLOME_TEST_PAUSE_AT=STEP` holds it for `PHYLLOME_TEST_PAUSE_SECS` (60 s
-/// by default), so a test can kill -9 it or race another command against it.
+/// The folder holding the copies of VM `name`'s kernel and initrd.
+pub fn boot_dir(name: &str) -> String {
+    format!("{}/{name}", crate::BOOT_DIR)
+}
+
+/// Copies the request's kernel and initrd to where the plan's domain expects
+/// them, recording each copy in `made` as soon as it exists.
+fn copy_boot_files(spec: &VmSpec, plan: &Plan, made: &mut Vec<FileId>, journal: &Journal, entry: &Entry) -> Result<()> {
+    let (Some(from), Some(to)) = (&spec.request.direct_boot, &plan.domain.direct_boot) else { return Ok(()) };
+    let dir = Path::new(&to.kernel).parent().expect("a folder under BOOT_DIR");
+    std::fs::create_dir_all(dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
+    let pairs = [(Some(&from.kernel), Some(&to.kernel)), (from.initrd.as_ref(), to.initrd.as_ref())];
+    for (src, dst) in pairs.into_iter().filter_map(|(a, b)| Some((a?, b?))) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(dst)
+            .map_err(|e| VmError::Disk(format!("{dst}: {e}")))?;
+        made.push(FileId::of(dst).map_err(|e| VmError::Disk(e.to_string()))?);
+        let mut e = entry.clone();
+        e.made.boot_files = made.clone();
+        journal.record(&e)?;
+        let mut input = std::fs::File::open(src).map_err(|e| VmError::Disk(format!("{src}: {e}")))?;
+        std::io::copy(&mut input, &mut out).map_err(|e| VmError::Disk(format!("copying {src}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Removes copied boot files that are still the ones made, then their folder if empty.
+fn remove_boot_files(files: &[FileId]) {
+    for f in files.iter().filter(|f| Path::new(&f.path).starts_with(crate::BOOT_DIR) && f.still_there()) {
+        let _ = std::fs::remove_file(&f.path);
+        if let Some(dir) = Path::new(&f.path).parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A create step: stops when the command was interrupted (Ctrl-C, SIGTERM).
+///
+/// Test hooks, only with the `test-hooks` feature (the tests' own build):
+/// `PHYLLOME_TEST_FAIL_AT=STEP` fails a step, `PHYLLOME_TEST_PAUSE_AT=STEP`
+/// holds it for `PHYLLOME_TEST_PAUSE_SECS` (60 s by default), so a test can
+/// kill -9 it or race another command against it.
 fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
-    if let Ok(s) = std::env::var("PHYLLOME_TEST_PAUSE_AT") {
-        if s == name {
-            let secs = std::env::var("PHYLLOME_TEST_PAUSE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-            let until = Instant::now() + Duration::from_secs(secs);
-            while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+    #[cfg(feature = "test-hooks")]
+    if std::env::var("PHYLLOME_TEST_PAUSE_AT").is_ok_and(|s| s == name) {
+        let secs = std::env::var("PHYLLOME_TEST_PAUSE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     if interrupted.load(Ordering::Relaxed) {
         return Err(VmError::Interrupted);
     }
-    match std::env::var("PHYLLOME_TEST_FAIL_AT") {
-        Ok(s) if s == name => Err(VmError::Injected(name.to_string())),
-        _ => Ok(()),
+    #[cfg(feature = "test-hooks")]
+    if std::env::var("PHYLLOME_TEST_FAIL_AT").is_ok_and(|s| s == name) {
+        return Err(VmError::Injected(name.to_string()));
     }
+    let _ = name;
+    Ok(())
 }
 
 /// A random 256-bit key as 64 hex digits (printable, so it survives every layer as-is).
@@ -274,6 +332,7 @@ fn rollback(lv: &Libvirt, e: &Entry) {
     if let Some(uuid) = &m.secret_uuid {
         let _ = lv.undefine_secret_uuid(uuid);
     }
+    remove_boot_files(&m.boot_files);
 }
 
 /// Makes an empty file, exclusively, private (0600).
@@ -429,6 +488,11 @@ pub fn create(
         }
         drop(file);
         lv.refresh_pool(&disk.pool)?;
+        step("boot-files", &interrupted)?;
+        let mut boot_files = Vec::new();
+        let copied = copy_boot_files(spec, &plan, &mut boot_files, &journal, &entry);
+        entry.made.boot_files = boot_files;
+        copied?;
         step("define", &interrupted)?;
         entry.made.domain_uuid = Some(lv.define(&plan.domain.to_xml())?);
         journal.record(&entry)?;
@@ -637,6 +701,15 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         }
     }
     lv.undefine(name)?;
+    // Phyllome's copies of the kernel and initrd (never the user's files: only inside BOOT_DIR/NAME).
+    let ours = boot_dir(name);
+    let copies: Vec<FileId> = s
+        .boot_files
+        .iter()
+        .filter(|p| Path::new(p).parent() == Some(Path::new(&ours)))
+        .filter_map(|p| FileId::of(p).ok())
+        .collect();
+    remove_boot_files(&copies);
     let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk };
     if keep_disk {
         return Ok(out);

@@ -168,3 +168,114 @@ fn ok(out: std::process::Output) -> String {
     assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn a_build_without_the_test_feature_ignores_the_test_hooks() {
+    require_libvirt();
+    // What a release or a package gets: the default features (its own target folder, so the
+    // tests' build is left alone).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = root.join("target/no-test-hooks");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--locked", "-p", "phyllome", "--bin", "phyllome", "--target-dir"])
+        .arg(&target)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo build: {}", String::from_utf8_lossy(&out.stderr));
+    let vm = TestVm::new("no-hooks");
+    let mut cmd = guest(&vm.0);
+    cmd.env("PHYLLOME_TEST_FAIL_AT", "claim");
+    let plain = Command::new(target.join("debug/phyllome"))
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap();
+    assert!(plain.status.success(), "the hook was obeyed: {}", String::from_utf8_lossy(&plain.stderr));
+    assert!(vm.exists());
+    // The tests' own binary does obey them.
+    let hooked = guest(&format!("{}-2", vm.0)).env("PHYLLOME_TEST_FAIL_AT", "claim").output().unwrap();
+    assert!(String::from_utf8_lossy(&hooked.stderr).contains("injected failure at step claim"));
+}
+
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.uid(), m.gid(), m.mode())
+}
+
+/// A file that carries an ISO 9660 volume descriptor (enough for the media check and for QEMU's CD drive).
+fn fake_iso(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = vec![0u8; 1 << 20];
+    b[0x8000] = 1;
+    b[0x8001..0x8006].copy_from_slice(b"CD001");
+    std::fs::write(path, b).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn host_files_reach_a_guest_only_as_what_they_claim_and_keep_their_owner_and_mode() {
+    require_libvirt();
+    let dir = Path::new("/var/tmp").join(format!("{PREFIX}media-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (kernel, initrd, iso) = (dir.join("vmlinuz"), dir.join("initrd.img"), dir.join("installer.iso"));
+    std::fs::copy(format!("{GUEST}/vmlinuz"), &kernel).unwrap();
+    std::fs::copy(format!("{GUEST}/initrd.img"), &initrd).unwrap();
+    fake_iso(&iso, 0o644);
+    let files = [&kernel, &initrd, &iso];
+    let before: Vec<_> = files.iter().map(|f| owner_and_mode(f)).collect();
+    let args = |name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_phyllome"));
+        c.env("PHYLLOME_CONNECT", URI).args(["create", name, "--os", "linux", "--kernel"]).arg(&kernel);
+        c.arg("--initrd").arg(&initrd).arg("--iso").arg(&iso);
+        c.args(["--cmdline", "console=ttyS0", "--memory", "512M", "--disk-size", "4G", "--network", "none"]);
+        c
+    };
+
+    // Started, run, killed and deleted.
+    let vm = TestVm::new("media-owner");
+    let out = args(&vm.0).arg("--start").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(vm.state(), "running");
+    let live = virsh_ok(&["dumpxml", &vm.0]);
+    assert!(live.contains(&format!("<kernel>/var/lib/phyllome/boot/{}/vmlinuz</kernel>", vm.0)), "{live}");
+    assert!(live.contains("<seclabel model='dac' relabel='no'/>"), "the ISO is relabelled: {live}");
+    ok(phyllome(&["kill", &vm.0]));
+    ok(phyllome(&["delete", &vm.0]));
+    assert!(!Path::new(&format!("/var/lib/phyllome/boot/{}", vm.0)).exists(), "the boot copies were left");
+    let after: Vec<_> = files.iter().map(|f| owner_and_mode(f)).collect();
+    assert_eq!(after, before, "a file handed to the guest changed owner or mode");
+
+    // A start that fails and is rolled back.
+    let failed = TestVm::new("media-owner-fail");
+    let out = args(&failed.0).arg("--start").env("PHYLLOME_TEST_FAIL_AT", "finish").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!failed.exists());
+    let after: Vec<_> = files.iter().map(|f| owner_and_mode(f)).collect();
+    assert_eq!(after, before, "a rolled-back start changed a file's owner or mode");
+
+    // What QEMU's user cannot read is refused (Phyllome does not chown it), and so is what is not media.
+    let private = dir.join("private.iso");
+    fake_iso(&private, 0o600);
+    let refused = TestVm::new("media-refused");
+    let cases: Vec<(String, &str)> = vec![
+        (private.display().to_string(), "cannot be read by QEMU's user"),
+        ("/etc/shadow".into(), "is not an ISO 9660 or UDF image"),
+        ("/proc/self/environ".into(), "kernel interface file"),
+    ];
+    for (path, want) in cases {
+        let mut c = guest(&refused.0);
+        let out = c.args(["--iso", &path]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert!(err.contains(want), "{path}: {err}");
+        assert!(!refused.exists());
+    }
+    let out = phyllome(&["create", &refused.0, "--os", "linux", "--kernel", "/etc/passwd", "--network", "none"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel \"/etc/passwd\" is not a Linux kernel image"), "{err}");
+    assert!(!refused.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

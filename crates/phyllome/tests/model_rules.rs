@@ -155,8 +155,16 @@ fn uefi_vms_get_a_qcow2_nvram_only_where_libvirt_snapshots_with_it() {
 #[test]
 fn windows_drivers_iso_and_sata_install_option() {
     let h = host("amd-kvm");
+    // No virtio-win ISO: setup could not see a virtio disk, so the disk is SATA, and the warning says how to do better.
     let plan = build(&req("windows11"), &h).unwrap();
-    assert!(plan.warnings.iter().any(|w| w.contains("--disk-bus sata")));
+    assert!(plan.domain.to_xml().contains("<target dev='sda' bus='sata'/>"), "{}", plan.domain.to_xml());
+    assert!(plan.warnings.iter().any(|w| w.contains("the disk is SATA") && w.contains("--drivers")));
+    let disk = plan.choices.iter().find(|c| c.item == "disk").unwrap();
+    assert!(disk.choice.starts_with("SATA") && disk.why.contains("no virtio-win driver ISO"), "{disk:?}");
+    // Asked for virtio anyway: the user's choice stands, with the warning.
+    let plan = build(&Request { disk_bus: Some(Bus::Virtio), ..req("windows11") }, &h).unwrap();
+    assert!(plan.domain.to_xml().contains("<target dev='vda' bus='virtio'/>"));
+    assert!(plan.warnings.iter().any(|w| w.contains("will not see the disk")));
     let r = Request {
         drivers: Some("/isos/virtio-win.iso".into()),
         iso: Some("/isos/win11.iso".into()),
@@ -165,7 +173,9 @@ fn windows_drivers_iso_and_sata_install_option() {
     let plan = build(&r, &h).unwrap();
     assert!(plan.warnings.iter().all(|w| !w.contains("virtio-win")));
     let x = plan.domain.to_xml();
-    assert!(x.contains("<source file='/isos/virtio-win.iso'/>") && x.contains("<target dev='sdb' bus='sata'/>"));
+    assert!(x.contains("<source file='/isos/virtio-win.iso'>") && x.contains("<target dev='sdb' bus='sata'/>"));
+    // Both read-only CDs are given as they are: libvirt must not chown the user's files.
+    assert_eq!(x.matches("<seclabel model='dac' relabel='no'/>").count(), 2, "{x}");
     let r = Request { disk_bus: Some(Bus::Sata), ..req("windows11") };
     let plan = build(&r, &h).unwrap();
     assert!(plan.domain.to_xml().contains("<target dev='sda' bus='sata'/>"));
@@ -173,6 +183,18 @@ fn windows_drivers_iso_and_sata_install_option() {
     let mut found = h.clone();
     found.facts.virtio_win_iso = Some("/usr/share/virtio-win/virtio-win.iso".into());
     assert!(xml(&req("windows10"), &found).contains("/usr/share/virtio-win/virtio-win.iso"));
+}
+
+#[test]
+fn the_vcpu_explanation_matches_what_the_vm_gets() {
+    // Two host CPUs: Windows 11 needs two, which is all of them, not half.
+    let plan = build(&req("windows11"), &host("debian12-tcg")).unwrap();
+    let c = plan.choices.iter().find(|c| c.item == "vcpus").unwrap();
+    assert_eq!(plan.domain.vcpus, 2);
+    assert!(c.why.contains("needs at least 2, more than half of the host's 2"), "{c:?}");
+    let plan = build(&req("linux"), &host("debian12-tcg")).unwrap();
+    let c = plan.choices.iter().find(|c| c.item == "vcpus").unwrap();
+    assert_eq!((plan.domain.vcpus, c.why.as_str()), (1, "half of the host's 2 logical CPUs (--cpus to change)"));
 }
 
 #[test]
