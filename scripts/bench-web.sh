@@ -110,6 +110,8 @@ sleep 3
 IDLE_START=$(status_kib "$SPID" VmRSS)
 IDLE_ANON=$(status_kib "$SPID" RssAnon)
 IDLE_PSS=$(awk '$1 == "Pss:" {print $2}' "/proc/$SPID/smaps_rollup")
+# USS: the pages only this process maps (what it would give back if it exited).
+IDLE_USS=$(awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" {s += $2} END {print s}' "/proc/$SPID/smaps_rollup")
 VIRSH_RSS=$( { /usr/bin/time -f '%M' virsh -c qemu:///system list >/dev/null; } 2>&1 | tail -1)
 OSLIST_RSS=$( { /usr/bin/time -f '%M' "$BIN" os list >/dev/null; } 2>&1 | tail -1)
 log "idle RSS at start: $(mib "$IDLE_START") MiB"
@@ -198,6 +200,7 @@ release build; \`scripts/bench-web.sh\` reproduces it (loopback only).
 | figure | measured | target |
 |---|---|---|
 | idle RSS of \`phyllome serve\`, at start | $(mib "$IDLE_START") MiB | at most 20 MiB: $(verdict "$(mib "$IDLE_START")" 20 max) |
+| idle PSS / USS of \`phyllome serve\`, at start (\`/proc/PID/smaps_rollup\`) | $(mib "$IDLE_PSS") MiB / $(mib "$IDLE_USS") MiB | |
 | idle RSS after the load below (peak during it) | $(mib "$IDLE_AFTER") MiB ($(mib "$PEAK_LOAD") MiB) | at most 20 MiB: $(verdict "$(mib "$IDLE_AFTER")" 20 max) |
 | \`GET /api/v1/vms\`, ${LISTED} VMs (${BODY_BYTES} bytes), wrk -t2 -c64 ${WRK_SECS} s | ${RPS} requests/s (p50 ${P50}, p99 ${P99}) | at least 10,000/s: $(verdict "$RPS" 10000 min) |
 | console proxy, phyllome | ${PH_TP} MiB/s; ${PH_CPU} CPU-s per GiB; $(mib "$PH_RSS") MiB RSS | |

@@ -96,7 +96,8 @@ Median of $RUNS runs of the whole process (wall time from the clock; peak RSS of
 - \`phyllome xml\` is $(ratio "$(wall vixml)" "$(wall xml)")x faster than \`virt-install --print-xml\` and uses $(ratio "$(rss vixml)" "$(rss xml)")x less memory.
 - \`phyllome create --start\` (encrypted) takes $(ratio "$(wall create)" "$(wall virsh)")x the time of plain define + start of the same
   XML (target: at most 1.10x: $(verdict "$(wall create)" "$(wall virsh)")). It writes the LUKS-encrypted qcow2 itself
-  (\`phyllome-disk\`), where \`qemu-img\` spends about 2.2 s of CPU benchmarking PBKDF2 for every new LUKS volume.
+  (\`phyllome-disk\`), where \`qemu-img\` spends seconds of CPU benchmarking PBKDF2 for every new LUKS volume
+  (see "Encrypted disks" below for the figures on this QEMU).
 - Against \`virt-install --import\` of the same firmware and TPM, phyllome (encrypting) takes $(ratio "$(wall create)" "$(wall viimportfull)")x the time
   and $(ratio "$(rss create)" "$(rss viimportfull)")x the memory. Plain \`virt-install --import\` makes a BIOS VM without TPM, which starts faster.
 - Peak RSS of the encrypted create: $(rss create) MiB (target: at most 20 MiB: $(awk -v r="$(rss create)" 'BEGIN {print (r <= 20) ? "met" : "NOT met"}')). Most of it is libvirt's client library and the ~50 shared

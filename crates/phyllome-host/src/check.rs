@@ -391,11 +391,11 @@ fn kvm_device(h: &Host, user: &User) -> Check {
         );
     }
     if h.exists("dev/kvm.phyllome-broken") {
-        // scripts/setup.sh --kvm-aside-if-broken moved it there after a probe guest failed under KVM.
+        // The project's setup moves it there (--kvm-aside-if-broken) after a probe guest failed under KVM.
         return fail(
             ID,
             "/dev/kvm was moved aside to /dev/kvm.phyllome-broken because a probe guest could not run under KVM",
-            "fix KVM itself first (see kvm.functional); then `scripts/setup.sh --restore-kvm` puts the device back",
+            "fix KVM itself first (see kvm.functional); then `mv /dev/kvm.phyllome-broken /dev/kvm` (as root) puts the device back",
         );
     }
     let recreate = "recreate it: `mknod -m 660 /dev/kvm c 10 232 && chgrp kvm /dev/kvm` (udev normally does this)";
@@ -446,10 +446,10 @@ fn kvm_functional(h: &Host, inputs: &Inputs, device: &Check) -> Check {
             if h.in_vm {
                 "this host is a VM whose nested KVM is broken: fix nested virtualization on the host that runs it \
                  (a current kernel and QEMU there, nested=1, a host-passthrough CPU for this VM) or run Phyllome \
-                 on bare metal; then `scripts/setup.sh --restore-kvm`"
+                 on bare metal; then put the device back: `mv /dev/kvm.phyllome-broken /dev/kvm`"
             } else {
                 "look for KVM errors in `dmesg`, update the kernel and QEMU, check that virtualization is fully \
-                 enabled in the firmware setup; then `scripts/setup.sh --restore-kvm`"
+                 enabled in the firmware setup; then put the device back: `mv /dev/kvm.phyllome-broken /dev/kvm`"
             },
         ),
         Some(p) => {
@@ -1119,7 +1119,10 @@ mod tests {
         let func = r.get("kvm.functional").unwrap();
         assert_eq!(func.status, Status::Fail);
         assert!(func.summary.contains("slow TCG"), "{}", func.summary);
-        assert!(func.fix.as_deref().unwrap().contains("--restore-kvm"));
+        // The way back works from an installed package too, which has no scripts/setup.sh.
+        let fix = func.fix.as_deref().unwrap();
+        assert!(fix.contains("mv /dev/kvm.phyllome-broken /dev/kvm") && !fix.contains("setup.sh"), "{fix}");
+        assert!(!dev.fix.as_deref().unwrap().contains("setup.sh"));
         let _ = fs::remove_dir_all(&d);
     }
 

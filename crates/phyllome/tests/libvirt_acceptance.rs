@@ -47,9 +47,11 @@ fn tpm_state_dir(uuid: &str) -> String {
 fn every_profile_defines_starts_and_runs_in_real_libvirtd() {
     require_libvirt();
     let pool = TestPool::new(&format!("accept-pool-{}", std::process::id()));
-    // macOS needs an OpenCore image: an empty raw disk stands in (the VM starts; it does not boot macOS).
+    // macOS needs an OpenCore image: an empty MBR-partitioned raw disk stands in (the VM starts; it does not boot macOS).
     let opencore = format!("{}/opencore.img", pool.path);
-    std::fs::write(&opencore, vec![0u8; 1 << 20]).unwrap();
+    let mut disk = vec![0u8; 1 << 20];
+    disk[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    std::fs::write(&opencore, disk).unwrap();
     let osk = "o".repeat(64);
     for os in phyllome::model::catalog::ids() {
         let name = format!("{PREFIX}accept-{os}-{}", std::process::id());

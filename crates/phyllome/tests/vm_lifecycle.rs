@@ -225,9 +225,13 @@ fn lifecycle_pause_resume_graceful_stop_kill_and_delete() {
     assert_eq!(row["disk_gib"], 4.0);
     assert!(row["vcpus"].as_u64().unwrap() >= 1);
 
-    ok(phyllome(&["pause", &vm.0]));
+    let out = phyllome(&["pause", &vm.0]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{} paused", vm.0)), "pause said nothing");
+    ok(out);
     wait_state(&vm.0, "paused", 10);
-    ok(phyllome(&["resume", &vm.0]));
+    let out = phyllome(&["resume", &vm.0]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running again"), "resume said nothing");
+    ok(out);
     wait_state(&vm.0, "running", 10);
 
     let out = phyllome(&["stop", &vm.0, "--timeout", "60"]);
@@ -242,10 +246,28 @@ fn lifecycle_pause_resume_graceful_stop_kill_and_delete() {
 
     ok(phyllome(&["start", &vm.0]));
     wait_for_serial(&vm.0, "PHYLLOME-READY", 120);
+    // The serial console on a terminal (script(1) gives it one), without virsh's polkit noise.
+    let console = Command::new("script")
+        .args(["-qc", &format!("timeout 3 {} console {}", env!("CARGO_BIN_EXE_phyllome"), vm.0), "/dev/null"])
+        .env("PHYLLOME_CONNECT", URI)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&console.stdout);
+    assert!(text.contains("Connected to domain"), "{text}");
+    assert!(!text.contains("Authorization not available"), "{text}");
     let shot = std::env::temp_dir().join(format!("{}.png", vm.0));
     ok(phyllome(&["screenshot", &vm.0, shot.to_str().unwrap()]));
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&shot).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a screenshot is private");
+    }
     let _ = std::fs::remove_file(&shot);
+    let bad = "/nonexistent-dir/shot.png";
+    let out = phyllome(&["screenshot", &vm.0, bad]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(bad), "the error does not name the path");
     let info: serde_json::Value = serde_json::from_str(&ok(phyllome(&["info", &vm.0, "--json"]))).unwrap();
     assert!(info["display"].as_str().unwrap().starts_with("vnc://127.0.0.1:"), "{info}");
 

@@ -97,7 +97,7 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
         }
         if s.novnc.is_none() {
             println!(
-                "phyllome serve: noVNC not found: consoles will not open (run scripts/setup.sh, or pass --novnc-dir)"
+                "phyllome serve: noVNC not found: consoles will not open (install the phyllome package, which ships it in /usr/share/phyllome/novnc, or pass --novnc-dir)"
             );
         }
         let _ = std::io::stdout().flush();

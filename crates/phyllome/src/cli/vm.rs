@@ -141,8 +141,16 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             progress(&format!("{name} powered off"));
             Ok(())
         }
-        VmCommand::Pause { name } => Ok(vm::pause(&lv, &name)?),
-        VmCommand::Resume { name } => Ok(vm::resume(&lv, &name)?),
+        VmCommand::Pause { name } => {
+            vm::pause(&lv, &name)?;
+            progress(&format!("{name} paused: `phyllome resume {name}` lets it run again"));
+            Ok(())
+        }
+        VmCommand::Resume { name } => {
+            vm::resume(&lv, &name)?;
+            progress(&format!("{name} running again"));
+            Ok(())
+        }
         VmCommand::Delete { name, keep_disk } => {
             let d = vm::delete(&lv, &name, keep_disk)?;
             let disk = if d.kept_disk {
@@ -253,11 +261,34 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
     Ok(())
 }
 
+/// What virsh prints on hosts without a polkit daemon although root needs none.
+const POLKIT_NOISE: &str = "Authorization not available. Check if polkit service is running";
+
 fn console(uri: &str, name: &str) -> Fallible {
-    use std::os::unix::process::CommandExt;
+    use std::io::{BufRead, Write};
     eprintln!("phyllome: serial console of {name}; leave with Ctrl-]");
-    let err = std::process::Command::new("virsh").args(["-c", uri, "console", name]).exec();
-    Err(format!("cannot run virsh console: {err}").into())
+    // The terminal goes to virsh as it is; only its error stream passes through us, less the polkit noise.
+    let mut child = std::process::Command::new("virsh")
+        .args(["-c", uri, "console", name])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run virsh console: {e}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let relay = std::thread::spawn(move || {
+        let mut out = std::io::stderr();
+        for line in std::io::BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            if !String::from_utf8_lossy(&line).contains(POLKIT_NOISE) {
+                let _ = out.write_all(&line).and_then(|_| out.write_all(b"\n"));
+            }
+        }
+    });
+    let status = child.wait()?;
+    let _ = relay.join();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("virsh console {name} ended with {status}").into())
+    }
 }
 
 fn in_path(program: &str) -> bool {
@@ -287,10 +318,18 @@ fn display(lv: &Libvirt, uri: &str, name: &str) -> Fallible {
 }
 
 fn screenshot(lv: &Libvirt, name: &str, file: &str) -> Fallible {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     vm::summary(lv, name)?;
     let (data, mime) = lv.screenshot(name)?;
     let png = if data.starts_with(b"\x89PNG") { data } else { phyllome::image::ppm_to_png(&data)? };
-    std::fs::write(file, png)?;
+    // A screen can show anything the guest shows: private to its owner, like the disk keys.
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&png)
+    };
+    write().map_err(|e| format!("cannot write the screenshot to {file}: {e}"))?;
     eprintln!("phyllome: saved {name}'s screen to {file} (from {mime})");
     Ok(())
 }

@@ -321,7 +321,7 @@ async fn novnc(app: &App, rel: &str) -> Response<Body> {
     let Some(dir) = app.novnc.as_deref() else {
         return error(
             StatusCode::NOT_FOUND,
-            "noVNC is not installed: run scripts/setup.sh (npm install in crates/phyllome/web/vendor)",
+            "noVNC is not installed: the phyllome package ships it in /usr/share/phyllome/novnc; or start phyllome serve with --novnc-dir",
         );
     };
     let Some(file) = assets::novnc_file(dir, rel) else {
