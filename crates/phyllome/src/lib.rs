@@ -2,6 +2,7 @@
 //! the host facts and libvirt.
 
 pub mod domxml;
+pub mod errors;
 pub mod hostinfo;
 pub mod image;
 pub mod journal;

@@ -59,7 +59,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // With --json anywhere, errors are JSON too: {"error": ..., "kind": ...} on stderr.
+    let json = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            return report(json, first, phyllome::errors::ErrorKind::Usage);
+        }
+        Err(e) => e.exit(),
+    };
     let uri = cli.connect.as_str();
     let result = match cli.command {
         Command::Os(os::OsCommand::List { json }) => os::list(json),
@@ -80,9 +90,16 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("phyllome: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => report(json, &e.to_string(), phyllome::errors::classify(e.as_ref())),
     }
+}
+
+/// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").
+fn report(json: bool, message: &str, kind: phyllome::errors::ErrorKind) -> ExitCode {
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": message, "kind": kind }));
+    } else {
+        eprintln!("phyllome: error: {message}");
+    }
+    ExitCode::from(kind.exit_code())
 }

@@ -35,7 +35,7 @@ fn os_show_explains_every_device() {
 fn unknown_os_fails_with_the_known_ids() {
     for args in [&["os", "show", "plan9"][..], &["xml", "--os", "plan9", "--name", "x"][..]] {
         let out = phyllome(args);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3), "invalid input");
         let e = stderr(&out);
         assert!(e.contains("unknown OS id \"plan9\"") && e.contains("windows11"), "{e}");
     }
@@ -46,11 +46,11 @@ fn bad_names_and_missing_files_are_refused_before_anything_runs() {
     let long = "x".repeat(200);
     for (name, want) in [("a<b>&c", "contains '<'"), ("a/b", "contains '/'"), (long.as_str(), "200 characters")] {
         let out = phyllome(&["xml", "--os", "linux", "--name", name]);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3), "invalid input");
         assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
         assert!(out.stdout.is_empty());
     }
     let out = phyllome(&["xml", "--os", "linux", "--name", "ok", "--iso", "/nonexistent/dir/x.iso"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "not found");
     assert!(stderr(&out).contains("ISO \"/nonexistent/dir/x.iso\" does not exist"), "{}", stderr(&out));
 }

@@ -52,7 +52,7 @@ fn a_create_that_loses_the_race_never_removes_the_winners_vm() {
     // B wakes up, claims, sees A's VM and stops, removing nothing.
     let b = b.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&b.stderr);
-    assert_eq!(b.status.code(), Some(1), "B: {err}");
+    assert_eq!(b.status.code(), Some(5), "B, a conflict: {err}");
     assert!(err.contains("already exists"), "B: {err}");
     assert!(!err.contains("remove it"), "B's message must not advise removing A's objects: {err}");
     assert_eq!(virsh_ok(&["domuuid", &vm.0]).trim(), uuid, "A's domain was replaced or removed");
@@ -72,7 +72,7 @@ fn a_create_that_loses_the_race_never_removes_the_winners_vm() {
     let held = secret_of(&other.0).unwrap();
     let late = guest(&other.0).env("PHYLLOME_TEST_FAIL_AT", "secret").output().unwrap();
     let err = String::from_utf8_lossy(&late.stderr);
-    assert_eq!(late.status.code(), Some(1));
+    assert_eq!(late.status.code(), Some(5), "a conflict");
     assert!(err.contains("another phyllome command is creating"), "{err}");
     assert_eq!(secret_of(&other.0).as_deref(), Some(held.as_str()), "the late create removed the holder's secret");
     // Interrupted, the holder removes what it made, and only that.
@@ -154,7 +154,7 @@ fn delete_refuses_a_disk_another_vm_uses() {
     let _ = std::fs::remove_file(file);
     let out = phyllome(&["delete", &vm.0]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(5), "a conflict: {err}");
     assert!(err.contains(&format!("also used by VM {}", other.0)), "{err}");
     assert!(vm.exists(), "the VM was undefined although its delete was refused");
     assert!(Path::new(&volume_path(&vm.0)).exists(), "the shared disk was removed");
@@ -269,7 +269,7 @@ fn host_files_reach_a_guest_only_as_what_they_claim_and_keep_their_owner_and_mod
         let mut c = guest(&refused.0);
         let out = c.args(["--iso", &path]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert_eq!(out.status.code(), Some(3), "invalid input: {path}: {err}");
         assert!(err.contains(want), "{path}: {err}");
         assert!(!refused.exists());
     }

@@ -395,9 +395,11 @@ fn a_create_killed_with_sigkill_is_cleaned_by_the_next_command() {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(300));
+        // Checked while the create is alive: once it is dead, any phyllome command of a test
+        // running beside this one may already clean up after it.
+        assert!(!leftovers(&vm.0).is_empty(), "{step}: nothing to clean up?");
         child.kill().unwrap(); // SIGKILL: no chance to clean up
         child.wait().unwrap();
-        assert!(!leftovers(&vm.0).is_empty(), "{step}: nothing to clean up?");
         ok(phyllome(&["list"]));
         assert_eq!(leftovers(&vm.0), Vec::<String>::new(), "after kill -9 at {step} and `phyllome list`");
     }
@@ -435,29 +437,44 @@ fn bad_input_is_refused_with_nothing_created_and_other_vms_untouched() {
         .unwrap()
         / 1024;
     let too_much = format!("{}M", host_mib + 1024);
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--iso", "/var/lib/phyllome/no-such.iso"], "does not exist"),
-        (vec!["--iso", "/var/lib"], "not a regular file"),
-        (vec!["--memory", &too_much], "more than this host's"),
-        (vec!["--memory", "0"], "zero"),
-        (vec!["--disk-size", "lots"], "not a size"),
-        (vec!["--disk-size", "100000T"], "larger than"),
-        (vec!["--cpus", "0"], "at least 1"),
-        (vec!["--network", "phyllome-test-no-such-net"], "does not exist"),
-        (vec!["--network", &inactive.0], "is not active"),
+    // Each refusal exits with its class's code (README, "Exit codes"): 3 invalid input, 4 not found, 5 conflict.
+    let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (vec!["--iso", "/var/lib/phyllome/no-such.iso"], "does not exist", 4),
+        (vec!["--iso", "/var/lib"], "not a regular file", 3),
+        (vec!["--memory", &too_much], "more than this host's", 3),
+        (vec!["--memory", "0"], "zero", 3),
+        (vec!["--disk-size", "lots"], "not a size", 3),
+        (vec!["--disk-size", "100000T"], "larger than", 3),
+        (vec!["--cpus", "0"], "at least 1", 3),
+        (vec!["--network", "phyllome-test-no-such-net"], "does not exist", 4),
+        (vec!["--network", &inactive.0], "is not active", 5),
     ];
-    for (extra, want) in cases {
+    for (extra, want, code) in cases {
         let mut args = extra.clone();
         args.push("--start");
         let out = create(&other.0, "", &args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        assert_eq!(out.status.code(), Some(code), "{extra:?}");
         assert!(err.contains(want), "{extra:?}: {err}");
         assert_eq!(leftovers(&other.0), Vec::<String>::new(), "{extra:?} left something");
+        // The same refusal with --json is JSON, with its kind.
+        let mut args = args.clone();
+        args.push("--json");
+        let out = create(&other.0, "", &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stderr)
+            .unwrap_or_else(|e| panic!("{extra:?} --json: not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        assert!(v["error"].as_str().unwrap().contains(want), "{v}");
+        let kind = match code {
+            3 => "invalid-input",
+            4 => "not-found",
+            _ => "conflict",
+        };
+        assert_eq!(v["kind"], kind, "{extra:?}");
+        assert_eq!(out.status.code(), Some(code));
     }
     for bad in ["a/b", "x<y>", &"n".repeat(200)] {
         let out = create(bad, "", &["--network", "none"]);
-        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert_eq!(out.status.code(), Some(3), "{bad}");
     }
     assert_eq!(virsh_ok(&["dumpxml", &vm.0]), before, "the existing VM changed");
     ok(phyllome(&["delete", &vm.0]));

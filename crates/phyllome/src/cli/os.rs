@@ -37,8 +37,8 @@ pub fn list(json: bool) -> Fallible {
     Ok(())
 }
 
-pub fn unknown_os(id: &str) -> String {
-    format!("unknown OS id {id:?}; known ids: {}", catalog::ids().join(", "))
+pub fn unknown_os(id: &str) -> phyllome::model::BuildError {
+    phyllome::model::BuildError::UnknownOs(id.to_string(), catalog::ids().join(", "))
 }
 
 /// The rows `os show` prints: (item, choice, why).

@@ -1,0 +1,156 @@
+//! What kind of failure an error is, for every front end: the CLI's exit code
+//! and `--json` `kind`, and (later) the API's status. One table, documented in
+//! the README.
+
+use crate::hostinfo::HostError;
+use crate::journal::JournalError;
+use crate::request::FileError;
+use crate::vm::VmError;
+use phyllome_model::build::BuildError;
+use serde::Serialize;
+
+/// A class of failure. The exit code of each is part of the CLI's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The operation was tried and failed (libvirt refused, a file could not be written...).
+    Failed,
+    /// The command line could not be parsed (clap's own exit code).
+    Usage,
+    /// Input the request names is wrong: a name, a size, a file that is not what it claims to be.
+    InvalidInput,
+    /// What the request names does not exist: a VM, a network, a pool, a file.
+    NotFound,
+    /// The state forbids it now: the name is taken, the VM is running, another create holds the name.
+    Conflict,
+    /// This host cannot do it: firmware, TPM, or its libvirt/QEMU version.
+    Unsupported,
+    /// libvirtd cannot be reached.
+    Unavailable,
+    /// Interrupted (Ctrl-C, SIGTERM); what the command made was removed.
+    Interrupted,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::InvalidInput => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Conflict => 5,
+            ErrorKind::Unsupported => 6,
+            ErrorKind::Unavailable => 7,
+            ErrorKind::Interrupted => 130,
+        }
+    }
+}
+
+fn libvirt(e: &phyllome_libvirt::Error) -> ErrorKind {
+    if e.op.starts_with("cannot connect") {
+        ErrorKind::Unavailable
+    } else if e.is_no_domain() {
+        ErrorKind::NotFound
+    } else {
+        ErrorKind::Failed
+    }
+}
+
+fn build(e: &BuildError) -> ErrorKind {
+    match e {
+        BuildError::NoUefi { .. } | BuildError::NoSecureBootFirmware { .. } | BuildError::NoTpm { .. } => {
+            ErrorKind::Unsupported
+        }
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+fn file(e: &FileError) -> ErrorKind {
+    match e {
+        FileError::Missing { .. } => ErrorKind::NotFound,
+        FileError::Unreadable { .. } | FileError::UnreadableDevice { .. } => ErrorKind::Failed,
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+fn vm(e: &VmError) -> ErrorKind {
+    match e {
+        VmError::Build(b) => build(b),
+        VmError::File(f) => file(f),
+        VmError::Libvirt(l) | VmError::Host(HostError::Libvirt(l)) => libvirt(l),
+        VmError::Journal(JournalError::Busy(_)) => ErrorKind::Conflict,
+        VmError::NameBusy(_)
+        | VmError::VolumeExists { .. }
+        | VmError::SecretExists(_)
+        | VmError::Running(_)
+        | VmError::NotRunning(_)
+        | VmError::DiskShared { .. }
+        | VmError::NetworkInactive(_) => ErrorKind::Conflict,
+        VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) => ErrorKind::NotFound,
+        VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
+        VmError::Interrupted => ErrorKind::Interrupted,
+        _ => ErrorKind::Failed,
+    }
+}
+
+/// The kind of `e`, looking through the engine's error types.
+pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    if let Some(e) = e.downcast_ref::<VmError>() {
+        vm(e)
+    } else if let Some(e) = e.downcast_ref::<BuildError>() {
+        build(e)
+    } else if let Some(e) = e.downcast_ref::<FileError>() {
+        file(e)
+    } else if e.downcast_ref::<phyllome_model::input::InputError>().is_some() {
+        ErrorKind::InvalidInput
+    } else if let Some(e) = e.downcast_ref::<phyllome_libvirt::Error>() {
+        libvirt(e)
+    } else if let Some(HostError::Libvirt(e)) = e.downcast_ref::<HostError>() {
+        libvirt(e)
+    } else if e.downcast_ref::<phyllome_model::Unsupported>().is_some() {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_has_its_own_exit_code() {
+        let all = [
+            ErrorKind::Failed,
+            ErrorKind::Usage,
+            ErrorKind::InvalidInput,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Unsupported,
+            ErrorKind::Unavailable,
+            ErrorKind::Interrupted,
+        ];
+        let mut codes: Vec<u8> = all.iter().map(|k| k.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn engine_errors_fall_into_their_class() {
+        let boxed = |e: VmError| -> Box<dyn std::error::Error> { Box::new(e) };
+        assert_eq!(classify(boxed(VmError::NameBusy("x".into())).as_ref()), ErrorKind::Conflict);
+        assert_eq!(classify(boxed(VmError::NoSuchVm("x".into())).as_ref()), ErrorKind::NotFound);
+        assert_eq!(classify(boxed(VmError::Interrupted).as_ref()), ErrorKind::Interrupted);
+        let missing = FileError::Missing { what: "ISO", path: "/x".into() };
+        assert_eq!(classify(boxed(VmError::File(missing)).as_ref()), ErrorKind::NotFound);
+        let zero = BuildError::ZeroCpus;
+        assert_eq!(classify(boxed(VmError::Build(zero)).as_ref()), ErrorKind::InvalidInput);
+        let tpm = BuildError::NoTpm { os: "Windows 11", why: "swtpm is not installed" };
+        assert_eq!(classify(boxed(VmError::Build(tpm)).as_ref()), ErrorKind::Unsupported);
+        let name: Box<dyn std::error::Error> = Box::new(phyllome_model::input::InputError::EmptyName);
+        assert_eq!(classify(name.as_ref()), ErrorKind::InvalidInput);
+        let io: Box<dyn std::error::Error> = Box::new(std::io::Error::other("disk full"));
+        assert_eq!(classify(io.as_ref()), ErrorKind::Failed);
+    }
+}
