@@ -56,13 +56,15 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 # Peak RSS (KiB) of a process and its children, sampled every 50 ms until $WORK/stop-sampler exists.
 sample_rss() {
-    local pid=$1 out=$2 peak=0 total p
+    local pid=$1 out=$2 peak=0 total p kib
     rm -f "$WORK/stop-sampler"
     for _ in $(seq 6000); do
         [ -e "$WORK/stop-sampler" ] && break
         total=0
         for p in "$pid" $(pgrep -P "$pid" || true); do
-            total=$((total + $(status_kib "$p" VmRSS 2>/dev/null || echo 0)))
+            # A process gone between pgrep and the read counts as 0.
+            kib=$(status_kib "$p" VmRSS 2>/dev/null || true)
+            total=$((total + ${kib:-0}))
         done
         [ "$total" -gt "$peak" ] && peak=$total
         sleep 0.05

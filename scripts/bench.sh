@@ -66,7 +66,7 @@ measure viimportfull "virt-install --connect $URI --name phyllome-test-bench-f@ 
 
 echo "bench: virsh define + start of phyllome's XML (volume and secret made beforehand)" >&2
 measure virsh "virsh -c $URI define $TMP/d@.xml && virsh -c $URI start phyllome-test-bench-d@" \
-    "$P create phyllome-test-bench-d@ --os linux $GUEST && virsh -c $URI dumpxml --inactive phyllome-test-bench-d@ > $TMP/d@.xml && virsh -c $URI undefine phyllome-test-bench-d@" \
+    "$P create phyllome-test-bench-d@ --os linux $GUEST && virsh -c $URI dumpxml --inactive phyllome-test-bench-d@ > $TMP/d@.xml && virsh -c $URI undefine --keep-nvram phyllome-test-bench-d@" \
     "$(cleanup phyllome-test-bench-d@)"
 
 CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')

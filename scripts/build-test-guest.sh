@@ -21,7 +21,7 @@
 #     read-marker        print the PHYLLOME-MARKER:... line found in the first
 #                        512 bytes of /dev/vda (or PHYLLOME-MARKER-MISSING),
 #                        power off
-#     dd-bench           write then read 512 MiB of /dev/vda with O_DIRECT (dd),
+#     dd-bench           write (random data) then read 512 MiB of /dev/vda with O_DIRECT (dd),
 #                        print "PHYLLOME-DD-WRITE: 536870912 bytes from T0 to T1"
 #                        and the same for READ (T: /proc/uptime), power off
 #     poweroff           power off right after the report
@@ -260,10 +260,15 @@ case $action in
         ;;
     dd-bench)
         wait_disk || off
-        # O_DIRECT both ways, so the guest's page cache measures nothing; busybox dd
-        # prints no timing, so the uptime clock (10 ms) brackets each copy.
+        # Random data (zeros would become holes in the qcow2 and never be encrypted),
+        # 64 MiB made once in RAM, written 8 times; O_DIRECT both ways, so the guest's
+        # page cache measures nothing. busybox dd prints no timing, so the uptime clock
+        # (10 ms) brackets each pass.
+        dd if=/dev/urandom of=/tmp/pattern bs=1M count=64 2>/dev/null
         t0=$(cut -d' ' -f1 /proc/uptime)
-        dd if=/dev/zero of=/dev/vda bs=1M count=512 oflag=direct 2>/dev/null
+        for i in 0 1 2 3 4 5 6 7; do
+            dd if=/tmp/pattern of=/dev/vda bs=1M count=64 seek=$((i * 64)) oflag=direct 2>/dev/null
+        done
         t1=$(cut -d' ' -f1 /proc/uptime)
         echo "PHYLLOME-DD-WRITE: 536870912 bytes from $t0 to $t1"
         t0=$(cut -d' ' -f1 /proc/uptime)

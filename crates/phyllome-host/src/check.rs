@@ -17,10 +17,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-/// libvirt with firmware auto-selection by feature (secure-boot, enrolled-keys), which the models use.
-pub const MIN_LIBVIRT: (u32, u32, u32) = (7, 2, 0);
-/// QEMU recommended: virtio-gpu-gl as a module, current q35 machine types.
-pub const RECOMMENDED_QEMU: (u32, u32, u32) = (6, 2, 0);
+use phyllome_model::capability::{Version, MIN_LIBVIRT, RECOMMENDED_QEMU};
 /// Below this many logical CPUs the host cannot run a guest beside itself.
 pub const MIN_CPUS: u32 = 2;
 pub const RECOMMENDED_CPUS: u32 = 4;
@@ -205,12 +202,6 @@ pub fn cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "flags").map(|(_, v)| v))
         .map(|v| v.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// `9.0.0` -> (9, 0, 0); missing parts are 0.
-pub fn parse_version(v: &str) -> (u32, u32, u32) {
-    let mut it = v.trim().split(['.', '-', '+', ' ']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 /// Available bytes from `df -Pk PATH`.
@@ -790,7 +781,7 @@ fn qemu_version(h: &Host, inputs: &Inputs) -> Check {
         return fail(ID, "QEMU is not installed", h.distro.install("qemu-system-x86", "qemu-kvm"));
     };
     match &inputs.libvirt {
-        Some(Ok(v)) if parse_version(&v.qemu) < RECOMMENDED_QEMU => warn(
+        Some(Ok(v)) if Version::parse(&v.qemu) < RECOMMENDED_QEMU => warn(
             ID,
             format!("QEMU {} (/{bin}) is older than 6.2: no virtio-gpu-gl, older q35 machine types", v.qemu),
             "upgrade QEMU (Debian 12 ships 7.2, Fedora 39 ships 8.1)",
@@ -856,7 +847,7 @@ fn libvirt_connection(h: &Host, inputs: &Inputs) -> Check {
 fn libvirt_version(inputs: &Inputs) -> Check {
     const ID: &str = "libvirt.version";
     match &inputs.libvirt {
-        Some(Ok(v)) if parse_version(&v.libvirt) < MIN_LIBVIRT => fail(
+        Some(Ok(v)) if Version::parse(&v.libvirt) < MIN_LIBVIRT => fail(
             ID,
             format!(
                 "libvirt {} is too old: Phyllome needs 7.2 or newer (firmware selection by secure-boot feature)",
@@ -1012,9 +1003,7 @@ mod tests {
     fn flags_versions_and_df() {
         let f = cpu_flags("processor: 0\nflags\t\t: fpu vmx hypervisor\n\nprocessor: 1\nflags: fpu\n");
         assert!(f.contains("vmx") && f.contains("hypervisor") && f.len() == 3);
-        assert_eq!(parse_version("9.0.0"), (9, 0, 0));
-        assert_eq!(parse_version("7.2"), (7, 2, 0));
-        assert!(parse_version("7.1.9") < MIN_LIBVIRT && parse_version("7.2.0") >= MIN_LIBVIRT);
+        assert!(Version::parse("7.1.9") < MIN_LIBVIRT && Version::parse("7.2.0") >= MIN_LIBVIRT);
         let df = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n/dev/vda 263174212 12000000 83886080 13% /\n";
         assert_eq!(parse_df(df), Some(83886080 * 1024));
         assert_eq!(parse_df("garbage"), None);

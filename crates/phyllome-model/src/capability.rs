@@ -40,6 +40,12 @@ impl fmt::Display for Version {
     }
 }
 
+/// The oldest libvirt Phyllome runs on: firmware auto-selection by feature
+/// (secure-boot, enrolled-keys), which every UEFI model uses (`phyllome check` fails below it).
+pub const MIN_LIBVIRT: Version = Version(7, 2, 0);
+/// QEMU recommended: virtio-gpu-gl as a module, current q35 machine types (`phyllome check` warns below it).
+pub const RECOMMENDED_QEMU: Version = Version(6, 2, 0);
+
 /// swtpm, as `swtpm socket --print-capabilities` describes itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Swtpm {

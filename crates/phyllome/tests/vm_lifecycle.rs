@@ -107,6 +107,9 @@ fn leftovers(name: &str) -> Vec<String> {
     if Path::new(&format!("/var/lib/phyllome/pending/{name}.json")).exists() {
         left.push("journal entry".into());
     }
+    if Path::new(&format!("/var/lib/phyllome/boot/{name}")).exists() {
+        left.push("boot copies".into());
+    }
     left
 }
 
@@ -361,7 +364,7 @@ fn typed_passphrase_never_shows_in_any_process_and_is_asked_at_start() {
 #[test]
 fn a_failure_at_any_create_step_leaves_nothing() {
     require_libvirt();
-    for step in ["pool", "secret", "volume", "define", "nvram", "start", "finish"] {
+    for step in ["claim", "pool", "secret", "volume", "boot-files", "define", "nvram", "start", "finish"] {
         let vm = TestVm::new(&format!("fault-{step}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
         cmd.env("PHYLLOME_CONNECT", URI).env("PHYLLOME_TEST_FAIL_AT", step).arg("create").arg(&vm.0);

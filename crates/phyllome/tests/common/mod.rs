@@ -40,6 +40,8 @@ impl TestVm {
             }
         }
         let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending/{}.json", self.0));
+        // Phyllome's copies of a direct-boot kernel and initrd.
+        let _ = std::fs::remove_dir_all(format!("/var/lib/phyllome/boot/{}", self.0));
     }
 
     pub fn exists(&self) -> bool {
