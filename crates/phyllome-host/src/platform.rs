@@ -89,10 +89,13 @@ fn output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+fn swtpm_binary(root: &Path) -> Option<String> {
+    ["usr/bin/swtpm", "usr/local/bin/swtpm"].into_iter().find(|p| at(root, p).is_file()).map(|p| format!("/{p}"))
+}
+
 /// swtpm on this host, as it describes itself; `None` when it is not installed.
 pub fn swtpm(root: &Path) -> Option<Swtpm> {
-    let bin = ["usr/bin/swtpm", "usr/local/bin/swtpm"].into_iter().find(|p| at(root, p).is_file())?;
-    parse_swtpm(&output(&format!("/{bin}"), &["socket", "--print-capabilities"]))
+    parse_swtpm(&output(&swtpm_binary(root)?, &["socket", "--print-capabilities"]))
 }
 
 /// The virtiofs daemon libvirt would run on this host, as it describes itself.
@@ -104,6 +107,46 @@ pub fn virtiofsd(root: &Path) -> Option<Virtiofsd> {
         &output(&path, &["--print-capabilities"]),
         &output(&path, &["--help"]),
     ))
+}
+
+/// Where [`tools`] keeps its answers for this boot.
+const TOOLS_CACHE: &str = "/run/phyllome/platform-tools.json";
+
+/// Identifies a binary by path, inode, size and modification time: an upgrade changes the key.
+fn binary_key(path: Option<&str>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match path.and_then(|p| std::fs::metadata(p).ok().map(|m| (p, m))) {
+        Some((p, m)) => format!("{p}:{}:{}:{}", m.ino(), m.size(), m.mtime()),
+        None => "-".into(),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedTools {
+    key: String,
+    swtpm: Option<Swtpm>,
+    virtiofsd: Option<Virtiofsd>,
+}
+
+/// swtpm and virtiofsd as they describe themselves, asked once per boot and
+/// binary (four short process runs that every `phyllome xml` or `create` would otherwise pay).
+pub fn tools(root: &Path) -> (Option<Swtpm>, Option<Virtiofsd>) {
+    let live = root == Path::new("/");
+    let key = format!("{} {}", binary_key(swtpm_binary(root).as_deref()), binary_key(find_virtiofsd(root).as_deref()));
+    if live {
+        let cached =
+            std::fs::read_to_string(TOOLS_CACHE).ok().and_then(|t| serde_json::from_str::<CachedTools>(&t).ok());
+        if let Some(c) = cached.filter(|c| c.key == key) {
+            return (c.swtpm, c.virtiofsd);
+        }
+    }
+    let (swtpm, virtiofsd) = (swtpm(root), virtiofsd(root));
+    if live {
+        let c = CachedTools { key, swtpm: swtpm.clone(), virtiofsd: virtiofsd.clone() };
+        let _ = std::fs::create_dir_all("/run/phyllome");
+        let _ = std::fs::write(TOOLS_CACHE, serde_json::to_string(&c).expect("serializes"));
+    }
+    (swtpm, virtiofsd)
 }
 
 #[cfg(test)]

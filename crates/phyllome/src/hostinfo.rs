@@ -30,13 +30,14 @@ pub fn gather(lv: &Libvirt, probe_kvm: bool) -> Result<(Host, Option<String>), H
     let root = Path::new("/");
     let mut facts = read_facts(root);
     let (libvirt, qemu) = lv.versions()?;
+    let (swtpm, virtiofsd) = platform::tools(root);
     facts.platform = Platform {
         libvirt,
         libvirt_library: Libvirt::library_version().unwrap_or_default(),
         qemu,
         external_snapshot: platform::parse_external_snapshot(&lv.capabilities()?),
-        swtpm: platform::swtpm(root),
-        virtiofsd: platform::virtiofsd(root),
+        swtpm,
+        virtiofsd,
     };
     let mut kvm_detail = None;
     if facts.kvm == KvmState::Usable && probe_kvm {
