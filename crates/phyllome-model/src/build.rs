@@ -33,8 +33,12 @@ pub enum BuildError {
     TooManyCpus { asked: u32, max: u32 },
     #[error("{asked} vCPUs is more than this host's {host} logical CPUs")]
     CpusAboveHost { asked: u32, host: u32 },
-    #[error("{os} needs a disk of at least {min} GiB; {asked} GiB was asked for")]
+    #[error("{os} usually needs a disk of at least {min} GiB; {asked} GiB was asked for (--force to make it anyway)")]
     DiskBelowMinimum { os: &'static str, min: u64, asked: u64 },
+    #[error("disks are made in whole GiB: {asked} is {gib} GiB; say {down}G or {up}G")]
+    DiskNotWholeGib { asked: String, gib: String, down: u64, up: u64 },
+    #[error("memory is given in whole MiB: {asked} is {mib} MiB")]
+    MemoryNotWholeMib { asked: String, mib: String },
     #[error("a {asked} GiB disk is larger than the {max} GiB Phyllome creates")]
     DiskTooLarge { asked: u64, max: u64 },
     #[error("{os} needs UEFI firmware, and this host's libvirt reports none. Fix: install OVMF (Debian: apt install ovmf; Fedora: dnf install edk2-ovmf) and restart libvirtd")]
@@ -122,6 +126,8 @@ pub struct Request {
     pub osk: Option<String>,
     pub direct_boot: Option<DirectBoot>,
     pub disk: Option<DiskRef>,
+    /// Make a disk below the OS's usual minimum anyway (`--force`).
+    pub force: bool,
     /// Phyllome's version, recorded in the domain's metadata.
     pub version: String,
 }
@@ -288,8 +294,12 @@ fn memory(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
     let os = b.profile.name;
     let mib = match &req.memory {
         Some(text) => {
-            let bytes = input::parse_size(text, input::Unit::Mib)?;
-            let mib = bytes.div_ceil(1 << 20);
+            let bytes = input::parse_size(text)?;
+            if !bytes.is_multiple_of(1 << 20) {
+                let mib = format!("{:.2}", bytes as f64 / (1u64 << 20) as f64);
+                return Err(BuildError::MemoryNotWholeMib { asked: text.clone(), mib });
+            }
+            let mib = bytes >> 20;
             if mib < r.min_memory_mib {
                 return Err(BuildError::MemoryBelowMinimum {
                     os,
@@ -383,11 +393,30 @@ fn cpus(b: &mut Builder, req: &Request) -> Result<u32, BuildError> {
 fn disk_size(b: &mut Builder, req: &Request) -> Result<u64, BuildError> {
     let r = b.profile.resources;
     let gib = match &req.disk_size {
-        Some(text) => input::parse_size(text, input::Unit::Gib)?.div_ceil(1 << 30),
+        Some(text) => {
+            let bytes = input::parse_size(text)?;
+            if !bytes.is_multiple_of(1 << 30) {
+                let g = bytes as f64 / (1u64 << 30) as f64;
+                return Err(BuildError::DiskNotWholeGib {
+                    asked: text.clone(),
+                    gib: format!("{g:.2}"),
+                    down: g.floor() as u64,
+                    up: g.ceil() as u64,
+                });
+            }
+            bytes >> 30
+        }
         None => r.recommended_disk_gib,
     };
     if gib < r.min_disk_gib {
-        return Err(BuildError::DiskBelowMinimum { os: b.profile.name, min: r.min_disk_gib, asked: gib });
+        // Advice, not a wall: a minimal system fits in less than the installer's usual need.
+        if !req.force {
+            return Err(BuildError::DiskBelowMinimum { os: b.profile.name, min: r.min_disk_gib, asked: gib });
+        }
+        b.warnings.push(format!(
+            "a {gib} GiB disk is below the {} GiB {} usually needs (--force was given): its installer may refuse it",
+            r.min_disk_gib, b.profile.name
+        ));
     }
     if gib > MAX_DISK_GIB {
         return Err(BuildError::DiskTooLarge { asked: gib, max: MAX_DISK_GIB });

@@ -12,8 +12,10 @@ pub enum InputError {
     NameBadChar(String, char),
     #[error("VM name {0:?} must start with a letter or a digit")]
     NameBadStart(String),
-    #[error("size {0:?} is not a size: use a number with an optional unit, e.g. 4G, 512M, 64GiB")]
+    #[error("size {0:?} is not a size: use a number and a unit, e.g. 4G, 512M, 1.5GiB; {UNITS}")]
     SizeSyntax(String),
+    #[error("size {0:?} has no unit: say 512M for MiB or 4G for GiB; {UNITS}")]
+    SizeNoUnit(String),
     #[error("size {0:?} is zero")]
     SizeZero(String),
     #[error("size {0:?} is too large")]
@@ -61,17 +63,15 @@ pub fn validate_path(path: &str) -> Result<(), InputError> {
     Ok(())
 }
 
-/// The unit a bare number means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    Mib,
-    Gib,
-}
+/// The units a size may carry, for messages.
+pub const UNITS: &str =
+    "units are K, M, G, T (also KiB, MiB, GiB, TiB: powers of 1024) and KB, MB, GB, TB (powers of 1000)";
 
-/// Parses a size like `4G`, `4GiB`, `512M`, `1.5G`, `2T` into bytes. A bare
-/// number is in `default_unit`. Decimal and binary suffixes are both taken as
-/// binary (users type "4G" and mean 4 GiB), as QEMU and libvirt do.
-pub fn parse_size(text: &str, default_unit: Unit) -> Result<u64, InputError> {
+/// Parses a size like `4G`, `4GiB`, `512M`, `1.5G`, `2T`, `4GB` into bytes. A
+/// unit is required (a bare `512` meant MiB for memory and GiB for disks, which
+/// nobody can guess). `K`/`M`/`G`/`T` and `KiB`..`TiB` are powers of 1024, as QEMU
+/// and libvirt read them; `KB`..`TB` are powers of 1000, as disk vendors write them.
+pub fn parse_size(text: &str) -> Result<u64, InputError> {
     let t = text.trim();
     let err = || InputError::SizeSyntax(text.to_string());
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -79,30 +79,38 @@ pub fn parse_size(text: &str, default_unit: Unit) -> Result<u64, InputError> {
     if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.') {
         return Err(err());
     }
-    let shift: u32 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" => match default_unit {
-            Unit::Mib => 20,
-            Unit::Gib => 30,
-        },
-        "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => return Err(InputError::SizeNoUnit(text.to_string())),
+        "b" => 1,
+        "k" | "kib" | "ki" => 1 << 10,
+        "m" | "mib" | "mi" => 1 << 20,
+        "g" | "gib" | "gi" => 1 << 30,
+        "t" | "tib" | "ti" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(err()),
     };
     let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+    if int_part.len() > 20 {
+        return Err(InputError::SizeOverflow(text.to_string()));
+    }
     let int: u128 = int_part.parse().map_err(|_| InputError::SizeOverflow(text.to_string()))?;
-    let mut bytes = int.checked_shl(shift).ok_or_else(|| InputError::SizeOverflow(text.to_string()))?;
+    let mut bytes = int.checked_mul(mult).ok_or_else(|| InputError::SizeOverflow(text.to_string()))?;
     if !frac_part.is_empty() {
         if frac_part.len() > 6 {
             return Err(err());
         }
         let frac: u128 = frac_part.parse().map_err(|_| err())?;
         let scale = 10u128.pow(frac_part.len() as u32);
-        bytes += (frac << shift) / scale;
+        // A fraction of a byte is no size.
+        if !(frac * mult).is_multiple_of(scale) {
+            return Err(err());
+        }
+        bytes += frac * mult / scale;
     }
-    if bytes > u64::MAX as u128 || int_part.len() > 20 {
+    if bytes > u64::MAX as u128 {
         return Err(InputError::SizeOverflow(text.to_string()));
     }
     if bytes == 0 {
@@ -149,24 +157,30 @@ mod tests {
 
     #[test]
     fn parses_sizes() {
-        assert_eq!(parse_size("4G", Unit::Mib), Ok(4 << 30));
-        assert_eq!(parse_size("4GiB", Unit::Mib), Ok(4 << 30));
-        assert_eq!(parse_size("4 gb", Unit::Mib), Ok(4 << 30));
-        assert_eq!(parse_size("512M", Unit::Gib), Ok(512 << 20));
-        assert_eq!(parse_size("512", Unit::Mib), Ok(512 << 20));
-        assert_eq!(parse_size("64", Unit::Gib), Ok(64 << 30));
-        assert_eq!(parse_size("1.5G", Unit::Mib), Ok(3 << 29));
-        assert_eq!(parse_size("2T", Unit::Mib), Ok(2 << 40));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        // Decimal units are decimal.
+        assert_eq!(parse_size("4GB"), Ok(4_000_000_000));
+        assert_eq!(parse_size("4 gb"), Ok(4_000_000_000));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
     }
 
     #[test]
     fn rejects_bad_sizes() {
-        for s in ["", "G", "-1G", "4X", "1..5G", ".5G", "4G4", "abc", "1e9"] {
-            assert!(matches!(parse_size(s, Unit::Mib), Err(InputError::SizeSyntax(_))), "{s}");
+        for s in ["", "G", "-1G", "4X", "1..5G", ".5G", "4G4", "abc", "1e9", "1.3B"] {
+            assert!(matches!(parse_size(s), Err(InputError::SizeSyntax(_))), "{s}");
         }
-        assert!(matches!(parse_size("0", Unit::Mib), Err(InputError::SizeZero(_))));
-        assert!(matches!(parse_size("99999999999999999999999T", Unit::Mib), Err(InputError::SizeOverflow(_))));
-        assert!(matches!(parse_size("17179869184T", Unit::Mib), Err(InputError::SizeOverflow(_))));
+        for s in ["512", "64", "0"] {
+            let e = parse_size(s).unwrap_err();
+            assert!(matches!(e, InputError::SizeNoUnit(_)), "{s}");
+            assert!(e.to_string().contains("powers of 1024") && e.to_string().contains("512M"), "{e}");
+        }
+        assert!(matches!(parse_size("0G"), Err(InputError::SizeZero(_))));
+        assert!(matches!(parse_size("99999999999999999999999T"), Err(InputError::SizeOverflow(_))));
+        assert!(matches!(parse_size("17179869184T"), Err(InputError::SizeOverflow(_))));
     }
 
     #[test]

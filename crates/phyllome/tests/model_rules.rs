@@ -186,6 +186,35 @@ fn windows_drivers_iso_and_sata_install_option() {
 }
 
 #[test]
+fn sizes_say_their_unit_and_are_never_rounded_silently() {
+    let h = host("debian12-backports-tcg");
+    let with = |memory: Option<&str>, disk: Option<&str>, force: bool| {
+        build(
+            &Request { memory: memory.map(str::to_string), disk_size: disk.map(str::to_string), force, ..req("linux") },
+            &h,
+        )
+    };
+    // A bare number meant MiB for memory and GiB for disks: now it is refused, naming the units.
+    for (m, d) in [(Some("512"), None), (None, Some("64"))] {
+        let e = with(m, d, false).unwrap_err().to_string();
+        assert!(e.contains("has no unit") && e.contains("GB, TB (powers of 1000)"), "{e}");
+    }
+    // GB is 10^9 bytes: 64GB is not a whole number of GiB, and the error says what to write.
+    let e = with(None, Some("64GB"), false).unwrap_err().to_string();
+    assert_eq!(e, "disks are made in whole GiB: 64GB is 59.60 GiB; say 59G or 60G");
+    let e = with(None, Some("1.5G"), false).unwrap_err().to_string();
+    assert!(e.contains("1.5G is 1.50 GiB; say 1G or 2G"), "{e}");
+    assert_eq!(with(Some("1.5G"), None, false).unwrap().domain.memory_mib, 1536);
+    assert!(with(Some("4GB"), None, false).unwrap_err().to_string().contains("whole MiB"));
+    // The OS's minimum disk is advice: --force makes a 2 GiB Linux disk, with a warning.
+    let e = with(None, Some("2G"), false).unwrap_err().to_string();
+    assert!(e.contains("usually needs a disk of at least 4 GiB") && e.contains("--force"), "{e}");
+    let plan = with(None, Some("2G"), true).unwrap();
+    assert_eq!(plan.disk_gib, 2);
+    assert!(plan.warnings.iter().any(|w| w.contains("--force was given")), "{:?}", plan.warnings);
+}
+
+#[test]
 fn the_vcpu_explanation_matches_what_the_vm_gets() {
     // Two host CPUs: Windows 11 needs two, which is all of them, not half.
     let plan = build(&req("windows11"), &host("debian12-tcg")).unwrap();
@@ -256,7 +285,7 @@ fn bad_input_gets_clear_errors() {
             .unwrap_err()
             .to_string()
     };
-    assert!(sized(Some("0"), None, None).contains("zero"));
+    assert!(sized(Some("0M"), None, None).contains("zero"));
     assert!(sized(Some("lots"), None, None).contains("not a size"));
     assert!(sized(Some("64T"), None, None).contains("more than this host's"));
     assert!(sized(Some("99999999999999999999999T"), None, None).contains("too large"));

@@ -23,15 +23,18 @@ pub struct VmArgs {
     /// Guest OS id (see `phyllome os list`).
     #[arg(long)]
     pub os: String,
-    /// Memory, e.g. 4G or 2048M (default: sized from the host).
+    /// Memory with its unit, e.g. 4G or 2048M; G/M are GiB/MiB, GB/MB powers of 1000 (default: sized from the host).
     #[arg(long)]
     pub memory: Option<String>,
     /// vCPUs (default: sized from the host).
     #[arg(long)]
     pub cpus: Option<u32>,
-    /// Disk size, e.g. 64G (default: the OS's recommendation).
+    /// Disk size in whole GiB with its unit, e.g. 64G (default: the OS's recommendation).
     #[arg(long)]
     pub disk_size: Option<String>,
+    /// Make a disk below the OS's usual minimum anyway (the installer may still refuse it).
+    #[arg(long)]
+    pub force: bool,
     /// Installer ISO (a recovery image for macOS).
     #[arg(long)]
     pub iso: Option<String>,
@@ -79,6 +82,7 @@ impl VmArgs {
                 memory: self.memory.clone(),
                 cpus: self.cpus,
                 disk_size: self.disk_size.clone(),
+                force: self.force,
                 iso: self.iso.clone(),
                 drivers: self.drivers.clone(),
                 secure_boot: self.secure_boot,
