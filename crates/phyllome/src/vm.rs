@@ -140,8 +140,8 @@ pub fn boot_dir(name: &str) -> String {
 }
 
 /// Copies the request's kernel and initrd to where the plan's domain expects
-/// them, recording each copy in `made` as soon as it exists.
-fn copy_boot_files(spec: &VmSpec, plan: &Plan, made: &mut Vec<FileId>, journal: &Journal, entry: &Entry) -> Result<()> {
+/// them, recording each copy in the journal entry as soon as it exists.
+fn copy_boot_files(spec: &VmSpec, plan: &Plan, journal: &Journal, entry: &mut Entry) -> Result<()> {
     let (Some(from), Some(to)) = (&spec.request.direct_boot, &plan.domain.direct_boot) else { return Ok(()) };
     let dir = Path::new(&to.kernel).parent().expect("a folder under BOOT_DIR");
     std::fs::create_dir_all(dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
@@ -154,10 +154,8 @@ fn copy_boot_files(spec: &VmSpec, plan: &Plan, made: &mut Vec<FileId>, journal: 
             .mode(0o644)
             .open(dst)
             .map_err(|e| VmError::Disk(format!("{dst}: {e}")))?;
-        made.push(FileId::of(dst).map_err(|e| VmError::Disk(e.to_string()))?);
-        let mut e = entry.clone();
-        e.made.boot_files = made.clone();
-        journal.record(&e)?;
+        entry.made.boot_files.push(FileId::of(dst).map_err(|e| VmError::Disk(e.to_string()))?);
+        journal.record(entry)?;
         let mut input = std::fs::File::open(src).map_err(|e| VmError::Disk(format!("{src}: {e}")))?;
         std::io::copy(&mut input, &mut out).map_err(|e| VmError::Disk(format!("copying {src}: {e}")))?;
     }
@@ -489,10 +487,7 @@ pub fn create(
         drop(file);
         lv.refresh_pool(&disk.pool)?;
         step("boot-files", &interrupted)?;
-        let mut boot_files = Vec::new();
-        let copied = copy_boot_files(spec, &plan, &mut boot_files, &journal, &entry);
-        entry.made.boot_files = boot_files;
-        copied?;
+        copy_boot_files(spec, &plan, &journal, &mut entry)?;
         step("define", &interrupted)?;
         entry.made.domain_uuid = Some(lv.define(&plan.domain.to_xml())?);
         journal.record(&entry)?;
