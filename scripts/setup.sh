@@ -240,7 +240,7 @@ if ! command -v npm >/dev/null; then
     else dnf install -y nodejs npm >&2; fi
 fi
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-for dir in "$SRC/crates/phyllome/web/vendor" "$SRC/crates/phyllome/tests/browser"; do
+for dir in "$SRC/crates/phyllome-web/web/vendor" "$SRC/crates/phyllome/tests/browser"; do
     if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
         log "npm ci in ${dir#"$SRC"/}"
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         Err(e) if json && e.use_stderr() => {
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            return report(json, first, phyllome::errors::ErrorKind::Usage);
+            return report(json, first, phyllome_engine::errors::ErrorKind::Usage);
         }
         Err(e) => e.exit(),
     };
@@ -90,12 +90,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(json, &e.to_string(), phyllome::errors::classify(e.as_ref())),
+        Err(e) => report(json, &e.to_string(), phyllome_engine::errors::classify(e.as_ref())),
     }
 }
 
 /// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").
-fn report(json: bool, message: &str, kind: phyllome::errors::ErrorKind) -> ExitCode {
+fn report(json: bool, message: &str, kind: phyllome_engine::errors::ErrorKind) -> ExitCode {
     if json {
         eprintln!("{}", serde_json::json!({ "error": message, "kind": kind }));
     } else {

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use phyllome::model::hostdev::{Hostdev, PciAddress};
+use phyllome_engine::model::hostdev::{Hostdev, PciAddress};
 use phyllome_host::check::{self, DiskSpace, Inputs, Report, Status, User, Versions};
 use phyllome_host::devices::{self, PciDevice, Verdict};
 use phyllome_host::kvm::Probe;

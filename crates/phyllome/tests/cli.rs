@@ -13,7 +13,7 @@ fn os_list_json_names_every_profile() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, phyllome::model::catalog::ids());
+    assert_eq!(ids, phyllome_engine::model::catalog::ids());
     assert!(v[0]["description"].as_str().unwrap().len() > 20);
 }
 

@@ -6,9 +6,9 @@
 //! with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test --test golden`; the diff then
 //! shows every change to generated output in review.
 
-use phyllome::model::build::{build, NetworkChoice, Request};
-use phyllome::model::catalog;
-use phyllome::request::disk_ref;
+use phyllome_engine::model::build::{build, NetworkChoice, Request};
+use phyllome_engine::model::catalog;
+use phyllome_engine::request::disk_ref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,7 +35,12 @@ pub fn golden_request(os: &str) -> Request {
         name: name.clone(),
         iso: Some("/var/lib/phyllome/iso/installer & <setup>.iso".into()),
         network: NetworkChoice::Default,
-        disk: Some(disk_ref(&name, phyllome::POOL, phyllome::POOL_PATH, phyllome::model::Encryption::Secret)),
+        disk: Some(disk_ref(
+            &name,
+            phyllome_engine::POOL,
+            phyllome_engine::POOL_PATH,
+            phyllome_engine::model::Encryption::Secret,
+        )),
         version: "golden".into(),
         ..Default::default()
     };
@@ -154,7 +159,7 @@ fn golden_xml_validates_against_libvirt_schema() {
 /// The hosts the issue asks for are among the recorded ones, and they differ where it matters.
 #[test]
 fn recorded_hosts_cover_kvm_tcg_intel_amd_and_missing_pieces() {
-    use phyllome::model::host::{CpuVendor, KvmState};
+    use phyllome_engine::model::host::{CpuVendor, KvmState};
     let loaded: Vec<_> = hosts().iter().map(|h| phyllome_host::fixture::load(h).unwrap()).collect();
     assert!(loaded.iter().any(|h| h.facts.kvm != KvmState::Usable && h.caps.virt_type == "qemu"));
     assert!(loaded

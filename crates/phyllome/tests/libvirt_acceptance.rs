@@ -25,7 +25,7 @@ fn define(name: &str, xml: &str) -> TestDomain {
     virsh_ok(&["define", "--validate", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(file);
     let lv = phyllome_libvirt::Libvirt::connect(URI).unwrap();
-    phyllome::vm::prepare_nvram(&lv, name).unwrap();
+    phyllome_engine::vm::prepare_nvram(&lv, name).unwrap();
     dom
 }
 
@@ -53,7 +53,7 @@ fn every_profile_defines_starts_and_runs_in_real_libvirtd() {
     disk[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
     std::fs::write(&opencore, disk).unwrap();
     let osk = "o".repeat(64);
-    for os in phyllome::model::catalog::ids() {
+    for os in phyllome_engine::model::catalog::ids() {
         let name = format!("{PREFIX}accept-{os}-{}", std::process::id());
         let extra: Vec<&str> = if os == "macos" { vec!["--opencore", &opencore, "--osk", &osk] } else { vec![] };
         let xml = generate(os, &name, &pool, &extra);

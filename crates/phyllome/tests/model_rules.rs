@@ -2,12 +2,12 @@
 //! between KVM and TCG, what a missing piece of the host does, and how bad
 //! input is refused.
 
-use phyllome::model::build::{build, BuildError, NetworkChoice, Request};
-use phyllome::model::catalog::Bus;
-use phyllome::model::host::KvmState;
-use phyllome::model::input::InputError;
-use phyllome::model::Host;
-use phyllome::request::disk_ref;
+use phyllome_engine::model::build::{build, BuildError, NetworkChoice, Request};
+use phyllome_engine::model::catalog::Bus;
+use phyllome_engine::model::host::KvmState;
+use phyllome_engine::model::input::InputError;
+use phyllome_engine::model::Host;
+use phyllome_engine::request::disk_ref;
 use std::path::Path;
 
 fn host(name: &str) -> Host {
@@ -20,7 +20,7 @@ fn req(os: &str) -> Request {
         os: os.into(),
         name: "vm1".into(),
         network: NetworkChoice::None,
-        disk: Some(disk_ref("vm1", "phyllome", "/pool", phyllome::model::Encryption::Secret)),
+        disk: Some(disk_ref("vm1", "phyllome", "/pool", phyllome_engine::model::Encryption::Secret)),
         version: "test".into(),
         ..Default::default()
     }

@@ -2,7 +2,7 @@
 
 use super::Fallible;
 use clap::Args;
-use phyllome::hostinfo;
+use phyllome_engine::hostinfo;
 use phyllome_host::check::{self, Inputs, Report, Status};
 use phyllome_libvirt::Libvirt;
 use std::io::Write;

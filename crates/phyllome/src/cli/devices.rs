@@ -8,8 +8,8 @@
 
 use super::Fallible;
 use clap::Args;
-use phyllome::model::hostdev::Hostdev;
-use phyllome::model::input::validate_name;
+use phyllome_engine::model::hostdev::Hostdev;
+use phyllome_engine::model::input::validate_name;
 use phyllome_host::devices::{self, PciDevice, Relation, Verdict};
 use phyllome_libvirt::Libvirt;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 
 use super::Fallible;
 use clap::Subcommand;
-use phyllome::hostinfo;
+use phyllome_engine::hostinfo;
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
 
@@ -46,7 +46,7 @@ pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
     }
     let f = &host.facts;
     println!("cpu:       {} ({:?}), {} logical CPUs", f.cpu_model, f.cpu_vendor, f.cpus);
-    println!("memory:    {}", phyllome::model::input::human_mib(f.memory_mib));
+    println!("memory:    {}", phyllome_engine::model::input::human_mib(f.memory_mib));
     println!("kvm:       {:?}{}", f.kvm, kvm_detail.map(|d| format!(" ({d})")).unwrap_or_default());
     let p = &f.platform;
     let library = if p.libvirt_library.is_empty() || p.libvirt_library == p.libvirt {

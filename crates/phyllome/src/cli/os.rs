@@ -2,7 +2,7 @@
 
 use super::Fallible;
 use clap::Subcommand;
-use phyllome::model::catalog::{self, Profile};
+use phyllome_engine::model::catalog::{self, Profile};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -37,8 +37,8 @@ pub fn list(json: bool) -> Fallible {
     Ok(())
 }
 
-pub fn unknown_os(id: &str) -> phyllome::model::BuildError {
-    phyllome::model::BuildError::UnknownOs(id.to_string(), catalog::ids().join(", "))
+pub fn unknown_os(id: &str) -> phyllome_engine::model::BuildError {
+    phyllome_engine::model::BuildError::UnknownOs(id.to_string(), catalog::ids().join(", "))
 }
 
 /// The rows `os show` prints: (item, choice, why).

@@ -2,7 +2,7 @@
 
 use super::Fallible;
 use clap::{Args, Subcommand};
-use phyllome::web::{self, auth, tls::TlsMode};
+use phyllome_web::{self as web, auth, tls::TlsMode};
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -27,7 +27,7 @@ impl Executor for Live<'_> {
 }
 
 fn pool_state(uri: &str) -> PoolState {
-    match Libvirt::connect(uri).and_then(|lv| lv.pool_path(phyllome::POOL)) {
+    match Libvirt::connect(uri).and_then(|lv| lv.pool_path(phyllome_engine::POOL)) {
         Ok(None) => PoolState::Absent,
         Ok(Some(path)) => PoolState::Defined(Some(path)),
         Err(e) => PoolState::Unknown(e.to_string()),
@@ -48,8 +48,8 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
     let opts = Options {
         root: canon.clone(),
         live,
-        pool_name: phyllome::POOL.into(),
-        pool_path: phyllome::POOL_PATH.into(),
+        pool_name: phyllome_engine::POOL.into(),
+        pool_path: phyllome_engine::POOL_PATH.into(),
         pool_state: if live { pool_state(uri) } else { PoolState::Unknown("a --root tree".into()) },
     };
     let plan = plan(&opts)?;

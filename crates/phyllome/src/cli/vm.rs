@@ -4,9 +4,9 @@
 use super::xml::VmArgs;
 use super::Fallible;
 use clap::{Args, Subcommand};
-use phyllome::model::input::human_mib;
-use phyllome::model::Encryption;
-use phyllome::vm::{self, VmError};
+use phyllome_engine::model::input::human_mib;
+use phyllome_engine::model::Encryption;
+use phyllome_engine::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
@@ -178,7 +178,7 @@ fn create(lv: &Libvirt, a: CreateArgs) -> Fallible {
     let spec = a.vm.spec();
     let passphrase = if spec.encryption == Some(Encryption::Prompt) {
         // Check everything that can be checked before asking for a passphrase.
-        phyllome::model::input::validate_name(&a.name)?;
+        phyllome_engine::model::input::validate_name(&a.name)?;
         Some(read_passphrase(&format!("New passphrase for {}'s disk: ", a.name), true)?)
     } else {
         None
@@ -322,7 +322,7 @@ fn screenshot(lv: &Libvirt, name: &str, file: &str) -> Fallible {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     vm::summary(lv, name)?;
     let (data, mime) = lv.screenshot(name)?;
-    let png = if data.starts_with(b"\x89PNG") { data } else { phyllome::image::ppm_to_png(&data)? };
+    let png = if data.starts_with(b"\x89PNG") { data } else { phyllome_engine::image::ppm_to_png(&data)? };
     // A screen can show anything the guest shows: private to its owner, like the disk keys.
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file)?;

@@ -4,10 +4,10 @@
 use super::os::print_rows;
 use super::Fallible;
 use clap::{Args, ValueEnum};
-use phyllome::model::catalog::Bus;
-use phyllome::model::domain::DirectBoot;
-use phyllome::model::{Encryption, Request};
-use phyllome::vm::{self, VmSpec};
+use phyllome_engine::model::catalog::Bus;
+use phyllome_engine::model::domain::DirectBoot;
+use phyllome_engine::model::{Encryption, Request};
+use phyllome_engine::vm::{self, VmSpec};
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
 
@@ -63,7 +63,7 @@ pub struct VmArgs {
     #[arg(long)]
     pub passphrase_prompt: bool,
     /// Storage pool of the disk.
-    #[arg(long, default_value = phyllome::POOL)]
+    #[arg(long, default_value = phyllome_engine::POOL)]
     pub pool: String,
     /// Boot this kernel directly (with --initrd and --cmdline).
     #[arg(long)]
@@ -130,11 +130,11 @@ pub struct XmlArgs {
 pub fn run(uri: &str, a: XmlArgs) -> Fallible {
     let spec = a.vm.spec();
     // Refuse a bad name or OS id before connecting anywhere.
-    phyllome::model::input::validate_name(&a.name)?;
-    if phyllome::model::catalog::profile(&spec.request.os).is_none() {
+    phyllome_engine::model::input::validate_name(&a.name)?;
+    if phyllome_engine::model::catalog::profile(&spec.request.os).is_none() {
         return Err(super::os::unknown_os(&spec.request.os).into());
     }
-    phyllome::request::check_files(&spec.request)?;
+    phyllome_engine::request::check_files(&spec.request)?;
 
     let lv = Libvirt::connect(uri)?;
     let plan = vm::plan(&lv, &a.name, &spec)?;

@@ -15,8 +15,8 @@
 //!
 //! Every response carries a strict Content-Security-Policy and friends.
 
-use super::routes::{self, Kind, NoRoute};
-use super::{api, assets, auth::Principal, log, App};
+use crate::routes::{self, Kind, NoRoute};
+use crate::{api, assets, auth::Principal, log, App};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -308,7 +308,7 @@ async fn pipeline(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Re
         }
         if route.csrf() {
             let ok = csrf_token(req.headers(), websocket)
-                .is_some_and(|t| super::crypto::ct_eq(t.as_bytes(), expected.as_bytes()));
+                .is_some_and(|t| crate::crypto::ct_eq(t.as_bytes(), expected.as_bytes()));
             if !ok {
                 return error(StatusCode::FORBIDDEN, "missing or wrong CSRF token (X-CSRF-Token)");
             }

@@ -7,8 +7,8 @@
 //! A full re-read every `resync` catches anything an event could not say
 //! (a disk resized behind our back, a libvirtd restart).
 
-use crate::vm::{self, VmError, VmRow};
 use bytes::Bytes;
+use phyllome_engine::vm::{self, VmError, VmRow};
 use phyllome_libvirt::Libvirt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -351,7 +351,7 @@ pub fn openapi() -> Value {
     }
     json!({
         "openapi": "3.1.0",
-        "info": { "title": "Phyllome", "version": crate::VERSION,
+        "info": { "title": "Phyllome", "version": phyllome_engine::VERSION,
                   "description": "VMs, the guest OS catalog, the host check and devices of one Phyllome host. \
                                   The CLI and this API call the same core." },
         "servers": [{ "url": "/" }],

@@ -1,17 +1,17 @@
 //! The API's handlers. Each calls the same core functions as the CLI
-//! (`crate::vm`, the catalog, `phyllome_host::check` and `::devices`); the
+//! (`phyllome_engine::vm`, the catalog, `phyllome_host::check` and `::devices`); the
 //! web layer adds only what a remote caller needs: files come from the
 //! ISO folder by name (never a host path), and a passphrase comes in the body.
 
-use super::auth::LoginError;
-use super::http::{error, json, json_bytes, read_json, Body};
-use super::routes::{Op, Route};
-use super::{log, ws, App};
-use crate::hostinfo;
-use crate::vm::{self, VmError, VmSpec};
+use crate::auth::LoginError;
+use crate::http::{error, json, json_bytes, read_json, Body};
+use crate::routes::{Op, Route};
+use crate::{log, ws, App};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use phyllome_engine::hostinfo;
+use phyllome_engine::vm::{self, VmError, VmSpec};
 use phyllome_host::check;
 use phyllome_libvirt::Libvirt;
 use phyllome_model::build::Encryption;
@@ -47,7 +47,7 @@ impl From<VmError> for ApiError {
         let status = match &e {
             NoSuchVm(_) => StatusCode::NOT_FOUND,
             NameBusy(_) | VolumeExists { .. } | SecretExists(_) | Running(_) | NotRunning(_) => StatusCode::CONFLICT,
-            Journal(crate::journal::JournalError::Busy(_)) => StatusCode::CONFLICT,
+            Journal(phyllome_engine::journal::JournalError::Busy(_)) => StatusCode::CONFLICT,
             Build(_) | File(_) | BadNetwork(_) | NoNetwork(_) | NetworkInactive(_) | NoPool(_) | EmptyPassphrase
             | WrongPassphrase(_) | NeedPassphrase(_) => StatusCode::BAD_REQUEST,
             StopTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -115,7 +115,7 @@ pub async fn login(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let Ok(_slot) = app.login_slots.acquire().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    let shown = if super::auth::validate_user_name(&body.username).is_ok() {
+    let shown = if crate::auth::validate_user_name(&body.username).is_ok() {
         body.username.clone()
     } else {
         "(not a valid user name)".into()
@@ -305,7 +305,7 @@ fn list_media(dir: &Path) -> serde_json::Value {
     json!({ "dir": dir.display().to_string(), "exists": exists, "files": files })
 }
 
-fn who_did(who: &super::auth::Principal, what: &str) {
+fn who_did(who: &crate::auth::Principal, what: &str) {
     log(&format!("{}: {what}", who.user));
 }
 
@@ -313,7 +313,7 @@ pub async fn handle(
     app: &Arc<App>,
     route: &'static Route,
     params: Vec<String>,
-    who: super::auth::Principal,
+    who: crate::auth::Principal,
     req: Request<Incoming>,
 ) -> Response<Body> {
     match dispatch(app, route, params, who, req).await {
@@ -331,7 +331,7 @@ async fn dispatch(
     app: &Arc<App>,
     route: &'static Route,
     params: Vec<String>,
-    who: super::auth::Principal,
+    who: crate::auth::Principal,
     req: Request<Incoming>,
 ) -> ApiResult {
     let name = params.first().cloned().unwrap_or_default();
@@ -486,7 +486,7 @@ fn to_api((status, message): (StatusCode, String)) -> ApiError {
 }
 
 /// Whether the principal's session or token still holds; `touch` restarts a session's idle time.
-fn still_valid(app: &App, who: &super::auth::Principal, touch: bool) -> bool {
+fn still_valid(app: &App, who: &crate::auth::Principal, touch: bool) -> bool {
     match (&who.session, &who.token) {
         (Some(key), _) => app.auth.sessions.get_key(key, touch).is_some(),
         (None, Some(id)) => app.auth.token_exists(id),
@@ -518,7 +518,7 @@ fn sse_event(list: &[u8]) -> bytes::Bytes {
 }
 
 /// `GET /api/v1/events`: the VM list now, then again at every change.
-fn events(app: &Arc<App>, who: super::auth::Principal) -> Response<Body> {
+fn events(app: &Arc<App>, who: crate::auth::Principal) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut list = app.inventory.subscribe();
     let app = Arc::clone(app);
@@ -560,7 +560,7 @@ fn events(app: &Arc<App>, who: super::auth::Principal) -> Response<Body> {
 }
 
 /// `GET /api/v1/vms/{name}/console`: the WebSocket to the VM's VNC display.
-async fn console(app: &Arc<App>, who: super::auth::Principal, name: String, req: Request<Incoming>) -> ApiResult {
+async fn console(app: &Arc<App>, who: crate::auth::Principal, name: String, req: Request<Incoming>) -> ApiResult {
     let h = req.headers();
     let get = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
     let upgrade = get(header::UPGRADE).eq_ignore_ascii_case("websocket")
@@ -610,7 +610,7 @@ async fn console(app: &Arc<App>, who: super::auth::Principal, name: String, req:
     }
     .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot reach the display: {e}")))?;
 
-    let mut resp = Response::new(super::http::full(bytes::Bytes::new()));
+    let mut resp = Response::new(crate::http::full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let rh = resp.headers_mut();
     rh.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -10,10 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-pub const INDEX_HTML: &str = include_str!("../../web/index.html");
-pub const APP_JS: &str = include_str!("../../web/app.js");
-pub const APP_CSS: &str = include_str!("../../web/app.css");
-pub const FAVICON: &str = include_str!("../../web/favicon.svg");
+pub const INDEX_HTML: &str = include_str!("../web/index.html");
+pub const APP_JS: &str = include_str!("../web/app.js");
+pub const APP_CSS: &str = include_str!("../web/app.css");
+pub const FAVICON: &str = include_str!("../web/favicon.svg");
 
 /// The public shell: what a browser needs to show the login form. It holds
 /// no data; everything else needs a session.

@@ -9,7 +9,6 @@ pub mod journal;
 pub mod media;
 pub mod request;
 pub mod vm;
-pub mod web;
 
 pub use phyllome_model as model;
 

@@ -5,7 +5,7 @@
 //! Frames towards the browser are written with their header in front of the
 //! payload in one buffer, so a byte from VNC is copied once.
 
-use super::crypto::{base64, sha1};
+use crate::crypto::{base64, sha1};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Interest};

@@ -3,7 +3,7 @@
 //! directory, whose SHA-256 fingerprint is printed at every start so a
 //! browser's warning can be checked against it.
 
-use super::crypto::{colon_hex, sha256};
+use crate::crypto::{colon_hex, sha256};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::Write;

@@ -11,7 +11,7 @@
 //! - Failed logins lock the user name (and, more loosely, the client
 //!   address) out for a growing time.
 
-use super::crypto::{ct_eq, hex, random_bytes, random_secret, sha256};
+use crate::crypto::{ct_eq, hex, random_bytes, random_secret, sha256};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};

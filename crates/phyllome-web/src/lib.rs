@@ -1,5 +1,5 @@
 //! `phyllome serve`: a REST API, a web UI and VM consoles in the browser,
-//! over the same core as the CLI (`crate::vm`, the OS catalog, the host
+//! over the same core as the CLI (`phyllome_engine::vm`, the OS catalog, the host
 //! check and the device inventory), so the API refuses what the CLI refuses.
 //!
 //! - [`routes`]: the route table; the router and the OpenAPI document both come from it;
