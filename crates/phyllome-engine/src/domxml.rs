@@ -43,6 +43,18 @@ pub struct DomainSummary {
     pub nvram: Option<NvramSummary>,
     /// The direct-boot kernel and initrd, when the domain has them.
     pub boot_files: Vec<String>,
+    pub nics: Vec<NicSummary>,
+}
+
+/// One network interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NicSummary {
+    /// `virtio`, `e1000e`...
+    pub model: Option<String>,
+    /// `network NAME`, `user`, `bridge NAME`...
+    pub network: String,
+    pub mac: Option<String>,
 }
 
 impl DomainSummary {
@@ -128,6 +140,19 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
                 luks_secret: luks,
             });
         }
+        for n in devices.children().filter(|n| n.has_tag_name("interface")) {
+            let kind = n.attribute("type").unwrap_or("other");
+            let source = child(n, "source");
+            let named = source.and_then(|x| x.attribute("network").or(x.attribute("bridge")).or(x.attribute("dev")));
+            s.nics.push(NicSummary {
+                model: child(n, "model").and_then(|m| m.attribute("type")).map(str::to_string),
+                network: match named {
+                    Some(name) => format!("{kind} {name}"),
+                    None => kind.to_string(),
+                },
+                mac: child(n, "mac").and_then(|m| m.attribute("address")).map(str::to_string),
+            });
+        }
         for g in devices.children().filter(|g| g.has_tag_name("graphics") && g.attribute("type") == Some("vnc")) {
             let port = g.attribute("port").and_then(|p| p.parse::<i32>().ok()).unwrap_or(-1);
             if port > 0 {
@@ -153,6 +178,8 @@ mod tests {
     <disk type='volume' device='disk'><source pool='phyllome' volume='vm1.qcow2'><encryption format='luks'><secret type='passphrase' usage='/p/vm1.qcow2'/></encryption></source><target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><source file='/isos/a.iso'/><target dev='sda' bus='sata'/></disk>
     <graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'/>
+    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/><model type='virtio'/></interface>
+    <interface type='user'><model type='e1000e'/></interface>
   </devices>
 </domain>"#;
         let s = parse(xml).unwrap();
@@ -162,6 +189,12 @@ mod tests {
         assert_eq!(s.main_disk().unwrap().volume.as_deref(), Some("vm1.qcow2"));
         assert_eq!(s.disks[1].file.as_deref(), Some("/isos/a.iso"));
         assert_eq!(s.vnc, Some(("127.0.0.1".into(), 5901)));
+        assert_eq!(s.nics.len(), 2);
+        assert_eq!(
+            (s.nics[0].model.as_deref(), s.nics[0].network.as_str(), s.nics[0].mac.as_deref()),
+            (Some("virtio"), "network default", Some("52:54:00:aa:bb:cc"))
+        );
+        assert_eq!((s.nics[1].model.as_deref(), s.nics[1].network.as_str()), (Some("e1000e"), "user"));
     }
 
     #[test]

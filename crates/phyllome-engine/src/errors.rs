@@ -32,6 +32,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Its name in `--json` errors (the serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Usage => "usage",
+            ErrorKind::InvalidInput => "invalid-input",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Interrupted => "interrupted",
+        }
+    }
+
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Failed => 1,
@@ -47,8 +61,10 @@ impl ErrorKind {
 }
 
 fn libvirt(e: &phyllome_libvirt::Error) -> ErrorKind {
-    if e.op.starts_with("cannot connect") {
+    if e.is_unavailable() {
         ErrorKind::Unavailable
+    } else if e.is_invalid_state() {
+        ErrorKind::Conflict
     } else if e.is_no_domain() {
         ErrorKind::NotFound
     } else {

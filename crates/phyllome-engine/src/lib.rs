@@ -7,6 +7,7 @@ pub mod hostinfo;
 pub mod image;
 pub mod journal;
 pub mod media;
+pub mod progress;
 pub mod request;
 pub mod vm;
 

@@ -5,6 +5,7 @@
 use crate::domxml::{self, DomainSummary};
 use crate::hostinfo::{self, HostError};
 use crate::journal::{Entry, FileId, Journal, JournalError};
+use crate::progress::{note, Progress, Report};
 use crate::request::{check_files, disk_ref, FileError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
@@ -353,7 +354,7 @@ fn preflight(
     plan: &Plan,
     disk: &phyllome_model::DiskRef,
     start: bool,
-    progress: &dyn Fn(&str),
+    progress: Report<'_>,
 ) -> Result<bool> {
     if lv.exists(name)? {
         return Err(VmError::NameBusy(name.to_string()));
@@ -370,7 +371,7 @@ fn preflight(
             // Starting would fail half way: say so before creating anything.
             Some(false) if start => return Err(VmError::NetworkInactive(n)),
             Some(false) => {
-                progress(&format!("libvirt network {n} is not active: `virsh net-start {n}` before starting"))
+                note(progress, &format!("libvirt network {n} is not active: `virsh net-start {n}` before starting"))
             }
             Some(true) => {}
         }
@@ -401,12 +402,15 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Created {
     pub name: String,
     pub os: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// `secret`, `prompt` or `none`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub encryption: Encryption,
     pub started: bool,
     pub warnings: Vec<String>,
@@ -421,7 +425,7 @@ pub fn create(
     spec: &VmSpec,
     passphrase: Option<&[u8]>,
     start: bool,
-    progress: &dyn Fn(&str),
+    progress: Report<'_>,
 ) -> Result<Created> {
     recover(lv);
     let plan = plan(lv, name, spec)?;
@@ -438,6 +442,7 @@ pub fn create(
     // the second stops here, so no check can go stale before this create makes its objects.
     let mut entry = Entry { nvram, ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
     let journal = Journal::open();
+    progress(Progress::Step { step: "claim" });
     step("claim", &AtomicBool::new(false))?;
     journal.begin(&entry)?;
     let pool_exists = match preflight(lv, name, &plan, &disk, start, progress) {
@@ -453,12 +458,16 @@ pub fn create(
         .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
         .collect();
 
+    let at = |s: &'static str| {
+        progress(Progress::Step { step: s });
+        step(s, &interrupted)
+    };
     let result = (|| -> Result<bool> {
-        step("pool", &interrupted)?;
+        at("pool")?;
         if !pool_exists && lv.ensure_dir_pool(&disk.pool, crate::POOL_PATH)? {
-            progress(&format!("created storage pool {} in {}", disk.pool, crate::POOL_PATH));
+            note(progress, &format!("created storage pool {} in {}", disk.pool, crate::POOL_PATH));
         }
-        step("secret", &interrupted)?;
+        at("secret")?;
         let key = match encryption {
             Encryption::None => None,
             Encryption::Secret => Some(random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?),
@@ -470,9 +479,9 @@ pub fn create(
             entry.made.secret_uuid = Some(uuid);
             journal.record(&entry)?;
         }
-        step("volume", &interrupted)?;
+        at("volume")?;
         let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
-        progress(&format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
+        note(progress, &format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
         // The file is made empty and exclusively, and recorded by inode, before anything is written to it.
         let mut file = new_private_file(&disk.path)?;
         entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
@@ -486,26 +495,26 @@ pub fn create(
         }
         drop(file);
         lv.refresh_pool(&disk.pool)?;
-        step("boot-files", &interrupted)?;
+        at("boot-files")?;
         copy_boot_files(spec, &plan, &journal, &mut entry)?;
-        step("define", &interrupted)?;
+        at("define")?;
         entry.made.domain_uuid = Some(lv.define(&plan.domain.to_xml())?);
         journal.record(&entry)?;
-        progress(&format!("defined VM {name}"));
-        step("nvram", &interrupted)?;
+        note(progress, &format!("defined VM {name}"));
+        at("nvram")?;
         if let Some(path) = prepare_nvram(lv, name)? {
             entry.made.nvram_file = FileId::of(&path).ok();
             journal.record(&entry)?;
-            progress("made its qcow2 UEFI variable store from the firmware's template");
+            note(progress, "made its qcow2 UEFI variable store from the firmware's template");
         }
         let mut started = false;
         if start {
-            step("start", &interrupted)?;
-            progress(&format!("starting {name}"));
+            at("start")?;
+            note(progress, &format!("starting {name}"));
             start_checked(lv, name)?;
             started = true;
         }
-        step("finish", &interrupted)?;
+        at("finish")?;
         Ok(started)
     })();
 
@@ -533,7 +542,7 @@ pub fn create(
             })
         }
         Err(e) => {
-            progress("failed: removing what this command made");
+            note(progress, "failed: removing what this command made");
             rollback(lv, &entry);
             journal.finish(name);
             Err(e)
@@ -607,14 +616,14 @@ pub enum Stopped {
 
 /// Stops a VM gracefully: the ACPI power button, then (after half the
 /// timeout) the guest agent; forced off at the end only when `force`.
-pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: &dyn Fn(&str)) -> Result<Stopped> {
+pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: Report<'_>) -> Result<Stopped> {
     match state(lv, name)? {
         State::Shutoff => return Ok(Stopped::AlreadyOff),
         State::Paused => lv.resume(name)?,
         _ => {}
     }
     lv.shutdown(name, false)?;
-    progress(&format!("pressed {name}'s power button; waiting up to {} s", timeout.as_secs()));
+    note(progress, &format!("pressed {name}'s power button; waiting up to {} s", timeout.as_secs()));
     let start = Instant::now();
     let mut tried_agent = false;
     let mut last_report = 0;
@@ -626,7 +635,7 @@ pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: 
         if !tried_agent && waited >= timeout / 2 {
             tried_agent = true;
             if lv.shutdown(name, true).is_ok() {
-                progress(&format!("asked {name}'s guest agent to shut down"));
+                note(progress, &format!("asked {name}'s guest agent to shut down"));
             }
         }
         if waited >= timeout {
@@ -634,7 +643,7 @@ pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: 
         }
         if waited.as_secs() >= last_report + 5 {
             last_report = waited.as_secs();
-            progress(&format!("still waiting for {name} ({last_report} s)"));
+            note(progress, &format!("still waiting for {name} ({last_report} s)"));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -669,6 +678,7 @@ pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deleted {
     pub name: String,
     pub volumes: Vec<String>,
@@ -747,14 +757,20 @@ fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&
 
 /// One row of `phyllome list`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmRow {
     pub name: String,
     pub os: Option<String>,
+    /// `running`, `paused`, `shut off` or `other`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: &'static str,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub encrypted: bool,
     pub disk_gib: Option<f64>,
+    /// Why a paused VM is paused, when it was not a user's pause (`I/O error`...).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub state_reason: Option<&'static str>,
 }
 
 pub fn state_name(s: State) -> &'static str {
@@ -780,7 +796,9 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
             .flatten()
             .map(|v| (v.capacity as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0)
     });
+    let state_reason = if st == State::Paused { lv.pause_reason(&s.name).ok().flatten() } else { None };
     Ok(VmRow {
+        state_reason,
         name: s.name.clone(),
         os: s.os.clone(),
         state: state_name(st),
@@ -793,6 +811,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
 
 /// One disk of `phyllome info` / `GET /api/v1/vms/{name}`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskDetail {
     pub target: String,
     pub device: String,
@@ -804,10 +823,12 @@ pub struct DiskDetail {
 
 /// Everything `phyllome info` and the API's VM page show.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Details {
     pub name: String,
     pub uuid: String,
     pub os: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: &'static str,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -820,6 +841,9 @@ pub struct Details {
     pub display: Option<String>,
     /// The Phyllome version that made the VM.
     pub created_by: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub state_reason: Option<&'static str>,
+    pub nics: Vec<crate::domxml::NicSummary>,
 }
 
 pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
@@ -849,7 +873,30 @@ pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
             .collect(),
         display: s.vnc.map(|(h, p)| format!("vnc://{h}:{p}")),
         created_by: s.created_by,
+        state_reason: r.state_reason,
+        nics: s.nics,
     })
+}
+
+/// Why a VM's devices are what they are: what `phyllome xml --explain` says
+/// for its OS, vCPUs and memory on this host. Empty for a VM Phyllome did not make.
+pub fn explain(lv: &Libvirt, name: &str) -> Result<Vec<build::Choice>> {
+    let s = summary(lv, name)?;
+    let Some(os) = s.os.clone() else { return Ok(Vec::new()) };
+    if phyllome_model::catalog::profile(&os).is_none() {
+        return Ok(Vec::new());
+    }
+    let req = Request {
+        name: name.to_string(),
+        os,
+        cpus: Some(s.vcpus),
+        memory: Some(format!("{}MiB", s.memory_mib)),
+        network: NetworkChoice::None,
+        version: crate::VERSION.to_string(),
+        ..Default::default()
+    };
+    let (host, _) = hostinfo::gather(lv, true)?;
+    Ok(build::build(&req, &host)?.choices)
 }
 
 pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {

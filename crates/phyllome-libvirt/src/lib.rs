@@ -1,11 +1,13 @@
 //! The one crate that talks to libvirt. Everything else in Phyllome sees
 //! plain strings and its own error type, never `virt` handles.
 
+mod console;
 mod events;
 mod hostdev;
 mod secret;
 mod storage;
 
+pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
@@ -30,6 +32,19 @@ impl Error {
     /// True when libvirt said the domain does not exist.
     pub fn is_no_domain(&self) -> bool {
         self.code == sys::VIR_ERR_NO_DOMAIN as i32
+    }
+
+    /// True when libvirtd cannot be reached: no connection, or it went away.
+    pub fn is_unavailable(&self) -> bool {
+        self.op.starts_with("cannot connect")
+            || self.code == sys::VIR_ERR_NO_CONNECT as i32
+            || self.code == sys::VIR_ERR_RPC as i32
+            || self.message.contains("client socket is closed")
+    }
+
+    /// True when the object's state forbids the operation (a network that is not active...).
+    pub fn is_invalid_state(&self) -> bool {
+        self.code == sys::VIR_ERR_OPERATION_INVALID as i32
     }
 }
 
@@ -150,6 +165,25 @@ impl Libvirt {
         })
     }
 
+    /// Why a paused domain is paused, in words, when the reason is one a user must know.
+    pub fn pause_reason(&self, name: &str) -> Result<Option<&'static str>> {
+        let (state, reason) = self.domain(name)?.state().map_err(|e| Error::new(format!("state of {name}"), e))?;
+        use virt::domain::{DomainPausedReason as P, DomainStateReason as R};
+        use virt::enumutil::Enum;
+        let _ = state;
+        Ok(match reason {
+            Enum::Known(R::Paused(Enum::Known(p))) => match p {
+                P::IOError => Some("I/O error"),
+                P::Watchdog => Some("watchdog"),
+                P::Crashed => Some("guest crashed"),
+                P::PostCopyFailed => Some("post-copy migration failed"),
+                P::APIError => Some("libvirt API error"),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// The domain's live (or inactive) XML.
     pub fn xml(&self, name: &str) -> Result<String> {
         self.domain(name)?.xml_desc(0).map_err(|e| Error::new(format!("XML of {name}"), e))
@@ -225,6 +259,26 @@ impl Libvirt {
     }
 
     /// Whether a libvirt network exists, and whether it is active.
+    /// Every libvirt network: name, whether it is active, and its forward
+    /// mode (`nat`, `route`, `bridge`...; None for an isolated network).
+    pub fn networks(&self) -> Result<Vec<(String, bool, Option<String>)>> {
+        let nets = self.conn.list_all_networks(0).map_err(|e| Error::new("list networks", e))?;
+        let mut out = Vec::new();
+        for n in nets {
+            let name = n.name().map_err(|e| Error::new("network name", e))?;
+            let active = n.is_active().map_err(|e| Error::new(format!("network {name}"), e))?;
+            let xml = n.xml_desc(0).unwrap_or_default();
+            let forward = roxmltree::Document::parse(&xml).ok().and_then(|d| {
+                d.descendants()
+                    .find(|x| x.has_tag_name("forward"))
+                    .map(|f| f.attribute("mode").unwrap_or("nat").to_string())
+            });
+            out.push((name, active, forward));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn network_state(&self, name: &str) -> Result<Option<bool>> {
         match self.conn.lookup_network_by_name(name) {
             Ok(n) => Ok(Some(n.is_active().map_err(|e| Error::new(format!("network {name}"), e))?)),

@@ -1,72 +1,72 @@
-//! The API's handlers. Each calls the same core functions as the CLI
-//! (`phyllome_engine::vm`, the catalog, `phyllome_host::check` and `::devices`); the
-//! web layer adds only what a remote caller needs: files come from the
-//! ISO folder by name (never a host path), and a passphrase comes in the body.
+//! The API's handlers. Each calls the same engine functions as the CLI
+//! (`phyllome_engine::vm`, the catalog, `phyllome_host::check` and
+//! `::devices`); the web layer adds only what a remote caller needs: files
+//! come from the ISO folder by name (never a host path), and a passphrase
+//! comes in the body.
+//!
+//! Each handler's `#[utoipa::path]` and its types' `ToSchema` make the
+//! OpenAPI document ([`crate::openapi`]); `utoipa_axum::routes!` registers
+//! the handler and its document entry together, so neither exists without
+//! the other.
 
-use crate::auth::LoginError;
-use crate::http::{error, json, json_bytes, read_json, Body};
-use crate::routes::{Op, Route};
-use crate::{log, ws, App};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use crate::auth::{LoginError, Principal};
+use crate::http::{shown, ApiError, ErrorBody, JsonBody, Name};
+use crate::{ws, App};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use phyllome_engine::hostinfo;
-use phyllome_engine::vm::{self, VmError, VmSpec};
+use phyllome_engine::progress::Progress;
+use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmRow, VmSpec};
 use phyllome_host::check;
 use phyllome_libvirt::Libvirt;
 use phyllome_model::build::Encryption;
 use phyllome_model::catalog::{self, Bus};
 use phyllome_model::domain::DirectBoot;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// A failed request: status and a message for people.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Every API route, with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(session))
+        .routes(routes!(openapi))
+        .routes(routes!(events))
+        .routes(routes!(list_vms, create_vm))
+        .routes(routes!(get_vm, delete_vm))
+        .routes(routes!(start_vm))
+        .routes(routes!(stop_vm))
+        .routes(routes!(kill_vm))
+        .routes(routes!(pause_vm))
+        .routes(routes!(resume_vm))
+        .routes(routes!(ws::console))
+        .routes(routes!(ws::serial))
+        .routes(routes!(list_os))
+        .routes(routes!(get_os))
+        .routes(routes!(list_media))
+        .routes(routes!(list_networks))
+        .routes(routes!(host_check))
+        .routes(routes!(list_devices))
+        .routes(routes!(list_tokens))
+        .routes(routes!(revoke_token))
 }
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
-    }
-
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl From<VmError> for ApiError {
-    fn from(e: VmError) -> ApiError {
-        use VmError::*;
-        let status = match &e {
-            NoSuchVm(_) => StatusCode::NOT_FOUND,
-            NameBusy(_) | VolumeExists { .. } | SecretExists(_) | Running(_) | NotRunning(_) => StatusCode::CONFLICT,
-            Journal(phyllome_engine::journal::JournalError::Busy(_)) => StatusCode::CONFLICT,
-            Build(_) | File(_) | BadNetwork(_) | NoNetwork(_) | NetworkInactive(_) | NoPool(_) | EmptyPassphrase
-            | WrongPassphrase(_) | NeedPassphrase(_) => StatusCode::BAD_REQUEST,
-            StopTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<phyllome_libvirt::Error> for ApiError {
-    fn from(e: phyllome_libvirt::Error) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
-type ApiResult = Result<Response<Body>, ApiError>;
 
 /// Runs `f` with the libvirt connection on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&App, &Libvirt) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -76,109 +76,204 @@ async fn blocking<T: Send + 'static>(
         f(&app, &lv)
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the request's worker failed"))?
+    .map_err(|_| ApiError::internal("the request's worker failed"))?
 }
 
-#[derive(Deserialize, Default)]
+fn who_did(who: &Principal, what: &str, name: &str) {
+    tracing::info!("{}: {what} {}", shown(&who.user), shown(name));
+}
+
+// ---- session ---------------------------------------------------------------
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+pub struct LoginBody {
     username: String,
     password: String,
 }
 
-fn set_cookie(app: &App, value: &str, max_age: Option<u64>) -> HeaderValue {
-    let mut c = format!("{}={value}; Path=/; HttpOnly; SameSite=Strict", app.cookie_name());
-    if app.tls {
-        c.push_str("; Secure");
-    }
-    if let Some(age) = max_age {
-        c.push_str(&format!("; Max-Age={age}"));
-    }
-    HeaderValue::from_str(&c).expect("cookie values are hex")
+/// A session: who, and the CSRF token to send in `X-CSRF-Token`.
+#[derive(Serialize, ToSchema)]
+pub struct SessionInfo {
+    user: String,
+    /// Absent for API tokens (nothing ambient to forge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf: Option<String>,
+    idle_timeout_secs: u64,
 }
 
-/// `POST /api/v1/login`: the one public route.
-pub async fn login(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let is_json = req
-        .headers()
+#[derive(Serialize, ToSchema)]
+pub struct Ok_ {
+    ok: bool,
+}
+
+fn cookie_header(app: &App, name: &'static str, value: &str, max_age: Option<Duration>) -> HeaderValue {
+    let mut c = cookie::Cookie::build((name, value.to_string()))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .secure(app.tls);
+    if let Some(age) = max_age {
+        c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+    }
+    HeaderValue::from_str(&c.build().to_string()).expect("cookie values are hex")
+}
+
+/// Log in: sets the session cookie and returns the CSRF token.
+#[utoipa::path(post, operation_id = "login", path = "/api/v1/login", tag = "session", security(()),
+    request_body = LoginBody,
+    responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody,
+        description = "too many failed logins: retry after Retry-After seconds")))]
+async fn login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Response {
+    let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !is_json {
         // Also keeps HTML forms on other sites from posting here.
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as application/json");
+        return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as application/json").into_response();
     }
-    let body: LoginBody = match read_json(req, 8 * 1024).await {
-        Ok(b) => b,
-        Err((status, why)) => return error(status, &why),
-    };
-    let Ok(_slot) = app.login_slots.acquire().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    };
-    let shown = if crate::auth::validate_user_name(&body.username).is_ok() {
+    let user = if crate::auth::validate_user_name(&body.username).is_ok() {
         body.username.clone()
     } else {
         "(not a valid user name)".into()
     };
-    let a = Arc::clone(app);
     let ip = peer.ip();
-    let result = tokio::task::spawn_blocking(move || a.auth.login(&body.username, &body.password, ip)).await;
-    match result {
-        Ok(Ok((who, id))) => {
-            log(&format!("{} logged in from {ip}", who.user));
-            let mut r = json(
-                StatusCode::OK,
-                &json!({ "user": who.user, "csrf": who.csrf, "idle_timeout_secs": app.auth.sessions.idle().as_secs() }),
+    let device = crate::http::cookie(&headers, app.device_cookie_name());
+    match app.auth.login(&body.username, &body.password, ip, device.as_deref()).await {
+        Ok(done) => {
+            tracing::info!("{user} logged in from {ip}");
+            let info = SessionInfo {
+                user: done.principal.user,
+                csrf: done.principal.csrf,
+                idle_timeout_secs: app.auth.sessions.idle().as_secs(),
+            };
+            let mut r = Json(info).into_response();
+            let h = r.headers_mut();
+            h.append(header::SET_COOKIE, cookie_header(&app, app.cookie_name(), &done.session_id, None));
+            h.append(
+                header::SET_COOKIE,
+                cookie_header(&app, app.device_cookie_name(), &done.device, Some(crate::auth::DEVICE_MAX_AGE)),
             );
-            r.headers_mut().insert(header::SET_COOKIE, set_cookie(app, &id, None));
             r
         }
-        Ok(Err(LoginError::Throttled(wait))) => {
-            log(&format!("login for {shown} from {ip} refused: throttled"));
+        Err(LoginError::Throttled(wait)) => {
+            tracing::warn!("login for {user} from {ip} refused: throttled");
             let secs = wait.as_secs().max(1);
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, &format!("too many failed logins: try again in {secs} s"));
+            let mut r =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins: try again in {secs} s"))
+                    .into_response();
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             r
         }
-        Ok(Err(LoginError::Refused)) => {
-            log(&format!("failed login for {shown} from {ip}"));
-            error(StatusCode::UNAUTHORIZED, "wrong user name or password")
+        Err(LoginError::Busy) => {
+            tracing::warn!("login for {user} from {ip} refused: every password check slot is busy");
+            let mut r =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many logins at once: try again in a moment")
+                    .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            r
         }
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the login check failed"),
+        Err(LoginError::Refused) => {
+            tracing::warn!("failed login for {user} from {ip}");
+            ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password").into_response()
+        }
     }
 }
 
-#[derive(Deserialize, Default)]
+/// End this session.
+#[utoipa::path(post, operation_id = "logout", path = "/api/v1/logout", tag = "session", responses((status = 200, body = Ok_)))]
+async fn logout(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
+    if let Some(key) = who.session {
+        app.auth.sessions.remove(&key);
+    }
+    let mut r = Json(Ok_ { ok: true }).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, cookie_header(&app, app.cookie_name(), "", Some(Duration::ZERO)));
+    r
+}
+
+/// Who is logged in, and the CSRF token to send in X-CSRF-Token.
+#[utoipa::path(get, operation_id = "getSession", path = "/api/v1/session", tag = "session", responses((status = 200, body = SessionInfo)))]
+async fn session(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Json<SessionInfo> {
+    Json(SessionInfo { user: who.user, csrf: who.csrf, idle_timeout_secs: app.auth.sessions.idle().as_secs() })
+}
+
+/// This document.
+#[utoipa::path(get, operation_id = "getOpenApi", path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, body = Object, content_type = "application/json")))]
+async fn openapi(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], app.openapi.clone()).into_response()
+}
+
+// ---- VMs -------------------------------------------------------------------
+
+/// While libvirtd cannot be reached: the last list read, marked stale.
+#[derive(Serialize, ToSchema)]
+pub struct StaleList {
+    error: String,
+    kind: String,
+    stale: bool,
+    /// Since when libvirtd is unreachable (UNIX seconds).
+    since: Option<u64>,
+    vms: Vec<VmRow>,
+}
+
+/// List VMs with their state.
+#[utoipa::path(get, operation_id = "listVms", path = "/api/v1/vms", tag = "vms",
+    responses((status = 200, body = Vec<VmRow>), (status = 503, body = StaleList,
+        description = "libvirtd cannot be reached: the last list read, marked stale")))]
+async fn list_vms(State(app): State<Arc<App>>) -> Response {
+    let status = app.inventory.status();
+    let list = app.inventory.current();
+    if status.stale {
+        let vms: serde_json::Value = serde_json::from_slice(&list).unwrap_or_default();
+        let body = serde_json::json!({
+            "error": "libvirtd cannot be reached: this is the last VM list read, and may be out of date",
+            "kind": "unavailable", "stale": true, "since": status.since, "vms": vms,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], list).into_response()
+}
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub struct CreateBody {
+    /// 1-64 of letters, digits, '.', '_' and '-'.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     name: String,
+    /// An id from GET /api/v1/os.
     os: String,
+    /// With a unit: `4GiB`, `512MiB` (GB = 10^9 bytes).
+    #[schema(example = "4GiB")]
     memory: Option<String>,
     cpus: Option<u32>,
+    #[schema(example = "64GiB")]
     disk_size: Option<String>,
+    /// An installer ISO: a file name from GET /api/v1/media.
     iso: Option<String>,
+    /// Windows driver ISO: a file name from GET /api/v1/media.
     drivers: Option<String>,
+    /// Direct kernel boot: a file name from GET /api/v1/media.
     kernel: Option<String>,
     initrd: Option<String>,
     cmdline: Option<String>,
+    /// `none`, `user`, `default` or a libvirt network (GET /api/v1/networks).
     network: Option<String>,
+    /// `virtio` or `sata`.
     disk_bus: Option<String>,
     secure_boot: Option<bool>,
+    /// `secret` (the default), `prompt` or `none`.
     encryption: Option<String>,
+    /// With encryption=prompt.
     passphrase: Option<String>,
     start: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StartBody {
-    passphrase: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StopBody {
-    timeout_secs: Option<u64>,
+    /// Below the OS's minimum disk size: create anyway.
     force: Option<bool>,
 }
 
@@ -244,6 +339,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
             secure_boot: b.secure_boot.unwrap_or(false),
             disk_bus,
             direct_boot: kernel.map(|kernel| DirectBoot { kernel, initrd, cmdline }),
+            force: b.force.unwrap_or(false),
             ..Default::default()
         },
         network: given(&b.network).unwrap_or_else(|| "default".into()),
@@ -253,22 +349,410 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
     Ok((spec, passphrase))
 }
 
-fn action(name: &str, result: &str, app: &App) -> Response<Body> {
-    let state = current_state(app, name);
-    json(StatusCode::OK, &json!({ "name": name, "result": result, "state": state }))
+fn wants_events(h: &HeaderMap) -> bool {
+    h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"))
 }
 
-/// The state the published list shows for `name`.
-fn current_state(app: &App, name: &str) -> Option<String> {
+/// A create step as an event (`progress`).
+#[derive(Serialize, ToSchema)]
+pub struct StepEvent {
+    /// The step that begins (`claim`, `pool`, `secret`, `volume`, `boot-files`, `define`, `nvram`, `start`, `finish`),
+    /// or null for a note.
+    step: Option<&'static str>,
+    message: String,
+}
+
+/// Create a VM (disk encrypted by default), optionally starting it. With
+/// `Accept: text/event-stream` the answer is a stream of `progress` events
+/// (StepEvent) ending with one `created` (Created) or `error` (ErrorBody) event.
+#[utoipa::path(post, operation_id = "createVm", path = "/api/v1/vms", tag = "vms", request_body = CreateBody,
+    responses((status = 201, body = Created),
+        (status = 200, description = "with Accept: text/event-stream: progress, then created or error",
+         content_type = "text/event-stream", body = String)))]
+async fn create_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateBody, 65536>,
+) -> ApiResult<Response> {
+    let (spec, passphrase) = spec_from(&app, &body)?;
+    let start = body.start.unwrap_or(false);
+    who_did(&who, "create", &body.name);
+    let name = body.name.clone();
+    if !wants_events(&headers) {
+        let created = blocking(&app, move |app, lv| {
+            let r = vm::create(lv, &name, &spec, passphrase.as_deref(), start, &log_progress(&name));
+            app.inventory.refresh(&name);
+            Ok(r?)
+        })
+        .await?;
+        return Ok((StatusCode::CREATED, Json(created)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let app2 = Arc::clone(&app);
+    tokio::task::spawn_blocking(move || {
+        let lv = match app2.libvirt() {
+            Ok(lv) => lv,
+            Err(e) => {
+                let _ = tx.send(error_event(&ApiError::from(e)));
+                return;
+            }
+        };
+        let logged = log_progress(&name);
+        let report = |p: Progress<'_>| {
+            logged(p);
+            let (step, message) = match p {
+                Progress::Step { step } => (Some(step), String::new()),
+                Progress::Note { message } => (None, message.to_string()),
+            };
+            let e = Event::default().event("progress").json_data(StepEvent { step, message });
+            if let Ok(e) = e {
+                let _ = tx.send(e);
+            }
+        };
+        let r = vm::create(&lv, &name, &spec, passphrase.as_deref(), start, &report);
+        app2.inventory.refresh(&name);
+        let last = match r {
+            Ok(c) => Event::default().event("created").json_data(&c).unwrap_or_default(),
+            Err(e) => error_event(&ApiError::from(e)),
+        };
+        let _ = tx.send(last);
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(stream).into_response())
+}
+
+fn error_event(e: &ApiError) -> Event {
+    Event::default()
+        .event("error")
+        .json_data(ErrorBody { error: e.message.clone(), kind: e.kind.to_string() })
+        .unwrap_or_default()
+}
+
+/// Create's notes in the server's log.
+fn log_progress(name: &str) -> impl Fn(Progress<'_>) + '_ {
+    move |p| {
+        if let Progress::Note { message } = p {
+            tracing::info!(vm = %shown(name), "create: {message}");
+        }
+    }
+}
+
+/// A device choice and why it was made.
+#[derive(Serialize, ToSchema)]
+pub struct DeviceWhy {
+    item: &'static str,
+    choice: String,
+    why: String,
+}
+
+/// One VM's page.
+#[derive(Serialize, ToSchema)]
+pub struct VmPage {
+    #[serde(flatten)]
+    details: Details,
+    /// Whether its display can be opened in the browser now.
+    console: bool,
+    /// Why each device is what it is (`phyllome xml --explain` for its OS on this host).
+    choices: Vec<DeviceWhy>,
+}
+
+/// Details of one VM.
+#[utoipa::path(get, operation_id = "getVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = VmPage)))]
+async fn get_vm(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<VmPage>> {
+    let page = blocking(&app, move |_, lv| {
+        let details = vm::details(lv, &name)?;
+        let console = lv.xml(&name).ok().is_some_and(|x| ws::vnc_target(&x).is_ok());
+        // An explanation that cannot be made (host facts unreadable) leaves the page without it.
+        let choices = vm::explain(lv, &name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| DeviceWhy { item: c.item, choice: c.choice, why: c.why })
+            .collect();
+        Ok(VmPage { details, console, choices })
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Keep the disk volume and its secret.
+    keep_disk: Option<bool>,
+}
+
+/// Delete a stopped VM with its disk and secrets (keep_disk=true keeps the disk).
+#[utoipa::path(delete, operation_id = "deleteVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path), DeleteQuery),
+    responses((status = 200, body = Deleted)))]
+async fn delete_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json<Deleted>> {
+    who_did(&who, "delete", &name);
+    let keep_disk = q.keep_disk.unwrap_or(false);
+    let deleted = blocking(&app, move |app, lv| {
+        let r = vm::delete(lv, &name, keep_disk);
+        app.inventory.refresh(&name);
+        Ok(r?)
+    })
+    .await?;
+    Ok(Json(deleted))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    /// For a disk encrypted with encryption=prompt.
+    passphrase: Option<String>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopBody {
+    /// How long to wait for the guest (at most 600).
+    #[schema(default = 60, maximum = 600)]
+    timeout_secs: Option<u64>,
+    /// Power off when the timeout passes.
+    force: Option<bool>,
+}
+
+/// What an action did.
+#[derive(Serialize, ToSchema)]
+pub struct Action {
+    name: String,
+    result: String,
+    /// The VM's state afterwards.
+    state: Option<String>,
+}
+
+fn action(app: &App, name: &str, result: &str) -> Action {
     let list: Vec<serde_json::Value> = serde_json::from_slice(&app.inventory.current()).unwrap_or_default();
-    list.iter().find(|r| r["name"] == name).and_then(|r| r["state"].as_str()).map(str::to_string)
+    let state = list.iter().find(|r| r["name"] == name).and_then(|r| r["state"].as_str()).map(str::to_string);
+    Action { name: name.to_string(), result: result.to_string(), state }
 }
 
-fn details(lv: &Libvirt, name: &str) -> Result<serde_json::Value, ApiError> {
-    let mut v = serde_json::to_value(vm::details(lv, name)?)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    v["console"] = json!(lv.xml(name).ok().is_some_and(|x| ws::vnc_target(&x).is_ok()));
-    Ok(v)
+/// Start a VM (a passphrase-locked disk needs `passphrase`).
+#[utoipa::path(post, operation_id = "startVm", path = "/api/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path)),
+    request_body(content = StartBody, description = "optional"), responses((status = 200, body = Action)))]
+async fn start_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<StartBody>,
+) -> ApiResult<Json<Action>> {
+    who_did(&who, "start", &name);
+    let a = blocking(&app, move |app, lv| {
+        let pass = body.passphrase.clone();
+        let n = name.clone();
+        let r = vm::start(lv, &name, &move || {
+            pass.clone().map(String::into_bytes).ok_or_else(|| VmError::NeedPassphrase(n.clone()))
+        });
+        app.inventory.refresh(&name);
+        let started = r?;
+        Ok(action(app, &name, if started { "started" } else { "already running" }))
+    })
+    .await?;
+    Ok(Json(a))
+}
+
+/// Shut a VM down gracefully (ACPI, then the guest agent); `force` powers off at the timeout.
+#[utoipa::path(post, operation_id = "stopVm", path = "/api/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path)),
+    request_body(content = StopBody, description = "optional"), responses((status = 200, body = Action)))]
+async fn stop_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<StopBody>,
+) -> ApiResult<Json<Action>> {
+    let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(60).min(600));
+    let force = body.force.unwrap_or(false);
+    who_did(&who, "stop", &name);
+    let a = blocking(&app, move |app, lv| {
+        let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::progress::quiet);
+        app.inventory.refresh(&name);
+        let how = match r? {
+            vm::Stopped::AlreadyOff => "already shut off",
+            vm::Stopped::PowerButton => "shut down (ACPI power button)",
+            vm::Stopped::GuestAgent => "shut down (guest agent)",
+            vm::Stopped::Forced => "powered off after the timeout (force)",
+        };
+        Ok(action(app, &name, how))
+    })
+    .await?;
+    Ok(Json(a))
+}
+
+async fn simple(app: Arc<App>, who: Principal, name: String, what: &'static str) -> ApiResult<Json<Action>> {
+    who_did(&who, what, &name);
+    let a = blocking(&app, move |app, lv| {
+        let (r, done) = match what {
+            "kill" => (vm::kill(lv, &name), "powered off"),
+            "pause" => (vm::pause(lv, &name), "paused"),
+            _ => (vm::resume(lv, &name), "resumed"),
+        };
+        app.inventory.refresh(&name);
+        r?;
+        Ok(action(app, &name, done))
+    })
+    .await?;
+    Ok(Json(a))
+}
+
+/// Power a VM off at once.
+#[utoipa::path(post, operation_id = "killVm", path = "/api/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = Action)))]
+async fn kill_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+) -> ApiResult<Json<Action>> {
+    simple(app, who, name, "kill").await
+}
+
+/// Pause a running VM.
+#[utoipa::path(post, operation_id = "pauseVm", path = "/api/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = Action)))]
+async fn pause_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+) -> ApiResult<Json<Action>> {
+    simple(app, who, name, "pause").await
+}
+
+/// Resume a paused VM.
+#[utoipa::path(post, operation_id = "resumeVm", path = "/api/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = Action)))]
+async fn resume_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+) -> ApiResult<Json<Action>> {
+    simple(app, who, name, "resume").await
+}
+
+/// Whether the principal's session or token still holds; `touch` restarts a session's idle time.
+pub fn still_valid(app: &App, who: &Principal, touch: bool) -> bool {
+    match (&who.session, &who.token) {
+        (Some(key), _) => app.auth.sessions.get_key(key, touch).is_some(),
+        (None, Some(id)) => app.auth.token_exists(id),
+        (None, None) => false,
+    }
+}
+
+/// Server-sent events: `vms` with the whole VM list whenever a VM changes
+/// (libvirt lifecycle events), `status` (Status) when libvirtd goes away or
+/// comes back, and `logout` when the session ends.
+#[utoipa::path(get, operation_id = "events", path = "/api/v1/events", tag = "vms",
+    responses((status = 200, description = "an event stream", content_type = "text/event-stream", body = String)))]
+async fn events(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
+    let mut list = app.inventory.subscribe();
+    let mut status = app.inventory.subscribe_status();
+    tokio::spawn(async move {
+        let vms = |b: &bytes::Bytes| Event::default().event("vms").data(String::from_utf8_lossy(b));
+        let st = |s: &crate::inventory::Status| Event::default().event("status").json_data(s).unwrap_or_default();
+        let first = vms(&list.borrow_and_update());
+        let first_status = st(&status.borrow_and_update());
+        if tx.send(first).await.is_err() || tx.send(first_status).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            let e = tokio::select! {
+                changed = list.changed() => match changed {
+                    Ok(()) => vms(&list.borrow_and_update()),
+                    Err(_) => return,
+                },
+                changed = status.changed() => match changed {
+                    Ok(()) => st(&status.borrow_and_update()),
+                    Err(_) => return,
+                },
+                _ = tick.tick() => {
+                    if !still_valid(&app, &who, false) {
+                        let _ = tx.send(Event::default().event("logout").data("{}")).await;
+                        return;
+                    }
+                    Event::default().comment("keep-alive")
+                }
+                _ = tx.closed() => return,
+            };
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    let mut r = Sse::new(stream).into_response();
+    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+// ---- catalog and host ------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+pub struct OsRow {
+    id: &'static str,
+    name: &'static str,
+    family: String,
+    description: &'static str,
+    recommended_memory_mib: u64,
+    recommended_disk_gib: u64,
+    min_cpus: u32,
+}
+
+/// The guest OS catalog.
+#[utoipa::path(get, operation_id = "listOs", path = "/api/v1/os", tag = "catalog", responses((status = 200, body = Vec<OsRow>)))]
+async fn list_os() -> Json<Vec<OsRow>> {
+    Json(
+        catalog::profiles()
+            .iter()
+            .map(|p| OsRow {
+                id: p.id,
+                name: p.name,
+                family: serde_json::to_value(p.family)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                description: p.description,
+                recommended_memory_mib: p.resources.recommended_memory_mib,
+                recommended_disk_gib: p.resources.recommended_disk_gib,
+                min_cpus: p.resources.min_cpus,
+            })
+            .collect(),
+    )
+}
+
+/// One guest OS model: its devices and why.
+#[utoipa::path(get, operation_id = "getOs", path = "/api/v1/os/{id}", tag = "catalog", params(("id" = String, Path)),
+    responses((status = 200, body = Object)))]
+async fn get_os(Name(id): Name) -> ApiResult<Response> {
+    match catalog::profile(&id) {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown OS id {id:?}"))),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MediaFile {
+    name: String,
+    size: u64,
+    /// `iso`, `kernel`, `initrd` or `other`.
+    kind: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MediaList {
+    dir: String,
+    exists: bool,
+    files: Vec<MediaFile>,
 }
 
 fn media_kind(name: &str) -> &'static str {
@@ -284,9 +768,8 @@ fn media_kind(name: &str) -> &'static str {
     }
 }
 
-fn list_media(dir: &Path) -> serde_json::Value {
+fn read_media(dir: &Path) -> MediaList {
     let mut files = Vec::new();
-    let exists = dir.is_dir();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -296,348 +779,120 @@ fn list_media(dir: &Path) -> serde_json::Value {
             // Follows symlinks: a link in the folder to media elsewhere is offered too.
             if let Ok(m) = std::fs::metadata(e.path()) {
                 if m.is_file() {
-                    files.push(json!({ "name": name, "size": m.len(), "kind": media_kind(&name) }));
+                    let kind = media_kind(&name);
+                    files.push(MediaFile { name, size: m.len(), kind });
                 }
             }
         }
     }
-    files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json!({ "dir": dir.display().to_string(), "exists": exists, "files": files })
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    MediaList { dir: dir.display().to_string(), exists: dir.is_dir(), files }
 }
 
-fn who_did(who: &crate::auth::Principal, what: &str) {
-    log(&format!("{}: {what}", who.user));
+/// Files in the host's ISO folder (installer ISOs, kernels, initrds) that create may use.
+#[utoipa::path(get, operation_id = "listMedia", path = "/api/v1/media", tag = "host", responses((status = 200, body = MediaList)))]
+async fn list_media(State(app): State<Arc<App>>) -> ApiResult<Json<MediaList>> {
+    let dir = app.config.media_dir.clone();
+    let v = tokio::task::spawn_blocking(move || read_media(&dir))
+        .await
+        .map_err(|_| ApiError::internal("listing failed"))?;
+    Ok(Json(v))
 }
 
-pub async fn handle(
-    app: &Arc<App>,
-    route: &'static Route,
-    params: Vec<String>,
-    who: crate::auth::Principal,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    match dispatch(app, route, params, who, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_server_error() {
-                log(&format!("{} {}: {}", route.method, route.path, e.message));
-            }
-            error(e.status, &e.message)
-        }
-    }
+#[derive(Serialize, ToSchema)]
+pub struct NetworkRow {
+    name: String,
+    active: bool,
+    /// `nat`, `route`, `bridge`...; null for an isolated network.
+    forward: Option<String>,
 }
 
-async fn dispatch(
-    app: &Arc<App>,
-    route: &'static Route,
-    params: Vec<String>,
-    who: crate::auth::Principal,
-    req: Request<Incoming>,
-) -> ApiResult {
-    let name = params.first().cloned().unwrap_or_default();
-    match route.op {
-        Op::Login => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "login is routed before this")),
-        Op::Logout => {
-            if let Some(key) = who.session {
-                app.auth.sessions.remove(&key);
-            }
-            let mut r = json(StatusCode::OK, &json!({ "ok": true }));
-            r.headers_mut().insert(header::SET_COOKIE, set_cookie(app, "", Some(0)));
-            Ok(r)
-        }
-        Op::Session => Ok(json(
-            StatusCode::OK,
-            &json!({ "user": who.user, "csrf": who.csrf, "idle_timeout_secs": app.auth.sessions.idle().as_secs() }),
-        )),
-        Op::OpenApi => Ok(json_bytes(StatusCode::OK, app.openapi.clone())),
-        Op::Events => Ok(events(app, who)),
-        Op::ListVms => Ok(json_bytes(StatusCode::OK, app.inventory.current())),
-        Op::CreateVm => {
-            let body: CreateBody = read_json(req, 64 * 1024).await.map_err(to_api)?;
-            let (spec, passphrase) = spec_from(app, &body)?;
-            let start = body.start.unwrap_or(false);
-            who_did(&who, &format!("create {}", body.name));
-            let name = body.name.clone();
-            let created = blocking(app, move |app, lv| {
-                let progress = |msg: &str| log(&format!("create {name}: {msg}"));
-                let r = vm::create(lv, &name, &spec, passphrase.as_deref(), start, &progress);
-                app.inventory.refresh(&name);
-                Ok(r?)
-            })
-            .await?;
-            Ok(json(StatusCode::CREATED, &created))
-        }
-        Op::GetVm => {
-            let v = blocking(app, move |_, lv| details(lv, &name)).await?;
-            Ok(json(StatusCode::OK, &v))
-        }
-        Op::DeleteVm => {
-            let keep_disk =
-                req.uri().query().unwrap_or("").split('&').any(|kv| kv == "keep_disk=true" || kv == "keep_disk=1");
-            who_did(&who, &format!("delete {name}"));
-            let deleted = blocking(app, move |app, lv| {
-                let r = vm::delete(lv, &name, keep_disk);
-                app.inventory.refresh(&name);
-                Ok(r?)
-            })
-            .await?;
-            Ok(json(StatusCode::OK, &deleted))
-        }
-        Op::StartVm => {
-            let body: StartBody = read_json(req, 8 * 1024).await.map_err(to_api)?;
-            who_did(&who, &format!("start {name}"));
-            blocking(app, move |app, lv| {
-                let pass = body.passphrase.clone();
-                let n = name.clone();
-                let r = vm::start(lv, &name, &move || {
-                    pass.clone().map(String::into_bytes).ok_or_else(|| VmError::NeedPassphrase(n.clone()))
-                });
-                app.inventory.refresh(&name);
-                let started = r?;
-                Ok(action(&name, if started { "started" } else { "already running" }, app))
-            })
-            .await
-        }
-        Op::StopVm => {
-            let body: StopBody = read_json(req, 8 * 1024).await.map_err(to_api)?;
-            let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(60).min(600));
-            let force = body.force.unwrap_or(false);
-            who_did(&who, &format!("stop {name}"));
-            blocking(app, move |app, lv| {
-                let r = vm::stop(lv, &name, timeout, force, &|_| {});
-                app.inventory.refresh(&name);
-                let how = match r? {
-                    vm::Stopped::AlreadyOff => "already shut off",
-                    vm::Stopped::PowerButton => "shut down (ACPI power button)",
-                    vm::Stopped::GuestAgent => "shut down (guest agent)",
-                    vm::Stopped::Forced => "powered off after the timeout (force)",
-                };
-                Ok(action(&name, how, app))
-            })
-            .await
-        }
-        Op::KillVm | Op::PauseVm | Op::ResumeVm => {
-            let op = route.op;
-            who_did(&who, &format!("{} {name}", route.id.trim_end_matches("Vm")));
-            blocking(app, move |app, lv| {
-                let (r, done) = match op {
-                    Op::KillVm => (vm::kill(lv, &name), "powered off"),
-                    Op::PauseVm => (vm::pause(lv, &name), "paused"),
-                    _ => (vm::resume(lv, &name), "resumed"),
-                };
-                app.inventory.refresh(&name);
-                r?;
-                Ok(action(&name, done, app))
-            })
-            .await
-        }
-        Op::Console => console(app, who, name, req).await,
-        Op::ListOs => {
-            let list: Vec<_> = catalog::profiles()
-                .iter()
-                .map(|p| {
-                    json!({ "id": p.id, "name": p.name, "family": p.family, "description": p.description,
-                            "recommended_memory_mib": p.resources.recommended_memory_mib,
-                            "recommended_disk_gib": p.resources.recommended_disk_gib,
-                            "min_cpus": p.resources.min_cpus })
-                })
-                .collect();
-            Ok(json(StatusCode::OK, &list))
-        }
-        Op::GetOs => match catalog::profile(&name) {
-            Some(p) => Ok(json(StatusCode::OK, &p)),
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown OS id {name:?}"))),
-        },
-        Op::ListMedia => {
-            let dir = app.config.media_dir.clone();
-            let v = tokio::task::spawn_blocking(move || list_media(&dir))
-                .await
-                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "listing failed"))?;
-            Ok(json(StatusCode::OK, &v))
-        }
-        Op::HostCheck => {
-            let report = blocking(app, |app, lv| {
-                let inputs = hostinfo::check_inputs(Ok(lv), &app.config.uri);
-                Ok(check::run(Path::new("/"), &inputs))
-            })
-            .await?;
-            Ok(json(StatusCode::OK, &report))
-        }
-        Op::Devices => {
-            let v = tokio::task::spawn_blocking(|| {
-                let inv = phyllome_host::devices::read_devices(Path::new("/"));
-                let mut v = serde_json::to_value(&inv).unwrap_or_default();
-                if let Some(list) = v["pci"].as_array_mut() {
-                    for (item, dev) in list.iter_mut().zip(&inv.pci) {
-                        item["detail"] = dev.verdict_detail().into();
-                    }
-                }
-                v
-            })
-            .await
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reading devices failed"))?;
-            Ok(json(StatusCode::OK, &v))
-        }
-    }
+/// libvirt's networks, and which are active (create offers those only).
+#[utoipa::path(get, operation_id = "listNetworks", path = "/api/v1/networks", tag = "host", responses((status = 200, body = Vec<NetworkRow>)))]
+async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<NetworkRow>>> {
+    let v = blocking(&app, |_, lv| {
+        Ok(lv.networks()?.into_iter().map(|(name, active, forward)| NetworkRow { name, active, forward }).collect())
+    })
+    .await?;
+    Ok(Json(v))
 }
 
-fn to_api((status, message): (StatusCode, String)) -> ApiError {
-    ApiError::new(status, message)
+/// Is this host ready to run guests well (the `phyllome check` report).
+#[utoipa::path(get, operation_id = "hostCheck", path = "/api/v1/host/check", tag = "host", responses((status = 200, body = Object)))]
+async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
+    let report = blocking(&app, |app, lv| {
+        let inputs = hostinfo::check_inputs(Ok(lv), &app.config.uri);
+        Ok(check::run(Path::new("/"), &inputs))
+    })
+    .await?;
+    Ok(Json(report).into_response())
 }
 
-/// Whether the principal's session or token still holds; `touch` restarts a session's idle time.
-fn still_valid(app: &App, who: &crate::auth::Principal, touch: bool) -> bool {
-    match (&who.session, &who.token) {
-        (Some(key), _) => app.auth.sessions.get_key(key, touch).is_some(),
-        (None, Some(id)) => app.auth.token_exists(id),
-        (None, None) => false,
-    }
-}
-
-/// A body that sends what a channel carries (for server-sent events).
-struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
-fn sse_event(list: &[u8]) -> bytes::Bytes {
-    let mut e = Vec::with_capacity(list.len() + 20);
-    e.extend_from_slice(b"event: vms\ndata: ");
-    e.extend_from_slice(list);
-    e.extend_from_slice(b"\n\n");
-    e.into()
-}
-
-/// `GET /api/v1/events`: the VM list now, then again at every change.
-fn events(app: &Arc<App>, who: crate::auth::Principal) -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut list = app.inventory.subscribe();
-    let app = Arc::clone(app);
-    tokio::spawn(async move {
-        let first = sse_event(&list.borrow_and_update());
-        if tx.send(first).await.is_err() {
-            return;
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                changed = list.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let e = sse_event(&list.borrow_and_update());
-                    if tx.send(e).await.is_err() {
-                        return;
-                    }
-                }
-                _ = tick.tick() => {
-                    if !still_valid(&app, &who, false) {
-                        let _ = tx.send(bytes::Bytes::from_static(b"event: logout\ndata: {}\n\n")).await;
-                        return;
-                    }
-                    if tx.send(bytes::Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                        return;
-                    }
-                }
-                _ = tx.closed() => return,
+/// PCI and USB devices and whether each can be passed through (`phyllome devices`).
+#[utoipa::path(get, operation_id = "listDevices", path = "/api/v1/devices", tag = "host", responses((status = 200, body = Object)))]
+async fn list_devices() -> ApiResult<Json<serde_json::Value>> {
+    let v = tokio::task::spawn_blocking(|| {
+        let inv = phyllome_host::devices::read_devices(Path::new("/"));
+        let mut v = serde_json::to_value(&inv).unwrap_or_default();
+        if let Some(list) = v["pci"].as_array_mut() {
+            for (item, dev) in list.iter_mut().zip(&inv.pci) {
+                item["detail"] = dev.verdict_detail().into();
             }
         }
-    });
-    let mut r = Response::new(http_body_util::BodyExt::boxed(ChannelBody(rx)));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
+        v
+    })
+    .await
+    .map_err(|_| ApiError::internal("reading devices failed"))?;
+    Ok(Json(v))
 }
 
-/// `GET /api/v1/vms/{name}/console`: the WebSocket to the VM's VNC display.
-async fn console(app: &Arc<App>, who: crate::auth::Principal, name: String, req: Request<Incoming>) -> ApiResult {
-    let h = req.headers();
-    let get = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let upgrade = get(header::UPGRADE).eq_ignore_ascii_case("websocket")
-        && get(header::CONNECTION).split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        && get(header::SEC_WEBSOCKET_VERSION) == "13";
-    let key = get(header::SEC_WEBSOCKET_KEY).to_string();
-    if !upgrade || key.is_empty() {
-        return Err(ApiError::new(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket (version 13) endpoint"));
-    }
-    let binary = h
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == "binary");
-    let target = match app.config.console_override {
-        Some(addr) => ws::VncTarget::Tcp(addr),
-        None => {
-            blocking(app, move |_, lv| {
-                vm::summary(lv, &name)?;
-                let xml = lv.xml(&name)?;
-                ws::vnc_target(&xml).map_err(|e| match e {
-                    ws::VncLookup::None => {
-                        ApiError::new(StatusCode::CONFLICT, format!("{name} is not running (or has no VNC display)"))
-                    }
-                    ws::VncLookup::NotLoopback(a) => ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "{name}'s display listens on {a}; phyllome proxies loopback and unix-socket displays only"
-                        ),
-                    ),
-                })
-            })
-            .await?
-        }
-    };
-    enum Vnc {
-        Tcp(tokio::net::TcpStream),
-        Unix(tokio::net::UnixStream),
-    }
-    let vnc = match &target {
-        ws::VncTarget::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(|s| {
-            let _ = s.set_nodelay(true);
-            Vnc::Tcp(s)
-        }),
-        ws::VncTarget::Unix(p) => tokio::net::UnixStream::connect(p).await.map(Vnc::Unix),
-    }
-    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot reach the display: {e}")))?;
+// ---- API tokens ------------------------------------------------------------
 
-    let mut resp = Response::new(crate::http::full(bytes::Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let rh = resp.headers_mut();
-    rh.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    rh.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    rh.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&ws::accept_key(&key)).expect("base64 is a valid header value"),
-    );
-    if binary {
-        rh.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("binary"));
-    }
-    let app = Arc::clone(app);
-    tokio::spawn(async move {
-        use hyper_util::rt::TokioIo;
-        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
-        let alive = |active: bool| still_valid(&app, &who, active);
-        let check = Duration::from_secs(2);
-        let _ = match vnc {
-            // Plain TCP on both sides (no TLS): the zero-copy proxy.
-            Vnc::Tcp(v) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                Ok(parts) => ws::proxy_tcp(parts.io.into_inner(), parts.read_buf, v, check, alive).await,
-                Err(upgraded) => ws::proxy(TokioIo::new(upgraded), v, check, alive).await,
-            },
-            Vnc::Unix(v) => ws::proxy(TokioIo::new(upgraded), v, check, alive).await,
-        };
-    });
-    Ok(resp)
+#[derive(Serialize, ToSchema)]
+pub struct TokenRow {
+    id: String,
+    /// UNIX seconds.
+    created: u64,
+    /// UNIX seconds, to the minute; null when never used.
+    last_used: Option<u64>,
+}
+
+/// Your API tokens, with when each was made and last used.
+#[utoipa::path(get, operation_id = "listTokens", path = "/api/v1/tokens", tag = "session", responses((status = 200, body = Vec<TokenRow>)))]
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<TokenRow>>> {
+    let rows = tokio::task::spawn_blocking(move || {
+        app.auth
+            .tokens_of(&who.user)
+            .into_iter()
+            .map(|t| TokenRow { id: t.id, created: t.created, last_used: t.last_used })
+            .collect()
+    })
+    .await
+    .map_err(|_| ApiError::internal("listing tokens failed"))?;
+    Ok(Json(rows))
+}
+
+/// Revoke one of your API tokens.
+#[utoipa::path(delete, operation_id = "revokeToken", path = "/api/v1/tokens/{id}", tag = "session", params(("id" = String, Path)),
+    responses((status = 200, body = Ok_)))]
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(id): Name,
+) -> ApiResult<Json<Ok_>> {
+    let user = who.user.clone();
+    tracing::info!(user = %shown(&user), token = %shown(&id), "revoke token");
+    tokio::task::spawn_blocking(move || app.auth.revoke(&user, &id))
+        .await
+        .map_err(|_| ApiError::internal("revoking failed"))?
+        .map_err(|e| match e {
+            crate::auth::AuthError::NoToken(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            e => ApiError::internal(e.to_string()),
+        })?;
+    Ok(Json(Ok_ { ok: true }))
 }
 
 #[cfg(test)]
@@ -653,16 +908,21 @@ mod tests {
         for bad in ["../a.iso", "/etc/passwd", ".hidden", "", "b.iso", "x/../a.iso"] {
             assert!(media_file(&dir, "iso", bad).is_err(), "{bad}");
         }
-        let listed = list_media(&dir);
-        assert_eq!(listed["files"][0]["kind"], "iso");
+        let listed = read_media(&dir);
+        assert_eq!(listed.files[0].kind, "iso");
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
-    fn vm_errors_map_to_statuses() {
-        assert_eq!(ApiError::from(VmError::NoSuchVm("x".into())).status, StatusCode::NOT_FOUND);
-        assert_eq!(ApiError::from(VmError::Running("x".into())).status, StatusCode::CONFLICT);
-        assert_eq!(ApiError::from(VmError::EmptyPassphrase).status, StatusCode::BAD_REQUEST);
+    fn engine_errors_map_to_statuses() {
+        let s = |e: VmError| ApiError::from(e).status;
+        assert_eq!(s(VmError::NoSuchVm("x".into())), StatusCode::NOT_FOUND);
+        assert_eq!(s(VmError::Running("x".into())), StatusCode::CONFLICT);
+        assert_eq!(s(VmError::NetworkInactive("default".into())), StatusCode::CONFLICT);
+        assert_eq!(s(VmError::EmptyPassphrase), StatusCode::BAD_REQUEST);
+        let down =
+            phyllome_libvirt::Error { op: "cannot connect to qemu:///system".into(), message: "x".into(), code: 38 };
+        assert_eq!(ApiError::from(down).status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

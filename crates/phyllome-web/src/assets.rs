@@ -1,30 +1,59 @@
-//! The web UI's files. Phyllome's own (a few kilobytes) are built into the
-//! binary; noVNC (from the npm package `@novnc/novnc`, installed by
-//! scripts/setup.sh) is served from disk, from the first of these that
-//! holds `core/rfb.js`:
+//! The web UI's files.
 //!
-//! 1. `--novnc-dir DIR`;
-//! 2. `/usr/share/phyllome/novnc` (where a package puts it);
-//! 3. `web/vendor/node_modules/@novnc/novnc` in this source tree (a build
-//!    from the repository, as in CI).
+//! - Phyllome's own (crates/phyllome-web/web/, a few kilobytes) are built
+//!   into the binary (build.rs makes the table). They are the login page's
+//!   shell and hold no data, so they are public.
+//! - Third-party browser code comes from npm (`web/vendor/package.json`,
+//!   installed by scripts/setup.sh) and is served from disk, from the first
+//!   of these that holds it: `--vendor-dir DIR` (noVNC: `--novnc-dir`),
+//!   `/usr/share/phyllome/vendor` (where a package puts it), or
+//!   `web/vendor/node_modules` in this source tree.
+//!   - The UI's libraries (`/vendor/lib/...`: Preact with htm, xterm.js) are
+//!     public: the login page needs them. Only the files in [`LIB_FILES`].
+//!   - noVNC (`/vendor/novnc/...`) needs a session, as the console does.
 
 use std::path::{Path, PathBuf};
 
-pub const INDEX_HTML: &str = include_str!("../web/index.html");
-pub const APP_JS: &str = include_str!("../web/app.js");
-pub const APP_CSS: &str = include_str!("../web/app.css");
-pub const FAVICON: &str = include_str!("../web/favicon.svg");
+include!(concat!(env!("OUT_DIR"), "/ui_files.rs"));
 
-/// The public shell: what a browser needs to show the login form. It holds
-/// no data; everything else needs a session.
-pub fn shell(path: &str) -> Option<(&'static str, &'static str)> {
-    match path {
-        "/" | "/index.html" => Some(("text/html; charset=utf-8", INDEX_HTML)),
-        "/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
-        "/app.css" => Some(("text/css; charset=utf-8", APP_CSS)),
-        "/favicon.svg" => Some(("image/svg+xml", FAVICON)),
-        _ => None,
+/// The third-party files the UI loads, as `/vendor/lib/PACKAGE/PATH`: nothing else there is served.
+pub const LIB_FILES: &[&str] = &[
+    "htm/preact/standalone.module.js",
+    "@xterm/xterm/lib/xterm.mjs",
+    "@xterm/xterm/css/xterm.css",
+    "@xterm/addon-fit/lib/addon-fit.mjs",
+];
+
+pub fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
     }
+}
+
+/// A file of Phyllome's own UI, by URL path (`/` is the index).
+pub fn ui_file(path: &str) -> Option<&'static [u8]> {
+    let path = if path == "/" { "/index.html" } else { path };
+    UI_FILES.iter().find(|(p, _)| *p == path).map(|(_, b)| *b)
+}
+
+/// What anyone may fetch: the UI's own files and its libraries (no data).
+pub fn is_public(path: &str) -> bool {
+    ui_file(path).is_some() || path.strip_prefix("/vendor/lib/").is_some_and(|rel| LIB_FILES.contains(&rel))
+}
+
+/// The npm folder (`node_modules`), if anywhere.
+pub fn find_vendor(configured: Option<&Path>) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(c) = configured {
+        candidates.push(c.to_path_buf());
+    }
+    candidates.push(PathBuf::from("/usr/share/phyllome/vendor"));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("web/vendor/node_modules"));
+    candidates.into_iter().find(|d| d.join(LIB_FILES[0]).is_file())
 }
 
 /// Where noVNC is, if anywhere.
@@ -80,13 +109,23 @@ mod tests {
     }
 
     #[test]
-    fn the_shell_is_only_the_login_page() {
-        assert!(shell("/").is_some() && shell("/app.js").is_some());
-        assert!(shell("/api/v1/vms").is_none() && shell("/vendor/novnc/core/rfb.js").is_none());
-        // Names are set with textContent, never parsed as HTML.
-        assert!(
-            !APP_JS.contains("innerHTML") && !APP_JS.contains("outerHTML") && !APP_JS.contains("insertAdjacentHTML")
-        );
-        assert!(!INDEX_HTML.contains("<script>"), "inline scripts would need a weaker CSP");
+    fn the_public_files_are_the_shell_and_its_libraries() {
+        assert!(is_public("/") && is_public("/app.js") && is_public("/vendor/lib/htm/preact/standalone.module.js"));
+        for private in
+            ["/api/v1/vms", "/vendor/novnc/core/rfb.js", "/vendor/lib/preact/package.json", "/vendor/lib/../x"]
+        {
+            assert!(!is_public(private), "{private}");
+        }
+        for (path, body) in UI_FILES {
+            let text = String::from_utf8_lossy(body);
+            // Names are rendered as text (htm/Preact, textContent), never parsed as HTML.
+            for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "dangerouslySetInnerHTML", "document.write"] {
+                assert!(!text.contains(sink), "{path} uses {sink}");
+            }
+            if path.ends_with(".html") {
+                assert!(!text.contains("<script>"), "{path}: inline scripts would need a weaker CSP");
+                assert!(!text.contains("style="), "{path}: inline styles would need a weaker CSP");
+            }
+        }
     }
 }

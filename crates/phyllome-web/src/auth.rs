@@ -11,7 +11,7 @@
 //! - Failed logins lock the user name (and, more loosely, the client
 //!   address) out for a growing time.
 
-use crate::crypto::{ct_eq, hex, random_bytes, random_secret, sha256};
+use crate::crypto::{ct_eq, random_bytes, random_secret, sha256};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Shortest password `user add` accepts.
@@ -40,6 +40,8 @@ pub enum AuthError {
     Exists(String),
     #[error("no user {0:?}")]
     NoUser(String),
+    #[error("no API token {0:?} (`phyllome user token --list` shows them)")]
+    NoToken(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
     #[error("{0} is not valid JSON: {1}")]
@@ -62,8 +64,15 @@ pub fn validate_user_name(name: &str) -> Result<(), AuthError> {
 
 /// argon2id with OWASP's 12 MiB / 3 passes / 1 lane setting: about as costly
 /// to attack as their 19 MiB / 2 setting, with a smaller peak in the server.
+const M_COST_KIB: u32 = 12 * 1024;
+const T_COST: u32 = 3;
+
 fn argon2() -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(12 * 1024, 3, 1, None).expect("valid argon2 params"))
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(M_COST_KIB, T_COST, 1, None).expect("valid argon2 params"),
+    )
 }
 
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
@@ -122,6 +131,9 @@ pub struct Token {
     /// SHA-256 of the secret part, in hex.
     pub sha256: String,
     pub created: u64,
+    /// When it was last used (UNIX seconds, kept to the minute).
+    #[serde(default)]
+    pub last_used: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -214,17 +226,47 @@ impl Store {
         if !self.users()?.iter().any(|u| u.name == user) {
             return Err(AuthError::NoUser(user.to_string()));
         }
-        let id = hex(&random_bytes::<8>());
+        let id = hex::encode(random_bytes::<8>());
         let secret = random_secret();
         let mut file = Self::read::<TokensFile>(&self.tokens_path())?;
         file.tokens.push(Token {
             id: id.clone(),
             user: user.to_string(),
-            sha256: hex(&sha256(secret.as_bytes())),
+            sha256: hex::encode(sha256(secret.as_bytes())),
             created: now_secs(),
+            last_used: None,
         });
         Self::write(&self.tokens_path(), &file)?;
         Ok(format!("phyllome_{id}_{secret}"))
+    }
+
+    /// Revokes one API token by its id; returns it.
+    pub fn revoke_token(&self, id: &str) -> Result<Token, AuthError> {
+        let mut file = Self::read::<TokensFile>(&self.tokens_path())?;
+        let Some(i) = file.tokens.iter().position(|t| t.id == id) else {
+            return Err(AuthError::NoToken(id.to_string()));
+        };
+        let t = file.tokens.remove(i);
+        Self::write(&self.tokens_path(), &file)?;
+        Ok(t)
+    }
+
+    /// Records when tokens were last used (`id` to UNIX seconds).
+    fn record_use(&self, used: &HashMap<String, u64>) -> Result<(), AuthError> {
+        let mut file = Self::read::<TokensFile>(&self.tokens_path())?;
+        let mut changed = false;
+        for t in &mut file.tokens {
+            if let Some(&when) = used.get(&t.id) {
+                if t.last_used.is_none_or(|l| l < when) {
+                    t.last_used = Some(when);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            Self::write(&self.tokens_path(), &file)?;
+        }
+        Ok(())
     }
 
     fn stamp(&self) -> (Option<SystemTime>, Option<SystemTime>) {
@@ -332,22 +374,55 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
-/// Failed-login bookkeeping: after `free` failures within the window a key is
-/// locked for 30 s, doubling with each further failure, up to 15 minutes.
-pub struct Throttle {
-    map: Mutex<HashMap<String, Failures>>,
+/// One throttle rule: after `free` failures within the window a key is
+/// locked for `first`, doubling with each further failure, up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub free: u32,
+    pub first: Duration,
+    pub max: Duration,
 }
 
-/// Failures allowed per user name, and per client address, before locking.
-pub const FREE_FAILURES_USER: u32 = 5;
-pub const FREE_FAILURES_ADDR: u32 = 20;
+/// Failures per user name from one source network, before that pair locks.
+pub const PAIR: Rule = Rule { free: 5, first: Duration::from_secs(30), max: Duration::from_secs(15 * 60) };
+/// Failures from one source network (/24 or /64), whatever the user names.
+pub const NETWORK: Rule = Rule { free: 20, first: Duration::from_secs(30), max: Duration::from_secs(15 * 60) };
+/// Failures against one user name from everywhere: a short lock only, and
+/// not for a browser that logged in as that user before (its device cookie).
+pub const USER: Rule = Rule { free: 50, first: Duration::from_secs(15), max: Duration::from_secs(60) };
+/// Password checks per second, in total, in a burst of up to `BURST`.
+pub const CHECKS_PER_SEC: f64 = 10.0;
+pub const BURST: f64 = 20.0;
 const WINDOW: Duration = Duration::from_secs(15 * 60);
-const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 const MAX_KEYS: usize = 10_000;
+
+/// The source network a client address counts in: its /24 (IPv4) or /64
+/// (IPv6), so rotating addresses within one allocation gains nothing.
+pub fn network_of(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => network_of(IpAddr::V4(v4)),
+            None => {
+                let s = a.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Failed-login bookkeeping (see [`Rule`]) and the total rate of password checks.
+pub struct Throttle {
+    map: Mutex<HashMap<String, Failures>>,
+    bucket: Mutex<(f64, Instant)>,
+}
 
 impl Default for Throttle {
     fn default() -> Self {
-        Throttle { map: Mutex::new(HashMap::new()) }
+        Throttle { map: Mutex::new(HashMap::new()), bucket: Mutex::new((BURST, Instant::now())) }
     }
 }
 
@@ -359,7 +434,7 @@ impl Throttle {
         map.get(key).and_then(|f| f.locked_until).filter(|&t| t > now).map(|t| t - now)
     }
 
-    pub fn fail(&self, key: &str, free: u32) {
+    pub fn fail(&self, key: &str, rule: Rule) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_KEYS && !map.contains_key(key) {
@@ -376,9 +451,9 @@ impl Throttle {
         }
         f.count += 1;
         f.last = now;
-        if f.count >= free {
-            let extra = (f.count - free).min(10);
-            let lock = (Duration::from_secs(30) * 2u32.pow(extra)).min(MAX_LOCK);
+        if f.count >= rule.free {
+            let extra = (f.count - rule.free).min(16);
+            let lock = (rule.first * 2u32.pow(extra)).min(rule.max);
             f.locked_until = Some(now + lock);
         }
     }
@@ -386,12 +461,113 @@ impl Throttle {
     pub fn reset(&self, key: &str) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
+
+    /// Takes one password check from the total budget; Err(wait) when spent.
+    pub fn take_check(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * CHECKS_PER_SEC).min(BURST);
+        if tokens >= 1.0 {
+            *b = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *b = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / CHECKS_PER_SEC))
+        }
+    }
+}
+
+/// Hashing slots: a fixed number of threads, each owning the argon2 memory
+/// of one check, allocated once and reused for every login; checks wait in a
+/// bounded queue, and past it the login is refused as busy. So the memory of
+/// password checks is `SLOTS` x 12 MiB however many logins come, and their
+/// CPU is at most `SLOTS` cores.
+pub struct Hasher {
+    jobs: mpsc::SyncSender<Job>,
+}
+
+pub const SLOTS: usize = 2;
+/// Checks that may wait for a slot.
+pub const QUEUE: usize = 8;
+
+struct Job {
+    hash: String,
+    password: String,
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Why a check did not run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// Every slot and queue place is taken.
+    Full,
+    /// The slots are gone (shutting down).
+    Gone,
+}
+
+impl Hasher {
+    pub fn new(slots: usize) -> Hasher {
+        let (jobs, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..slots {
+            let rx = std::sync::Arc::clone(&rx);
+            let _ = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                let mut memory = vec![argon2::Block::default(); M_COST_KIB as usize];
+                loop {
+                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    };
+                    let ok = verify_with(&job.hash, &job.password, &mut memory);
+                    let _ = job.done.send(ok);
+                }
+            });
+        }
+        Hasher { jobs }
+    }
+
+    /// Checks `password` against the PHC string `hash` on a slot.
+    pub async fn verify(&self, hash: String, password: String) -> Result<bool, Busy> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs.try_send(Job { hash, password, done }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => Busy::Full,
+            mpsc::TrySendError::Disconnected(_) => Busy::Gone,
+        })?;
+        result.await.map_err(|_| Busy::Gone)
+    }
+}
+
+/// argon2 verification into caller-provided memory. Hashes with other
+/// parameters than ours (more memory than a slot holds) are refused.
+fn verify_with(hash: &str, password: &str, memory: &mut [argon2::Block]) -> bool {
+    if password.len() > MAX_PASSWORD {
+        return false;
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let Ok(params) = Params::try_from(&parsed) else { return false };
+    if params.block_count() > memory.len() || parsed.algorithm != Algorithm::Argon2id.ident() {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let version = parsed.version.and_then(|v| Version::try_from(v).ok()).unwrap_or(Version::V0x13);
+    let mut out = vec![0u8; expected.len()];
+    let a = Argon2::new(Algorithm::Argon2id, version, params.clone());
+    if a.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..params.block_count()])
+        .is_err()
+    {
+        return false;
+    }
+    ct_eq(&out, expected.as_bytes())
 }
 
 #[derive(Debug)]
 pub enum LoginError {
-    /// Too many failures: try again after this long.
+    /// Too many failures, or too many checks at once: try again after this long.
     Throttled(Duration),
+    /// Every hashing slot is busy: try again in a moment.
+    Busy,
     /// Wrong name or password (never says which).
     Refused,
 }
@@ -403,12 +579,30 @@ struct Cached {
     stamp: (Option<SystemTime>, Option<SystemTime>),
 }
 
+/// Browsers that logged in: the SHA-256 of their device cookie, to the user
+/// and when it was issued. In memory, bounded.
+const MAX_DEVICES: usize = 10_000;
+pub const DEVICE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Everything the server needs to tell who is asking.
 pub struct Auth {
     store: Store,
     cached: Mutex<Cached>,
     pub sessions: Sessions,
     throttle: Throttle,
+    hasher: Hasher,
+    devices: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Token id to when it was last used, not yet written to tokens.json.
+    used: Mutex<HashMap<String, u64>>,
+}
+
+/// What a successful login gives the client.
+pub struct LoggedIn {
+    pub principal: Principal,
+    /// The session cookie's value.
+    pub session_id: String,
+    /// A new device cookie's value (this browser logged in as this user).
+    pub device: String,
 }
 
 impl Auth {
@@ -418,6 +612,9 @@ impl Auth {
             cached: Mutex::default(),
             sessions: Sessions::new(idle, max_age),
             throttle: Throttle::default(),
+            hasher: Hasher::new(SLOTS),
+            devices: Mutex::default(),
+            used: Mutex::default(),
         };
         auth.reload();
         auth
@@ -448,38 +645,89 @@ impl Auth {
         n
     }
 
+    /// Writes the tokens' last-used times (called every few seconds; blocking).
+    pub fn flush_token_use(&self) {
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
+        if !used.is_empty() {
+            let _ = self.store.record_use(&used);
+        }
+    }
+
     pub fn user_count(&self) -> usize {
         self.cached.lock().unwrap_or_else(|e| e.into_inner()).users.len()
     }
 
-    /// Checks a name and password (slow on purpose: call off the async
-    /// threads). Returns the new session and its id, for the cookie.
-    pub fn login(&self, user: &str, password: &str, addr: IpAddr) -> Result<(Principal, String), LoginError> {
-        self.reload();
-        let user_key = format!("user:{user}");
-        let addr_key = format!("addr:{addr}");
-        if let Some(wait) = self.throttle.locked(&user_key).max(self.throttle.locked(&addr_key)) {
-            return Err(LoginError::Throttled(wait));
-        }
-        let hash = self.cached.lock().unwrap_or_else(|e| e.into_inner()).users.get(user).cloned();
-        let ok = match &hash {
-            Some(h) => verify_password(h, password),
-            None => {
-                verify_password(dummy_hash(), password);
-                false
+    fn trusted_device(&self, user: &str, device: Option<&str>) -> bool {
+        let Some(d) = device else { return false };
+        let key = sha256(d.as_bytes());
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.get(&key).is_some_and(|(u, at)| u == user && at.elapsed() < DEVICE_MAX_AGE)
+    }
+
+    fn new_device(&self, user: &str) -> String {
+        let id = random_secret();
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if devices.len() >= MAX_DEVICES {
+            devices.retain(|_, (_, at)| at.elapsed() < DEVICE_MAX_AGE);
+            if devices.len() >= MAX_DEVICES {
+                if let Some(oldest) = devices.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k) {
+                    devices.remove(&oldest);
+                }
             }
+        }
+        devices.insert(sha256(id.as_bytes()), (user.to_string(), Instant::now()));
+        id
+    }
+
+    /// Checks a name and password. `device` is the browser's device cookie,
+    /// if it sent one. Throttled as the module documentation says.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        addr: IpAddr,
+        device: Option<&str>,
+    ) -> Result<LoggedIn, LoginError> {
+        self.reload();
+        let net = network_of(addr);
+        let pair_key = format!("pair:{user}@{net}");
+        let net_key = format!("net:{net}");
+        let user_key = format!("user:{user}");
+        let trusted = self.trusted_device(user, device);
+        let mut wait = self.throttle.locked(&net_key);
+        if !trusted {
+            wait = wait.max(self.throttle.locked(&pair_key)).max(self.throttle.locked(&user_key));
+        }
+        if let Some(w) = wait {
+            return Err(LoginError::Throttled(w));
+        }
+        self.throttle.take_check().map_err(LoginError::Throttled)?;
+        let hash = self.cached.lock().unwrap_or_else(|e| e.into_inner()).users.get(user).cloned();
+        let known = hash.is_some();
+        // An unknown name takes as long to refuse as a wrong password.
+        let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
+        let ok = match self.hasher.verify(hash, password.to_string()).await {
+            Ok(ok) => ok && known,
+            Err(_) => return Err(LoginError::Busy),
         };
         if !ok {
-            self.throttle.fail(&user_key, FREE_FAILURES_USER);
-            self.throttle.fail(&addr_key, FREE_FAILURES_ADDR);
+            self.throttle.fail(&pair_key, PAIR);
+            self.throttle.fail(&net_key, NETWORK);
+            self.throttle.fail(&user_key, USER);
             return Err(LoginError::Refused);
         }
-        self.throttle.reset(&user_key);
+        self.throttle.reset(&pair_key);
         let (id, csrf) = self.sessions.create(user);
-        Ok((
-            Principal { user: user.to_string(), csrf: Some(csrf), session: Some(sha256(id.as_bytes())), token: None },
-            id,
-        ))
+        Ok(LoggedIn {
+            principal: Principal {
+                user: user.to_string(),
+                csrf: Some(csrf),
+                session: Some(sha256(id.as_bytes())),
+                token: None,
+            },
+            session_id: id,
+            device: self.new_device(user),
+        })
     }
 
     /// Whether the API token `id` still exists (not revoked, its user not removed).
@@ -495,10 +743,40 @@ impl Auth {
         self.reload();
         let c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let t = c.tokens.get(id)?;
-        if !ct_eq(hex(&sha256(secret.as_bytes())).as_bytes(), t.sha256.as_bytes()) {
+        if !ct_eq(hex::encode(sha256(secret.as_bytes())).as_bytes(), t.sha256.as_bytes()) {
             return None;
         }
+        let now = now_secs();
+        if t.last_used.is_none_or(|l| now >= l + 60) {
+            self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(t.id.clone(), now);
+        }
         Some(Principal { user: t.user.clone(), csrf: None, session: None, token: Some(t.id.clone()) })
+    }
+
+    /// `user`'s API tokens (without their hashes), with last use.
+    pub fn tokens_of(&self, user: &str) -> Vec<Token> {
+        self.reload();
+        let c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Token> = c
+            .tokens
+            .values()
+            .filter(|t| t.user == user)
+            .map(|t| Token { sha256: String::new(), last_used: used.get(&t.id).copied().or(t.last_used), ..t.clone() })
+            .collect();
+        v.sort_by_key(|t| t.created);
+        v
+    }
+
+    /// Revokes `user`'s token `id` (a user can revoke only their own).
+    pub fn revoke(&self, user: &str, id: &str) -> Result<(), AuthError> {
+        let mine = self.store.tokens()?.iter().any(|t| t.id == id && t.user == user);
+        if !mine {
+            return Err(AuthError::NoToken(id.to_string()));
+        }
+        self.store.revoke_token(id)?;
+        self.reload();
+        Ok(())
     }
 }
 
@@ -510,6 +788,10 @@ mod tests {
         let d = std::env::temp_dir().join(format!("phyllome-auth-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }
 
     #[test]
@@ -528,15 +810,28 @@ mod tests {
 
         let auth = Auth::new(store.clone(), Duration::from_secs(60), Duration::from_secs(600));
         let addr: IpAddr = "127.0.0.1".parse().unwrap();
-        let (_, id) = auth.login("alice", "correct horse", addr).unwrap();
+        let id = block_on(auth.login("alice", "correct horse", addr, None)).ok().unwrap().session_id;
         assert_eq!(auth.sessions.get(&id, true).unwrap().user, "alice");
-        assert!(matches!(auth.login("alice", "wrong", addr), Err(LoginError::Refused)));
-        assert!(matches!(auth.login("nobody", "correct horse", addr), Err(LoginError::Refused)));
+        assert!(matches!(block_on(auth.login("alice", "wrong", addr, None)), Err(LoginError::Refused)));
+        assert!(matches!(block_on(auth.login("nobody", "correct horse", addr, None)), Err(LoginError::Refused)));
 
         let token = store.new_token("alice").unwrap();
+        let listed = auth.tokens_of("alice");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].sha256.is_empty(), "the list leaks the token's hash");
         assert!(!std::fs::read_to_string(dir.join("tokens.json")).unwrap().contains(&token[30..]));
         assert_eq!(auth.token(&token).unwrap().user, "alice");
         assert!(auth.token(&format!("{}0", &token[..token.len() - 1])).is_none());
+        assert!(auth.tokens_of("alice")[0].last_used.is_some(), "use is not recorded");
+        auth.flush_token_use();
+        assert!(store.tokens().unwrap()[0].last_used.is_some(), "use is not written");
+        // Revoked one by one: the other keeps working.
+        let second = store.new_token("alice").unwrap();
+        let first_id = listed[0].id.clone();
+        assert!(matches!(auth.revoke("bob", &first_id), Err(AuthError::NoToken(_))), "revoked another's token");
+        auth.revoke("alice", &first_id).unwrap();
+        assert!(auth.token(&token).is_none(), "a revoked token still works");
+        assert_eq!(auth.token(&second).unwrap().user, "alice");
         store.remove_user("alice").unwrap();
         assert!(auth.token(&token).is_none(), "a removed user's token still works");
         assert!(auth.sessions.get(&id, false).is_none(), "a removed user's session still works");
@@ -546,17 +841,65 @@ mod tests {
     #[test]
     fn throttle_locks_after_free_failures_and_grows() {
         let t = Throttle::default();
-        for _ in 0..FREE_FAILURES_USER - 1 {
-            t.fail("user:x", FREE_FAILURES_USER);
-            assert!(t.locked("user:x").is_none());
+        for _ in 0..PAIR.free - 1 {
+            t.fail("pair:x", PAIR);
+            assert!(t.locked("pair:x").is_none());
         }
-        t.fail("user:x", FREE_FAILURES_USER);
-        let first = t.locked("user:x").unwrap();
+        t.fail("pair:x", PAIR);
+        let first = t.locked("pair:x").unwrap();
         assert!(first > Duration::from_secs(25) && first <= Duration::from_secs(30));
-        t.fail("user:x", FREE_FAILURES_USER);
-        assert!(t.locked("user:x").unwrap() > Duration::from_secs(55));
-        t.reset("user:x");
-        assert!(t.locked("user:x").is_none());
+        t.fail("pair:x", PAIR);
+        assert!(t.locked("pair:x").unwrap() > Duration::from_secs(55));
+        t.reset("pair:x");
+        assert!(t.locked("pair:x").is_none());
+        // The user-wide lock stays short however many failures come.
+        for _ in 0..1000 {
+            t.fail("user:y", USER);
+        }
+        assert!(t.locked("user:y").unwrap() <= USER.max);
+    }
+
+    #[test]
+    fn addresses_count_by_network() {
+        let n = |s: &str| network_of(s.parse().unwrap());
+        assert_eq!(n("192.0.2.7"), n("192.0.2.200"));
+        assert_ne!(n("192.0.2.7"), n("192.0.3.7"));
+        assert_eq!(n("2001:db8:1:2::1"), n("2001:db8:1:2:ffff::9"));
+        assert_ne!(n("2001:db8:1:2::1"), n("2001:db8:1:3::1"));
+        assert_eq!(n("::ffff:192.0.2.9"), n("192.0.2.1"));
+    }
+
+    #[test]
+    fn the_total_rate_of_checks_is_bounded() {
+        let t = Throttle::default();
+        let allowed = (0..1000).filter(|_| t.take_check().is_ok()).count();
+        assert!(allowed >= BURST as usize && allowed <= BURST as usize + 2, "{allowed} checks passed at once");
+        assert!(t.take_check().unwrap_err() <= Duration::from_millis(110));
+    }
+
+    #[test]
+    fn a_stranger_cannot_lock_a_user_out_from_elsewhere() {
+        let dir = temp_dir("lockout");
+        let store = Store::open(&dir).unwrap();
+        store.add_user("carol", "correct horse").unwrap();
+        let auth = Auth::new(store, Duration::from_secs(60), Duration::from_secs(600));
+        let attacker: IpAddr = "198.51.100.9".parse().unwrap();
+        let carol_ip: IpAddr = "203.0.113.5".parse().unwrap();
+        // A first login from carol's browser gives it a device cookie.
+        let device = block_on(auth.login("carol", "correct horse", carol_ip, None)).ok().unwrap().device;
+        for i in 0..PAIR.free + 3 {
+            let r = block_on(auth.login("carol", &format!("guess {i}"), attacker, None));
+            assert!(matches!(r, Err(LoginError::Refused | LoginError::Throttled(_))));
+        }
+        // The attacker's network is locked for carol...
+        assert!(matches!(
+            block_on(auth.login("carol", "correct horse", "198.51.100.77".parse().unwrap(), None)),
+            Err(LoginError::Throttled(_))
+        ));
+        // ...carol from her own network is not, nor is her known browser.
+        assert!(block_on(auth.login("carol", "correct horse", carol_ip, None)).is_ok());
+        assert!(block_on(auth.login("carol", "correct horse", "192.0.2.1".parse().unwrap(), Some(&device))).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

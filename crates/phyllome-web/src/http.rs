@@ -1,179 +1,130 @@
-//! Connections and the request pipeline. Every request goes through the
-//! same steps, in this order:
+//! The request pipeline, as axum middleware around the router. Every
+//! request goes through the same steps, in this order:
 //!
 //! 0. over plain HTTP (loopback only), a Host that is not a loopback name is refused (DNS rebinding);
-//! 1. the public shell (`/`, `/app.js`, `/app.css`, `/favicon.svg`: the login page, no data);
+//! 1. the public files (the login page's shell and its libraries: no data);
 //! 2. same-origin policy: a request whose `Origin` (or `Sec-Fetch-Site`)
 //!    says another site is refused (403), whatever it carries;
 //! 3. `POST /api/v1/login`, the one public route (throttled);
 //! 4. authentication: a live session cookie or an API token, else 401
 //!    (before routing, so unknown paths are not revealed either);
-//! 5. routing through the route table (404/405);
-//! 6. CSRF: a cookie-authenticated state-changing request (or console)
-//!    must carry the session's CSRF token, else 403;
+//! 5. routing (404/405);
+//! 6. CSRF ([`needs_csrf`]): a cookie-authenticated state-changing request
+//!    (or console) must carry the session's CSRF token, else 403;
 //! 7. the handler.
 //!
-//! Every response carries a strict Content-Security-Policy and friends.
+//! Every response carries a strict Content-Security-Policy and friends
+//! (tower-http's header layers, in [`crate::router`]); a span per request
+//! (tower-http's trace layer) records method, route template, status,
+//! duration and user.
 
-use crate::routes::{self, Kind, NoRoute};
-use crate::{api, assets, auth::Principal, log, App};
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use crate::auth::Principal;
+use crate::{assets, App};
+use axum::body::Body;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use phyllome_engine::errors::ErrorKind;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub type Body = BoxBody<Bytes, Infallible>;
-
-pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).boxed()
+/// A failed request: status, a message for people and the error's class
+/// (the same classes as the CLI's `--json` errors).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
 }
 
-pub fn respond(status: StatusCode, content_type: &'static str, data: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(full(data));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Its class: `failed`, `invalid-input`, `not-found`, `conflict`,
+    /// `unsupported`, `unavailable`, `interrupted`, or for the server's own
+    /// refusals `unauthorized`, `forbidden`, `throttled`, `busy`.
+    pub kind: String,
 }
 
-pub fn json_bytes(status: StatusCode, data: impl Into<Bytes>) -> Response<Body> {
-    respond(status, "application/json", data)
-}
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let kind = match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not-found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::TOO_MANY_REQUESTS => "throttled",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_client_error() => "invalid-input",
+            _ => "failed",
+        };
+        ApiError { status, message: message.into(), kind }
+    }
 
-pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
-    json_bytes(status, serde_json::to_vec(value).expect("serializable"))
-}
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
 
-pub fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message }))
-}
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
-fn harden(headers: &mut HeaderMap, tls: bool) {
-    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
-        h.entry(k).or_insert(HeaderValue::from_static(v));
-    };
-    set(headers, "content-security-policy", CSP);
-    set(headers, "x-content-type-options", "nosniff");
-    set(headers, "x-frame-options", "DENY");
-    set(headers, "referrer-policy", "no-referrer");
-    set(headers, "cross-origin-opener-policy", "same-origin");
-    set(headers, "cross-origin-resource-policy", "same-origin");
-    set(headers, "cache-control", "no-store");
-    if tls {
-        set(headers, "strict-transport-security", "max-age=31536000");
+    /// An engine error, by its class: the client's fault is a 4xx, an
+    /// unreachable libvirtd a 503, and only a real failure a 500.
+    pub fn from_engine(e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let kind = phyllome_engine::errors::classify(e);
+        let status = status_of(kind);
+        let message = match kind {
+            ErrorKind::Unavailable => format!("libvirtd cannot be reached now: {e}"),
+            _ => e.to_string(),
+        };
+        ApiError { status, message, kind: kind.name() }
     }
 }
 
-/// Connections served at once (event streams and consoles included).
-pub const MAX_CONNECTIONS: usize = 1024;
+/// The HTTP status of each class of engine error.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput | ErrorKind::Usage => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unavailable | ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
 
-/// Accepts connections until SIGINT or SIGTERM.
-pub async fn run(app: Arc<App>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let stop = async move {
-        match term.as_mut() {
-            Some(t) => {
-                tokio::select! {
-                    _ = t.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+impl From<phyllome_engine::vm::VmError> for ApiError {
+    fn from(e: phyllome_engine::vm::VmError) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
+impl From<phyllome_libvirt::Error> for ApiError {
+    fn from(e: phyllome_libvirt::Error) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), error = ?self.message, "request failed");
         }
-    };
-    tokio::pin!(stop);
-    // Account changes (`phyllome user remove`) take effect within seconds, sessions included.
-    let reloader = {
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                tick.tick().await;
-                let app = Arc::clone(&app);
-                let _ = tokio::task::spawn_blocking(move || app.auth.reload()).await;
-            }
-        })
-    };
-    let _stop_reloader = AbortOnDrop(reloader);
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        tokio::select! {
-            _ = &mut stop => {
-                log("stopping");
-                return;
-            }
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(_) => {
-                        // Out of file descriptors and the like: do not spin.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Past the limit a connection is closed at once (file descriptors stay for the rest).
-                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else { continue };
-                let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tls {
-                        Some(acceptor) => {
-                            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                serve_connection(app, TokioIo::new(s), peer).await;
-                            }
-                        }
-                        None => serve_connection(app, TokioIo::new(stream), peer).await,
-                    }
-                });
-            }
-        }
+        let body = ErrorBody { error: self.message, kind: self.kind.to_string() };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+pub fn error(status: StatusCode, message: &str) -> Response {
+    ApiError::new(status, message).into_response()
 }
 
-async fn serve_connection<I>(app: Arc<App>, io: I, peer: SocketAddr)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req| {
-        let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(20))
-        .max_buf_size(64 * 1024)
-        .serve_connection(io, service)
-        .with_upgrades()
-        .await;
-}
-
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let tls = app.tls;
-    let mut resp = pipeline(app, req, peer).await;
-    harden(resp.headers_mut(), tls);
-    resp
-}
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                       connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
@@ -214,14 +165,15 @@ pub fn same_origin(h: &HeaderMap, tls: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A cookie's value, parsed by the `cookie` crate.
+pub fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
 }
 
 /// Who is asking: a live session (touched), or an API token.
@@ -231,7 +183,7 @@ fn authenticate(app: &App, h: &HeaderMap) -> Option<Principal> {
         return if scheme.eq_ignore_ascii_case("bearer") { app.auth.token(token.trim()) } else { None };
     }
     let id = cookie(h, app.cookie_name())?;
-    app.auth.sessions.get(id, true)
+    app.auth.sessions.get(&id, true)
 }
 
 /// The CSRF token a request carries: the `X-CSRF-Token` header, or for a
@@ -248,65 +200,69 @@ fn csrf_token(h: &HeaderMap, websocket: bool) -> Option<&str> {
     }
 }
 
-async fn pipeline(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
-    let get = method == "GET" || method == "HEAD";
+/// Routes that are WebSockets (route templates).
+pub const WEBSOCKETS: &[&str] = &["/api/v1/vms/{name}/console", "/api/v1/vms/{name}/serial"];
+
+/// Whether a cookie-authenticated request to this route must carry the
+/// session's CSRF token: every state-changing method, and the consoles
+/// (keyboard input). The OpenAPI document's `x-phyllome-csrf` comes from here too.
+pub fn needs_csrf(method: &Method, route: &str) -> bool {
+    route != "/api/v1/login" && (method != Method::GET || WEBSOCKETS.contains(&route))
+}
+
+/// A name that is safe to write into the log as it is (else it is escaped).
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'));
+    if plain {
+        s.into()
+    } else {
+        format!("{s:?}").into()
+    }
+}
+
+/// Steps 0 to 4 of the pipeline (see the module documentation).
+pub async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     if !host_allowed(req.headers(), app.tls) {
         return error(
             StatusCode::FORBIDDEN,
             "this server answers to loopback names only (localhost, 127.0.0.1, [::1])",
         );
     }
-
-    if get {
-        if let Some((ctype, body)) = assets::shell(&path) {
-            let mut r = respond(StatusCode::OK, ctype, body);
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            return r;
-        }
+    let path = req.uri().path();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if get && assets::is_public(path) {
+        return next.run(req).await;
     }
     if let Err(why) = same_origin(req.headers(), app.tls) {
         return error(StatusCode::FORBIDDEN, why);
     }
     if path == "/api/v1/login" {
-        if method != "POST" {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        }
-        return api::login(&app, req, peer).await;
+        return next.run(req).await;
     }
     let Some(who) = authenticate(&app, req.headers()) else {
         let mut r = error(StatusCode::UNAUTHORIZED, "log in first (no valid session or API token)");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"phyllome\""));
         return r;
     };
-    if let Some(rel) = path.strip_prefix("/vendor/novnc/") {
-        if !get {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
-        }
-        return novnc(&app, rel).await;
-    }
-    if !path.starts_with(routes::PREFIX) {
-        return error(StatusCode::NOT_FOUND, "no such page");
-    }
-    let (route, params) = match routes::find(&method, &path) {
-        Ok(found) => found,
-        Err(NoRoute::NotFound) => return error(StatusCode::NOT_FOUND, "no such API route"),
-        Err(NoRoute::Method(allowed)) => {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                r.headers_mut().insert(header::ALLOW, v);
-            }
-            return r;
-        }
-    };
-    let websocket = route.kind == Kind::WebSocket;
-    if let Some(expected) = who.csrf.as_deref() {
+    // Validated names only (they come from the account files).
+    tracing::Span::current().record("user", tracing::field::display(shown(&who.user)));
+    req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+/// Step 6, after routing: knows the route template.
+pub async fn csrf(State(_app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
+    tracing::Span::current().record("route", tracing::field::display(&route));
+    let websocket = WEBSOCKETS.contains(&route.as_str());
+    if let Some(expected) = req.extensions().get::<Principal>().and_then(|p| p.csrf.clone()) {
         // Cookie sessions: browsers always send Origin on WebSockets; require it.
         if websocket && req.headers().get(header::ORIGIN).is_none() {
             return error(StatusCode::FORBIDDEN, "a WebSocket with a session cookie needs an Origin header");
         }
-        if route.csrf() {
+        if needs_csrf(req.method(), &route) {
             let ok = csrf_token(req.headers(), websocket)
                 .is_some_and(|t| crate::crypto::ct_eq(t.as_bytes(), expected.as_bytes()));
             if !ok {
@@ -314,57 +270,73 @@ async fn pipeline(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Re
             }
         }
     }
-    api::handle(&app, route, params, who, req).await
+    next.run(req).await
 }
 
-async fn novnc(app: &App, rel: &str) -> Response<Body> {
-    let Some(dir) = app.novnc.as_deref() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "noVNC is not installed: the phyllome package ships it in /usr/share/phyllome/novnc; or start phyllome serve with --novnc-dir",
-        );
-    };
-    let Some(file) = assets::novnc_file(dir, rel) else {
-        return error(StatusCode::NOT_FOUND, "no such file");
-    };
-    match tokio::task::spawn_blocking(move || std::fs::read(file)).await {
-        Ok(Ok(data)) => {
-            let mut r = respond(StatusCode::OK, "text/javascript; charset=utf-8", data);
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
-            r
+/// A JSON request body of at most `LIMIT` bytes; an empty body is
+/// `T::default()`. Refusals are JSON errors like every other.
+pub struct JsonBody<T, const LIMIT: usize = 8192>(pub T);
+
+impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let h = req.headers();
+        let has_body = match header_str(h, header::CONTENT_LENGTH) {
+            Some(len) => len.trim() != "0",
+            None => h.contains_key(header::TRANSFER_ENCODING),
+        };
+        let json_type = header_str(h, header::CONTENT_TYPE)
+            .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        if !has_body {
+            return Ok(JsonBody(T::default()));
         }
-        _ => error(StatusCode::NOT_FOUND, "no such file"),
+        if !json_type {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"));
+        }
+        let body = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large"))?;
+        if body.is_empty() {
+            return Ok(JsonBody(T::default()));
+        }
+        serde_json::from_slice(&body).map(JsonBody).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
     }
 }
 
-/// Reads a JSON request body of at most `limit` bytes; an empty body is `T::default()`.
-/// Err carries the status and the reason.
-pub async fn read_json<T: serde::de::DeserializeOwned + Default>(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<T, (StatusCode, String)> {
-    let h = req.headers();
-    let has_body = match header_str(h, header::CONTENT_LENGTH) {
-        Some(len) => len.trim() != "0",
-        None => h.contains_key(header::TRANSFER_ENCODING),
-    };
-    let json_type = header_str(h, header::CONTENT_TYPE)
-        .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    if !has_body {
-        return Ok(T::default());
+/// The route's `{name}` (or `{id}`): any string libvirt could hold, never
+/// one with NUL or other control characters in it.
+pub struct Name(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(v) = axum::extract::Path::<String>::from_request_parts(parts, s)
+            .await
+            .map_err(|_| ApiError::bad("the name in the path is not valid UTF-8"))?;
+        if v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control) {
+            return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
+        }
+        Ok(Name(v))
     }
-    if !json_type {
-        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as application/json".into()));
+}
+
+/// Unknown paths (after authentication).
+pub async fn not_found(req: Request<Body>) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        error(StatusCode::NOT_FOUND, "no such API route")
+    } else {
+        error(StatusCode::NOT_FOUND, "no such page")
     }
-    let body = http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large".to_string()))?
-        .to_bytes();
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+pub async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
 #[cfg(test)]
@@ -407,10 +379,27 @@ mod tests {
     #[test]
     fn cookies_and_csrf_tokens_are_found() {
         let h = headers(&[("cookie", "a=1; phyllome_session=abc; b=2")]);
-        assert_eq!(cookie(&h, "phyllome_session"), Some("abc"));
+        assert_eq!(cookie(&h, "phyllome_session").as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "phyllome"), None);
         let h = headers(&[("sec-websocket-protocol", "binary, phyllome-csrf.tok")]);
         assert_eq!(csrf_token(&h, true), Some("tok"));
         assert_eq!(csrf_token(&h, false), None);
+    }
+
+    #[test]
+    fn csrf_covers_every_change_and_the_consoles() {
+        assert!(needs_csrf(&Method::POST, "/api/v1/vms"));
+        assert!(needs_csrf(&Method::DELETE, "/api/v1/tokens/{id}"));
+        assert!(needs_csrf(&Method::GET, "/api/v1/vms/{name}/serial"));
+        assert!(!needs_csrf(&Method::GET, "/api/v1/vms"));
+        assert!(!needs_csrf(&Method::POST, "/api/v1/login"));
+    }
+
+    #[test]
+    fn log_values_are_plain_or_escaped() {
+        assert_eq!(shown("admin"), "admin");
+        assert_eq!(shown("a\nphyllome serve: root logged in"), "\"a\\nphyllome serve: root logged in\"");
+        assert_eq!(shown("\u{1b}[31mred"), "\"\\u{1b}[31mred\"");
+        assert_eq!(shown("\u{202e}x"), "\"\u{202e}x\"".replace('\u{202e}', "\\u{202e}"));
     }
 }

@@ -24,7 +24,28 @@ enum Cmd {
 
 pub struct Inventory {
     list: watch::Receiver<Bytes>,
+    status: watch::Receiver<Status>,
     cmd: Sender<Cmd>,
+}
+
+/// Whether the list is live: while libvirtd cannot be reached it is the last
+/// one read, and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// `up` or `down`.
+    pub libvirt: &'static str,
+    /// True while libvirtd is unreachable: the list is the last one read.
+    pub stale: bool,
+    /// Since when libvirtd is unreachable (UNIX seconds).
+    pub since: Option<u64>,
+}
+
+impl Status {
+    const UP: Status = Status { libvirt: "up", stale: false, since: None };
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +61,7 @@ struct Watcher {
     resync: Duration,
     rows: BTreeMap<String, VmRow>,
     out: watch::Sender<Bytes>,
+    status: watch::Sender<Status>,
     me: Sender<Cmd>,
 }
 
@@ -51,6 +73,21 @@ impl Watcher {
             let _ = tx.send(Cmd::Changed(e.name));
         })?;
         Ok(lv)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.status.send_if_modified(|cur| {
+            let next = if up {
+                Status::UP
+            } else if cur.stale {
+                *cur
+            } else {
+                Status { libvirt: "down", stale: true, since: Some(now_secs()) }
+            };
+            let changed = *cur != next;
+            *cur = next;
+            changed
+        });
     }
 
     fn publish(&self) {
@@ -105,6 +142,7 @@ impl Watcher {
                     }
                     Err(e) => {
                         lv = None;
+                        self.set_up(false);
                         if let Some(r) = ready.take() {
                             let _ = r.send(Err(e.to_string()));
                             return;
@@ -118,14 +156,19 @@ impl Watcher {
                     if r.is_ok() {
                         self.publish();
                     }
+                    self.set_up(r.is_ok() && l.is_alive());
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(r.map_err(|e| e.to_string()));
                     }
                     next_full = Instant::now() + self.resync;
                 }
             }
-            let wait =
-                if lv.is_some() { next_full.saturating_duration_since(Instant::now()) } else { Duration::from_secs(1) };
+            // Every 2 s at most, the loop's top asks whether libvirtd is still there.
+            let wait = if lv.is_some() {
+                next_full.saturating_duration_since(Instant::now()).min(Duration::from_secs(2))
+            } else {
+                Duration::from_secs(1)
+            };
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -150,6 +193,9 @@ impl Watcher {
                     self.one(l, n);
                 }
                 self.publish();
+                if !l.is_alive() {
+                    self.set_up(false);
+                }
             }
             for a in acks {
                 let _ = a.send(());
@@ -164,15 +210,16 @@ impl Inventory {
     /// (`phyllome_libvirt::start_event_loop`) to be running.
     pub fn start(uri: &str, resync: Duration) -> Result<Inventory, InventoryError> {
         let (out, list) = watch::channel(Bytes::from_static(b"[]"));
+        let (status_tx, status) = watch::channel(Status::UP);
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let w = Watcher { uri: uri.to_string(), resync, rows: BTreeMap::new(), out, me: tx.clone() };
+        let w = Watcher { uri: uri.to_string(), resync, rows: BTreeMap::new(), out, status: status_tx, me: tx.clone() };
         std::thread::Builder::new()
             .name("vm-watcher".into())
             .spawn(move || w.run(rx, ready_tx))
             .map_err(|e| InventoryError::Start(e.to_string()))?;
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => Ok(Inventory { list, cmd: tx }),
+            Ok(Ok(())) => Ok(Inventory { list, status, cmd: tx }),
             Ok(Err(e)) => Err(InventoryError::Start(e)),
             Err(_) => Err(InventoryError::Start("no answer from libvirtd within 60 s".into())),
         }
@@ -185,6 +232,14 @@ impl Inventory {
 
     pub fn subscribe(&self) -> watch::Receiver<Bytes> {
         self.list.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    pub fn subscribe_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
     }
 
     /// Re-reads one VM now and waits (a little) until the list shows it;

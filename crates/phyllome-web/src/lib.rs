@@ -1,20 +1,20 @@
 //! `phyllome serve`: a REST API, a web UI and VM consoles in the browser,
-//! over the same core as the CLI (`phyllome_engine::vm`, the OS catalog, the host
-//! check and the device inventory), so the API refuses what the CLI refuses.
+//! over the same engine as the CLI (`phyllome_engine`), so the API refuses
+//! what the CLI refuses.
 //!
-//! - [`routes`]: the route table; the router and the OpenAPI document both come from it;
-//! - [`http`]: the request pipeline: origin check, authentication, CSRF, dispatch;
-//! - [`api`]: the handlers;
-//! - [`auth`]: accounts, API tokens, sessions, login throttling;
+//! - [`api`]: the handlers, each with its OpenAPI entry (utoipa);
+//! - [`http`]: the request pipeline: Host and origin checks, authentication, CSRF;
+//! - [`openapi`]: what the document adds for every route;
+//! - [`auth`]: accounts, API tokens, sessions, login throttling, hashing slots;
 //! - [`inventory`]: the VM list, kept current by libvirt lifecycle events;
-//! - [`ws`]: WebSocket framing and the VNC console proxy;
+//! - [`ws`]: the VNC and serial consoles over WebSockets;
 //! - [`tls`]: rustls, with a kept self-signed certificate by default;
-//! - [`assets`]: the UI's files and noVNC's.
+//! - [`assets`]: the UI's files, its libraries and noVNC.
 //!
-//! A current-thread tokio runtime serves HTTP/1.1 (the host has few cores
-//! and the VM list is answered from memory); libvirt calls, which block, run
-//! on its blocking pool over one shared connection; two more threads run
-//! libvirt's event loop and the VM list watcher.
+//! axum routes on hyper, on a current-thread tokio runtime (the host has
+//! few cores and the VM list is answered from memory); libvirt calls, which
+//! block, run on its blocking pool over one shared connection; more threads
+//! run libvirt's event loop, the VM list watcher and the password checks.
 
 pub mod api;
 pub mod assets;
@@ -22,7 +22,7 @@ pub mod auth;
 pub mod crypto;
 pub mod http;
 pub mod inventory;
-pub mod routes;
+pub mod openapi;
 pub mod tls;
 pub mod ws;
 
@@ -48,6 +48,8 @@ pub struct Config {
     /// The ISO folder (installer ISOs, kernels and initrds create may use).
     pub media_dir: PathBuf,
     pub novnc_dir: Option<PathBuf>,
+    /// The npm folder the UI's libraries come from.
+    pub vendor_dir: Option<PathBuf>,
     /// A session ends after this long without a request...
     pub session_idle: Duration,
     /// ...and at the latest this long after login.
@@ -68,6 +70,7 @@ impl Config {
             tls: tls::TlsMode::Off,
             media_dir: DEFAULT_MEDIA_DIR.into(),
             novnc_dir: None,
+            vendor_dir: None,
             session_idle: Duration::from_secs(3600),
             session_max: Duration::from_secs(12 * 3600),
             resync: Duration::from_secs(30),
@@ -112,8 +115,7 @@ pub struct App {
     pub openapi: bytes::Bytes,
     pub tls: bool,
     pub novnc: Option<PathBuf>,
-    /// Password checks running at once (each takes 12 MiB and ~50 ms of CPU).
-    pub login_slots: tokio::sync::Semaphore,
+    pub vendor: Option<PathBuf>,
     lv: Mutex<Option<Arc<Libvirt>>>,
 }
 
@@ -138,12 +140,168 @@ impl App {
             "phyllome_session"
         }
     }
+
+    /// The cookie that marks a browser that logged in before (see [`auth::Throttle`]).
+    pub fn device_cookie_name(&self) -> &'static str {
+        if self.tls {
+            "__Host-phyllome_device"
+        } else {
+            "phyllome_device"
+        }
+    }
 }
 
-/// A line in the server's log (standard error). Never given secrets.
-pub fn log(msg: &str) {
-    eprintln!("phyllome serve: {msg}");
+/// How the server logs (standard error, through `tracing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
+
+/// Sets up the log: `level` is `error`, `warn`, `info` (the default) or `debug`
+/// (every request). Never given secrets: see [`http::shown`].
+pub fn init_logging(format: LogFormat, level: &str) -> Result<(), ServeError> {
+    use std::io::IsTerminal;
+    let level: tracing_subscriber::filter::LevelFilter = level
+        .parse()
+        .map_err(|_| ServeError::Config(format!("log level {level:?}: use error, warn, info or debug")))?;
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_max_level(level);
+    let r = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().with_current_span(true).with_span_list(false).try_init(),
+    };
+    r.map_err(|e| ServeError::Config(format!("cannot set up the log: {e}")))
+}
+
+/// The router with every layer, and the OpenAPI document of its API.
+pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router, Arc<App>) {
+    use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use tower_http::set_header::SetResponseHeaderLayer;
+
+    let (api, doc) = api::routes().split_for_parts();
+    let doc = openapi::finish(doc);
+    let app = app_state(bytes::Bytes::from(serde_json::to_vec_pretty(&doc).expect("serializable")));
+    let api = api.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
+    let files = axum::Router::new()
+        .route("/vendor/novnc/{*rel}", get(novnc))
+        .route("/vendor/lib/{*rel}", get(lib_file))
+        .fallback(ui_file)
+        .layer(tower_http::compression::CompressionLayer::new());
+    let set = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+    };
+    let hsts = app.tls.then(|| set("strict-transport-security", "max-age=31536000"));
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<_>| {
+            tracing::info_span!("request", method = %req.method(), route = tracing::field::Empty, user = tracing::field::Empty)
+        })
+        .on_request(())
+        .on_response(|res: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
+            let status = res.status().as_u16();
+            let ms = latency.as_millis() as u64;
+            if res.status().is_server_error() {
+                tracing::warn!(status, ms, "answered");
+            } else {
+                tracing::debug!(status, ms, "answered");
+            }
+        })
+        .on_failure(());
+    let router = axum::Router::new()
+        .merge(api)
+        .merge(files)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(from_fn_with_state(Arc::clone(&app), http::guard))
+        .layer(set("content-security-policy", http::CSP))
+        .layer(set("x-content-type-options", "nosniff"))
+        .layer(set("x-frame-options", "DENY"))
+        .layer(set("referrer-policy", "no-referrer"))
+        .layer(set("cross-origin-opener-policy", "same-origin"))
+        .layer(set("cross-origin-resource-policy", "same-origin"))
+        .layer(set("cache-control", "no-store"))
+        .layer(tower::util::option_layer(hsts))
+        // Create and a stop with its longest timeout (600 s) fit; event streams and consoles answer at once.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(900),
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(trace)
+        .with_state(Arc::clone(&app));
+    let _ = header::CONTENT_TYPE;
+    (router, app)
+}
+
+async fn ui_file(req: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, Method};
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    match assets::ui_file(path).filter(|_| req.method() == Method::GET || req.method() == Method::HEAD) {
+        Some(body) => {
+            let ctype = assets::content_type(if path == "/" { "/index.html" } else { path });
+            let mut r = ([(header::CONTENT_TYPE, ctype)], body).into_response();
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        None => http::not_found(req).await,
+    }
+}
+
+async fn send_file(path: PathBuf, cache: &'static str) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let ctype = assets::content_type(&path.to_string_lossy());
+    match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        Ok(Ok(data)) => {
+            let mut r = ([(header::CONTENT_TYPE, ctype)], data).into_response();
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            r
+        }
+        _ => http::error(StatusCode::NOT_FOUND, "no such file"),
+    }
+}
+
+async fn lib_file(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    axum::extract::Path(rel): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let Some(dir) = app.vendor.as_deref() else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            "the UI's libraries are not installed: run scripts/setup.sh (npm ci in web/vendor)",
+        );
+    };
+    if !assets::LIB_FILES.contains(&rel.as_str()) {
+        return http::error(StatusCode::NOT_FOUND, "no such file");
+    }
+    send_file(dir.join(rel), "public, max-age=3600").await
+}
+
+async fn novnc(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    axum::extract::Path(rel): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let Some(dir) = app.novnc.as_deref() else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            "noVNC is not installed: the phyllome package ships it in /usr/share/phyllome/novnc; or start phyllome serve with --novnc-dir",
+        );
+    };
+    match assets::novnc_file(dir, &rel) {
+        Some(file) => send_file(file, "private, max-age=3600").await,
+        None => http::error(StatusCode::NOT_FOUND, "no such file"),
+    }
+}
+
+/// Connections served at once (event streams and consoles included).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Runs the server until SIGINT or SIGTERM. `on_ready` is called once it listens.
 pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), ServeError> {
@@ -163,20 +321,16 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
     let inventory = inventory::Inventory::start(&config.uri, config.resync)?;
     let auth = auth::Auth::new(store, config.session_idle, config.session_max);
     let novnc = assets::find_novnc(config.novnc_dir.as_deref());
+    let vendor = assets::find_vendor(config.vendor_dir.as_deref());
     let rt = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(64)
         .thread_keep_alive(Duration::from_secs(30))
         .enable_all()
         .build()?;
-    let app = Arc::new(App {
-        openapi: bytes::Bytes::from(serde_json::to_vec_pretty(&routes::openapi()).expect("serializable")),
-        tls: tls.is_some(),
-        novnc: novnc.clone(),
-        login_slots: tokio::sync::Semaphore::new(2),
-        lv: Mutex::new(None),
-        config,
-        auth,
-        inventory,
+    let is_tls = tls.is_some();
+    let novnc2 = novnc.clone();
+    let (router, app) = router(move |openapi| {
+        Arc::new(App { openapi, tls: is_tls, novnc: novnc2, vendor, lv: Mutex::new(None), config, auth, inventory })
     });
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(app.config.listen)
@@ -198,10 +352,113 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
             novnc,
         });
         let acceptor = tls.map(|(cfg, _)| tokio_rustls::TlsAcceptor::from(cfg));
-        http::run(app, listener, acceptor).await;
+        run(app, router, listener, acceptor).await;
         Ok(())
     });
     // Let running creates finish their rollback (they watch SIGTERM too).
     rt.shutdown_timeout(Duration::from_secs(30));
     result
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts connections until SIGINT or SIGTERM.
+async fn run(
+    app: Arc<App>,
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let stop = async move {
+        match term.as_mut() {
+            Some(t) => {
+                tokio::select! {
+                    _ = t.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::pin!(stop);
+    // Account changes (`phyllome user remove`) take effect within seconds, sessions included;
+    // the tokens' last use is written as often.
+    let reloader = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let app = Arc::clone(&app);
+                let _ = tokio::task::spawn_blocking(move || {
+                    app.auth.reload();
+                    app.auth.flush_token_use();
+                })
+                .await;
+            }
+        })
+    };
+    let _stop_reloader = AbortOnDrop(reloader);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                tracing::info!("stopping");
+                return;
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(_) => {
+                        // Out of file descriptors and the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Past the limit a connection is closed at once (file descriptors stay for the rest).
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else { continue };
+                let _ = stream.set_nodelay(true);
+                let router = router.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                serve_connection(router, hyper_util::rt::TokioIo::new(s), peer).await;
+                            }
+                        }
+                        None => serve_connection(router, hyper_util::rt::TokioIo::new(stream), peer).await,
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn serve_connection<I>(router: axum::Router, io: I, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(20))
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
 }

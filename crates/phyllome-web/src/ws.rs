@@ -1,115 +1,46 @@
-//! The WebSocket side of the console: the RFC 6455 handshake and framing
-//! (server side, binary frames), and the proxy between a browser and a VM's
-//! VNC endpoint, which listens on loopback or a unix socket only.
+//! The consoles in the browser: WebSockets (axum's, over tungstenite) to a
+//! VM's VNC display and to its serial console.
 //!
-//! Frames towards the browser are written with their header in front of the
-//! payload in one buffer, so a byte from VNC is copied once.
+//! - VNC: the display listens on loopback or a unix socket only (libvirt's
+//!   default); bytes go both ways in binary frames.
+//! - Serial: libvirt's console stream (`virDomainOpenConsole`, as `virsh
+//!   console`), moved by one blocking thread per console.
+//!
+//! Frames from the browser are at most [`MAX_CLIENT_FRAME`] bytes (1009
+//! closes bigger ones); protocol errors close with 1002; a console whose
+//! session ends (logout, expiry, user removed) closes with 1008, and one
+//! whose VM stopped with 1000.
 
-use crate::crypto::{base64, sha1};
+use crate::api::{blocking, still_valid};
+use crate::auth::Principal;
+use crate::http::{ApiError, Name};
+use crate::App;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Interest};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-/// Largest frame accepted from a browser (noVNC sends small messages).
-pub const MAX_CLIENT_FRAME: u64 = 1 << 20;
+/// Largest frame (and message) accepted from a browser (noVNC sends small messages).
+pub const MAX_CLIENT_FRAME: usize = 1 << 20;
 /// Bytes read from VNC at a time (one frame each).
 const CHUNK: usize = 256 * 1024;
-
-/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
-pub fn accept_key(key: &str) -> String {
-    base64(&sha1(format!("{}{GUID}", key.trim()).as_bytes()))
-}
-
-/// The header of an unmasked, final frame of `len` bytes.
-fn header(opcode: u8, len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x80 | opcode;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if len <= 0xffff {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(w: &Mutex<W>, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut h = [0u8; 10];
-    let n = header(opcode, payload.len(), &mut h);
-    let mut buf = Vec::with_capacity(n + payload.len());
-    buf.extend_from_slice(&h[..n]);
-    buf.extend_from_slice(payload);
-    let mut w = w.lock().await;
-    w.write_all(&buf).await?;
-    w.flush().await
-}
-
-fn close_payload(code: u16, reason: &str) -> Vec<u8> {
-    let mut p = code.to_be_bytes().to_vec();
-    p.extend_from_slice(reason.as_bytes());
-    p
-}
-
-/// A frame from the browser.
-struct Frame {
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
-#[derive(Debug)]
-enum FrameError {
-    /// The connection closed or failed.
-    Closed,
-    /// Close with this code and reason.
-    Protocol(u16, &'static str),
-}
-
-impl From<std::io::Error> for FrameError {
-    fn from(_: std::io::Error) -> Self {
-        FrameError::Closed
-    }
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).await?;
-    if h[0] & 0x70 != 0 {
-        return Err(FrameError::Protocol(1002, "reserved bits set"));
-    }
-    if h[1] & 0x80 == 0 {
-        return Err(FrameError::Protocol(1002, "client frames must be masked"));
-    }
-    let len = match h[1] & 0x7f {
-        126 => u64::from(r.read_u16().await?),
-        127 => r.read_u64().await?,
-        n => u64::from(n),
-    };
-    if len > MAX_CLIENT_FRAME {
-        return Err(FrameError::Protocol(1009, "frame too large"));
-    }
-    let mut mask = [0u8; 4];
-    r.read_exact(&mut mask).await?;
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await?;
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-    Ok(Frame { opcode: h[0] & 0x0f, payload })
-}
+/// How often a console asks whether its session still holds.
+const CHECK: Duration = Duration::from_secs(2);
 
 /// Why a proxied console ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
     /// The browser closed it.
     Client,
-    /// The VM's display went away (VM stopped).
+    /// The VM's display or console went away (VM stopped).
     Display,
     /// The session ended (logout, expiry, user removed).
     Session,
@@ -117,46 +48,117 @@ pub enum Ended {
     Error(String),
 }
 
-/// Browser to VNC: unmasks frames and forwards their payload; answers pings
-/// and closes. Frames go out through `ws_w`, shared with the other direction.
-async fn from_browser<R, W, V>(r: R, ws_w: &Mutex<W>, vnc_w: &mut V, active: &AtomicBool) -> Ended
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+/// The close frame for a tungstenite error from the browser's side.
+fn close_for(e: &axum::Error) -> Message {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
+        close(1009, "frame too large")
+    } else {
+        close(1002, "protocol error")
+    }
+}
+
+fn upgrade_required() -> ApiError {
+    ApiError::new(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket (version 13) endpoint")
+}
+
+fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.protocols(["binary"]).max_frame_size(MAX_CLIENT_FRAME).max_message_size(MAX_CLIENT_FRAME)
+}
+
+/// Moves bytes between a browser's WebSocket and a byte stream (VNC) until
+/// either side ends or `alive(active)` says the session no longer holds.
+pub async fn proxy<V>(socket: WebSocket, vnc: V, check: Duration, alive: impl Fn(bool) -> bool + Send) -> Ended
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    V: AsyncWrite + Unpin,
+    V: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut r = BufReader::with_capacity(64 * 1024, r);
-    loop {
-        match read_frame(&mut r).await {
-            Ok(f) => match f.opcode {
-                0x0..=0x2 => {
-                    active.store(true, Ordering::Relaxed);
-                    if let Err(e) = vnc_w.write_all(&f.payload).await {
-                        return Ended::Error(format!("VNC: {e}"));
-                    }
-                }
-                0x8 => {
-                    let _ = write_frame(ws_w, 0x8, &close_payload(1000, "")).await;
-                    return Ended::Client;
-                }
-                0x9 => {
-                    if write_frame(ws_w, 0xA, &f.payload).await.is_err() {
+    let (mut ws_w, mut ws_r) = socket.split();
+    let (mut vnc_r, mut vnc_w) = tokio::io::split(vnc);
+    let active = AtomicBool::new(false);
+    let (to_ws, mut outbox) = tokio::sync::mpsc::channel::<Message>(8);
+
+    let to_browser = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match vnc_r.read(&mut buf).await {
+                Ok(0) => return Ended::Display,
+                Ok(n) => {
+                    if to_ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         return Ended::Client;
                     }
                 }
-                0xA => {}
-                _ => {
-                    let _ = write_frame(ws_w, 0x8, &close_payload(1002, "unknown opcode")).await;
-                    return Ended::Error("unknown opcode".into());
-                }
-            },
-            Err(FrameError::Closed) => return Ended::Client,
-            Err(FrameError::Protocol(code, why)) => {
-                let _ = write_frame(ws_w, 0x8, &close_payload(code, why)).await;
-                return Ended::Error(why.into());
+                Err(e) => return Ended::Error(format!("VNC: {e}")),
             }
         }
+    };
+    let from_browser = async {
+        while let Some(m) = ws_r.next().await {
+            match m {
+                Ok(Message::Binary(b)) => {
+                    active.store(true, Ordering::Relaxed);
+                    if let Err(e) = vnc_w.write_all(&b).await {
+                        return Ended::Error(format!("VNC: {e}"));
+                    }
+                }
+                Ok(Message::Text(t)) => {
+                    active.store(true, Ordering::Relaxed);
+                    if let Err(e) = vnc_w.write_all(t.as_bytes()).await {
+                        return Ended::Error(format!("VNC: {e}"));
+                    }
+                }
+                // tungstenite answers pings itself.
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(Message::Close(_)) => return Ended::Client,
+                Err(e) => {
+                    let _ = to_ws.send(close_for(&e)).await;
+                    return Ended::Error(e.to_string());
+                }
+            }
+        }
+        Ended::Client
+    };
+    let writer = async {
+        while let Some(m) = outbox.recv().await {
+            let last = matches!(m, Message::Close(_));
+            if ws_w.send(m).await.is_err() || last {
+                break;
+            }
+        }
+    };
+    let watch = watch_session(check, &active, alive);
+    let ended = {
+        tokio::pin!(writer);
+        tokio::select! {
+            e = to_browser => e,
+            e = from_browser => e,
+            e = watch => e,
+            _ = &mut writer => Ended::Client,
+        }
+    };
+    match &ended {
+        Ended::Display => {
+            let _ = ws_w.send(close(1000, "the display closed")).await;
+        }
+        Ended::Session => {
+            let _ = ws_w.send(close(1008, "the session ended")).await;
+        }
+        Ended::Error(_) => {
+            // The close frame chosen for the error is still queued.
+            while let Ok(m) = outbox.try_recv() {
+                if matches!(m, Message::Close(_)) {
+                    let _ = ws_w.send(m).await;
+                }
+            }
+        }
+        Ended::Client => {}
     }
+    let _ = ws_w.close().await;
+    let _ = vnc_w.shutdown().await;
+    ended
 }
 
 /// Ends when `alive(active)` says the session no longer holds.
@@ -171,198 +173,176 @@ async fn watch_session(check: Duration, active: &AtomicBool, alive: impl Fn(bool
     }
 }
 
-/// Tells the browser why the console ended, when it was not the browser's doing.
-async fn say_goodbye<W: AsyncWrite + Unpin>(ended: &Ended, ws_w: &Mutex<W>) {
-    let why = match ended {
-        Ended::Display => close_payload(1000, "the display closed"),
-        Ended::Session => close_payload(1008, "the session ended"),
-        _ => return,
-    };
-    let _ = write_frame(ws_w, 0x8, &why).await;
+enum Vnc {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
-/// Proxies between a WebSocket (`ws`, after the handshake) and a VNC
-/// connection until either side ends. Every `check` interval `alive(active)`
-/// is asked whether the session still holds (`active` tells whether the
-/// browser sent anything since the last check, to keep a used session alive).
-pub async fn proxy<S, V>(ws: S, vnc: V, check: Duration, alive: impl Fn(bool) -> bool + Send) -> Ended
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-    V: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (ws_r, ws_w) = tokio::io::split(ws);
-    let (mut vnc_r, mut vnc_w) = tokio::io::split(vnc);
-    let ws_w = Mutex::new(ws_w);
-    let active = AtomicBool::new(false);
+/// WebSocket to the VM's VNC display (RFB over binary frames). Browsers send
+/// the CSRF token as the subprotocol `phyllome-csrf.TOKEN` next to `binary`.
+#[utoipa::path(get, operation_id = "console", path = "/api/v1/vms/{name}/console", tag = "vms", params(("name" = String, Path)),
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 409, body = crate::http::ErrorBody, description = "the VM is not running, or has no display it can reach")))]
+pub async fn console(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|_| upgrade_required())?;
+    let target =
+        match app.config.console_override {
+            Some(addr) => VncTarget::Tcp(addr),
+            None => blocking(&app, move |_, lv| {
+                phyllome_engine::vm::summary(lv, &name)?;
+                let xml = lv.xml(&name)?;
+                vnc_target(&xml).map_err(|e| match e {
+                    VncLookup::None => {
+                        ApiError::new(StatusCode::CONFLICT, format!("{name} is not running (or has no VNC display)"))
+                    }
+                    VncLookup::NotLoopback(a) => ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "{name}'s display listens on {a}; phyllome proxies loopback and unix-socket displays only"
+                        ),
+                    ),
+                })
+            })
+            .await?,
+        };
+    let vnc = match &target {
+        VncTarget::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(|s| {
+            let _ = s.set_nodelay(true);
+            Vnc::Tcp(s)
+        }),
+        VncTarget::Unix(p) => tokio::net::UnixStream::connect(p).await.map(Vnc::Unix),
+    }
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot reach the display: {e}")))?;
+    Ok(configure(ws).on_upgrade(move |socket| async move {
+        let alive = |active: bool| still_valid(&app, &who, active);
+        let _ = match vnc {
+            Vnc::Tcp(v) => proxy(socket, v, CHECK, alive).await,
+            Vnc::Unix(v) => proxy(socket, v, CHECK, alive).await,
+        };
+    }))
+}
 
-    let to_browser = async {
-        let mut buf = vec![0u8; 10 + CHUNK];
-        loop {
-            let n = match vnc_r.read(&mut buf[10..]).await {
-                Ok(0) => return Ended::Display,
-                Ok(n) => n,
-                Err(e) => return Ended::Error(format!("VNC: {e}")),
-            };
-            let mut h = [0u8; 10];
-            let hl = header(0x2, n, &mut h);
-            let start = 10 - hl;
-            buf[start..10].copy_from_slice(&h[..hl]);
-            let mut w = ws_w.lock().await;
-            if let Err(e) = w.write_all(&buf[start..10 + n]).await {
-                return Ended::Error(format!("browser: {e}"));
+/// WebSocket to the VM's serial console (raw bytes in binary frames both
+/// ways). Browsers send the CSRF token as the subprotocol `phyllome-csrf.TOKEN`.
+#[utoipa::path(get, operation_id = "serial", path = "/api/v1/vms/{name}/serial", tag = "vms", params(("name" = String, Path)),
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 409, body = crate::http::ErrorBody, description = "the VM is not running")))]
+pub async fn serial(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|_| upgrade_required())?;
+    let n = name.clone();
+    blocking(&app, move |_, lv| {
+        let row = phyllome_engine::vm::row(lv, &n)?;
+        if row.state != "running" && row.state != "paused" {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("{n} is not running")));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(configure(ws).on_upgrade(move |socket| async move {
+        let alive = |active: bool| still_valid(&app, &who, active);
+        let _ = serial_proxy(Arc::clone(&app), name, socket, alive).await;
+    }))
+}
+
+/// The serial console: one blocking thread owns the libvirt stream and
+/// moves bytes both ways; the async side moves WebSocket messages.
+async fn serial_proxy(app: Arc<App>, name: String, socket: WebSocket, alive: impl Fn(bool) -> bool + Send) -> Ended {
+    let (to_ws, mut from_console) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (to_console, mut keys) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let worker = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let lv = app.libvirt().map_err(|e| e.to_string())?;
+        let console = lv.open_console(&name).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Option<(Bytes, usize)> = None;
+        while !stop2.load(Ordering::Relaxed) {
+            let mut idle = true;
+            match console.read(&mut buf).map_err(|e| e.to_string())? {
+                phyllome_libvirt::Io::Done(0) => return Ok(()),
+                phyllome_libvirt::Io::Done(n) => {
+                    idle = false;
+                    if to_ws.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        return Ok(());
+                    }
+                }
+                phyllome_libvirt::Io::WouldBlock => {}
             }
-            if let Err(e) = w.flush().await {
-                return Ended::Error(format!("browser: {e}"));
+            if pending.is_none() {
+                match keys.try_recv() {
+                    Ok(b) => pending = Some((b, 0)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if let Some((b, at)) = pending.take() {
+                match console.write(&b[at..]).map_err(|e| e.to_string())? {
+                    phyllome_libvirt::Io::Done(n) if at + n >= b.len() => idle = false,
+                    phyllome_libvirt::Io::Done(n) => pending = Some((b, at + n)),
+                    phyllome_libvirt::Io::WouldBlock => pending = Some((b, at)),
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        Ok(())
+    });
+    let (mut ws_w, mut ws_r) = socket.split();
+    let active = AtomicBool::new(false);
+    let to_browser = async {
+        while let Some(b) = from_console.recv().await {
+            if ws_w.send(Message::Binary(b)).await.is_err() {
+                return Ended::Client;
+            }
+        }
+        Ended::Display
     };
-
+    let from_browser = async {
+        while let Some(m) = ws_r.next().await {
+            let data = match m {
+                Ok(Message::Binary(b)) => b,
+                Ok(Message::Text(t)) => Bytes::copy_from_slice(t.as_bytes()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => return Ended::Client,
+                Err(e) => return Ended::Error(e.to_string()),
+            };
+            active.store(true, Ordering::Relaxed);
+            if to_console.send(data).await.is_err() {
+                return Ended::Display;
+            }
+        }
+        Ended::Client
+    };
     let ended = tokio::select! {
         e = to_browser => e,
-        e = from_browser(ws_r, &ws_w, &mut vnc_w, &active) => e,
-        e = watch_session(check, &active, alive) => e,
+        e = from_browser => e,
+        e = watch_session(CHECK, &active, alive) => e,
     };
-    say_goodbye(&ended, &ws_w).await;
-    let _ = ws_w.lock().await.shutdown().await;
-    let _ = vnc_w.shutdown().await;
+    stop.store(true, Ordering::Relaxed);
+    let opened = worker.await.unwrap_or(Ok(()));
+    let mut ws = ws_w;
+    let _ = match (&ended, opened) {
+        (_, Err(e)) => {
+            tracing::warn!("serial console: {e:?}");
+            ws.send(close(1011, "the serial console could not be opened")).await
+        }
+        (Ended::Display, _) => ws.send(close(1000, "the console closed")).await,
+        (Ended::Session, _) => ws.send(close(1008, "the session ended")).await,
+        _ => Ok(()),
+    };
+    let _ = ws.close().await;
     ended
-}
-
-/// Runs `op` on `sock` when it is ready for `interest`, until it does not
-/// answer "would block".
-async fn when_ready<T>(
-    sock: &TcpStream,
-    interest: Interest,
-    mut op: impl FnMut() -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    loop {
-        sock.ready(interest).await?;
-        match sock.try_io(interest, &mut op) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
-}
-
-/// The same proxy for the common case of plain TCP on both sides (a loopback
-/// listener, and VNC on loopback), without copying VNC's bytes: Linux
-/// `splice(2)` moves them from the VNC socket into a pipe and from the pipe
-/// into the browser's socket; only the frame headers are written by us.
-/// `early` holds bytes the browser sent before the upgrade finished. Falls
-/// back to [`proxy`] when no pipe can be had.
-pub async fn proxy_tcp(
-    mut ws: TcpStream,
-    early: bytes::Bytes,
-    mut vnc: TcpStream,
-    check: Duration,
-    alive: impl Fn(bool) -> bool + Send,
-) -> Ended {
-    use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
-    let Ok((pipe_r, pipe_w)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
-        let ws = std::io::Cursor::new(early).chain(ws);
-        return proxy(Joined(ws), vnc, check, alive).await;
-    };
-    let _ = fcntl_setpipe_size(&pipe_w, 1 << 20);
-    let pipe_size = fcntl_getpipe_size(&pipe_w).unwrap_or(64 * 1024);
-    let (ws_r, ws_w) = ws.split();
-    let (vnc_r, mut vnc_w) = vnc.split();
-    let ws_w = Mutex::new(ws_w);
-    let active = AtomicBool::new(false);
-    let moving = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-
-    let to_browser = async {
-        let vnc_sock: &TcpStream = vnc_r.as_ref();
-        loop {
-            // The pipe is empty here: "would block" can only mean the VNC socket.
-            let n = match when_ready(vnc_sock, Interest::READABLE, || {
-                splice(vnc_sock, None, &pipe_w, None, pipe_size, moving).map_err(std::io::Error::from)
-            })
-            .await
-            {
-                Ok(0) => return Ended::Display,
-                Ok(n) => n,
-                Err(e) => return Ended::Error(format!("VNC: {e}")),
-            };
-            let w = ws_w.lock().await;
-            let sock: &TcpStream = w.as_ref();
-            let mut h = [0u8; 10];
-            let hl = header(0x2, n, &mut h);
-            let mut sent = 0;
-            while sent < hl {
-                match when_ready(sock, Interest::WRITABLE, || {
-                    rustix::net::send(sock, &h[sent..hl], rustix::net::SendFlags::MORE).map_err(std::io::Error::from)
-                })
-                .await
-                {
-                    Ok(k) => sent += k,
-                    Err(e) => return Ended::Error(format!("browser: {e}")),
-                }
-            }
-            // The pipe holds n bytes here: "would block" can only mean the browser's socket.
-            let mut left = n;
-            while left > 0 {
-                match when_ready(sock, Interest::WRITABLE, || {
-                    splice(&pipe_r, None, sock, None, left, moving).map_err(std::io::Error::from)
-                })
-                .await
-                {
-                    Ok(0) => return Ended::Error("browser: the pipe ran dry".into()),
-                    Ok(k) => left -= k,
-                    Err(e) => return Ended::Error(format!("browser: {e}")),
-                }
-            }
-        }
-    };
-
-    let ended = {
-        let r = std::io::Cursor::new(early).chain(ws_r);
-        tokio::select! {
-            e = to_browser => e,
-            e = from_browser(r, &ws_w, &mut vnc_w, &active) => e,
-            e = watch_session(check, &active, alive) => e,
-        }
-    };
-    say_goodbye(&ended, &ws_w).await;
-    let _ = ws_w.lock().await.shutdown().await;
-    let _ = vnc_w.shutdown().await;
-    ended
-}
-
-/// A reader and the stream it reads ahead of, as one read/write stream.
-struct Joined<R>(tokio::io::Chain<std::io::Cursor<bytes::Bytes>, R>);
-
-impl<R: AsyncRead + Unpin> AsyncRead for Joined<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<R: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Joined<R> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(self.0.get_mut().1).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(self.0.get_mut().1).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(self.0.get_mut().1).poll_shutdown(cx)
-    }
 }
 
 /// Where a VM's VNC display listens.
@@ -428,22 +408,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_key_matches_rfc6455_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn headers_use_the_shortest_length() {
-        let mut h = [0u8; 10];
-        assert_eq!(header(2, 5, &mut h), 2);
-        assert_eq!(&h[..2], &[0x82, 5]);
-        assert_eq!(header(2, 300, &mut h), 4);
-        assert_eq!(&h[..4], &[0x82, 126, 1, 44]);
-        assert_eq!(header(2, 70000, &mut h), 10);
-        assert_eq!(h[1], 127);
-    }
-
-    #[test]
     fn vnc_targets_are_loopback_or_unix() {
         let g = |attrs: &str| format!("<domain><devices><graphics type='vnc' {attrs}/></devices></domain>");
         assert_eq!(
@@ -464,84 +428,107 @@ mod tests {
         assert_eq!(vnc_target("<domain><devices/></domain>"), Err(VncLookup::None));
     }
 
-    #[tokio::test]
-    async fn proxies_both_ways_and_answers_ping_and_close() {
-        let (browser, server_side) = tokio::io::duplex(1 << 20);
-        let (vnc_server, vnc_client) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(proxy(server_side, vnc_client, Duration::from_secs(3600), |_| true));
-        let (mut vnc_r, mut vnc_w) = tokio::io::split(vnc_server);
-        let (mut br, mut bw) = tokio::io::split(browser);
-        vnc_w.write_all(b"RFB 003.008\n").await.unwrap();
-        let mut h = [0u8; 2];
-        br.read_exact(&mut h).await.unwrap();
-        assert_eq!(h, [0x82, 12]);
-        let mut p = [0u8; 12];
-        br.read_exact(&mut p).await.unwrap();
-        assert_eq!(&p, b"RFB 003.008\n");
-        // A masked binary frame reaches VNC unmasked.
-        let mask = [1u8, 2, 3, 4];
-        let data = b"hello";
-        let mut f = vec![0x82, 0x80 | data.len() as u8];
+    /// A server with the console proxy in front of a fake VNC (a TCP pair), for the conformance tests.
+    async fn fixture() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        use axum::routing::get;
+        let vnc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vnc_addr = vnc_l.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/ws",
+            get(move |ws: WebSocketUpgrade| async move {
+                configure(ws).on_upgrade(move |socket| async move {
+                    let v = tokio::net::TcpStream::connect(vnc_addr).await.unwrap();
+                    proxy(socket, v, Duration::from_secs(3600), |_| true).await;
+                })
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: binary\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(c.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455's example accept key: {head}");
+        assert!(head.to_ascii_lowercase().contains("sec-websocket-protocol: binary"), "{head}");
+        let (vnc, _) = vnc_l.accept().await.unwrap();
+        (c, vnc)
+    }
+
+    fn masked(opcode: u8, fin: bool, data: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 1, 9, 3];
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        if data.len() < 126 {
+            f.push(0x80 | data.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        }
         f.extend_from_slice(&mask);
         f.extend(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        // A ping is answered with a pong.
-        f.extend_from_slice(&[0x89, 0x80, 0, 0, 0, 0]);
-        bw.write_all(&f).await.unwrap();
-        let mut got = [0u8; 5];
-        vnc_r.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, data);
-        br.read_exact(&mut h).await.unwrap();
-        assert_eq!(h, [0x8A, 0]);
-        // An unmasked frame is a protocol error.
-        bw.write_all(&[0x82, 0x01, 0x00]).await.unwrap();
-        assert!(matches!(task.await.unwrap(), Ended::Error(_)));
+        f
+    }
+
+    async fn frame(c: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 2];
+        c.read_exact(&mut h).await.ok()?;
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => usize::from(c.read_u16().await.ok()?),
+            127 => c.read_u64().await.ok()? as usize,
+            n => usize::from(n),
+        };
+        let mut p = vec![0u8; len];
+        c.read_exact(&mut p).await.ok()?;
+        Some((h[0], p))
     }
 
     #[tokio::test]
-    async fn spliced_proxy_moves_bytes_and_ends_with_the_display() {
-        let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut browser = TcpStream::connect(l1.local_addr().unwrap()).await.unwrap();
-        let (ws_side, _) = l1.accept().await.unwrap();
-        let vnc_side = TcpStream::connect(l2.local_addr().unwrap()).await.unwrap();
-        let (mut vnc, _) = l2.accept().await.unwrap();
-        // Bytes the browser sent before the upgrade finished come first.
-        let mut early = vec![0x82, 0x80 | 2, 0, 0, 0, 0];
-        early.extend_from_slice(b"hi");
-        let task = tokio::spawn(proxy_tcp(ws_side, early.into(), vnc_side, Duration::from_secs(3600), |_| true));
-        let mut got = [0u8; 2];
+    async fn moves_bytes_both_ways_reassembles_fragments_and_answers_pings() {
+        let (mut c, mut vnc) = fixture().await;
+        vnc.write_all(b"RFB 003.008\n").await.unwrap();
+        assert_eq!(frame(&mut c).await.unwrap(), (0x82, b"RFB 003.008\n".to_vec()));
+        // A message in two fragments, with a ping between them.
+        c.write_all(&masked(0x2, false, b"hel")).await.unwrap();
+        c.write_all(&masked(0x9, true, b"p")).await.unwrap();
+        c.write_all(&masked(0x0, true, b"lo")).await.unwrap();
+        let mut got = [0u8; 5];
         vnc.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hi");
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-        let writer = {
-            let data = data.clone();
-            tokio::spawn(async move {
-                vnc.write_all(&data).await.unwrap();
-                vnc.shutdown().await.unwrap();
-                vnc
-            })
-        };
-        let mut received = Vec::new();
-        loop {
-            let mut h = [0u8; 2];
-            browser.read_exact(&mut h).await.unwrap();
-            let len = match h[1] & 0x7f {
-                126 => usize::from(browser.read_u16().await.unwrap()),
-                127 => browser.read_u64().await.unwrap() as usize,
-                n => usize::from(n),
-            };
-            let mut p = vec![0u8; len];
-            browser.read_exact(&mut p).await.unwrap();
-            if h[0] & 0x0f == 0x8 {
-                assert_eq!(&p[..2], &1000u16.to_be_bytes());
-                break;
-            }
-            assert_eq!(h[0], 0x82);
-            received.extend_from_slice(&p);
-        }
-        assert_eq!(received.len(), data.len());
-        assert!(received == data, "bytes changed on the way");
-        assert_eq!(task.await.unwrap(), Ended::Display);
-        drop(writer.await.unwrap());
+        assert_eq!(&got, b"hello");
+        assert_eq!(frame(&mut c).await.unwrap(), (0x8A, b"p".to_vec()), "the ping is answered");
+        // The display closing ends the console with 1000.
+        drop(vnc);
+        let (op, p) = frame(&mut c).await.unwrap();
+        assert_eq!((op, &p[..2]), (0x88, &1000u16.to_be_bytes()[..]));
+    }
+
+    #[tokio::test]
+    async fn refuses_unmasked_and_oversized_frames() {
+        let (mut c, mut vnc) = fixture().await;
+        c.write_all(&[0x82, 0x02, b'h', b'i']).await.unwrap();
+        let (op, p) = frame(&mut c).await.expect("a close frame");
+        assert_eq!((op, &p[..2]), (0x88, &1002u16.to_be_bytes()[..]));
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), vnc.read(&mut b)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "an unmasked frame reached VNC");
+
+        let (mut c, mut vnc) = fixture().await;
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&((MAX_CLIENT_FRAME as u64) + 1).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        c.write_all(&f).await.unwrap();
+        let (op, p) = frame(&mut c).await.expect("a close frame");
+        assert_eq!((op, &p[..2]), (0x88, &1009u16.to_be_bytes()[..]));
+        let n = tokio::time::timeout(Duration::from_secs(5), vnc.read(&mut b)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "an oversized frame reached VNC");
     }
 }

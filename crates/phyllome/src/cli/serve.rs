@@ -28,6 +28,15 @@ pub struct ServeArgs {
     /// noVNC's directory (the npm package @novnc/novnc); found automatically when installed.
     #[arg(long, value_name = "DIR")]
     novnc_dir: Option<PathBuf>,
+    /// The npm folder of the UI's libraries (Preact with htm, xterm.js); found automatically when installed.
+    #[arg(long, value_name = "DIR")]
+    vendor_dir: Option<PathBuf>,
+    /// Log lines as text or as JSON (one object a line), on standard error.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// error, warn, info, or debug (every request with its route, status, time and user).
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
+    log_level: String,
     /// Accounts, API tokens and the certificate.
     #[arg(long, value_name = "DIR", default_value = web::DEFAULT_STATE_DIR, hide = true)]
     state_dir: PathBuf,
@@ -63,8 +72,17 @@ pub enum UserCommand {
         state_dir: PathBuf,
     },
     /// Make an API token for an account (`Authorization: Bearer TOKEN`); printed once, stored hashed.
+    /// With --list, list the tokens (of NAME, or all) with when each was made and last used;
+    /// with --revoke ID, revoke one.
     Token {
-        name: String,
+        #[arg(required_unless_present_any = ["list", "revoke"])]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "revoke")]
+        list: bool,
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+        #[arg(long)]
+        json: bool,
         #[arg(long, value_name = "DIR", default_value = web::DEFAULT_STATE_DIR, hide = true)]
         state_dir: PathBuf,
     },
@@ -84,6 +102,9 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
     config.session_idle = Duration::from_secs(a.session_idle.max(1));
     config.resync = Duration::from_secs(a.resync.max(1));
     config.console_override = a.bench_console_target;
+    config.vendor_dir = a.vendor_dir;
+    let format = if a.log_format == "json" { web::LogFormat::Json } else { web::LogFormat::Text };
+    web::init_logging(format, &a.log_level)?;
     web::serve(config, |s| {
         let tls = if s.tls.is_some() { "TLS" } else { "plain HTTP, loopback only" };
         println!("phyllome serve: listening on {} ({tls})", s.url);
@@ -144,11 +165,59 @@ pub fn user(cmd: UserCommand) -> Fallible {
                 println!("{}  ({n} API token{})", u.name, if n == 1 { "" } else { "s" });
             }
         }
-        UserCommand::Token { name, state_dir } => {
+        UserCommand::Token { revoke: Some(id), state_dir, .. } => {
+            let t = auth::Store::open(&state_dir)?.revoke_token(&id)?;
+            eprintln!("phyllome: revoked API token {} of {} (servers stop taking it within seconds)", t.id, t.user);
+        }
+        UserCommand::Token { list: true, name, json, state_dir, .. } => {
+            let store = auth::Store::open(&state_dir)?;
+            if let Some(n) = &name {
+                if !store.users()?.iter().any(|u| &u.name == n) {
+                    return Err(auth::AuthError::NoUser(n.clone()).into());
+                }
+            }
+            let tokens: Vec<_> =
+                store.tokens()?.into_iter().filter(|t| name.as_ref().is_none_or(|n| &t.user == n)).collect();
+            if json {
+                let rows: Vec<_> = tokens
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "user": t.user, "created": t.created, "last_used": t.last_used}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if tokens.is_empty() {
+                eprintln!("phyllome: no API tokens");
+            } else {
+                println!("{:<18} {:<12} {:<22} LAST USED", "ID", "USER", "CREATED");
+                for t in &tokens {
+                    let last = t.last_used.map_or("never".to_string(), utc);
+                    println!("{:<18} {:<12} {:<22} {last}", t.id, t.user, utc(t.created));
+                }
+            }
+        }
+        UserCommand::Token { name, state_dir, .. } => {
+            let name = name.unwrap_or_default();
             let token = auth::Store::open(&state_dir)?.new_token(&name)?;
             eprintln!("phyllome: API token for {name} (shown once; send it as `Authorization: Bearer TOKEN`):");
             println!("{token}");
         }
     }
     Ok(())
+}
+
+/// UNIX seconds as `YYYY-MM-DD HH:MM UTC`.
+fn utc(secs: u64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs as i64) {
+        Ok(t) => format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), t.month() as u8, t.day(), t.hour(), t.minute()),
+        Err(_) => secs.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(1_796_169_600), "2026-12-02 00:00 UTC");
+        assert_eq!(super::utc(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
+    }
 }

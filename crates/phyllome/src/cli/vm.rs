@@ -6,6 +6,7 @@ use super::Fallible;
 use clap::{Args, Subcommand};
 use phyllome_engine::model::input::human_mib;
 use phyllome_engine::model::Encryption;
+use phyllome_engine::progress::Progress;
 use phyllome_engine::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
 use std::io::{BufRead, IsTerminal};
@@ -81,6 +82,42 @@ fn progress(msg: &str) {
     eprintln!("phyllome: {msg}");
 }
 
+/// Renders the engine's progress: a spinner naming the step on a terminal,
+/// and the notes as lines (the only output when standard error is not a terminal).
+struct Steps(indicatif::ProgressBar);
+
+impl Steps {
+    fn new(what: &str) -> Steps {
+        let bar = if std::io::stderr().is_terminal() {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Steps(bar)
+    }
+
+    fn report(&self, p: Progress<'_>) {
+        match p {
+            Progress::Step { step } => self.0.set_message(step.to_string()),
+            Progress::Note { message } if self.0.is_hidden() => progress(message),
+            Progress::Note { message } => self.0.println(format!("phyllome: {message}")),
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Reads a passphrase without echo from the terminal, or one line from
 /// standard input when it is not a terminal (scripts, tests). Never from
 /// arguments or the environment.
@@ -126,7 +163,9 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             Ok(())
         }
         VmCommand::Stop { name, timeout, force } => {
-            let how = vm::stop(&lv, &name, Duration::from_secs(timeout), force, &progress)?;
+            let steps = Steps::new(&format!("stopping {name}"));
+            let how = vm::stop(&lv, &name, Duration::from_secs(timeout), force, &|p| steps.report(p))?;
+            drop(steps);
             let msg = match how {
                 vm::Stopped::AlreadyOff => "was already shut off",
                 vm::Stopped::PowerButton => "shut down (ACPI power button)",
@@ -183,7 +222,10 @@ fn create(lv: &Libvirt, a: CreateArgs) -> Fallible {
     } else {
         None
     };
-    let c = vm::create(lv, &a.name, &spec, passphrase.as_deref(), a.start, &progress)?;
+    let steps = Steps::new(&format!("creating {}", a.name));
+    let c = vm::create(lv, &a.name, &spec, passphrase.as_deref(), a.start, &|p| steps.report(p));
+    drop(steps);
+    let c = c?;
     for w in &c.warnings {
         eprintln!("phyllome: warning: {w}");
     }

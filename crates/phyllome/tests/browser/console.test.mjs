@@ -3,10 +3,16 @@
 // (the password never goes through argv or the environment).
 //
 // Debian's Chromium, headless, through playwright-core: log in; see a VM whose
-// name is full of HTML shown as text; create a VM from the test guest and see
+// name is full of HTML shown as text (in the list and on its page); create a
+// VM from the test guest, watching the create's steps in the dialog, and see
 // it run without reloading; the host check and device pages; the console
-// (noVNC through phyllome's WebSocket proxy) shows the guest's screen; stop
-// and delete with confirmation; log out. Each page is saved as a PNG.
+// (noVNC through phyllome's WebSocket proxy) shows the guest's screen; the
+// VM's page (overview with UUID, vCPUs, encryption and why each device);
+// the serial console (xterm.js) runs a command in the guest's shell; pause
+// and resume; stop with confirmation (Escape and Cancel keep it running);
+// a stopped VM's console and serial console say "not running"; delete with
+// confirmation; no Content-Security-Policy violation on the way; log out.
+// Each page is saved as a PNG.
 //
 // Prints one line per step and a closing "browser: N passed, M failed" line;
 // exits non-zero when a step failed.
@@ -21,7 +27,7 @@ mkdirSync(cfg.artifacts, { recursive: true });
 
 const results = [];
 const dialogs = [];
-let navigations = 0;
+const cspViolations = [];
 
 async function step(name, fn) {
   if (results.some((r) => !r.ok)) {
@@ -54,6 +60,10 @@ async function waitUntil(what, secs, fn) {
   }
 }
 
+const serialLog = () => {
+  try { return readFileSync(cfg.serialLog, 'utf8'); } catch (e) { return ''; }
+};
+
 const profile = mkdtempSync(join(tmpdir(), 'phyllome-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: cfg.chromium || '/usr/bin/chromium',
@@ -65,20 +75,32 @@ const context = await chromium.launchPersistentContext(profile, {
 const page = context.pages()[0] || (await context.newPage());
 page.setDefaultTimeout(30000);
 page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
-page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations += 1; });
-page.on('console', (m) => { if (m.type() === 'error') console.log(`  (page console: ${m.text()})`); });
+page.on('console', (m) => {
+  if (m.type() !== 'error') return;
+  if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
+  console.log(`  (page console: ${m.text()})`);
+});
 page.on('pageerror', (e) => console.log(`  (page error: ${e.message})`));
 
 const shot = (name) => page.screenshot({ path: join(cfg.artifacts, `${name}.png`) });
 // The row of a VM, found by comparing names as strings (no selector escaping of odd names).
 const rowState = (name) => page.evaluate((n) => {
   const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
-  return tr ? tr.querySelector('.state').textContent : null;
+  return tr ? tr.dataset.state : null;
 }, name);
-const clickRowButton = (name, action) => page.evaluate(([n, a]) => {
+const clickInRow = (name, selector) => page.evaluate(([n, s]) => {
   const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
-  tr.querySelector(`[data-action="${a}"]`).click();
-}, [name, action]);
+  tr.querySelector(s).click();
+}, [name, selector]);
+const clickRowButton = (name, action) => clickInRow(name, `[data-action="${action}"]`);
+const text = async (sel) => ((await page.textContent(sel)) || '').trim();
+// Set before an action and checked after it: still there means the page did not reload.
+const markPage = () => page.evaluate(() => { window.__phyllome_same_page = true; });
+const samePage = () => page.evaluate(() => window.__phyllome_same_page === true);
+const toList = async () => {
+  await page.click('[data-nav=vms]');
+  await page.waitForSelector('#vm-table');
+};
 
 try {
   await step('the login page shows and a login works', async () => {
@@ -92,13 +114,14 @@ try {
     assert((await page.textContent('#login-error')).includes('wrong user name or password'), 'no error for a wrong password');
     await page.fill('#login-password', cfg.password);
     await page.click('#login-submit');
-    await page.waitForSelector('#vm-table');
+    await page.waitForSelector('#vm-page');
     await waitUntil('the live indicator', 10, async () => (await page.textContent('#live')) === 'live');
+    assert((await page.$$('#stale-banner')).length === 0, 'the stale-list banner shows while libvirtd is up');
     assert(!(await context.cookies()).some((c) => c.name.includes('phyllome') && !c.httpOnly), 'the session cookie is readable by scripts');
     assert(await page.evaluate(() => !document.cookie.includes('phyllome')), 'document.cookie shows the session');
   });
 
-  await step('a VM name full of HTML is shown as text', async () => {
+  await step('a VM name full of HTML is shown as text, in the list and on its page', async () => {
     await waitUntil('the HTML-named VM', 15, () => rowState(cfg.xssName));
     const shown = await page.evaluate((n) => {
       const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
@@ -106,25 +129,39 @@ try {
     }, cfg.xssName);
     assert(shown === cfg.xssName, `the name shows as ${JSON.stringify(shown)}`);
     await page.waitForTimeout(500);
-    const injected = await page.evaluate(() => ({
-      img: document.querySelectorAll('#vm-table img, #vm-table svg').length,
+    const injected = (scope) => page.evaluate((s) => ({
+      img: document.querySelectorAll(`${s} img, ${s} svg`).length,
       flag: window.__phyllome_xss,
-    }));
-    assert(injected.img === 0 && injected.flag === undefined, `markup from a name was parsed: ${JSON.stringify(injected)}`);
-    assert(dialogs.length === 0, `a script from a name ran: ${dialogs}`);
+    }), scope);
+    let found = await injected('#vm-table');
+    assert(found.img === 0 && found.flag === undefined, `markup from a name was parsed: ${JSON.stringify(found)}`);
     await shot('02-vm-list');
+    await clickInRow(cfg.xssName, 'td.name a');
+    await page.waitForSelector('#vm-detail #overview');
+    assert((await page.textContent('#vm-name')) === cfg.xssName, `the VM page's title is ${await page.textContent('#vm-name')}`);
+    await page.waitForTimeout(300);
+    found = await injected('#vm-detail');
+    assert(found.img === 0 && found.flag === undefined, `markup from a name was parsed on its page: ${JSON.stringify(found)}`);
+    assert(dialogs.length === 0, `a script from a name ran: ${dialogs}`);
+    await page.click('#back-to-list');
+    await page.waitForSelector('#vm-table');
   });
 
-  await step('create a VM from the test guest; it shows running without a reload', async () => {
-    const before = navigations;
+  await step('create a VM from the test guest, its steps shown as they happen; it shows running without a reload', async () => {
+    await markPage();
     await page.click('#new-vm');
     await page.waitForSelector('#create-dialog[open]');
     await page.waitForFunction(() => document.querySelector('select[name=os]').options.length > 1);
+    assert(await page.evaluate(() => document.activeElement && document.activeElement.name === 'name'),
+      'the name field does not have the focus');
     await page.fill('input[name=name]', cfg.vm);
     await page.selectOption('select[name=os]', 'linux');
+    assert((await page.inputValue('input[name=memory]')) !== '', 'no recommended memory for linux');
     await page.fill('input[name=memory]', '512M');
     await page.fill('input[name=cpus]', '1');
     await page.fill('input[name=disk_size]', '4G');
+    const nets = await page.$$eval('select[name=network] option', (o) => o.map((x) => x.value));
+    assert(nets.includes('none') && nets.includes('user'), `the network picker lacks none or user: ${nets}`);
     await page.selectOption('select[name=network]', 'none');
     await page.click('#create-dialog summary');
     await page.selectOption('select[name=kernel]', 'vmlinuz');
@@ -134,12 +171,36 @@ try {
     const isoChoices = await page.$$eval('select[name=iso] option', (o) => o.map((x) => x.value));
     assert(isoChoices[0] === '', `the ISO picker lacks "(none)": ${isoChoices}`);
     await shot('03-create-dialog');
-    await page.click('#create-submit');
-    await page.waitForSelector('#create-dialog', { state: 'hidden', timeout: 120000 }).catch(async (e) => {
-      throw new Error(`the dialog stayed open: ${await page.textContent('#create-error')} (${e.message})`);
+    // Which steps were on screen before the result was.
+    await page.evaluate(() => {
+      const seen = { steps: [], before: 0, result: false };
+      window.__phyllome_progress = seen;
+      const look = () => {
+        const steps = [...document.querySelectorAll('#create-progress li[data-step]')].map((li) => li.dataset.step);
+        const result = !!document.querySelector('#create-result');
+        if (!seen.result && !result) seen.before = Math.max(seen.before, steps.length);
+        seen.steps = steps;
+        seen.result = seen.result || result;
+      };
+      new MutationObserver(look).observe(document.body, { subtree: true, childList: true });
     });
+    await page.click('#create-submit');
+    const error = await waitUntil('the result of the create', 120, () => page.evaluate(() => {
+      if (document.querySelector('#create-result')) return 'none';
+      const e = document.querySelector('#create-error');
+      return e && e.textContent ? e.textContent : null;
+    }));
+    assert(error === 'none', `the create failed: ${error}`);
+    const progress = await page.evaluate(() => window.__phyllome_progress);
+    console.log(`  steps: ${progress.steps.join(' ')} (${progress.before} shown before the result)`);
+    assert(progress.before >= 1, 'no step showed before the create finished');
+    for (const s of ['define', 'start']) assert(progress.steps.includes(s), `no "${s}" step: ${progress.steps}`);
+    assert((await page.textContent('#create-result')).includes(cfg.vm), 'the result does not name the VM');
+    await shot('10-create-progress');
+    await page.click('#create-close');
+    await page.waitForSelector('#create-dialog', { state: 'hidden' });
     await waitUntil('the new VM to show running', 60, async () => (await rowState(cfg.vm)) === 'running');
-    assert(navigations === before, 'the page reloaded');
+    assert(await samePage(), 'the page reloaded');
     await shot('04-vm-running');
   });
 
@@ -160,22 +221,16 @@ try {
   });
 
   await step("the console shows the guest's screen (noVNC through the proxy)", async () => {
-    await page.click('[data-nav=vms]');
-    await page.waitForSelector('#vm-table');
+    await toList();
     await waitUntil('the VM row', 10, () => rowState(cfg.vm));
-    await page.evaluate((n) => {
-      const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
-      tr.querySelector('[data-action=console]').click();
-    }, cfg.vm);
+    await clickRowButton(cfg.vm, 'console');
     await page.waitForSelector('#screen');
-    await waitUntil('the console to connect', 30, async () => (await page.textContent('#console-status')) === 'connected');
+    await waitUntil('the console to connect', 30, async () => (await text('#console-status')) === 'connected');
     // The guest's screen, not blank, and neither QEMU's centred "Guest has
     // not initialized the display" placeholder nor the firmware's logo: once
     // the guest is up, the kernel's console text from the very top left, i.e.
     // off-background pixels in the first text lines, in several colours.
-    await waitUntil('PHYLLOME-READY on the serial console', 180, () => {
-      try { return readFileSync(cfg.serialLog, 'utf8').includes('PHYLLOME-READY'); } catch (e) { return false; }
-    });
+    await waitUntil('PHYLLOME-READY on the serial console', 180, () => serialLog().includes('PHYLLOME-READY'));
     const stats = await waitUntil('the guest on the canvas', 60, async () => {
       const s = await page.evaluate(() => {
         const c = document.querySelector('#screen canvas');
@@ -206,25 +261,91 @@ try {
     await shot('07-console');
   });
 
-  await step('stop, with confirmation, once the guest is up', async () => {
-    await waitUntil('PHYLLOME-READY on the serial console', 180, () => {
-      try { return readFileSync(cfg.serialLog, 'utf8').includes('PHYLLOME-READY'); } catch (e) { return false; }
+  await step("the VM's page shows its UUID, vCPUs, encryption and why each device", async () => {
+    await page.click('#tab-overview');
+    await page.waitForSelector('#overview');
+    const api = await page.evaluate(async (n) => (await fetch(`/api/v1/vms/${encodeURIComponent(n)}`)).json(), cfg.vm);
+    await waitUntil('the overview to show the VM running', 10, async () => (await text('#ov-state')) === 'running');
+    const uuid = await text('#ov-uuid');
+    assert(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(uuid) && uuid === api.uuid,
+      `the UUID shows as ${JSON.stringify(uuid)} (the API says ${api.uuid})`);
+    assert((await text('#ov-vcpus')) === '1', `vCPUs show as ${await text('#ov-vcpus')}`);
+    const enc = await text('#ov-encryption');
+    assert(enc.startsWith('encrypted'), `encryption shows as ${JSON.stringify(enc)}`);
+    const disks = await page.$$eval('#disk-table tbody tr', (rows) => rows.map((r) => r.textContent));
+    assert(disks.some((d) => d.includes('yes')), `no encrypted disk listed: ${disks}`);
+    const whys = await page.$$eval('#choice-table tbody tr', (rows) => rows.map((r) => ({
+      item: r.dataset.item, why: r.querySelector('.why').textContent.trim(),
+    })));
+    assert(whys.length >= 3 && whys.every((w) => w.item && w.why.length > 3), `the device whys: ${JSON.stringify(whys)}`);
+    assert(whys.length === (api.choices || []).length, `${whys.length} whys shown, the API has ${(api.choices || []).length}`);
+    await shot('08-vm-detail');
+  });
+
+  await step("the serial console runs a command in the guest's shell (xterm.js over the WebSocket)", async () => {
+    await page.click('#tab-serial');
+    await page.waitForSelector('#serial-term .xterm');
+    await waitUntil('the serial console to connect', 30, async () => (await text('#serial-status')) === 'connected');
+    const screen = () => page.evaluate(() => {
+      const rows = document.querySelector('#serial-term .xterm-rows');
+      return rows ? [...rows.children].map((r) => r.textContent).join('\n') : '';
     });
-    await page.click('a[href="#/vms"].button');
-    await page.waitForSelector('#vm-table');
+    // A fresh prompt first (the shell printed its last one before we connected).
+    await page.click('#serial-term');
+    await page.keyboard.press('Enter');
+    await waitUntil('a shell prompt', 20, async () => /[#$] *$/m.test(await screen()));
+    await page.keyboard.type('echo phyllome-$((6*7))');
+    await page.keyboard.press('Enter');
+    await waitUntil('the shell to answer phyllome-42', 20, async () => (await screen()).includes('phyllome-42'));
+    await shot('09-serial');
+  });
+
+  await step("pause and resume from the VM's page", async () => {
+    const shown = () => page.getAttribute('#vm-state', 'data-state');
+    await page.click('#vm-detail .actions [data-action=pause]');
+    await waitUntil('the VM to show paused', 30, async () => (await shown()) === 'paused');
+    await page.click('#vm-detail .actions [data-action=resume]');
+    await waitUntil('the VM to show running again', 30, async () => (await shown()) === 'running');
+  });
+
+  await step('stop, with confirmation (Escape and Cancel keep it running)', async () => {
+    await toList();
     await waitUntil('the VM row', 10, () => rowState(cfg.vm));
-    const before = navigations;
+    await markPage();
     await clickRowButton(cfg.vm, 'stop');
     await page.waitForSelector('#confirm-dialog[open]');
-    const text = await page.textContent('#confirm-text');
-    assert(text.includes(cfg.vm), `the confirmation does not name the VM: ${text}`);
-    await shot('08-confirm-stop');
+    assert(await page.evaluate(() => document.activeElement && document.activeElement.id === 'confirm-cancel'),
+      'the confirmation does not focus Cancel');
+    await page.keyboard.press('Escape');
+    await page.waitForSelector('#confirm-dialog', { state: 'hidden' });
+    await page.waitForTimeout(500);
+    assert((await rowState(cfg.vm)) === 'running', 'Escape stopped the VM');
+    await clickRowButton(cfg.vm, 'stop');
+    await page.waitForSelector('#confirm-dialog[open]');
+    const question = await page.textContent('#confirm-text');
+    assert(question.includes(cfg.vm), `the confirmation does not name the VM: ${question}`);
+    await shot('11-confirm-stop');
     await page.click('#confirm-ok');
     await waitUntil('the VM to show shut off', 120, async () => (await rowState(cfg.vm)) === 'shut off');
-    assert(navigations === before, 'the page reloaded');
+    assert(await samePage(), 'the page reloaded');
+  });
+
+  await step('a stopped VM\'s console and serial console say "not running"', async () => {
+    await clickRowButton(cfg.vm, 'console');
+    await page.waitForSelector('#screen');
+    await waitUntil('the console to say not running', 10, async () => (await text('#console-status')) === 'not running');
+    await page.waitForTimeout(500);
+    assert((await text('#console-status')) === 'not running', `the console says ${await text('#console-status')}`);
+    await shot('12-console-not-running');
+    await page.click('#tab-serial');
+    await page.waitForSelector('#serial-term');
+    await waitUntil('the serial console to say not running', 15, async () => (await text('#serial-status')) === 'not running');
+    await page.waitForTimeout(500);
+    assert((await text('#serial-status')) === 'not running', `the serial console says ${await text('#serial-status')}`);
   });
 
   await step('delete, with confirmation; cancelling keeps it', async () => {
+    await toList();
     await clickRowButton(cfg.vm, 'delete');
     await page.waitForSelector('#confirm-dialog[open]');
     await page.click('#confirm-cancel');
@@ -234,7 +355,11 @@ try {
     await page.waitForSelector('#confirm-dialog[open]');
     await page.click('#confirm-ok');
     await waitUntil('the VM to leave the list', 60, async () => (await rowState(cfg.vm)) === null);
-    await shot('09-deleted');
+    await shot('13-deleted');
+  });
+
+  await step('no Content-Security-Policy violation on any page', async () => {
+    assert(cspViolations.length === 0, `CSP violations:\n${cspViolations.join('\n')}`);
   });
 
   await step('log out', async () => {
