@@ -101,7 +101,9 @@ fn vm(e: &VmError) -> ErrorKind {
         | VmError::Running(_)
         | VmError::NotRunning(_)
         | VmError::DiskShared { .. }
-        | VmError::NetworkInactive(_) => ErrorKind::Conflict,
+        | VmError::NetworkInactive(_)
+        | VmError::IoPaused { .. } => ErrorKind::Conflict,
+        VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
         VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
         VmError::Interrupted => ErrorKind::Interrupted,

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod media;
 pub mod progress;
 pub mod request;
+pub mod text;
 pub mod vm;
 
 pub use phyllome_model as model;

@@ -61,6 +61,8 @@ pub enum VmError {
     NoNetwork(String),
     #[error("libvirt network {0:?} is not active: start it (virsh net-start {0}) or use --network none or user")]
     NetworkInactive(String),
+    #[error("{name} was paused by an I/O error and pauses again on resume: {why}")]
+    IoPaused { name: String, why: String },
     #[error("--network: {0}")]
     BadNetwork(String),
     #[error("{0} is running: stop it first (phyllome stop {0}, or phyllome kill {0})")]
@@ -428,7 +430,7 @@ pub fn create(
     progress: Report<'_>,
 ) -> Result<Created> {
     recover(lv);
-    let plan = plan(lv, name, spec)?;
+    let mut plan = plan(lv, name, spec)?;
     let disk = plan.disk.clone().expect("plan() always asks for a disk");
     let encryption = spec.encryption.unwrap_or(Encryption::Secret);
     if encryption == Encryption::Prompt && passphrase.is_none_or(|p| p.is_empty()) {
@@ -452,6 +454,19 @@ pub fn create(
             return Err(e);
         }
     };
+    // qcow2 grows as the guest writes: a pool smaller than the disk pauses the VM when it fills.
+    if pool_exists {
+        if let Ok(Some(free)) = lv.pool_free(&disk.pool) {
+            if free < plan.disk_gib << 30 {
+                plan.warnings.push(format!(
+                    "storage pool {} has {:.1} GiB free, less than the {} GiB disk: the VM pauses with an I/O error when its disk fills the pool",
+                    disk.pool,
+                    free as f64 / (1u64 << 30) as f64,
+                    plan.disk_gib
+                ));
+            }
+        }
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
         .iter()
@@ -671,9 +686,40 @@ pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
 
 pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
     match state(lv, name)? {
-        State::Paused => Ok(lv.resume(name)?),
+        State::Paused => {
+            let io_error = lv.pause_reason(name)? == Some("I/O error");
+            lv.resume(name)?;
+            if io_error {
+                // QEMU retries the failed write and stops again when it fails: watch for a few seconds.
+                let until = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(200));
+                    // libvirt may report the second stop's reason as "unknown": a pause right after
+                    // this resume of an I/O-error pause is that error again.
+                    if state(lv, name)? == State::Paused {
+                        return Err(VmError::IoPaused { name: name.into(), why: io_error_cause(lv, name) });
+                    }
+                }
+            }
+            Ok(())
+        }
         State::Running => Ok(()),
         _ => Err(VmError::NotRunning(name.into())),
+    }
+}
+
+/// What is known of why a VM's disk fails: its pool's free space.
+fn io_error_cause(lv: &Libvirt, name: &str) -> String {
+    let pool = summary(lv, name).ok().and_then(|s| s.main_disk().and_then(|d| d.pool.clone()));
+    match pool.as_deref().map(|p| (p, lv.pool_free(p))) {
+        Some((p, Ok(Some(free)))) if free < 64 << 20 => {
+            format!("its disk's storage pool {p} is full ({free} bytes free): free space there, then resume")
+        }
+        Some((p, Ok(Some(free)))) => format!(
+            "its disk's storage pool {p} has {:.1} GiB free, so the disk itself fails: see /var/log/libvirt/qemu/{name}.log",
+            free as f64 / (1u64 << 30) as f64
+        ),
+        _ => format!("the disk is full or failing: see /var/log/libvirt/qemu/{name}.log"),
     }
 }
 

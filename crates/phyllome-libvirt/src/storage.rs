@@ -45,6 +45,18 @@ impl Libvirt {
     }
 
     /// Re-reads a pool's directory (after a volume was made outside libvirt).
+    /// Free bytes in an existing pool (None when there is no such pool).
+    pub fn pool_free(&self, name: &str) -> Result<Option<u64>> {
+        match self.conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => {
+                let _ = p.refresh(0);
+                Ok(Some(p.info().map_err(|e| Error::new(format!("storage pool {name}"), e))?.available))
+            }
+            Err(e) if e.code().to_raw() == virt::sys::VIR_ERR_NO_STORAGE_POOL => Ok(None),
+            Err(e) => Err(Error::new(format!("storage pool {name}"), e)),
+        }
+    }
+
     pub fn refresh_pool(&self, pool: &str) -> Result<()> {
         self.pool(pool)?.refresh(0).map_err(|e| Error::new(format!("refresh storage pool {pool}"), e))
     }

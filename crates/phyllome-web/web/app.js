@@ -1,401 +1,192 @@
-// Phyllome's web UI: one page, no framework. Every piece of data (VM
-// names above all) reaches the page through textContent or attribute
-// setters, never parsed as HTML.
+// Phyllome's web UI: Preact components written with htm (no build step).
+// Every piece of data (VM names above all) reaches the page as text nodes
+// or attribute values set by Preact, never parsed as HTML.
+//
+// Pages (hash routes): #/vms, #/vm/NAME[/console|/serial], #/host, #/devices.
 
-const $ = (sel) => document.querySelector(sel);
-const state = { user: null, csrf: null, vms: [], events: null, rfb: null, os: null };
+import {
+  html, render, useState, useEffect, useRef, api, setCsrf, setUnauthorizedHandler, vmHash,
+} from './ui/lib.js';
+import { ConfirmHost, CreateDialog } from './ui/dialogs.js';
+import { VmList, VmDetail } from './ui/vms.js';
+import { HostCheck, Devices } from './ui/host.js';
 
-// h('tr', {className: 'x', dataset: {vm: name}}, 'text', child): builds elements; strings become text nodes.
-function h(tag, props, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(props || {})) {
-    if (k === 'dataset') Object.assign(el.dataset, v);
-    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null && v !== false) el[k] = v;
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-async function api(method, path, body) {
-  const headers = {};
-  if (method !== 'GET' && state.csrf) headers['X-CSRF-Token'] = state.csrf;
-  const opts = { method, headers, credentials: 'same-origin' };
-  if (body !== undefined) {
-    headers['Content-Type'] = 'application/json';
-    opts.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, opts);
-  const isJson = (r.headers.get('content-type') || '').includes('application/json');
-  const data = isJson ? await r.json() : null;
-  if (r.status === 401 && path !== '/api/v1/login') {
-    showLogin();
-  }
-  if (!r.ok) throw new ApiError(r.status, (data && data.error) || r.statusText);
-  return data;
-}
-
-function mib(n) {
-  return n >= 1024 ? `${+(n / 1024).toFixed(1)} GiB` : `${n} MiB`;
-}
-
-// ---------------------------------------------------------------- session
-
-function showLogin(message) {
-  stopEvents();
-  closeConsole();
-  state.user = state.csrf = null;
-  $('#top').hidden = true;
-  $('#view').replaceChildren();
-  $('#login-view').hidden = false;
-  $('#login-error').textContent = message || '';
-  $('#login-user').focus();
-}
-
-async function onLogin(ev) {
-  ev.preventDefault();
-  $('#login-error').textContent = '';
-  $('#login-submit').disabled = true;
+function parseRoute(hash) {
+  const parts = (hash || '').replace(/^#\/?/, '').split('/');
+  let decoded;
   try {
-    const s = await api('POST', '/api/v1/login', {
-      username: $('#login-user').value,
-      password: $('#login-password').value,
-    });
-    $('#login-password').value = '';
-    enter(s);
+    decoded = parts.map(decodeURIComponent);
   } catch (e) {
-    $('#login-error').textContent = e.message;
-  } finally {
-    $('#login-submit').disabled = false;
+    return { view: 'vms' };
   }
+  const [view, arg, tab] = decoded;
+  if (view === 'vm' && arg) return { view: 'vm', name: arg, tab: tab || 'overview' };
+  // The console's address before VM pages existed.
+  if (view === 'console' && arg) return { view: 'vm', name: arg, tab: 'console', redirect: vmHash(arg, 'console') };
+  if (view === 'host' || view === 'devices') return { view };
+  return { view: 'vms' };
 }
 
-function enter(session) {
-  state.user = session.user;
-  state.csrf = session.csrf;
-  $('#login-view').hidden = true;
-  $('#top').hidden = false;
-  $('#who').textContent = session.user;
-  startEvents();
-  route();
+function useRoute() {
+  const [route, setRoute] = useState(() => parseRoute(location.hash));
+  useEffect(() => {
+    const on = () => setRoute(parseRoute(location.hash));
+    window.addEventListener('hashchange', on);
+    return () => window.removeEventListener('hashchange', on);
+  }, []);
+  useEffect(() => { if (route.redirect) history.replaceState(null, '', route.redirect); }, [route]);
+  return route;
 }
 
-async function logout() {
-  try { await api('POST', '/api/v1/logout'); } catch (e) { /* gone already */ }
-  showLogin('Logged out.');
-}
-
-// ---------------------------------------------------------------- live VM list
-
-function startEvents() {
-  stopEvents();
-  const es = new EventSource('/api/v1/events');
-  state.events = es;
-  es.addEventListener('vms', (e) => {
-    state.vms = JSON.parse(e.data);
-    setLive(true);
-    renderVmRows();
-    updateConsoleState();
-  });
-  es.addEventListener('logout', () => showLogin('Your session ended.'));
-  es.onerror = async () => {
-    setLive(false);
-    if (es.readyState === EventSource.CLOSED) {
-      // Refused (the session ended?) rather than a dropped connection.
-      try { await api('GET', '/api/v1/session'); setTimeout(startEvents, 2000); } catch (e) { /* showLogin ran */ }
+function Login({ message, onLogin }) {
+  const [error, setError] = useState(message || '');
+  const [busy, setBusy] = useState(false);
+  const user = useRef(null);
+  const pass = useRef(null);
+  useEffect(() => { setError(message || ''); }, [message]);
+  useEffect(() => { if (user.current) user.current.focus(); }, []);
+  const submit = async (e) => {
+    e.preventDefault();
+    setError('');
+    setBusy(true);
+    try {
+      const s = await api('POST', '/api/v1/login', { username: user.current.value, password: pass.current.value });
+      pass.current.value = '';
+      onLogin(s);
+    } catch (err) {
+      setError(err.message);
+      setBusy(false);
     }
   };
+  return html`<section id="login-view" class="login">
+    <form id="login-form" class="card" autocomplete="on" onSubmit=${submit}>
+      <h1><img src="/favicon.svg" alt="" width="28" height="28" /> Phyllome</h1>
+      <label>User name <input id="login-user" ref=${user} name="username" autocomplete="username" required /></label>
+      <label>Password <input id="login-password" ref=${pass} name="password" type="password" autocomplete="current-password" required /></label>
+      <p id="login-error" class="error" role="alert">${error}</p>
+      <button id="login-submit" type="submit" class="primary" disabled=${busy}>Log in</button>
+    </form>
+  </section>`;
 }
 
-function stopEvents() {
-  if (state.events) state.events.close();
-  state.events = null;
-  setLive(false);
+function since(secs) {
+  if (!secs) return '';
+  const d = new Date(secs * 1000);
+  return ` (since ${d.toLocaleTimeString()})`;
 }
 
-function setLive(on) {
-  const el = $('#live');
-  el.textContent = on ? 'live' : 'offline';
-  el.classList.toggle('on', on);
+function Header({ user, live, route, onLogout }) {
+  const nav = route.view === 'vm' ? 'vms' : route.view;
+  const link = (to, label) => html`<a href=${`#/${to}`} data-nav=${to} class=${nav === to ? 'active' : ''}
+    aria-current=${nav === to ? 'page' : null}>${label}</a>`;
+  return html`<header id="top">
+    <a class="brand" href="#/vms"><img src="/favicon.svg" alt="" width="22" height="22" /> Phyllome</a>
+    <nav aria-label="Pages">
+      ${link('vms', 'Virtual machines')}
+      ${link('host', 'Host check')}
+      ${link('devices', 'Devices')}
+    </nav>
+    <span class="spacer"></span>
+    <span id="live" class=${`live${live ? ' on' : ''}`} title="VM states update as they change">${live ? 'live' : 'offline'}</span>
+    <span id="who">${user}</span>
+    <button id="logout" type="button" class="quiet" onClick=${onLogout}>Log out</button>
+  </header>`;
 }
 
-// ---------------------------------------------------------------- views
-
-function route() {
-  if (!state.user) return;
-  const hash = location.hash || '#/vms';
-  const [, view, arg] = hash.match(/^#\/([a-z]+)\/?(.*)$/) || [null, 'vms', ''];
-  if (view !== 'console') closeConsole();
-  for (const a of document.querySelectorAll('[data-nav]')) {
-    a.classList.toggle('active', a.dataset.nav === view);
-  }
-  if (view === 'host') return showHost();
-  if (view === 'devices') return showDevices();
-  if (view === 'console') return showConsole(decodeURIComponent(arg));
-  return showVms();
+// The VM list and libvirt's status, as the server pushes them.
+function useEvents(session, endSession) {
+  const [vms, setVms] = useState(null);
+  const [live, setLive] = useState(false);
+  const [status, setStatus] = useState(null);
+  useEffect(() => {
+    if (!session) return undefined;
+    let es = null;
+    let retry = null;
+    let stopped = false;
+    const open = () => {
+      es = new EventSource('/api/v1/events');
+      es.addEventListener('vms', (e) => {
+        setVms(JSON.parse(e.data));
+        setLive(true);
+      });
+      es.addEventListener('status', (e) => setStatus(JSON.parse(e.data)));
+      es.addEventListener('logout', () => {
+        es.close();
+        endSession('Your session ended.');
+      });
+      es.onerror = async () => {
+        setLive(false);
+        if (es.readyState === EventSource.CLOSED && !stopped) {
+          // Refused (the session ended?) rather than a dropped connection.
+          try {
+            await api('GET', '/api/v1/session');
+            if (!stopped) retry = setTimeout(open, 2000);
+          } catch (err) { /* the login shows */ }
+        }
+      };
+    };
+    open();
+    return () => {
+      stopped = true;
+      clearTimeout(retry);
+      if (es) es.close();
+      setLive(false);
+      setVms(null);
+      setStatus(null);
+    };
+  }, [session]);
+  return { vms, live, status };
 }
 
-function showVms() {
-  const table = h('table', { id: 'vm-table', className: 'list' },
-    h('thead', {}, h('tr', {},
-      ['Name', 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encrypted', ''].map((t) => h('th', {}, t)))),
-    h('tbody', { id: 'vm-rows' }));
-  $('#view').replaceChildren(
-    h('div', { className: 'toolbar' },
-      h('h1', {}, 'Virtual machines'),
-      h('span', { className: 'spacer' }),
-      h('button', { id: 'new-vm', className: 'primary', type: 'button', onclick: openCreate }, 'New VM')),
-    h('p', { id: 'vm-error', className: 'error', role: 'alert' }),
-    table,
-    h('p', { id: 'vm-empty', className: 'hint', hidden: true }, 'No virtual machines yet.'));
-  renderVmRows();
-}
+function App() {
+  const [session, setSession] = useState(undefined); // undefined: not known yet
+  const [loginMessage, setLoginMessage] = useState('');
+  const [creating, setCreating] = useState(false);
+  const route = useRoute();
 
-function renderVmRows() {
-  const body = $('#vm-rows');
-  if (!body) return;
-  const rows = state.vms.map((vm) => {
-    const running = vm.state === 'running';
-    const paused = vm.state === 'paused';
-    const off = vm.state === 'shut off';
-    const act = (label, action, enabled, cls) => h('button', {
-      type: 'button', className: cls || '', disabled: !enabled, dataset: { action },
-      onclick: () => vmAction(vm.name, action),
-    }, label);
-    return h('tr', { dataset: { vm: vm.name } },
-      h('td', { className: 'name' }, vm.name),
-      h('td', {}, vm.os || '—'),
-      h('td', {}, h('span', { className: `state ${vm.state.replace(' ', '-')}` }, vm.state)),
-      h('td', {}, vm.vcpus),
-      h('td', {}, mib(vm.memory_mib)),
-      h('td', {}, vm.disk_gib === null ? '—' : `${vm.disk_gib} GiB`),
-      h('td', {}, vm.encrypted ? 'yes' : 'no'),
-      h('td', { className: 'actions' },
-        act('Start', 'start', off || paused),
-        act('Stop', 'stop', running),
-        act('Kill', 'kill', running || paused, 'danger-text'),
-        h('a', { className: `button${running ? '' : ' disabled'}`, href: `#/console/${encodeURIComponent(vm.name)}`,
-                 dataset: { action: 'console' } }, 'Console'),
-        act('Delete', 'delete', off, 'danger-text')));
-  });
-  body.replaceChildren(...rows);
-  const empty = $('#vm-empty');
-  if (empty) empty.hidden = state.vms.length > 0;
-}
-
-function confirmDialog(title, text, okLabel) {
-  const d = $('#confirm-dialog');
-  $('#confirm-title').textContent = title;
-  $('#confirm-text').textContent = text;
-  $('#confirm-ok').textContent = okLabel;
-  d.returnValue = '';
-  d.showModal();
-  return new Promise((resolve) => {
-    d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true });
-  });
-}
-
-async function vmAction(name, action) {
-  const err = $('#vm-error');
-  err.textContent = '';
-  const questions = {
-    stop: ['Stop', `Shut down ${name}? Its guest gets the ACPI power button.`, 'Stop'],
-    kill: ['Kill', `Power ${name} off at once? Unsaved data in the guest is lost.`, 'Kill'],
-    delete: ['Delete', `Delete ${name} with its disk? This cannot be undone.`, 'Delete'],
+  const endSession = (message) => {
+    setCsrf(null);
+    setCreating(false);
+    setLoginMessage(message || '');
+    setSession(null);
   };
-  if (questions[action] && !(await confirmDialog(...questions[action]))) return;
-  const path = `/api/v1/vms/${encodeURIComponent(name)}`;
-  try {
-    if (action === 'delete') await api('DELETE', path);
-    else await api('POST', `${path}/${action}`, action === 'stop' ? { timeout_secs: 60 } : undefined);
-  } catch (e) {
-    err.textContent = `${name}: ${e.message}`;
-  }
+  const enter = (s) => {
+    setCsrf(s.csrf);
+    setLoginMessage('');
+    setSession(s);
+  };
+
+  useEffect(() => {
+    setUnauthorizedHandler(() => endSession('Your session ended: log in again.'));
+    api('GET', '/api/v1/session').then(enter).catch((e) => endSession(e.status === 401 ? '' : e.message));
+  }, []);
+
+  const { vms, live, status } = useEvents(session, endSession);
+
+  if (session === undefined) return null;
+  if (!session) return html`<${Login} message=${loginMessage} onLogin=${enter} />`;
+
+  const logout = async () => {
+    try { await api('POST', '/api/v1/logout'); } catch (e) { /* gone already */ }
+    endSession('Logged out.');
+  };
+
+  let page;
+  if (route.view === 'host') page = html`<${HostCheck} />`;
+  else if (route.view === 'devices') page = html`<${Devices} />`;
+  else if (route.view === 'vm') page = html`<${VmDetail} key=${route.name} name=${route.name} tab=${route.tab} vms=${vms} />`;
+  else page = html`<${VmList} vms=${vms} onNew=${() => setCreating(true)} />`;
+
+  return html`
+    <${Header} user=${session.user} live=${live} route=${route} onLogout=${logout} />
+    ${status && status.stale ? html`<div id="stale-banner" class="banner" role="alert">
+      libvirtd is unreachable; the list may be out of date${since(status.since)}.</div>` : null}
+    <main id="view">${page}</main>
+    ${creating ? html`<${CreateDialog} onClose=${() => setCreating(false)}
+      onOpenVm=${(name) => { setCreating(false); location.hash = vmHash(name); }} />` : null}
+    <${ConfirmHost} />`;
 }
 
-// ---------------------------------------------------------------- create
-
-function fillSelect(sel, options, blank) {
-  sel.replaceChildren(...(blank ? [h('option', { value: '' }, blank)] : []),
-    ...options.map(([value, label]) => h('option', { value }, label)));
-}
-
-async function openCreate() {
-  const form = $('#create-form');
-  form.reset();
-  $('#create-error').textContent = '';
-  const d = $('#create-dialog');
-  d.showModal();
-  try {
-    const [os, media] = await Promise.all([state.os || api('GET', '/api/v1/os'), api('GET', '/api/v1/media')]);
-    state.os = os;
-    fillSelect(form.elements.os, os.map((p) => [p.id, `${p.name} (${p.id})`]));
-    form.elements.os.value = os.some((p) => p.id === 'linux') ? 'linux' : os[0].id;
-    const files = media.files;
-    const pick = (kinds) => files.filter((f) => kinds.includes(f.kind)).map((f) => [f.name, f.name]);
-    fillSelect(form.elements.iso, pick(['iso']), '(none)');
-    fillSelect(form.elements.kernel, pick(['kernel', 'other']), '(none)');
-    fillSelect(form.elements.initrd, pick(['initrd', 'other']), '(none)');
-    $('#media-hint').textContent = media.exists
-      ? `Installer media come from ${media.dir} on the host.`
-      : `Put installer ISOs in ${media.dir} on the host to offer them here.`;
-  } catch (e) {
-    $('#create-error').textContent = e.message;
-  }
-}
-
-async function onCreate(ev) {
-  ev.preventDefault();
-  const f = ev.target.elements;
-  const body = { name: f.name.value.trim(), os: f.os.value, network: f.network.value,
-                 encryption: f.encryption.value, start: f.start.checked };
-  for (const k of ['memory', 'disk_size', 'iso', 'kernel', 'initrd', 'cmdline']) {
-    if (f[k].value.trim()) body[k] = f[k].value.trim();
-  }
-  if (f.cpus.value) body.cpus = Number(f.cpus.value);
-  $('#create-error').textContent = '';
-  $('#create-submit').disabled = true;
-  $('#create-submit').textContent = 'Creating…';
-  try {
-    await api('POST', '/api/v1/vms', body);
-    $('#create-dialog').close();
-  } catch (e) {
-    $('#create-error').textContent = e.message;
-  } finally {
-    $('#create-submit').disabled = false;
-    $('#create-submit').textContent = 'Create';
-  }
-}
-
-// ---------------------------------------------------------------- host check and devices
-
-async function showHost() {
-  $('#view').replaceChildren(h('h1', {}, 'Host check'), h('p', { className: 'hint' }, 'Checking…'));
-  try {
-    const r = await api('GET', '/api/v1/host/check');
-    const count = (s) => r.checks.filter((c) => c.status === s).length;
-    $('#view').replaceChildren(
-      h('h1', {}, 'Host check'),
-      h('p', { id: 'verdict', className: `verdict ${r.verdict}` },
-        `Verdict: ${r.verdict} (${count('fail')} fail, ${count('warn')} warn, ${count('pass')} pass)`),
-      h('table', { className: 'list', id: 'check-table' },
-        h('thead', {}, h('tr', {}, ['', 'Check', 'Result', 'Fix'].map((t) => h('th', {}, t)))),
-        h('tbody', {}, r.checks.map((c) => h('tr', { dataset: { check: c.id } },
-          h('td', {}, h('span', { className: `badge ${c.status}` }, c.status)),
-          h('td', { className: 'mono' }, c.id),
-          h('td', {}, c.summary),
-          h('td', { className: 'fix' }, c.fix || ''))))));
-  } catch (e) {
-    $('#view').replaceChildren(h('h1', {}, 'Host check'), h('p', { className: 'error' }, e.message));
-  }
-}
-
-async function showDevices() {
-  $('#view').replaceChildren(h('h1', {}, 'Devices'), h('p', { className: 'hint' }, 'Reading…'));
-  try {
-    const inv = await api('GET', '/api/v1/devices');
-    const pci = h('table', { className: 'list', id: 'pci-table' },
-      h('thead', {}, h('tr', {}, ['Address', 'Group', 'Driver', 'Verdict', 'Device'].map((t) => h('th', {}, t)))),
-      h('tbody', {}, inv.pci.map((d) => h('tr', {},
-        h('td', { className: 'mono' }, d.address),
-        h('td', {}, d.iommu_group ?? '—'),
-        h('td', {}, d.driver || '—'),
-        h('td', {}, h('span', { className: `badge ${d.verdict}` }, d.verdict)),
-        h('td', {}, `${d.class_name}: ${d.vendor} ${d.device}`, h('div', { className: 'hint' }, d.detail || ''))))));
-    const usb = inv.usb.length
-      ? h('table', { className: 'list', id: 'usb-table' },
-        h('thead', {}, h('tr', {}, ['Bus path', 'ID', 'Device'].map((t) => h('th', {}, t)))),
-        h('tbody', {}, inv.usb.map((u) => h('tr', {},
-          h('td', { className: 'mono' }, u.bus_path),
-          h('td', { className: 'mono' }, `${u.vendor_id}:${u.product_id}`),
-          h('td', {}, `${u.vendor} ${u.product}`)))))
-      : h('p', { className: 'hint' }, 'No USB devices.');
-    $('#view').replaceChildren(
-      h('h1', {}, 'Devices'),
-      h('p', { className: 'hint' }, inv.iommu_groups
-        ? `IOMMU on: ${inv.iommu_groups} groups.`
-        : 'IOMMU off: nothing can be passed through (see the host check).'),
-      h('h2', {}, 'PCI'), pci, h('h2', {}, 'USB'), usb);
-  } catch (e) {
-    $('#view').replaceChildren(h('h1', {}, 'Devices'), h('p', { className: 'error' }, e.message));
-  }
-}
-
-// ---------------------------------------------------------------- console
-
-function closeConsole() {
-  if (state.rfb) {
-    const r = state.rfb;
-    state.rfb = null;
-    try { r.disconnect(); } catch (e) { /* already closed */ }
-  }
-}
-
-function updateConsoleState() {
-  const el = $('#console-vm-state');
-  if (!el) return;
-  const vm = state.vms.find((v) => v.name === el.dataset.vm);
-  el.textContent = vm ? vm.state : 'gone';
-}
-
-async function showConsole(name) {
-  closeConsole();
-  const status = h('span', { id: 'console-status' }, 'connecting…');
-  const screen = h('div', { id: 'screen' });
-  $('#view').replaceChildren(
-    h('div', { className: 'toolbar' },
-      h('h1', {}, 'Console: ', h('span', { id: 'console-name' }, name)),
-      h('span', { id: 'console-vm-state', className: 'state', dataset: { vm: name } }),
-      h('span', { className: 'spacer' }),
-      status,
-      h('button', { type: 'button', id: 'ctrl-alt-del', onclick: () => state.rfb && state.rfb.sendCtrlAltDel() },
-        'Ctrl-Alt-Del'),
-      h('a', { className: 'button', href: '#/vms' }, 'Back')),
-    screen);
-  updateConsoleState();
-  let RFB;
-  try {
-    ({ default: RFB } = await import('/vendor/novnc/core/rfb.js'));
-  } catch (e) {
-    status.textContent = 'noVNC is not available on this server';
-    return;
-  }
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const url = `${scheme}//${location.host}/api/v1/vms/${encodeURIComponent(name)}/console`;
-  const rfb = new RFB(screen, url, { wsProtocols: ['binary', `phyllome-csrf.${state.csrf}`], shared: true });
-  rfb.scaleViewport = true;
-  rfb.background = '#101418';
-  rfb.addEventListener('connect', () => { status.textContent = 'connected'; status.className = 'ok'; });
-  rfb.addEventListener('disconnect', (e) => {
-    status.textContent = e.detail.clean ? 'disconnected' : 'connection lost';
-    status.className = 'error';
-    if (state.rfb === rfb) state.rfb = null;
-  });
-  rfb.addEventListener('securityfailure', (e) => { status.textContent = `refused: ${e.detail.reason || ''}`; });
-  rfb.addEventListener('desktopname', (e) => { screen.title = e.detail.name; });
-  state.rfb = rfb;
-}
-
-// ---------------------------------------------------------------- start
-
-async function boot() {
-  $('#login-form').addEventListener('submit', onLogin);
-  $('#logout').addEventListener('click', logout);
-  $('#create-form').addEventListener('submit', onCreate);
-  $('#create-cancel').addEventListener('click', () => $('#create-dialog').close());
-  window.addEventListener('hashchange', route);
-  try {
-    enter(await api('GET', '/api/v1/session'));
-  } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) showLogin(e.message);
-  }
-}
-
-boot();
+// The static shell (a placeholder login card until the modules load) gives way to the app.
+document.getElementById('shell')?.remove();
+render(html`<${App} />`, document.getElementById('app'));

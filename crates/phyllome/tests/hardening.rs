@@ -279,3 +279,78 @@ fn host_files_reach_a_guest_only_as_what_they_claim_and_keep_their_owner_and_mod
     assert!(!refused.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pool on a small tmpfs, removed (pool, mount, folder) however the test ends.
+struct SmallPool {
+    name: String,
+    dir: std::path::PathBuf,
+}
+
+impl SmallPool {
+    fn new(mib: u32) -> SmallPool {
+        let name = format!("{PREFIX}pool-{}", std::process::id());
+        let dir = std::path::PathBuf::from(format!("/tmp/{name}"));
+        let p = SmallPool { name, dir };
+        p.clean();
+        std::fs::create_dir_all(&p.dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .arg(&p.dir)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", p.dir.display());
+        virsh_ok(&["pool-define-as", &p.name, "dir", "--target", p.dir.to_str().unwrap()]);
+        virsh_ok(&["pool-start", &p.name]);
+        p
+    }
+
+    fn clean(&self) {
+        let _ = virsh(&["pool-destroy", &self.name]);
+        let _ = virsh(&["pool-undefine", &self.name]);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for SmallPool {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+#[test]
+fn a_full_pool_is_named_in_create_list_and_resume() {
+    require_libvirt();
+    let pool = SmallPool::new(96);
+    let vm = TestVm::new("io-full");
+    // The guest writes 512 MiB of random data to its disk: the 96 MiB pool fills.
+    let out = Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .args(["create", &vm.0, "--os", "linux", "--kernel", &format!("{GUEST}/vmlinuz")])
+        .args(["--initrd", &format!("{GUEST}/initrd.img"), "--memory", "512M", "--network", "none"])
+        .args(["--pool", &pool.name, "--no-encrypt", "--disk-size", "4G", "--start"])
+        .args(["--cmdline", "console=ttyS0 panic=-1 phyllome.test=dd-bench"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("storage pool {} has", pool.name)) && err.contains("less than the 4 GiB disk"),
+        "no warning: {err}"
+    );
+    let row = || {
+        let out = phyllome(&["list", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().iter().find(|r| r["name"] == vm.0.as_str()).cloned().unwrap()
+    };
+    wait_for("the VM to pause on the full pool", 180, || row()["state"] == "paused");
+    assert_eq!(row()["state_reason"], "I/O error", "{}", row());
+    let text = String::from_utf8_lossy(&phyllome(&["list"]).stdout).into_owned();
+    assert!(text.lines().any(|l| l.starts_with(&vm.0) && l.contains("paused: I/O error")), "{text}");
+    let out = phyllome(&["resume", &vm.0]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "resume on a full pool: {err}");
+    assert!(err.contains("pauses again") && err.contains(&format!("storage pool {} is full", pool.name)), "{err}");
+    let _ = phyllome(&["kill", &vm.0]);
+    let out = phyllome(&["delete", &vm.0]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -61,7 +61,18 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
     assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
     assert!(summary.ends_with(" 0 failed"), "{summary}");
-    for page in ["01-login", "02-vm-list", "03-create-dialog", "05-host-check", "06-devices", "07-console"] {
+    for page in [
+        "01-login",
+        "02-vm-list",
+        "03-create-dialog",
+        "05-host-check",
+        "06-devices",
+        "07-console",
+        "08-vm-detail",
+        "09-serial",
+        "10-create-progress",
+        "12-console-not-running",
+    ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
     assert!(!vm.exists(), "the UI's delete left the VM");

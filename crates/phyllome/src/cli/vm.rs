@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use phyllome_engine::model::input::human_mib;
 use phyllome_engine::model::Encryption;
 use phyllome_engine::progress::Progress;
+use phyllome_engine::text::printable;
 use phyllome_engine::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
 use std::io::{BufRead, IsTerminal};
@@ -260,14 +261,23 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    println!("{:w$}  {:14}  {:8}  {:5}  {:>8}  {:>8}  ENCRYPTED", "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK");
-    for r in rows {
+    let names: Vec<_> = rows.iter().map(|r| printable(&r.name)).collect();
+    let states: Vec<String> = rows
+        .iter()
+        .map(|r| match r.state_reason {
+            Some(why) => format!("{}: {why}", r.state),
+            None => r.state.to_string(),
+        })
+        .collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
+    let sw = states.iter().map(|s| s.len()).max().unwrap_or(8).max(8);
+    println!("{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  ENCRYPTED", "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK");
+    for ((r, name), state) in rows.iter().zip(&names).zip(&states) {
         println!(
-            "{:w$}  {:14}  {:8}  {:5}  {:>8}  {:>8}  {}",
-            r.name,
+            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {}",
+            name,
             r.os.as_deref().unwrap_or("-"),
-            r.state,
+            state,
             r.vcpus,
             human_mib(r.memory_mib),
             r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or_else(|| "-".into()),
@@ -283,10 +293,13 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    println!("name:       {}", d.name);
+    println!("name:       {}", printable(&d.name));
     println!("uuid:       {}", d.uuid);
     println!("os:         {}", d.os.as_deref().unwrap_or("- (not made by phyllome)"));
-    println!("state:      {}", d.state);
+    match d.state_reason {
+        Some(why) => println!("state:      {}: {why}", d.state),
+        None => println!("state:      {}", d.state),
+    }
     println!("vcpus:      {}", d.vcpus);
     println!("memory:     {}", human_mib(d.memory_mib));
     let enc = d.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);

@@ -1,0 +1,157 @@
+// What every part of the UI shares: Preact with htm (one vendored file with
+// no imports of its own), the API client and small formatters.
+//
+// Text reaches the page only through htm/Preact, which sets it as text
+// nodes and attributes: a VM name full of markup stays text.
+
+export {
+  html, render, useState, useEffect, useLayoutEffect, useRef, useCallback, useMemo,
+} from '/vendor/lib/htm/preact/standalone.module.js';
+
+export class ApiError extends Error {
+  constructor(status, message, kind) {
+    super(message);
+    this.status = status;
+    this.kind = kind;
+  }
+}
+
+// The session's CSRF token, sent on every request that changes something.
+let csrf = null;
+let onUnauthorized = () => {};
+
+export function setCsrf(token) { csrf = token; }
+export function getCsrf() { return csrf; }
+// Called when a request answers 401 (the session ended).
+export function setUnauthorizedHandler(f) { onUnauthorized = f; }
+
+function headersFor(method, extra) {
+  const headers = { ...extra };
+  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
+  return headers;
+}
+
+async function errorOf(r, path) {
+  const isJson = (r.headers.get('content-type') || '').includes('application/json');
+  const data = isJson ? await r.json().catch(() => null) : null;
+  if (r.status === 401 && path !== '/api/v1/login') onUnauthorized();
+  return new ApiError(r.status, (data && data.error) || r.statusText || `HTTP ${r.status}`, data && data.kind);
+}
+
+export async function api(method, path, body) {
+  const opts = { method, headers: headersFor(method, {}), credentials: 'same-origin' };
+  if (body !== undefined) {
+    opts.headers['Content-Type'] = 'application/json';
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  if (!r.ok) throw await errorOf(r, path);
+  const isJson = (r.headers.get('content-type') || '').includes('application/json');
+  return isJson ? r.json() : null;
+}
+
+// Reads a text/event-stream body: calls onEvent(name, data) for each event
+// (data parsed as JSON), until the stream ends.
+export async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  let name = 'message';
+  let data = [];
+  const line = (l) => {
+    if (l === '') {
+      if (data.length) {
+        let parsed;
+        try { parsed = JSON.parse(data.join('\n')); } catch (e) { parsed = data.join('\n'); }
+        onEvent(name, parsed);
+      }
+      name = 'message';
+      data = [];
+    } else if (l.startsWith(':')) {
+      // A comment (keep-alive).
+    } else {
+      const i = l.indexOf(':');
+      const field = i < 0 ? l : l.slice(0, i);
+      const value = i < 0 ? '' : l.slice(i + 1).replace(/^ /, '');
+      if (field === 'event') name = value;
+      else if (field === 'data') data.push(value);
+    }
+  };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += value;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      line(buf.slice(0, nl).replace(/\r$/, ''));
+      buf = buf.slice(nl + 1);
+    }
+  }
+  if (buf) line(buf.replace(/\r$/, ''));
+  line('');
+}
+
+// POST /api/v1/vms with live progress: onProgress({step, message}) for each
+// step; resolves to the Created JSON, throws ApiError for a refusal (before
+// anything was done) or a failure (kind from the server).
+export async function createVm(body, onProgress) {
+  const r = await fetch('/api/v1/vms', {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: headersFor('POST', { 'Content-Type': 'application/json', Accept: 'text/event-stream' }),
+    body: JSON.stringify(body),
+  });
+  if (!r.ok) throw await errorOf(r, '/api/v1/vms');
+  const type = r.headers.get('content-type') || '';
+  if (!type.includes('text/event-stream')) {
+    // A server without progress answers with the result at once.
+    return r.json();
+  }
+  let result = null;
+  let failure = null;
+  await readEvents(r.body, (event, data) => {
+    if (event === 'progress') onProgress(data);
+    else if (event === 'created') result = data;
+    else if (event === 'error') failure = new ApiError(500, (data && data.error) || 'the create failed', data && data.kind);
+  });
+  if (failure) throw failure;
+  if (!result) throw new ApiError(0, 'the connection ended before the create finished; see the VM list');
+  return result;
+}
+
+export const vmPath = (name) => `/api/v1/vms/${encodeURIComponent(name)}`;
+export const vmHash = (name, tab) => `#/vm/${encodeURIComponent(name)}${tab && tab !== 'overview' ? `/${tab}` : ''}`;
+
+export function wsUrl(path) {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}${path}`;
+}
+
+// The subprotocols a console WebSocket sends: the CSRF token travels as one.
+export const wsProtocols = () => ['binary', `phyllome-csrf.${csrf}`];
+
+export function mib(n) {
+  if (n === null || n === undefined) return '—';
+  if (n >= 1024) return `${+(n / 1024).toFixed(1)} GiB`;
+  return `${n} MiB`;
+}
+
+export function gib(n) {
+  return n === null || n === undefined ? '—' : `${n} GiB`;
+}
+
+// A size the create form can send: 4096 -> "4G", 1536 -> "1536M".
+export function sizeFromMib(n) {
+  if (!n) return '';
+  return n % 1024 === 0 ? `${n / 1024}G` : `${n}M`;
+}
+
+// Whether a VM's consoles can be reached (its display and serial port exist).
+export const isActive = (vm) => !!vm && (vm.state === 'running' || vm.state === 'paused');
+
+// "running", "paused: I/O error".
+export function stateText(vm) {
+  if (!vm) return 'gone';
+  return vm.state_reason ? `${vm.state}: ${vm.state_reason}` : vm.state;
+}
+
+export const stateClass = (state) => `state ${String(state || 'other').replace(/ /g, '-')}`;

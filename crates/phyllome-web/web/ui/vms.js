@@ -1,0 +1,229 @@
+// The VM list, a VM's page (overview, console, serial) and the actions on a VM.
+
+import {
+  html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
+} from './lib.js';
+import { confirmDialog, passphraseDialog } from './dialogs.js';
+import { VncConsole, SerialConsole } from './consoles.js';
+
+const QUESTIONS = {
+  stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
+  kill: (n) => ['Force stop', `Power ${n} off at once? Whatever the guest has not saved is lost.`, 'Force stop'],
+  delete: (n) => ['Delete', `Delete ${n} with its disk and disk key? This cannot be undone.`, 'Delete'],
+};
+
+const BUSY_LABELS = {
+  start: 'Starting…', stop: 'Stopping…', kill: 'Stopping…', pause: 'Pausing…', resume: 'Resuming…', delete: 'Deleting…',
+};
+
+const askPassphrase = (name) => passphraseDialog('Unlock the disk',
+  `${name}'s disk is encrypted with a passphrase. It unlocks the disk for this start only and is not kept.`, 'Start');
+
+// Start, pause or resume, stop, force stop, delete (and, in the list, the console).
+export function VmActions({ vm, inList, onError, onDeleted }) {
+  const [busy, setBusy] = useState(null);
+  const s = vm.state;
+  const run = async (action) => {
+    onError('');
+    const q = QUESTIONS[action];
+    if (q && !(await confirmDialog(...q(vm.name)))) return;
+    let body;
+    if (action === 'stop') body = { timeout_secs: 60 };
+    if (action === 'start' && vm.encryption === 'prompt') {
+      const passphrase = await askPassphrase(vm.name);
+      if (passphrase === null) return;
+      body = { passphrase };
+    }
+    setBusy(action);
+    try {
+      if (action === 'delete') await api('DELETE', vmPath(vm.name));
+      else await startOr(action, body);
+      if (action === 'delete' && onDeleted) onDeleted();
+    } catch (e) {
+      onError(`${vm.name}: ${e.message}`);
+    } finally {
+      setBusy(null);
+    }
+  };
+  // A start that turns out to need the disk's passphrase asks for it once.
+  const startOr = async (action, body) => {
+    try {
+      await api('POST', `${vmPath(vm.name)}/${action}`, body);
+    } catch (e) {
+      if (action !== 'start' || body || !/passphrase/i.test(e.message) || e.status >= 500) throw e;
+      const passphrase = await askPassphrase(vm.name);
+      if (passphrase === null) return;
+      await api('POST', `${vmPath(vm.name)}/start`, { passphrase });
+    }
+  };
+  const button = (action, label, enabled, cls) => html`<button type="button" class=${cls || ''} data-action=${action}
+      disabled=${!!busy || !enabled} aria-label=${inList ? `${label} ${vm.name}` : null}
+      onClick=${() => run(action)}>${busy === action ? BUSY_LABELS[action] : label}</button>`;
+  return html`<div class="actions" role="group" aria-label=${`Actions on ${vm.name}`}>
+    ${button('start', 'Start', s === 'shut off')}
+    ${s === 'paused' ? button('resume', 'Resume', true) : button('pause', 'Pause', s === 'running')}
+    ${button('stop', 'Stop', s === 'running')}
+    ${button('kill', 'Force stop', s === 'running' || s === 'paused', 'danger-text')}
+    ${button('delete', 'Delete', s === 'shut off', 'danger-text')}
+    ${inList ? html`<a class="button" data-action="console" href=${vmHash(vm.name, 'console')}
+        aria-label=${`Console of ${vm.name}`}>Console</a>` : null}
+  </div>`;
+}
+
+function StateBadge({ vm, id, loading }) {
+  if (!vm && loading) return html`<span id=${id} class="state" data-state="">…</span>`;
+  return html`<span id=${id} class=${stateClass(vm && vm.state)} data-state=${vm ? vm.state : 'gone'}>${stateText(vm)}</span>`;
+}
+
+export function VmList({ vms, onNew }) {
+  const [error, setError] = useState('');
+  let body;
+  if (vms === null) {
+    body = html`<p class="hint" id="vm-loading">Reading the VM list…</p>`;
+  } else if (vms.length === 0) {
+    body = html`<div id="vm-empty" class="empty card-plain">
+      <h2>No virtual machines yet</h2>
+      <p>A new VM gets the devices its operating system runs best with, and an encrypted disk.</p>
+      <button type="button" class="primary" id="empty-new-vm" onClick=${onNew}>Create a VM</button>
+    </div>`;
+  } else {
+    body = html`<table id="vm-table" class="list">
+      <thead><tr>${['Name', 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encryption', 'Actions'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+      <tbody id="vm-rows">
+        ${vms.map((vm) => html`<tr key=${vm.name} data-vm=${vm.name} data-state=${vm.state}>
+          <td class="name"><a href=${vmHash(vm.name)}>${vm.name}</a></td>
+          <td>${vm.os || '—'}</td>
+          <td>${StateBadge({ vm })}</td>
+          <td class="num">${vm.vcpus}</td>
+          <td class="num">${mib(vm.memory_mib)}</td>
+          <td class="num">${gib(vm.disk_gib)}</td>
+          <td>${vm.encrypted ? 'encrypted' : 'none'}</td>
+          <td class="actions-cell"><${VmActions} vm=${vm} inList onError=${setError} /></td>
+        </tr>`)}
+      </tbody>
+    </table>`;
+  }
+  return html`<section id="vm-page">
+    <div class="toolbar">
+      <h1 tabindex="-1">Virtual machines</h1>
+      <span class="spacer"></span>
+      <button id="new-vm" class="primary" type="button" onClick=${onNew}>New VM</button>
+    </div>
+    <p id="vm-error" class="error" role="alert">${error}</p>
+    ${body}
+  </section>`;
+}
+
+// ---------------------------------------------------------------- one VM
+
+const ENCRYPTION = {
+  secret: 'encrypted (random key in a libvirt secret)',
+  prompt: 'encrypted (passphrase asked at start)',
+  none: 'not encrypted',
+};
+
+function Facts({ rows }) {
+  return html`<dl class="facts">${rows.filter(Boolean).map(([k, v, id, wide]) => html`<div class=${wide ? 'wide' : ''}>
+    <dt>${k}</dt><dd id=${id}>${v === null || v === undefined || v === '' ? '—' : v}</dd></div>`)}</dl>`;
+}
+
+function diskSource(d) {
+  if (d.path) return d.path;
+  if (d.file) return d.file;
+  if (d.pool && d.volume) return `${d.pool} / ${d.volume}`;
+  return d.volume || '—';
+}
+
+function Overview({ vm, d }) {
+  const encryption = d.encryption ? ENCRYPTION[d.encryption] || d.encryption : (d.encrypted ? 'encrypted' : 'not encrypted');
+  const disks = d.disks || [];
+  const hasBus = disks.some((k) => k.bus);
+  return html`<div id="overview" data-testid="overview">
+    ${Facts({ rows: [
+      ['State', stateText(d), 'ov-state'],
+      ['Operating system', d.os, 'ov-os'],
+      ['vCPUs', d.vcpus, 'ov-vcpus'],
+      ['Memory', mib(d.memory_mib), 'ov-memory'],
+      ['Disk size', gib(d.disk_gib), 'ov-disk'],
+      ['Encryption', encryption, 'ov-encryption'],
+      ['Display', d.display || (isActive(vm) ? 'none' : 'none while shut off'), 'ov-display'],
+      ['UUID', html`<span class="mono">${d.uuid}</span>`, 'ov-uuid', true],
+      d.created_by ? ['Made by', `Phyllome ${d.created_by}`, 'ov-created-by'] : null,
+    ] })}
+
+    <h2>Disks</h2>
+    ${disks.length ? html`<table class="list" id="disk-table">
+      <thead><tr>${['Target', hasBus ? 'Bus' : null, 'Device', 'Source', 'Encrypted'].filter(Boolean)
+        .map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+      <tbody>${disks.map((k) => html`<tr data-disk=${k.target}>
+        <td class="mono">${k.target}</td>${hasBus ? html`<td>${k.bus || '—'}</td>` : null}<td>${k.device || 'disk'}</td>
+        <td class="mono wrap">${diskSource(k)}</td><td>${k.encrypted ? 'yes' : 'no'}</td></tr>`)}</tbody>
+    </table>` : html`<p class="hint">No disks.</p>`}
+
+    <h2>Network interfaces</h2>
+    ${!d.nics ? html`<p class="hint">This server does not report network interfaces.</p>`
+      : d.nics.length ? html`<table class="list" id="nic-table">
+        <thead><tr>${['Model', 'Network', 'MAC'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+        <tbody>${d.nics.map((n) => html`<tr><td>${n.model || '—'}</td><td>${n.network || '—'}</td>
+          <td class="mono">${n.mac || '—'}</td></tr>`)}</tbody>
+      </table>` : html`<p class="hint" id="no-nics">No network interface.</p>`}
+
+    <h2>Why these devices</h2>
+    ${!d.choices ? html`<p class="hint">This server does not report the device choices.</p>`
+      : d.choices.length ? html`<table class="list" id="choice-table">
+        <thead><tr>${['Item', 'Choice', 'Why'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+        <tbody>${d.choices.map((c) => html`<tr data-item=${c.item}><td>${c.item}</td><td class="mono wrap">${c.choice}</td>
+          <td class="why">${c.why}</td></tr>`)}</tbody>
+      </table>` : html`<p class="hint">Phyllome did not make this VM, so there is no record of why it has its devices.</p>`}
+  </div>`;
+}
+
+const TABS = [['overview', 'Overview'], ['console', 'Console'], ['serial', 'Serial']];
+
+export function VmDetail({ name, tab, vms }) {
+  const [error, setError] = useState('');
+  const [details, setDetails] = useState(null);
+  const [loadError, setLoadError] = useState(null);
+  const row = vms ? vms.find((v) => v.name === name) || null : null;
+  // Read the details again whenever the live list shows a change to this VM.
+  const rowKey = row ? JSON.stringify(row) : vms === null ? 'loading' : 'gone';
+  useEffect(() => {
+    let gone = false;
+    api('GET', vmPath(name))
+      .then((d) => { if (!gone) { setDetails(d); setLoadError(null); } })
+      .catch((e) => { if (!gone) setLoadError(e); });
+    return () => { gone = true; };
+  }, [name, rowKey]);
+  useEffect(() => { document.title = `${name} · Phyllome`; return () => { document.title = 'Phyllome'; }; }, [name]);
+
+  const back = html`<a class="button quiet-link" id="back-to-list" href="#/vms">← All VMs</a>`;
+  if (!row && (vms !== null || (loadError && loadError.status === 404))) {
+    return html`<section id="vm-detail">${back}
+      <h1 tabindex="-1">${name}</h1>
+      <p class="error" id="vm-gone">There is no VM named ${name} (any more).</p></section>`;
+  }
+  // The live row is fresher than the details for what both have.
+  const vm = row ? { ...(details || {}), ...row } : details;
+  const current = TABS.some(([t]) => t === tab) ? tab : 'overview';
+  let panel;
+  if (current === 'console') panel = html`<${VncConsole} name=${name} vm=${vm} />`;
+  else if (current === 'serial') panel = html`<${SerialConsole} name=${name} vm=${vm} />`;
+  else if (details) panel = html`<${Overview} vm=${vm} d=${{ ...details, ...(row || {}) }} />`;
+  else panel = loadError ? html`<p class="error">${loadError.message}</p>` : html`<p class="hint">Reading…</p>`;
+
+  return html`<section id="vm-detail" data-vm=${name}>
+    ${back}
+    <div class="toolbar">
+      <h1 tabindex="-1" id="vm-name">${name}</h1>
+      ${StateBadge({ vm, id: 'vm-state', loading: !loadError })}
+      <span class="spacer"></span>
+      ${vm ? html`<${VmActions} vm=${vm} onError=${setError} onDeleted=${() => { location.hash = '#/vms'; }} />` : null}
+    </div>
+    <p id="vm-error" class="error" role="alert">${error}</p>
+    <nav class="tabs" aria-label="VM views">
+      ${TABS.map(([t, label]) => html`<a id=${`tab-${t}`} href=${vmHash(name, t)}
+        aria-current=${t === current ? 'page' : null} class=${t === current ? 'active' : ''}>${label}</a>`)}
+    </nav>
+    <div class="panel" id=${`panel-${current}`}>${panel}</div>
+  </section>`;
+}
