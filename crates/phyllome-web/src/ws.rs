@@ -190,10 +190,10 @@ pub async fn console(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|_| upgrade_required())?;
-    let target =
-        match app.config.console_override {
-            Some(addr) => VncTarget::Tcp(addr),
-            None => blocking(&app, move |_, lv| {
+    let target = match app.config.console_override {
+        Some(addr) => VncTarget::Tcp(addr),
+        None => {
+            blocking(&app, move |_, lv| {
                 phyllome_engine::vm::summary(lv, &name)?;
                 let xml = lv.xml(&name)?;
                 vnc_target(&xml).map_err(|e| match e {
@@ -208,8 +208,9 @@ pub async fn console(
                     ),
                 })
             })
-            .await?,
-        };
+            .await?
+        }
+    };
     let vnc = match &target {
         VncTarget::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(|s| {
             let _ = s.set_nodelay(true);
