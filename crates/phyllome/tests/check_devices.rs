@@ -455,9 +455,9 @@ fn attach_and_detach_hostdevs_in_real_libvirtd() {
     assert_eq!(xml.matches("managed='yes'").count(), 3);
     xmllint_domain(&xml).unwrap();
 
-    // Attaching twice is libvirt's error, reported with the operation.
+    // Attaching twice is libvirt's error, reported with the operation, and a conflict (exit 5).
     let (code, _, err) = attach(&[&name, gpu, "--root", amd]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(5), "{err}");
     assert!(err.contains("attach device to") && err.contains("already"), "{err}");
 
     for dev in [boot_gpu, gpu, mouse] {
