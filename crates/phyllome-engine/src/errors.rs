@@ -102,9 +102,10 @@ fn vm(e: &VmError) -> ErrorKind {
         | VmError::NotRunning(_)
         | VmError::DiskShared { .. }
         | VmError::NetworkInactive(_)
-        | VmError::IoPaused { .. } => ErrorKind::Conflict,
+        | VmError::IoPaused { .. }
+        | VmError::VolumeInUse { .. } => ErrorKind::Conflict,
         VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
-        VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) => ErrorKind::NotFound,
+        VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
         VmError::Interrupted => ErrorKind::Interrupted,
         _ => ErrorKind::Failed,

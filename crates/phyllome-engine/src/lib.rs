@@ -11,6 +11,7 @@ pub mod progress;
 pub mod request;
 pub mod text;
 pub mod vm;
+pub mod volume;
 
 pub use phyllome_model as model;
 

@@ -69,6 +69,10 @@ pub enum VmError {
     Running(String),
     #[error("disk {disk} is also used by VM {other}: remove it from {other} first, or delete with --keep-disk")]
     DiskShared { disk: String, other: String },
+    #[error("volume {disk} is used by VM {vm}: it stays (phyllome delete {vm} removes both)")]
+    VolumeInUse { disk: String, vm: String },
+    #[error("no volume {0} (`phyllome volume list` shows them)")]
+    NoVolume(String),
     #[error("{0} is not running")]
     NotRunning(String),
     #[error("interrupted: everything this command created was removed")]
@@ -945,17 +949,29 @@ pub fn explain(lv: &Libvirt, name: &str) -> Result<Vec<build::Choice>> {
     Ok(build::build(&req, &host)?.choices)
 }
 
+/// Every VM's row, in few round trips (see `Libvirt::list_all`): a VM's
+/// XML gives its OS, vCPUs, memory and encryption, and one more call its
+/// disk's size.
 pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
     recover(lv);
     let mut rows = Vec::new();
-    for name in lv.domain_names()? {
-        match row(lv, &name) {
-            Ok(r) => rows.push(r),
-            // Deleted between listing and reading: skip.
-            Err(VmError::NoSuchVm(_)) => {}
-            Err(VmError::Libvirt(e)) if e.is_no_domain() => {}
-            Err(e) => return Err(e),
-        }
+    for d in lv.list_all()? {
+        let Ok(s) = domxml::parse(&d.xml) else { continue };
+        let disk_gib = s
+            .main_disk()
+            .and_then(|m| d.capacity(&m.target))
+            .map(|c| (c as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0);
+        let state_reason = if d.state == State::Paused { lv.pause_reason(&d.name).ok().flatten() } else { None };
+        rows.push(VmRow {
+            name: d.name,
+            os: s.os.clone(),
+            state: state_name(d.state),
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            encrypted: s.encrypted(),
+            disk_gib,
+            state_reason,
+        });
     }
     Ok(rows)
 }

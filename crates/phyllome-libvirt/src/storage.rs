@@ -57,6 +57,23 @@ impl Libvirt {
         }
     }
 
+    /// The volumes of a pool, by name (none when there is no such pool).
+    pub fn volumes(&self, pool: &str) -> Result<Vec<(String, VolumeInfo)>> {
+        let p = match self.conn.lookup_storage_pool_by_name(pool) {
+            Ok(p) => p,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => return Ok(Vec::new()),
+            Err(e) => return Err(Error::new(format!("storage pool {pool}"), e)),
+        };
+        let _ = p.refresh(0);
+        let mut out = Vec::new();
+        for v in p.list_all_volumes(0).map_err(|e| Error::new(format!("volumes of {pool}"), e))? {
+            let (Ok(name), Ok(path), Ok(info)) = (v.name(), v.path(), v.info()) else { continue };
+            out.push((name, VolumeInfo { path, capacity: info.capacity, allocation: info.allocation }));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     pub fn refresh_pool(&self, pool: &str) -> Result<()> {
         self.pool(pool)?.refresh(0).map_err(|e| Error::new(format!("refresh storage pool {pool}"), e))
     }

@@ -54,6 +54,9 @@ enum Command {
     /// Accounts of the web UI and API.
     #[command(subcommand)]
     User(cli::serve::UserCommand),
+    /// Disk volumes on their own (what `delete --keep-disk` kept): list, delete.
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCommand),
     #[command(flatten)]
     Vm(vm::VmCommand),
 }
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Os(os::OsCommand::Show { id, json }) => os::show(&id, json),
         Command::Xml(args) => xml::run(uri, *args),
         Command::Vm(cmd) => vm::run(uri, cmd),
+        Command::Volume(cmd) => cli::volume::run(uri, cmd),
         Command::Host(host::HostCommand::Facts { json, record }) => host::facts(uri, json, record),
         Command::Host(host::HostCommand::Setup { dry_run, root }) => setup::run(uri, dry_run, &root),
         Command::Image(image::ImageCommand::Kickstart(args)) => image::kickstart(args),

@@ -194,7 +194,9 @@ fn a_build_without_the_test_feature_ignores_the_test_hooks() {
     assert!(plain.status.success(), "the hook was obeyed: {}", String::from_utf8_lossy(&plain.stderr));
     assert!(vm.exists());
     // The tests' own binary does obey them.
-    let hooked = guest(&format!("{}-2", vm.0)).env("PHYLLOME_TEST_FAIL_AT", "claim").output().unwrap();
+    // Removed at the end whatever happens (were the hook ignored, it would exist).
+    let vm2 = TestVm(format!("{}-2", vm.0));
+    let hooked = guest(&vm2.0).env("PHYLLOME_TEST_FAIL_AT", "claim").output().unwrap();
     assert!(String::from_utf8_lossy(&hooked.stderr).contains("injected failure at step claim"));
 }
 
@@ -353,4 +355,50 @@ fn a_full_pool_is_named_in_create_list_and_resume() {
     let _ = phyllome(&["kill", &vm.0]);
     let out = phyllome(&["delete", &vm.0]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_kept_disk_can_be_listed_and_deleted_with_its_key_and_a_used_one_stays() {
+    require_libvirt();
+    let vm = TestVm::new("kept");
+    let other = TestVm::new("kept-user");
+    let out = guest(&vm.0).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = guest(&other.0).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let volume = format!("{}.qcow2", vm.0);
+    let path = volume_path(&vm.0);
+    let out = phyllome(&["delete", &vm.0, "--keep-disk"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = || -> serde_json::Value {
+        let out = phyllome(&["volume", "list", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = rows();
+    let row = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == volume.as_str())
+        .cloned()
+        .expect("the kept volume is listed");
+    assert_eq!((row["encrypted"].as_bool(), row["used_by"].as_array().unwrap().len()), (Some(true), 0), "{row}");
+    let used =
+        all.as_array().unwrap().iter().find(|r| r["name"] == format!("{}.qcow2", other.0).as_str()).cloned().unwrap();
+    assert_eq!(used["used_by"][0], other.0.as_str(), "{used}");
+    // A volume a VM uses stays.
+    let out = phyllome(&["volume", "delete", &format!("{}.qcow2", other.0)]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("used by VM {}", other.0)));
+    assert!(Path::new(&volume_path(&other.0)).exists());
+    // The kept one goes, with the secret holding its key.
+    let secrets = || String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
+    assert!(secrets().contains(&path), "the kept disk's key is missing before the delete");
+    let out = phyllome(&["volume", "delete", &volume]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!Path::new(&path).exists(), "the volume is still there");
+    assert!(!secrets().contains(&path), "its key's secret is still there");
+    let out = phyllome(&["volume", "delete", &volume]);
+    assert_eq!(out.status.code(), Some(4), "a second delete: {}", String::from_utf8_lossy(&out.stderr));
 }

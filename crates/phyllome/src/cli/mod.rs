@@ -11,6 +11,7 @@ pub mod packaging;
 pub mod serve;
 pub mod setup;
 pub mod vm;
+pub mod volume;
 pub mod xml;
 
 pub type Fallible = Result<(), Box<dyn std::error::Error>>;
