@@ -223,11 +223,13 @@ release build; \`scripts/bench-web.sh\` reproduces it (loopback only).
   stacks, the libraries' relocated data) is $(mib "$IDLE_ANON") MiB; the proportional share (PSS: shared
   pages split with the other processes that map them, libvirtd among them) is $(mib "$IDLE_PSS") MiB.
   The peak during the load is the one login's argon2id hash (12 MiB, returned to the system after).
-- Why the console misses 2x: the source straight into the client, no proxy, moves ${DIRECT} MiB/s here
-  (median); a proxy adds a second loopback TCP hop, and on 2 cores shared by source, proxy and client
-  the kernel's TCP work of the two hops, not the proxies, bounds the throughput. phyllome's proxy moves VNC's
-  bytes with splice(2) (no copy through user space, on plain-TCP connections; TLS connections copy) and
-  spends ${CPU_RATIO}x less CPU per GiB than websockify, which is CPU-bound on one core.
+- The console: the source straight into the client, no proxy, moves ${DIRECT} MiB/s here (median); a proxy
+  adds a second loopback TCP hop, and on 2 cores shared by source, proxy and client the kernel's TCP work of
+  the two hops bounds what any proxy reaches. phyllome's proxy is axum's WebSocket (tungstenite): VNC's bytes
+  are read into the buffer that becomes each frame's payload, which tungstenite writes out behind its
+  header; it spends ${CPU_RATIO}x less CPU per GiB than websockify. (An earlier proxy spliced VNC's bytes into
+  the socket without entering user space; it was replaced by the library path with its hand-written
+  framing, see the issue on the web server's crates.)
 <!-- bench:serve:end -->
 EOT
 )

@@ -276,6 +276,24 @@ pub fn layout(size: u64, passphrase: &[u8], cost: Cost, random: &mut dyn FnMut(&
 }
 
 /// Reads random bytes from the kernel.
+/// The size a guest sees of the image at `path`: a qcow2's virtual size from
+/// its header (bytes 24..32, big-endian, whether or not it is encrypted), or a
+/// raw image's length. Reads 32 bytes.
+pub fn virtual_size(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut header = [0u8; 32];
+    let n = f.read(&mut header)?;
+    if n == 32 && &header[..4] == b"QFI\xfb" {
+        Ok(u64::from_be_bytes(header[24..32].try_into().expect("8 bytes")))
+    } else {
+        Ok(f.metadata()?.len())
+    }
+}
+
 pub fn os_random(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
@@ -359,6 +377,19 @@ mod tests {
         assert_eq!(u64::from_be_bytes(header[112..120].try_into().unwrap()), 4 * 65536);
         assert_eq!(u64::from_be_bytes(header[120..128].try_into().unwrap()), 4040 * 512);
         assert_eq!(img.pieces[2].1.len(), 36 * 2, "one refcount per cluster");
+    }
+
+    #[test]
+    fn the_virtual_size_is_read_back_from_the_header() {
+        let dir = std::env::temp_dir().join(format!("phyllome-disk-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("a.qcow2");
+        create(&img, 6 << 30, b"pw", Cost::RANDOM_KEY).unwrap();
+        assert_eq!(virtual_size(&img).unwrap(), 6 << 30);
+        let raw = dir.join("b.img");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        assert_eq!(virtual_size(&raw).unwrap(), 4096);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

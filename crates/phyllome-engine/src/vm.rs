@@ -871,44 +871,29 @@ pub struct DiskDetail {
     pub encrypted: bool,
 }
 
-/// Everything `phyllome info` and the API's VM page show.
+/// Everything `phyllome info` and the API's VM page show: its list row and more.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Details {
-    pub name: String,
+    #[serde(flatten)]
+    pub row: VmRow,
     pub uuid: String,
-    pub os: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub state: &'static str,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub encrypted: bool,
     /// `secret`, `prompt` or `none` for VMs Phyllome made.
     pub encryption: Option<String>,
-    pub disk_gib: Option<f64>,
     pub disks: Vec<DiskDetail>,
     /// `vnc://127.0.0.1:PORT` while running.
     pub display: Option<String>,
     /// The Phyllome version that made the VM.
     pub created_by: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
-    pub state_reason: Option<&'static str>,
     pub nics: Vec<crate::domxml::NicSummary>,
 }
 
 pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
     let s = summary(lv, name)?;
-    let r = row_of(lv, &s)?;
     Ok(Details {
-        name: r.name,
+        row: row_of(lv, &s)?,
         uuid: s.uuid,
-        os: r.os,
-        state: r.state,
-        vcpus: r.vcpus,
-        memory_mib: r.memory_mib,
-        encrypted: r.encrypted,
         encryption: s.encryption,
-        disk_gib: r.disk_gib,
         disks: s
             .disks
             .into_iter()
@@ -923,7 +908,6 @@ pub fn details(lv: &Libvirt, name: &str) -> Result<Details> {
             .collect(),
         display: s.vnc.map(|(h, p)| format!("vnc://{h}:{p}")),
         created_by: s.created_by,
-        state_reason: r.state_reason,
         nics: s.nics,
     })
 }
@@ -954,16 +938,41 @@ pub fn explain(lv: &Libvirt, name: &str) -> Result<Vec<build::Choice>> {
 /// disk's size.
 pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
     recover(lv);
+    let listed = lv.list_all()?;
+    let parsed: Vec<_> = listed.iter().filter_map(|d| domxml::parse(&d.xml).ok().map(|s| (d, s))).collect();
+    // A disk's size: on this host, from its image's header (32 bytes read); else libvirt reads it.
+    let local = lv.is_local();
+    let mut sizes: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut asks = Vec::new();
+    let mut pools: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    for (d, s) in &parsed {
+        let Some(m) = s.main_disk() else { continue };
+        let file = match (&m.pool, &m.volume) {
+            (Some(pool), Some(v)) => pools
+                .entry(pool.clone())
+                .or_insert_with(|| lv.pool_path(pool).ok().flatten())
+                .as_ref()
+                .map(|dir| format!("{dir}/{v}")),
+            _ => None,
+        };
+        match file.filter(|_| local).and_then(|f| phyllome_disk::virtual_size(Path::new(&f)).ok()) {
+            Some(size) => {
+                sizes.insert(d.name.as_str(), size);
+            }
+            None => asks.push((*d, m.target.as_str())),
+        }
+    }
+    for ((d, _), c) in asks.iter().zip(phyllome_libvirt::Listed::capacities(&asks)) {
+        if let Some(c) = c {
+            sizes.insert(d.name.as_str(), c);
+        }
+    }
     let mut rows = Vec::new();
-    for d in lv.list_all()? {
-        let Ok(s) = domxml::parse(&d.xml) else { continue };
-        let disk_gib = s
-            .main_disk()
-            .and_then(|m| d.capacity(&m.target))
-            .map(|c| (c as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0);
+    for (d, s) in &parsed {
+        let disk_gib = sizes.get(d.name.as_str()).map(|&c| (c as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0);
         let state_reason = if d.state == State::Paused { lv.pause_reason(&d.name).ok().flatten() } else { None };
         rows.push(VmRow {
-            name: d.name,
+            name: d.name.clone(),
             os: s.os.clone(),
             state: state_name(d.state),
             vcpus: s.vcpus,

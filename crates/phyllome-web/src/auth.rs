@@ -477,11 +477,12 @@ impl Throttle {
     }
 }
 
-/// Hashing slots: a fixed number of threads, each owning the argon2 memory
-/// of one check, allocated once and reused for every login; checks wait in a
-/// bounded queue, and past it the login is refused as busy. So the memory of
-/// password checks is `SLOTS` x 12 MiB however many logins come, and their
-/// CPU is at most `SLOTS` cores.
+/// Hashing slots: a fixed number of threads, each running one check at a
+/// time; checks wait in a bounded queue, and past it the login is refused as
+/// busy. So password checks use at most `SLOTS` x 12 MiB and `SLOTS` cores
+/// however many logins come. A check's 12 MiB is mapped for it and unmapped
+/// after it ([`crate::return_big_allocations`] makes malloc do so), so an
+/// idle server holds none of it.
 pub struct Hasher {
     jobs: mpsc::SyncSender<Job>,
 }
@@ -511,16 +512,15 @@ impl Hasher {
         let rx = std::sync::Arc::new(Mutex::new(rx));
         for i in 0..slots {
             let rx = std::sync::Arc::clone(&rx);
-            let _ = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+            let _ = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || loop {
+                let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
                 let mut memory = vec![argon2::Block::default(); M_COST_KIB as usize];
-                loop {
-                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                        Ok(j) => j,
-                        Err(_) => return,
-                    };
-                    let ok = verify_with(&job.hash, &job.password, &mut memory);
-                    let _ = job.done.send(ok);
-                }
+                let ok = verify_with(&job.hash, &job.password, &mut memory);
+                drop(memory);
+                let _ = job.done.send(ok);
             });
         }
         Hasher { jobs }

@@ -103,16 +103,9 @@ impl Watcher {
         });
     }
 
-    /// Re-reads every VM; a VM that cannot be read is left out.
+    /// Re-reads every VM (the engine's bulk list); a VM that cannot be read is left out.
     fn full(&mut self, lv: &Libvirt) -> Result<(), VmError> {
-        vm::recover(lv);
-        let mut rows = BTreeMap::new();
-        for name in lv.domain_names()? {
-            if let Ok(r) = vm::row(lv, &name) {
-                rows.insert(name, r);
-            }
-        }
-        self.rows = rows;
+        self.rows = vm::list(lv)?.into_iter().map(|r| (r.name.clone(), r)).collect();
         Ok(())
     }
 

@@ -300,6 +300,21 @@ async fn novnc(
     }
 }
 
+/// Makes malloc map every allocation of 1 MiB or more on its own and unmap it
+/// when freed. glibc otherwise raises that threshold as large blocks are
+/// freed, and then keeps them in its arenas: each login's 12 MiB of argon2
+/// memory stayed, and 200 logins left the server at ~460 MiB. (musl always
+/// maps large allocations.)
+#[allow(unsafe_code)]
+pub fn return_big_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets one of malloc's tunables; glibc takes its own lock for it, and
+    // the argument is a plain integer. Nothing else is passed or kept.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Connections served at once (event streams and consoles included).
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -314,6 +329,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
         (tls::TlsMode::Off, false) => tls::TlsMode::SelfSigned,
         (m, _) => m.clone(),
     };
+    return_big_allocations();
     let store = auth::Store::open(&config.state_dir)?;
     let tls = tls::load(&mode, &config.state_dir, &config.listen)?;
     // Before any libvirt connection, so the watcher's connection gets events.

@@ -79,15 +79,19 @@ where
     let (mut ws_w, mut ws_r) = socket.split();
     let (mut vnc_r, mut vnc_w) = tokio::io::split(vnc);
     let active = AtomicBool::new(false);
-    let (to_ws, mut outbox) = tokio::sync::mpsc::channel::<Message>(8);
 
+    // VNC's bytes are read straight into the buffer that becomes the frame's
+    // payload (no copy of ours); tungstenite writes header and payload out.
     let to_browser = async {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
         loop {
-            match vnc_r.read(&mut buf).await {
+            if buf.capacity() < CHUNK / 4 {
+                buf = bytes::BytesMut::with_capacity(CHUNK);
+            }
+            match vnc_r.read_buf(&mut buf).await {
                 Ok(0) => return Ended::Display,
-                Ok(n) => {
-                    if to_ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                Ok(_) => {
+                    if ws_w.send(Message::Binary(buf.split().freeze())).await.is_err() {
                         return Ended::Client;
                     }
                 }
@@ -95,6 +99,8 @@ where
             }
         }
     };
+    // The close frame a protocol error from the browser calls for, sent once the select ends.
+    let mut refusal: Option<Message> = None;
     let from_browser = async {
         while let Some(m) = ws_r.next().await {
             match m {
@@ -114,47 +120,26 @@ where
                 Ok(Message::Ping(_) | Message::Pong(_)) => {}
                 Ok(Message::Close(_)) => return Ended::Client,
                 Err(e) => {
-                    let _ = to_ws.send(close_for(&e)).await;
+                    refusal = Some(close_for(&e));
                     return Ended::Error(e.to_string());
                 }
             }
         }
         Ended::Client
     };
-    let writer = async {
-        while let Some(m) = outbox.recv().await {
-            let last = matches!(m, Message::Close(_));
-            if ws_w.send(m).await.is_err() || last {
-                break;
-            }
-        }
+    let ended = tokio::select! {
+        e = to_browser => e,
+        e = from_browser => e,
+        e = watch_session(check, &active, alive) => e,
     };
-    let watch = watch_session(check, &active, alive);
-    let ended = {
-        tokio::pin!(writer);
-        tokio::select! {
-            e = to_browser => e,
-            e = from_browser => e,
-            e = watch => e,
-            _ = &mut writer => Ended::Client,
-        }
+    let goodbye = match &ended {
+        Ended::Display => Some(close(1000, "the display closed")),
+        Ended::Session => Some(close(1008, "the session ended")),
+        Ended::Error(_) => refusal,
+        Ended::Client => None,
     };
-    match &ended {
-        Ended::Display => {
-            let _ = ws_w.send(close(1000, "the display closed")).await;
-        }
-        Ended::Session => {
-            let _ = ws_w.send(close(1008, "the session ended")).await;
-        }
-        Ended::Error(_) => {
-            // The close frame chosen for the error is still queued.
-            while let Ok(m) = outbox.try_recv() {
-                if matches!(m, Message::Close(_)) {
-                    let _ = ws_w.send(m).await;
-                }
-            }
-        }
-        Ended::Client => {}
+    if let Some(m) = goodbye {
+        let _ = ws_w.send(m).await;
     }
     let _ = ws_w.close().await;
     let _ = vnc_w.shutdown().await;

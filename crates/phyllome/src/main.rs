@@ -61,6 +61,25 @@ enum Command {
     Vm(vm::VmCommand),
 }
 
+/// `phyllome list | head` ends quietly, as other command-line tools do, instead of a panic
+/// message when the reader closed the pipe (`println!` panics on EPIPE). SIGPIPE itself stays
+/// ignored, so a child's closed pipe is an error its command handles (a create rolls back).
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     // With --json anywhere, errors are JSON too: {"error": ..., "kind": ...} on stderr.
     let json = std::env::args().any(|a| a == "--json");
@@ -73,6 +92,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    quiet_on_closed_pipe();
     let uri = cli.connect.as_str();
     let result = match cli.command {
         Command::Os(os::OsCommand::List { json }) => os::list(json),

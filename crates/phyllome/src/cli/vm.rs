@@ -293,17 +293,17 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    println!("name:       {}", printable(&d.name));
+    println!("name:       {}", printable(&d.row.name));
     println!("uuid:       {}", d.uuid);
-    println!("os:         {}", d.os.as_deref().unwrap_or("- (not made by phyllome)"));
-    match d.state_reason {
-        Some(why) => println!("state:      {}: {why}", d.state),
-        None => println!("state:      {}", d.state),
+    println!("os:         {}", d.row.os.as_deref().unwrap_or("- (not made by phyllome)"));
+    match d.row.state_reason {
+        Some(why) => println!("state:      {}: {why}", d.row.state),
+        None => println!("state:      {}", d.row.state),
     }
-    println!("vcpus:      {}", d.vcpus);
-    println!("memory:     {}", human_mib(d.memory_mib));
+    println!("vcpus:      {}", d.row.vcpus);
+    println!("memory:     {}", human_mib(d.row.memory_mib));
     let enc = d.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);
-    println!("disk:       {} {}", d.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
+    println!("disk:       {} {}", d.row.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
     for disk in &d.disks {
         let src = match (&disk.pool, &disk.volume, &disk.file) {
             (Some(p), Some(v), _) => format!("{p}/{v}"),
