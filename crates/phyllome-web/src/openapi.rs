@@ -36,6 +36,13 @@ pub fn finish(api: utoipa::openapi::OpenApi) -> Value {
             let public = path == "/api/v1/login";
             let websocket = WEBSOCKETS.contains(&path.as_str());
             op["x-phyllome-csrf"] = needs_csrf(&m, path).into();
+            // Path names: what `http::Name` takes (no control characters, at most 1024 bytes).
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params.iter_mut().filter(|p| p["in"] == "path") {
+                    p["schema"] = json!({ "type": "string", "minLength": 1, "maxLength": 1024,
+                                          "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$" });
+                }
+            }
             let body = op.get("requestBody").is_some();
             let responses = op["responses"].as_object_mut().expect("every operation has responses");
             let mut add = |code: &str, d: &str| {
