@@ -564,7 +564,7 @@ PSS (\`Pss\`), USS (\`Private_Clean + Private_Dirty\`) and RSS, in MiB.
   \`phyllome serve\` sees in this run.
 - Logins: ${LOGINS} \`POST /api/v1/login\`, two at a time (the server checks two passwords at once), every other one
   with a wrong password, rotated over 8 accounts and loopback source addresses so that the login throttling (per
-  user name, per address) lets each through to a password check: ${OK} accepted, ${REFUSED} refused,
+  user name and source network, per network) lets each through to a password check: ${OK} accepted, ${REFUSED} refused,
   ${THROTTLED} throttled, ${OTHER} other, in ${LOGIN_SECS} s (the server takes at most 10 password checks a second
   and queues at most 8: the client waited as \`Retry-After\` said ${WAITED} times). Peak RSS during them (sampled every 50 ms):
   $(mib "$PEAK") MiB (VmHWM $(mib "$HWM") MiB); each argon2id check holds 12 MiB while it runs. Afterwards, RSS
