@@ -225,11 +225,11 @@ release build; \`scripts/bench-web.sh\` reproduces it (loopback only).
   The peak during the load is the one login's argon2id hash (12 MiB, returned to the system after).
 - The console: the source straight into the client, no proxy, moves ${DIRECT} MiB/s here (median); a proxy
   adds a second loopback TCP hop, and on 2 cores shared by source, proxy and client the kernel's TCP work of
-  the two hops bounds what any proxy reaches. phyllome's proxy is axum's WebSocket (tungstenite): VNC's bytes
+  the two hops is most of the cost; what remains is the copies through user space. phyllome's proxy is axum's WebSocket (tungstenite): VNC's bytes
   are read into the buffer that becomes each frame's payload, which tungstenite writes out behind its
-  header; it spends ${CPU_RATIO}x less CPU per GiB than websockify. (An earlier proxy spliced VNC's bytes into
-  the socket without entering user space; it was replaced by the library path with its hand-written
-  framing, see the issue on the web server's crates.)
+  header; it spends ${CPU_RATIO}x less CPU per GiB than websockify. (The earlier proxy, with hand-written RFC 6455
+  framing, spliced VNC's bytes into the socket without entering user space and measured about 2x websockify;
+  it gave way to the library, whose framing is tested and kept up by others.)
 <!-- bench:serve:end -->
 EOT
 )
