@@ -75,12 +75,16 @@ pub enum UserCommand {
     /// With --list, list the tokens (of NAME, or all) with when each was made and last used;
     /// with --revoke ID, revoke one.
     Token {
+        /// The account (with --list: only its tokens).
         #[arg(required_unless_present_any = ["list", "revoke"])]
         name: Option<String>,
+        /// List the tokens: id, account, made, last used.
         #[arg(long, conflicts_with = "revoke")]
         list: bool,
+        /// Revoke the token with this id (the part after `phyllome_` in the token, or from --list).
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
+        /// With --list: as JSON.
         #[arg(long)]
         json: bool,
         #[arg(long, value_name = "DIR", default_value = web::DEFAULT_STATE_DIR, hide = true)]
