@@ -805,6 +805,11 @@ fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&
     Ok(None)
 }
 
+/// Bytes as GiB, to a tenth (the sizes `list`, `info` and `volume list` show).
+pub fn gib_tenths(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0
+}
+
 /// One row of `phyllome list`.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -844,7 +849,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         lv.volume_info(d.pool.as_deref().unwrap_or_default(), d.volume.as_deref().unwrap_or_default())
             .ok()
             .flatten()
-            .map(|v| (v.capacity as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0)
+            .map(|v| gib_tenths(v.capacity))
     });
     let state_reason = if st == State::Paused { lv.pause_reason(&s.name).ok().flatten() } else { None };
     Ok(VmRow {
@@ -969,7 +974,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
     }
     let mut rows = Vec::new();
     for (d, s) in &parsed {
-        let disk_gib = sizes.get(d.name.as_str()).map(|&c| (c as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0);
+        let disk_gib = sizes.get(d.name.as_str()).map(|&c| gib_tenths(c));
         let state_reason = if d.state == State::Paused { lv.pause_reason(&d.name).ok().flatten() } else { None };
         rows.push(VmRow {
             name: d.name.clone(),

@@ -2,7 +2,7 @@
 //! listed with the VMs that use them, and deleted with their key when no VM does.
 
 use crate::domxml;
-use crate::vm::{Result, VmError};
+use crate::vm::{gib_tenths, Result, VmError};
 use phyllome_libvirt::Libvirt;
 use serde::Serialize;
 
@@ -27,10 +27,6 @@ pub struct VolumeDeleted {
     pub name: String,
     /// Whether its key's secret was removed too.
     pub secret: bool,
-}
-
-fn gib(bytes: u64) -> f64 {
-    (bytes as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0
 }
 
 /// Every domain's disks: (VM name, pool, volume, file).
@@ -64,8 +60,8 @@ pub fn list(lv: &Libvirt, pool: &str) -> Result<Vec<VolumeRow>> {
         rows.push(VolumeRow {
             encrypted: lv.volume_secret(&info.path)?.is_some(),
             used_by: used_by(&all, pool, &name, &info.path),
-            capacity_gib: gib(info.capacity),
-            allocation_gib: gib(info.allocation),
+            capacity_gib: gib_tenths(info.capacity),
+            allocation_gib: gib_tenths(info.allocation),
             pool: pool.to_string(),
             name,
             path: info.path,

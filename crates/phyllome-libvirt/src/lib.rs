@@ -65,6 +65,22 @@ const UNDEFINE_ALL: u32 = sys::VIR_DOMAIN_UNDEFINE_NVRAM
 /// Threads [`Libvirt::list_all`] and [`Listed::capacities`] ask libvirtd from.
 const LIST_THREADS: usize = 4;
 
+/// `f` of every item, in order, from a few threads at once: libvirtd answers
+/// the calls of one connection with several workers, so their round trips overlap.
+fn fan_out<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = LIST_THREADS.min(items.len().max(1));
+    let f = &f;
+    let mut parts: Vec<Vec<R>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || items.iter().skip(t).step_by(threads).map(f).collect::<Vec<R>>()))
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a listing thread panicked")).collect()
+    });
+    // Item i went to thread i % threads, as its (i / threads)-th result.
+    let mut iters: Vec<_> = parts.iter_mut().map(|p| std::mem::take(p).into_iter()).collect();
+    (0..items.len()).filter_map(|i| iters[i % threads].next()).collect()
+}
+
 /// A domain from [`Libvirt::list_all`].
 pub struct Listed {
     pub name: String,
@@ -83,23 +99,7 @@ impl Listed {
 
     /// [`Listed::capacity`] of many domains' disks, asked from a few threads at once.
     pub fn capacities(asks: &[(&Listed, &str)]) -> Vec<Option<u64>> {
-        let threads = LIST_THREADS.min(asks.len().max(1));
-        let mut out = vec![None; asks.len()];
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        (t..asks.len()).step_by(threads).map(|i| (i, asks[i].0.capacity(asks[i].1))).collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for w in workers {
-                for (i, c) in w.join().unwrap_or_default() {
-                    out[i] = c;
-                }
-            }
-        });
-        out
+        fan_out(asks, |(d, target)| d.capacity(target))
     }
 }
 
@@ -288,36 +288,24 @@ impl Libvirt {
         let paused = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_PAUSED)?);
         let active = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?);
         let doms = list(0)?;
-        // libvirtd answers calls on one connection with several workers: ask for the XMLs from a few
-        // threads at once (the round trips overlap), each taking every n-th domain.
-        let threads = LIST_THREADS.min(doms.len().max(1));
-        let mut out: Vec<Listed> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (doms, running, paused, active) = (&doms, &running, &paused, &active);
-                    scope.spawn(move || {
-                        let mut mine = Vec::new();
-                        for dom in doms.iter().skip(t).step_by(threads) {
-                            let (Ok(name), Ok(uuid)) = (dom.name(), dom.uuid_string()) else { continue };
-                            let state = if running.contains(&uuid) {
-                                State::Running
-                            } else if paused.contains(&uuid) {
-                                State::Paused
-                            } else if active.contains(&uuid) {
-                                State::Other
-                            } else {
-                                State::Shutoff
-                            };
-                            // Undefined between the listing and now: left out.
-                            let Ok(xml) = dom.xml_desc(0) else { continue };
-                            mine.push(Listed { name, state, xml, dom: dom.clone() });
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-        });
+        let mut out: Vec<Listed> = fan_out(&doms, |dom| {
+            let (Ok(name), Ok(uuid)) = (dom.name(), dom.uuid_string()) else { return None };
+            let state = if running.contains(&uuid) {
+                State::Running
+            } else if paused.contains(&uuid) {
+                State::Paused
+            } else if active.contains(&uuid) {
+                State::Other
+            } else {
+                State::Shutoff
+            };
+            // Undefined between the listing and now: left out.
+            let xml = dom.xml_desc(0).ok()?;
+            Some(Listed { name, state, xml, dom: dom.clone() })
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -377,6 +365,17 @@ impl Libvirt {
             Ok(n) => Ok(Some(n.is_active().map_err(|e| Error::new(format!("network {name}"), e))?)),
             Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_NETWORK => Ok(None),
             Err(e) => Err(Error::new(format!("network {name}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fan_out_keeps_the_order() {
+        for n in [0usize, 1, 3, 4, 5, 17] {
+            let items: Vec<usize> = (0..n).collect();
+            assert_eq!(super::fan_out(&items, |i| i * 10), items.iter().map(|i| i * 10).collect::<Vec<_>>(), "{n}");
         }
     }
 }

@@ -179,7 +179,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), ServeError> {
 
 /// The router with every layer, and the OpenAPI document of its API.
 pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router, Arc<App>) {
-    use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+    use axum::http::{HeaderName, HeaderValue, StatusCode};
     use axum::middleware::from_fn_with_state;
     use axum::routing::get;
     use tower_http::set_header::SetResponseHeaderLayer;
@@ -233,7 +233,6 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(trace)
         .with_state(Arc::clone(&app));
-    let _ = header::CONTENT_TYPE;
     (router, app)
 }
 
