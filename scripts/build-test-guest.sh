@@ -277,6 +277,17 @@ case $action in
         echo "PHYLLOME-DD-READ: 536870912 bytes from $t0 to $t1"
         off
         ;;
+    busy)
+        # For `phyllome stats`: one vCPU spins, and the disk is written without
+        # end (random data, O_DIRECT), until the VM is stopped.
+        wait_disk || off
+        dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
+        ( while :; do :; done ) &
+        echo PHYLLOME-BUSY
+        while :; do
+            dd if=/tmp/pattern of=/dev/vda bs=1M count=4 oflag=direct 2>/dev/null
+        done
+        ;;
     poweroff)
         off
         ;;

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod media;
 pub mod progress;
 pub mod request;
+pub mod stats;
 pub mod text;
 pub mod vm;
 pub mod volume;

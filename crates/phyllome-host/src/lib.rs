@@ -18,4 +18,4 @@ pub mod kvm;
 pub mod platform;
 
 pub use domcaps::parse_domcaps;
-pub use facts::read_facts;
+pub use facts::{parse_meminfo, read_facts};

@@ -5,10 +5,12 @@ mod console;
 mod events;
 mod hostdev;
 mod secret;
+mod stats;
 mod storage;
 
 pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
+pub use stats::{DomainStats, Value};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
 use virt::domain::Domain;

@@ -63,6 +63,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_devices))
         .routes(routes!(list_tokens))
         .routes(routes!(revoke_token))
+        .routes(routes!(host_stats))
+        .routes(routes!(vm_stats))
 }
 
 /// Runs `f` with the libvirt connection on the blocking pool.
@@ -931,5 +933,59 @@ mod tests {
         assert_eq!(media_kind("vmlinuz"), "kernel");
         assert_eq!(media_kind("initrd.img"), "initrd");
         assert_eq!(media_kind("STAMP"), "other");
+    }
+}
+
+/// What the running VMs use now, and the host's load (`phyllome stats --json`),
+/// from the server's latest sample (taken every second).
+#[utoipa::path(get, operation_id = "getStats", path = "/api/v1/stats", tag = "stats",
+    responses((status = 200, body = phyllome_engine::stats::StatsReport)))]
+async fn host_stats(State(app): State<Arc<App>>) -> ApiResult<Response> {
+    match app.stats.report() {
+        Some(r) => Ok(Json(&*r).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no statistics yet: the first sample comes within seconds",
+        )),
+    }
+}
+
+/// One VM's last ten minutes, a point a second (the UI's charts), and its figures now.
+#[utoipa::path(get, operation_id = "getVmStats", path = "/api/v1/vms/{name}/stats", tag = "stats",
+    params(("name" = String, Path)), responses((status = 200, body = crate::stats::History)))]
+async fn vm_stats(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Response> {
+    if let Some(h) = app.stats.history(&name) {
+        return Ok(Json(h).into_response());
+    }
+    // Not seen running: it may exist all the same.
+    let exists = blocking(&app, move |_, lv| Ok(lv.exists(&name)?)).await?;
+    if !exists {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such VM"));
+    }
+    Ok(Json(app.stats.empty()).into_response())
+}
+
+/// `GET /metrics`: the latest sample in the Prometheus text format, for an
+/// API token or a metrics token (`phyllome user token --metrics`). OpenMetrics
+/// when the scraper asks for it (Prometheus does), else the classic 0.0.4 text.
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(text) = app.stats.metrics() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no statistics yet: the first sample comes within seconds",
+        )
+        .into_response();
+    };
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        let ctype = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+        ([(header::CONTENT_TYPE, ctype)], text).into_response()
+    } else {
+        let ctype = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+        ([(header::CONTENT_TYPE, ctype)], crate::stats::classic_text(&text)).into_response()
     }
 }

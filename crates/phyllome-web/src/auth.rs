@@ -134,6 +134,9 @@ pub struct Token {
     /// When it was last used (UNIX seconds, kept to the minute).
     #[serde(default)]
     pub last_used: Option<u64>,
+    /// A metrics token: it reads `/metrics` and nothing else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -221,8 +224,9 @@ impl Store {
         Self::write(&self.tokens_path(), &tokens)
     }
 
-    /// Makes an API token for `user`; returns its text, which is not stored and cannot be shown again.
-    pub fn new_token(&self, user: &str) -> Result<String, AuthError> {
+    /// Makes an API token for `user` (with `metrics`, one that only reads
+    /// `/metrics`); returns its text, which is not stored and cannot be shown again.
+    pub fn new_token(&self, user: &str, metrics: bool) -> Result<String, AuthError> {
         if !self.users()?.iter().any(|u| u.name == user) {
             return Err(AuthError::NoUser(user.to_string()));
         }
@@ -235,6 +239,7 @@ impl Store {
             sha256: hex::encode(sha256(secret.as_bytes())),
             created: now_secs(),
             last_used: None,
+            metrics,
         });
         Self::write(&self.tokens_path(), &file)?;
         Ok(format!("phyllome_{id}_{secret}"))
@@ -285,6 +290,8 @@ pub struct Principal {
     pub session: Option<[u8; 32]>,
     /// The API token's id.
     pub token: Option<String>,
+    /// A metrics token's principal: `/metrics` only.
+    pub metrics_only: bool,
 }
 
 struct Session {
@@ -350,7 +357,13 @@ impl Sessions {
         if touch {
             s.last_seen = now;
         }
-        Some(Principal { user: s.user.clone(), csrf: Some(s.csrf.clone()), session: Some(*key), token: None })
+        Some(Principal {
+            user: s.user.clone(),
+            csrf: Some(s.csrf.clone()),
+            session: Some(*key),
+            token: None,
+            metrics_only: false,
+        })
     }
 
     pub fn remove(&self, key: &[u8; 32]) {
@@ -724,6 +737,7 @@ impl Auth {
                 csrf: Some(csrf),
                 session: Some(sha256(id.as_bytes())),
                 token: None,
+                metrics_only: false,
             },
             session_id: id,
             device: self.new_device(user),
@@ -750,7 +764,13 @@ impl Auth {
         if t.last_used.is_none_or(|l| now >= l + 60) {
             self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(t.id.clone(), now);
         }
-        Some(Principal { user: t.user.clone(), csrf: None, session: None, token: Some(t.id.clone()) })
+        Some(Principal {
+            user: t.user.clone(),
+            csrf: None,
+            session: None,
+            token: Some(t.id.clone()),
+            metrics_only: t.metrics,
+        })
     }
 
     /// `user`'s API tokens (without their hashes), with last use.
@@ -815,7 +835,7 @@ mod tests {
         assert!(matches!(block_on(auth.login("alice", "wrong", addr, None)), Err(LoginError::Refused)));
         assert!(matches!(block_on(auth.login("nobody", "correct horse", addr, None)), Err(LoginError::Refused)));
 
-        let token = store.new_token("alice").unwrap();
+        let token = store.new_token("alice", false).unwrap();
         let listed = auth.tokens_of("alice");
         assert_eq!(listed.len(), 1);
         assert!(listed[0].sha256.is_empty(), "the list leaks the token's hash");
@@ -828,7 +848,7 @@ mod tests {
         auth.flush_token_use();
         assert!(store.tokens().unwrap()[0].last_used.is_some(), "use is not written");
         // Revoked one by one: the other keeps working.
-        let second = store.new_token("alice").unwrap();
+        let second = store.new_token("alice", false).unwrap();
         let first_id = listed[0].id.clone();
         assert!(matches!(auth.revoke("bob", &first_id), Err(AuthError::NoToken(_))), "revoked another's token");
         auth.revoke("alice", &first_id).unwrap();

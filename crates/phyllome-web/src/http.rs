@@ -246,6 +246,9 @@ pub async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"phyllome\""));
         return r;
     };
+    if who.metrics_only && path != "/metrics" {
+        return error(StatusCode::FORBIDDEN, "a metrics token reads /metrics only");
+    }
     // Validated names only (they come from the account files).
     tracing::Span::current().record("user", tracing::field::display(shown(&who.user)));
     req.extensions_mut().insert(who);

@@ -8,6 +8,7 @@
 //! - [`auth`]: accounts, API tokens, sessions, login throttling, hashing slots;
 //! - [`inventory`]: the VM list, kept current by libvirt lifecycle events;
 //! - [`ws`]: the VNC and serial consoles over WebSockets;
+//! - [`stats`]: a sample of every running VM a second, for charts and `/metrics`;
 //! - [`tls`]: rustls, with a kept self-signed certificate by default;
 //! - [`assets`]: the UI's files, its libraries and noVNC.
 //!
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod http;
 pub mod inventory;
 pub mod openapi;
+pub mod stats;
 pub mod tls;
 pub mod ws;
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub session_max: Duration,
     /// How often the VM list is re-read in full (events keep it current in between).
     pub resync: Duration,
+    /// How often the VMs' statistics are sampled (charts, `/metrics`).
+    pub stats_interval: Duration,
     /// Benchmarks only: every console connects here (a loopback address)
     /// instead of the VM's display.
     pub console_override: Option<SocketAddr>,
@@ -74,6 +78,7 @@ impl Config {
             session_idle: Duration::from_secs(3600),
             session_max: Duration::from_secs(12 * 3600),
             resync: Duration::from_secs(30),
+            stats_interval: Duration::from_secs(1),
             console_override: None,
         }
     }
@@ -112,6 +117,7 @@ pub struct App {
     pub config: Config,
     pub auth: auth::Auth,
     pub inventory: inventory::Inventory,
+    pub stats: Arc<stats::Hub>,
     pub openapi: bytes::Bytes,
     pub tls: bool,
     pub novnc: Option<PathBuf>,
@@ -214,6 +220,7 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
         .on_failure(());
     let router = axum::Router::new()
         .merge(api)
+        .route("/metrics", get(api::metrics))
         .merge(files)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(from_fn_with_state(Arc::clone(&app), http::guard))
@@ -334,6 +341,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
     // Before any libvirt connection, so the watcher's connection gets events.
     phyllome_libvirt::start_event_loop()?;
     let inventory = inventory::Inventory::start(&config.uri, config.resync)?;
+    let stats = stats::Hub::start(&config.uri, config.stats_interval);
     let auth = auth::Auth::new(store, config.session_idle, config.session_max);
     let novnc = assets::find_novnc(config.novnc_dir.as_deref());
     let vendor = assets::find_vendor(config.vendor_dir.as_deref());
@@ -345,7 +353,17 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
     let is_tls = tls.is_some();
     let novnc2 = novnc.clone();
     let (router, app) = router(move |openapi| {
-        Arc::new(App { openapi, tls: is_tls, novnc: novnc2, vendor, lv: Mutex::new(None), config, auth, inventory })
+        Arc::new(App {
+            openapi,
+            tls: is_tls,
+            novnc: novnc2,
+            vendor,
+            lv: Mutex::new(None),
+            config,
+            auth,
+            inventory,
+            stats,
+        })
     });
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(app.config.listen)

@@ -57,6 +57,10 @@ enum Command {
     /// Disk volumes on their own (what `delete --keep-disk` kept): list, delete.
     #[command(subcommand)]
     Volume(cli::volume::VolumeCommand),
+    /// What the running VMs use: CPU, memory, disk, network (one libvirt call a sample).
+    Stats(cli::stats::StatsArgs),
+    /// A live view of the running VMs, busiest first (like virt-top); q quits.
+    Top(cli::stats::TopArgs),
     #[command(flatten)]
     Vm(vm::VmCommand),
 }
@@ -111,6 +115,8 @@ fn main() -> ExitCode {
         Command::Detach(args) => cli::devices::detach(uri, args),
         Command::Serve(args) => cli::serve::serve(uri, *args),
         Command::User(cmd) => cli::serve::user(cmd),
+        Command::Stats(args) => cli::stats::stats(uri, args),
+        Command::Top(args) => cli::stats::top(uri, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

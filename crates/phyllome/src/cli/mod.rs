@@ -10,6 +10,7 @@ pub mod os;
 pub mod packaging;
 pub mod serve;
 pub mod setup;
+pub mod stats;
 pub mod vm;
 pub mod volume;
 pub mod xml;

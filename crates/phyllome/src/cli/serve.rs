@@ -87,6 +87,9 @@ pub enum UserCommand {
         /// With --list: as JSON.
         #[arg(long)]
         json: bool,
+        /// Make a read-only metrics token: it reads /metrics (Prometheus) and nothing else.
+        #[arg(long, conflicts_with_all = ["list", "revoke"])]
+        metrics: bool,
         #[arg(long, value_name = "DIR", default_value = web::DEFAULT_STATE_DIR, hide = true)]
         state_dir: PathBuf,
     },
@@ -185,23 +188,28 @@ pub fn user(cmd: UserCommand) -> Fallible {
             if json {
                 let rows: Vec<_> = tokens
                     .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "user": t.user, "created": t.created, "last_used": t.last_used}))
+                    .map(|t| {
+                        serde_json::json!({"id": t.id, "user": t.user, "created": t.created,
+                                           "last_used": t.last_used, "metrics": t.metrics})
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if tokens.is_empty() {
                 eprintln!("phyllome: no API tokens");
             } else {
-                println!("{:<18} {:<12} {:<22} LAST USED", "ID", "USER", "CREATED");
+                println!("{:<18} {:<12} {:<8} {:<22} LAST USED", "ID", "USER", "SCOPE", "CREATED");
                 for t in &tokens {
                     let last = t.last_used.map_or("never".to_string(), utc);
-                    println!("{:<18} {:<12} {:<22} {last}", t.id, t.user, utc(t.created));
+                    let scope = if t.metrics { "metrics" } else { "api" };
+                    println!("{:<18} {:<12} {scope:<8} {:<22} {last}", t.id, t.user, utc(t.created));
                 }
             }
         }
-        UserCommand::Token { name, state_dir, .. } => {
+        UserCommand::Token { name, state_dir, metrics, .. } => {
             let name = name.unwrap_or_default();
-            let token = auth::Store::open(&state_dir)?.new_token(&name)?;
-            eprintln!("phyllome: API token for {name} (shown once; send it as `Authorization: Bearer TOKEN`):");
+            let token = auth::Store::open(&state_dir)?.new_token(&name, metrics)?;
+            let what = if metrics { "metrics token (reads /metrics only)" } else { "API token" };
+            eprintln!("phyllome: {what} for {name} (shown once; send it as `Authorization: Bearer TOKEN`):");
             println!("{token}");
         }
     }
