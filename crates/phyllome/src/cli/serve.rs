@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Benchmarks only: every console connects to this loopback address instead of the VM's display.
     #[arg(long, value_name = "ADDR:PORT", hide = true)]
     bench_console_target: Option<SocketAddr>,
+    /// Benchmarks only: sample the VMs' statistics this often (default 1000 ms), so an hour of
+    /// samples takes minutes.
+    #[arg(long, value_name = "MS", default_value_t = 1000, hide = true)]
+    bench_stats_interval_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +113,7 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
     config.session_idle = Duration::from_secs(a.session_idle.max(1));
     config.resync = Duration::from_secs(a.resync.max(1));
     config.console_override = a.bench_console_target;
+    config.stats_interval = Duration::from_millis(a.bench_stats_interval_ms.clamp(10, 60_000));
     config.vendor_dir = a.vendor_dir;
     let format = if a.log_format == "json" { web::LogFormat::Json } else { web::LogFormat::Text };
     web::init_logging(format, &a.log_level)?;
