@@ -53,10 +53,10 @@ esac
 APT_STACK=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev libvirt-daemon-driver-qemu)
 APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc cryptsetup-bin
               busybox-static cpio kmod socat rpm
-              chromium fonts-dejavu-core wrk python3-websockify python3-venv)
+              chromium fonts-dejavu-core wrk python3-websockify python3-venv prometheus)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm cryptsetup
               swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
-              chromium dejavu-sans-fonts wrk python3-websockify virtiofsd)
+              chromium dejavu-sans-fonts wrk python3-websockify virtiofsd golang-github-prometheus)
 
 have_all_debs() {
     local p
@@ -119,6 +119,10 @@ install_apt() {
         log "installing ${APT_PACKAGES[*]}"
         apt_update
         apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}" >&2
+        # The tests need promtool only: a Prometheus server the package may have started goes.
+        if pgrep -x prometheus >/dev/null && [ -x /etc/init.d/prometheus ]; then
+            /etc/init.d/prometheus stop >&2 || true
+        fi
     fi
     # The stack, all from one release so qemu-utils matches qemu-system-x86
     # ("Breaks: qemu-system-common" otherwise) and libvirt's drivers match the daemon.

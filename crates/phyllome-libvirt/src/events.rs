@@ -2,8 +2,9 @@
 //! changes as they happen.
 //!
 //! virt 0.5 wraps libvirt's event loop but not the domain event callbacks,
-//! so this module registers one through the C API: the only unsafe code in
-//! Phyllome, kept to two small callbacks that never panic.
+//! so this module registers one through the C API, kept to two small
+//! callbacks that never panic. (Unsafe code lives here, in `stats.rs`, and in
+//! phyllome-web's one `mallopt` call, nowhere else.)
 #![allow(unsafe_code)]
 
 use crate::{Error, Libvirt, Result};

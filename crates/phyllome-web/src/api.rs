@@ -936,6 +936,9 @@ mod tests {
     }
 }
 
+const NO_STATS: &str =
+    "no current statistics: the first sample comes within seconds of the start, and none while libvirtd does not answer";
+
 /// What the running VMs use now, and the host's load (`phyllome stats --json`),
 /// from the server's latest sample (taken every second).
 #[utoipa::path(get, operation_id = "getStats", path = "/api/v1/stats", tag = "stats",

@@ -165,15 +165,33 @@ impl Hub {
         st.report = Some(Arc::new(report));
     }
 
-    /// The latest report (None before the first sample).
+    /// How old the latest sample may be and still be shown: older, libvirtd is
+    /// not answering, and figures from then would pass for current ones.
+    fn max_age(&self) -> Duration {
+        (self.interval * 5).max(Duration::from_secs(5))
+    }
+
+    fn fresh(&self, st: &State) -> bool {
+        st.sample.as_ref().is_some_and(|s| s.taken.elapsed() <= self.max_age())
+    }
+
+    /// The latest report (None before the first sample, or when it is stale).
     pub fn report(&self) -> Option<Arc<StatsReport>> {
-        self.lock().report.clone()
+        let st = self.lock();
+        if !self.fresh(&st) {
+            return None;
+        }
+        st.report.clone()
     }
 
     /// A VM's ring and current figures; None when nothing is known of it (it may still exist).
     pub fn history(&self, name: &str) -> Option<History> {
         let st = self.lock();
-        let current = st.report.as_ref().and_then(|r| r.vms.iter().find(|v| v.name == name).cloned());
+        let current = if self.fresh(&st) {
+            st.report.as_ref().and_then(|r| r.vms.iter().find(|v| v.name == name).cloned())
+        } else {
+            None
+        };
         let ring = st.rings.get(name);
         if ring.is_none() && current.is_none() {
             return None;
@@ -195,10 +213,14 @@ impl Hub {
         self.lock().rings.values().map(VecDeque::len).sum()
     }
 
-    /// `/metrics`: the latest sample in the Prometheus text format (None before the first).
+    /// `/metrics`: the latest sample in the Prometheus text format (None before
+    /// the first, or when it is stale).
     pub fn metrics(&self) -> Option<String> {
         let (facts, sample) = {
             let st = self.lock();
+            if !self.fresh(&st) {
+                return None;
+            }
             (st.facts.clone()?, st.sample.clone()?)
         };
         let mut registry = prometheus_client::registry::Registry::default();
@@ -413,19 +435,32 @@ mod tests {
         assert_eq!(json["current"]["name"], "a");
         // b stops (absent from later samples): its ring goes once the window has passed.
         let facts = HostFacts { hostname: "h".into(), memory_bytes: 1, cpus: 1 };
+        let base = Instant::now();
         let mk = |i: u64| Sample {
-            taken: Instant::now(),
+            taken: base + Duration::from_secs(i) - Duration::from_secs(2000 + RING_POINTS as u64 + 2),
             unix: 1_000_000 + i,
             unix_ms: (1_000_000 + i) * 1000,
             vms: vec![counters("a", i)],
         };
+        let mut prev = mk(1999);
         for i in 2000..2000 + RING_POINTS as u64 + 2 {
             let s = mk(i);
-            let r = stats::report(&facts, None, &s);
+            let r = stats::report(&facts, Some(&prev), &s);
             h.record(&facts, &s, r);
+            prev = s;
         }
         assert!(h.history("b").is_none(), "the ring of a VM gone for the window is dropped");
-        assert!(h.history("a").is_some());
+        assert_eq!(h.history("a").unwrap().points.len(), RING_POINTS, "a's ring goes on");
+        assert_eq!(h.points(), RING_POINTS);
+        assert!(h.report().is_some() && h.metrics().is_some());
+        // libvirtd stopped answering a minute ago: no figures pass for current ones.
+        if let Some(then) = Instant::now().checked_sub(Duration::from_secs(60)) {
+            let s = Sample { taken: then, ..mk(2000 + RING_POINTS as u64 + 2) };
+            let r = stats::report(&facts, None, &s);
+            h.record(&facts, &s, r);
+            assert!(h.report().is_none() && h.metrics().is_none(), "a stale sample is not served");
+            assert!(h.history("a").unwrap().current.is_none(), "the points stay, without current figures");
+        }
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! `phyllome stats`, `/api/v1/stats` and `/metrics` on real guests: one test
+//! guest spins a CPU and writes its disk without end, another sits idle at
+//! its shell; the figures must tell them apart.
+
+mod web_common;
+use std::process::Command;
+use web_common::*;
+
+fn create(vm: &TestVm, cmdline: &str) {
+    require_guest();
+    let out = phyllome()
+        .args(["create", &vm.0, "--os", "linux", "--memory", "512M", "--disk-size", "4G", "--network", "none"])
+        .args(["--kernel", &format!("{GUEST}/vmlinuz"), "--initrd", &format!("{GUEST}/initrd.img")])
+        .args(["--cmdline", &format!("console=ttyS0 panic=-1 {cmdline}"), "--start"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create {}: {}", vm.0, String::from_utf8_lossy(&out.stderr));
+}
+
+fn stats_json(args: &[&str]) -> serde_json::Value {
+    let out = phyllome().arg("stats").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn vm<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["vms"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{name} in {report}"))
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The value of a sample line `NAME{...vm="VM"...} VALUE` in Prometheus text.
+fn metric(text: &str, name: &str, vm: &str) -> Option<f64> {
+    let label = format!("vm=\"{vm}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_busy_guest_and_an_idle_one_are_told_apart_by_stats_api_and_metrics() {
+    let busy = TestVm::new("stats-busy");
+    let idle = TestVm::new("stats-idle");
+    create(&busy, "phyllome.test=busy");
+    create(&idle, "");
+    wait_for("the busy guest to start its load", 120, || serial_log(&busy.0).contains("PHYLLOME-BUSY"));
+    wait_for("the idle guest's shell", 120, || serial_log(&idle.0).contains("PHYLLOME-READY"));
+    // The idle guest's boot is over; give its balloon driver one stats period (10 s).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    // CLI: rates over 3 s.
+    let r = stats_json(&[&busy.0, &idle.0, "--interval", "3"]);
+    let (b, i) = (vm(&r, &busy.0), vm(&r, &idle.0));
+    assert_eq!(b["state"], "running");
+    assert!(f(&b["cpu_percent"]) > 50.0, "a spinning vCPU shows: {b}");
+    assert!(f(&b["disk"]["write_bytes_per_sec"]) > 1e6, "the writing guest shows: {b}");
+    assert!(f(&b["disk"]["write_iops"]) > 1.0, "{b}");
+    assert!(f(&i["cpu_percent"]) < 25.0, "an idle guest is near 0: {i}");
+    assert!(f(&i["disk"]["write_bytes_per_sec"]) < 100e3, "an idle guest writes ~nothing: {i}");
+    assert_eq!(f(&b["memory"]["assigned_bytes"]), 512.0 * 1024.0 * 1024.0, "{b}");
+    assert!(f(&b["memory"]["host_rss_bytes"]) > 10e6, "QEMU's RSS: {b}");
+    assert!(f(&b["uptime_secs"]) >= 1.0 && f(&b["uptime_secs"]) < 600.0, "{b}");
+    assert!(r["host"]["vms_running"].as_u64().unwrap() >= 2, "{r}");
+    assert!(r["host"]["vcpus_committed"].as_u64().unwrap() >= 2, "{r}");
+    assert!(f(&r["host"]["memory_bytes"]) > 1e9, "{r}");
+    // The balloon driver of the test guest reports what the guest uses.
+    let used = &i["memory"]["used_bytes"];
+    assert!(used.is_null() || f(used) < 512.0 * 1024.0 * 1024.0, "{i}");
+
+    // The table says the same, and a named VM that is not running is shown so.
+    let stopped = TestVm::new("stats-stopped");
+    define_foreign_domain(&stopped);
+    let out = phyllome().args(["stats", &busy.0, &stopped.0, "--interval", "0.5"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("CPU%") && text.contains(&busy.0), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(&stopped.0) && l.contains("shut off")), "{text}");
+
+    // Bad input: an unknown VM, a bad interval; top without a terminal.
+    let out = phyllome().args(["stats", "phyllome-test-no-such-vm", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "not found exits 4");
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["kind"], "not-found", "{err}");
+    let out = phyllome().args(["stats", "--interval", "0"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("between 0.1 and 3600"));
+    let out = phyllome().arg("top").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"), "{out:?}");
+
+    // The server: /api/v1/stats, a VM's ring, and /metrics.
+    let server = Server::start(&[]);
+    let token = |metrics: bool| {
+        let mut c = phyllome();
+        c.args(["user", "token", USER, "--state-dir"]).arg(&server.state);
+        if metrics {
+            c.arg("--metrics");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        format!("Bearer {}", String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let (api, metrics_token) = (token(false), token(true));
+    wait_for("the first sample", 20, || {
+        server.request("GET", "/api/v1/stats", &[("Authorization", &api)], None).status == 200
+    });
+    let scrape = |auth: &str| server.request("GET", "/metrics", &[("Authorization", auth)], None);
+    wait_for("rates in /api/v1/stats", 20, || {
+        let r = server.request("GET", "/api/v1/stats", &[("Authorization", &api)], None).json();
+        r["vms"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["name"] == busy.0.as_str() && v["cpu_percent"].is_number()))
+    });
+    let first = scrape(&metrics_token);
+    assert_eq!(first.status, 200, "{}", first.text());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let second = scrape(&metrics_token);
+    let (m1, m2) = (first.text(), second.text());
+    let rise = |name: &str, vm: &str| {
+        let (a, b) = (metric(&m1, name, vm), metric(&m2, name, vm));
+        b.unwrap_or_else(|| panic!("{name} of {vm} missing:\n{m2}")) - a.unwrap()
+    };
+    assert!(rise("phyllome_vm_cpu_seconds_total", &busy.0) > 1.0, "3 s of a spinning vCPU:\n{m2}");
+    assert!(rise("phyllome_vm_disk_written_bytes_total", &busy.0) > 3e6, "{m2}");
+    assert!(rise("phyllome_vm_cpu_seconds_total", &idle.0) < 0.75, "{m2}");
+    assert!(rise("phyllome_vm_disk_written_bytes_total", &idle.0) < 300e3, "{m2}");
+    assert!(metric(&m2, "phyllome_vm_memory_assigned_bytes", &busy.0) == Some(536870912.0), "{m2}");
+    assert!(m2.contains("phyllome_host_vms_running{host="), "{m2}");
+
+    // promtool, Prometheus' own linter, takes it (the classic text format; OpenMetrics on request).
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/setup.sh installs it)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), m2.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let om = server.request(
+        "GET",
+        "/metrics",
+        &[("Authorization", &metrics_token), ("Accept", "application/openmetrics-text; version=1.0.0")],
+        None,
+    );
+    assert!(om.header("content-type").unwrap_or("").starts_with("application/openmetrics-text"));
+    assert!(om.text().trim_end().ends_with("# EOF"));
+
+    // Refused without a token, and a metrics token reads nothing else.
+    assert_eq!(server.request("GET", "/metrics", &[], None).status, 401);
+    assert_eq!(scrape("Bearer phyllome_0000_nope").status, 401);
+    assert_eq!(server.request("GET", "/api/v1/vms", &[("Authorization", &metrics_token)], None).status, 403);
+    assert_eq!(server.request("GET", "/api/v1/stats", &[("Authorization", &metrics_token)], None).status, 403);
+    // A session (the UI) reads /api/v1/stats; the ring of a VM grows a point a second.
+    let s = server.admin();
+    let h1 = s.get(&format!("/api/v1/vms/{}/stats", busy.0)).json();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let h2 = s.get(&format!("/api/v1/vms/{}/stats", busy.0)).json();
+    let n = |h: &serde_json::Value| h["points"].as_array().unwrap().len();
+    assert!(n(&h2) >= n(&h1) + 2, "{} then {} points", n(&h1), n(&h2));
+    let last = h2["points"].as_array().unwrap().last().unwrap();
+    assert!(f(&last["cpu_percent"]) > 50.0 && f(&last["disk_write_bytes_per_sec"]) > 1e6, "{last}");
+    assert_eq!(h2["current"]["name"], busy.0.as_str());
+    assert_eq!(s.get("/api/v1/vms/phyllome-test-no-such-vm/stats").status, 404);
+    let st = s.get(&format!("/api/v1/vms/{}/stats", stopped.0));
+    assert_eq!(st.status, 200, "a VM that exists but never ran has an empty history");
+    assert!(st.json()["current"].is_null());
+}
