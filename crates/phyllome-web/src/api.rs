@@ -946,10 +946,7 @@ const NO_STATS: &str =
 async fn host_stats(State(app): State<Arc<App>>) -> ApiResult<Response> {
     match app.stats.report() {
         Some(r) => Ok(Json(&*r).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no statistics yet: the first sample comes within seconds",
-        )),
+        None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, NO_STATS)),
     }
 }
 
@@ -973,11 +970,7 @@ async fn vm_stats(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Re
 /// when the scraper asks for it (Prometheus does), else the classic 0.0.4 text.
 pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(text) = app.stats.metrics() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no statistics yet: the first sample comes within seconds",
-        )
-        .into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, NO_STATS).into_response();
     };
     let openmetrics = headers
         .get_all(header::ACCEPT)
