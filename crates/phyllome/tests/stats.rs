@@ -90,6 +90,28 @@ fn a_busy_guest_and_an_idle_one_are_told_apart_by_stats_api_and_metrics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"), "{out:?}");
 
+    // top in a real terminal (script(1) gives it a pty): draws the VMs, and q quits.
+    let bin = env!("CARGO_BIN_EXE_phyllome");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &format!("{bin} top --interval 0.5"), "/dev/null"])
+        .env("PHYLLOME_CONNECT", URI)
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::io::Write::write_all(&mut stdin, b"q").unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "top: {screen} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "q quits at once");
+    assert!(screen.contains("CPU%") && screen.contains(&busy.0) && screen.contains("q quits"), "{screen}");
+    drop(stdin);
+
     // The server: /api/v1/stats, a VM's ring, and /metrics.
     let server = Server::start(&[]);
     let token = |metrics: bool| {

@@ -278,7 +278,8 @@ pub fn top(uri: &str, args: TopArgs) -> Fallible {
 
 fn draw(r: &StatsReport, by: SortBy) -> std::io::Result<()> {
     use crossterm::{cursor, queue, style, terminal};
-    let (cols, lines) = terminal::size().unwrap_or((100, 30));
+    // A terminal that reports no size (a pty nobody sized) gets a usual one.
+    let (cols, lines) = terminal::size().ok().filter(|&(c, l)| c > 0 && l > 0).unwrap_or((120, 30));
     let (cols, lines) = (cols as usize, lines as usize);
     let sorted = match by {
         SortBy::Cpu => "CPU",
