@@ -344,8 +344,11 @@ impl Sampler {
 
     /// Every running VM's counters: one libvirt round trip.
     pub fn sample(&mut self, lv: &Libvirt) -> Result<Sample> {
+        // libvirt reads the counters somewhere inside the call: its midpoint is
+        // the best time to pin them to (off by half the call's time at most).
+        let before = Instant::now();
         let raw = lv.running_domain_stats()?;
-        let taken = Instant::now();
+        let taken = before + before.elapsed() / 2;
         let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let unix = unix_ms / 1000;
         let mut vms: Vec<Counters> = raw.iter().map(counters).collect();

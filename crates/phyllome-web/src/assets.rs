@@ -22,6 +22,8 @@ pub const LIB_FILES: &[&str] = &[
     "@xterm/xterm/lib/xterm.mjs",
     "@xterm/xterm/css/xterm.css",
     "@xterm/addon-fit/lib/addon-fit.mjs",
+    "uplot/dist/uPlot.esm.js",
+    "uplot/dist/uPlot.min.css",
 ];
 
 pub fn content_type(path: &str) -> &'static str {

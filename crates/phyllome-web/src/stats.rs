@@ -140,8 +140,12 @@ impl Hub {
             let now = std::time::Instant::now();
             match next.checked_duration_since(now) {
                 Some(wait) => std::thread::sleep(wait),
-                // A slow libvirt: start again from now rather than catch up.
-                None => next = now,
+                // A slow libvirt: a whole interval from now rather than a catch-up
+                // sample at once, whose rates would stand on a few milliseconds.
+                None => {
+                    std::thread::sleep(self.interval);
+                    next = std::time::Instant::now();
+                }
             }
         }
     }

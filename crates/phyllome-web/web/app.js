@@ -2,7 +2,7 @@
 // Every piece of data (VM names above all) reaches the page as text nodes
 // or attribute values set by Preact, never parsed as HTML.
 //
-// Pages (hash routes): #/vms, #/vm/NAME[/console|/serial], #/host, #/devices.
+// Pages (hash routes): #/vms, #/vm/NAME[/usage|/console|/serial], #/host, #/devices.
 
 import {
   html, render, useState, useEffect, useRef, api, setCsrf, setUnauthorizedHandler, vmHash,
@@ -83,7 +83,7 @@ function Header({ user, live, route, onLogout }) {
     <a class="brand" href="#/vms"><img src="/favicon.svg" alt="" width="22" height="22" /> Phyllome</a>
     <nav aria-label="Pages">
       ${link('vms', 'Virtual machines')}
-      ${link('host', 'Host check')}
+      ${link('host', 'Host')}
       ${link('devices', 'Devices')}
     </nav>
     <span class="spacer"></span>

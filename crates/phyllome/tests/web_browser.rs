@@ -72,6 +72,7 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "09-serial",
         "10-create-progress",
         "12-console-not-running",
+        "13-usage-charts",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }

@@ -4,6 +4,8 @@
 // Text reaches the page only through htm/Preact, which sets it as text
 // nodes and attributes: a VM name full of markup stays text.
 
+import { useState, useEffect } from '/vendor/lib/htm/preact/standalone.module.js';
+
 export {
   html, render, useState, useEffect, useLayoutEffect, useRef, useCallback, useMemo,
 } from '/vendor/lib/htm/preact/standalone.module.js';
@@ -155,3 +157,82 @@ export function stateText(vm) {
 }
 
 export const stateClass = (state) => `state ${String(state || 'other').replace(/ /g, '-')}`;
+
+// ---------------------------------------------------------------- usage figures
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+// 1536 -> "1.5 KiB", 536870912 -> "512 MiB": three significant digits at most.
+export function bytes(n) {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '—';
+  let v = Math.abs(n);
+  let i = 0;
+  while (v >= 1024 && i < BYTE_UNITS.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  let digits = 0;
+  if (i > 0) digits = v >= 100 ? 0 : v >= 10 ? 1 : 2;
+  return `${n < 0 ? '-' : ''}${+v.toFixed(digits)} ${BYTE_UNITS[i]}`;
+}
+
+export const perSec = (n) => (n === null || n === undefined || !Number.isFinite(n) ? '—' : `${bytes(n)}/s`);
+
+// 12.345 -> "12 %", 0.42 -> "0.4 %".
+export function percent(n) {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '—';
+  return `${+n.toFixed(Math.abs(n) >= 10 ? 0 : 1)} %`;
+}
+
+// 4000 -> "1 h 6 min".
+export function duration(secs) {
+  if (secs === null || secs === undefined || !Number.isFinite(secs)) return '—';
+  const s = Math.max(0, Math.floor(secs));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  const h = Math.floor(m / 60);
+  if (h < 24) return `${h} h ${m % 60} min`;
+  return `${Math.floor(h / 24)} d ${h % 24} h`;
+}
+
+// GETs PATH now and every MS milliseconds after each answer, while the page
+// is visible (a hidden tab pauses it; it polls at once on coming back), until
+// the component unmounts or PATH changes. PATH null: no polling.
+// Returns { data, error, at }: the last answer, the last failure (an
+// ApiError, cleared by the next answer) and when the last answer came (ms).
+export function usePoll(path, ms) {
+  const [state, setState] = useState({ data: null, error: null, at: null });
+  useEffect(() => {
+    setState({ data: null, error: null, at: null });
+    if (!path) return undefined;
+    let stopped = false;
+    let timer = null;
+    let inFlight = false;
+    const tick = async () => {
+      timer = null;
+      if (stopped || inFlight || document.hidden) return;
+      inFlight = true;
+      try {
+        const data = await api('GET', path);
+        if (!stopped) setState({ data, error: null, at: Date.now() });
+      } catch (e) {
+        if (!stopped) setState((s) => ({ ...s, error: e }));
+      } finally {
+        inFlight = false;
+      }
+      if (!stopped && !document.hidden) timer = setTimeout(tick, ms);
+    };
+    const onVisibility = () => {
+      if (!document.hidden && !timer && !inFlight) tick();
+    };
+    document.addEventListener('visibilitychange', onVisibility);
+    tick();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+      document.removeEventListener('visibilitychange', onVisibility);
+    };
+  }, [path, ms]);
+  return state;
+}

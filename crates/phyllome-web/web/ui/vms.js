@@ -1,10 +1,11 @@
-// The VM list, a VM's page (overview, console, serial) and the actions on a VM.
+// The VM list, a VM's page (overview, usage, console, serial) and the actions on a VM.
 
 import {
   html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
 } from './lib.js';
 import { confirmDialog, passphraseDialog } from './dialogs.js';
 import { VncConsole, SerialConsole } from './consoles.js';
+import { UsagePanel } from './usage.js';
 
 const QUESTIONS = {
   stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
@@ -178,7 +179,7 @@ function Overview({ vm, d }) {
   </div>`;
 }
 
-const TABS = [['overview', 'Overview'], ['console', 'Console'], ['serial', 'Serial']];
+const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['console', 'Console'], ['serial', 'Serial']];
 
 export function VmDetail({ name, tab, vms }) {
   const [error, setError] = useState('');
@@ -208,6 +209,7 @@ export function VmDetail({ name, tab, vms }) {
   let panel;
   if (current === 'console') panel = html`<${VncConsole} name=${name} vm=${vm} />`;
   else if (current === 'serial') panel = html`<${SerialConsole} name=${name} vm=${vm} />`;
+  else if (current === 'usage') panel = html`<${UsagePanel} name=${name} vm=${vm} />`;
   else if (details) panel = html`<${Overview} vm=${vm} d=${{ ...details, ...(row || {}) }} />`;
   else panel = loadError ? html`<p class="error">${loadError.message}</p>` : html`<p class="hint">Reading…</p>`;
 

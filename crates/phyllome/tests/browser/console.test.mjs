@@ -8,9 +8,10 @@
 // it run without reloading; the host check and device pages; the console
 // (noVNC through phyllome's WebSocket proxy) shows the guest's screen; the
 // VM's page (overview with UUID, vCPUs, encryption and why each device);
-// the serial console (xterm.js) runs a command in the guest's shell; pause
-// and resume; stop with confirmation (Escape and Cancel keep it running);
-// a stopped VM's console and serial console say "not running"; delete with
+// the serial console (xterm.js) runs a command in the guest's shell; the
+// VM's usage charts (uPlot) fill and update live, and the host page's usage
+// counts it running; pause and resume; stop with confirmation (Escape and Cancel keep it running);
+// a stopped VM's console, serial console and usage say "not running"; delete with
 // confirmation; no Content-Security-Policy violation on the way; log out.
 // Each page is saved as a PNG.
 //
@@ -303,6 +304,53 @@ try {
     await shot('09-serial');
   });
 
+  await step("the VM's usage charts fill and update live; the host page counts it running", async () => {
+    await page.click('#tab-usage');
+    await page.waitForSelector('[data-testid=usage-cpu-chart] .uplot canvas');
+    // What the CPU chart was last given: how many samples, and the time of the latest.
+    const cpuChart = () => page.evaluate(() => {
+      const f = document.querySelector('[data-testid=usage-cpu-chart]');
+      return f ? { points: Number(f.dataset.points || 0), updated: Number(f.dataset.updated || 0) } : null;
+    });
+    const first = await waitUntil('the CPU chart to have points', 15, async () => {
+      const c = await cpuChart();
+      return c && c.points > 0 && c.updated > 0 ? c : null;
+    });
+    const later = await waitUntil('the CPU chart to update', 10, async () => {
+      const c = await cpuChart();
+      return c && (c.updated > first.updated || c.points !== first.points) ? c : null;
+    });
+    console.log(`  CPU chart: ${first.points} points to ${first.updated}, then ${later.points} to ${later.updated}`);
+    assert(later.points <= 600, `the CPU chart holds ${later.points} points (the server keeps 600)`);
+    for (const c of ['memory', 'disk', 'network']) {
+      assert((await page.$$(`[data-testid=usage-${c}-chart] .uplot canvas`)).length === 1, `no ${c} chart`);
+    }
+    const label = await page.getAttribute('[data-testid=usage-cpu-chart] .u-wrap', 'aria-label');
+    assert(label && label.includes('CPU'), `the CPU chart's label is ${JSON.stringify(label)}`);
+    const figures = {
+      cpu: await text('#usage-cpu-now'), assigned: await text('#usage-memory-assigned'), rss: await text('#usage-memory-rss'),
+    };
+    assert(/^[\d.]+ %$/.test(figures.cpu), `the CPU figure reads ${JSON.stringify(figures.cpu)}`);
+    assert(/^[\d.]+ [KMG]iB$/.test(figures.assigned) && /^[\d.]+ [KMG]iB$/.test(figures.rss),
+      `the memory figures read ${JSON.stringify(figures)}`);
+    await page.waitForTimeout(300); // the latest legend values drawn
+    await shot('13-usage-charts');
+
+    await page.click('[data-nav=host]');
+    await page.waitForSelector('[data-testid=host-dashboard]');
+    const running = await waitUntil('the host page to count a running VM', 10, async () => {
+      const v = await page.getAttribute('#host-vms-running-count', 'data-value').catch(() => null);
+      return v !== null && Number(v) >= 1 ? Number(v) : null;
+    });
+    const rowShown = await page.evaluate((n) => [...document.querySelectorAll('#host-vm-usage tbody tr')]
+      .some((r) => r.dataset.vm === n), cfg.vm);
+    assert(rowShown, `the host page's usage has no row for ${cfg.vm} (${running} running)`);
+    // Its row links to its usage.
+    await page.evaluate((n) => [...document.querySelectorAll('#host-vm-usage tbody tr')]
+      .find((r) => r.dataset.vm === n).querySelector('td.name a').click(), cfg.vm);
+    await page.waitForSelector('#vm-detail [data-testid=usage-cpu-chart]');
+  });
+
   await step("pause and resume from the VM's page", async () => {
     const shown = () => page.getAttribute('#vm-state', 'data-state');
     await page.click('#vm-detail .actions [data-action=pause]');
@@ -333,7 +381,7 @@ try {
     assert(await samePage(), 'the page reloaded');
   });
 
-  await step('a stopped VM\'s console and serial console say "not running"', async () => {
+  await step('a stopped VM\'s console, serial console and usage say "not running"', async () => {
     await clickRowButton(cfg.vm, 'console');
     await page.waitForSelector('#screen');
     await waitUntil('the console to say not running', 10, async () => (await text('#console-status')) === 'not running');
@@ -345,6 +393,9 @@ try {
     await waitUntil('the serial console to say not running', 15, async () => (await text('#serial-status')) === 'not running');
     await page.waitForTimeout(500);
     assert((await text('#serial-status')) === 'not running', `the serial console says ${await text('#serial-status')}`);
+    await page.click('#tab-usage');
+    await page.waitForSelector('#usage-not-running');
+    assert((await page.$$('[data-testid=usage-cpu-chart]')).length === 0, 'a stopped VM shows usage charts');
   });
 
   await step('delete, with confirmation; cancelling keeps it', async () => {
@@ -358,7 +409,7 @@ try {
     await page.waitForSelector('#confirm-dialog[open]');
     await page.click('#confirm-ok');
     await waitUntil('the VM to leave the list', 60, async () => (await rowState(cfg.vm)) === null);
-    await shot('13-deleted');
+    await shot('14-deleted');
   });
 
   await step('no Content-Security-Policy violation on any page', async () => {
