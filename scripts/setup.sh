@@ -53,10 +53,12 @@ esac
 APT_STACK=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev libvirt-daemon-driver-qemu)
 APT_PACKAGES=(ovmf swtpm swtpm-tools libxml2-utils pkg-config gcc cryptsetup-bin
               busybox-static cpio kmod socat rpm
-              chromium fonts-dejavu-core wrk python3-websockify python3-venv prometheus)
+              chromium fonts-dejavu-core wrk python3-websockify python3-venv prometheus
+              grub-pc-bin grub-efi-amd64-bin mtools xorriso)
 DNF_PACKAGES=(qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client libvirt-devel edk2-ovmf swtpm cryptsetup
               swtpm-tools libxml2 pkgconf-pkg-config gcc busybox cpio kmod socat rpm-build dpkg pykickstart
-              chromium dejavu-sans-fonts wrk python3-websockify virtiofsd golang-github-prometheus)
+              chromium dejavu-sans-fonts wrk python3-websockify virtiofsd golang-github-prometheus
+              grub2-tools-extra grub2-pc-modules grub2-efi-x64-modules mtools xorriso)
 
 have_all_debs() {
     local p

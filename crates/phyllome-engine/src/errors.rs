@@ -107,6 +107,9 @@ fn vm(e: &VmError) -> ErrorKind {
         VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
         VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
+        VmError::NoOs(_) | VmError::Iso { .. } | VmError::UnknownMedia { .. } | VmError::IsoFirmware { .. } => {
+            ErrorKind::InvalidInput
+        }
         VmError::Interrupted => ErrorKind::Interrupted,
         _ => ErrorKind::Failed,
     }
@@ -116,6 +119,16 @@ fn vm(e: &VmError) -> ErrorKind {
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
     if let Some(e) = e.downcast_ref::<VmError>() {
         vm(e)
+    } else if let Some(e) = e.downcast_ref::<crate::isodir::IsoDirError>() {
+        use crate::isodir::IsoDirError as I;
+        match e {
+            I::BadName(_) | I::NotIso(..) | I::NoSpace { .. } => ErrorKind::InvalidInput,
+            I::Exists(_) | I::InUse { .. } => ErrorKind::Conflict,
+            I::Missing(_) => ErrorKind::NotFound,
+            I::Interrupted => ErrorKind::Interrupted,
+            I::Libvirt(l) => libvirt(l),
+            I::Io(..) => ErrorKind::Failed,
+        }
     } else if let Some(e) = e.downcast_ref::<BuildError>() {
         build(e)
     } else if let Some(e) = e.downcast_ref::<FileError>() {

@@ -5,6 +5,8 @@ pub mod domxml;
 pub mod errors;
 pub mod hostinfo;
 pub mod image;
+pub mod iso;
+pub mod isodir;
 pub mod journal;
 pub mod media;
 pub mod progress;
@@ -23,6 +25,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const POOL: &str = "phyllome";
 /// Where that pool lives when Phyllome creates it (readable by libvirt's QEMU user).
 pub const POOL_PATH: &str = "/var/lib/libvirt/images/phyllome";
+/// The host's ISO folder: installer media and driver discs (`phyllome iso`, the web UI's uploads).
+pub const ISO_DIR: &str = "/var/lib/phyllome/isos";
 /// Where a VM's direct-boot kernel and initrd are copied (`BOOT_DIR/NAME/`), so
 /// libvirt relabels Phyllome's copies, never the user's files.
 pub const BOOT_DIR: &str = "/var/lib/phyllome/boot";

@@ -13,6 +13,8 @@ pub enum Progress<'a> {
     Step { step: &'static str },
     /// Something the user should know, in words.
     Note { message: &'a str },
+    /// Bytes of a copy done, of `total` (0: unknown).
+    Bytes { done: u64, total: u64 },
 }
 
 /// The callback a long operation is given.

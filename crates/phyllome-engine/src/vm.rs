@@ -91,6 +91,14 @@ pub enum VmError {
     Xml(String, roxmltree::Error),
     #[error("cannot make the UEFI variable store: {0}")]
     Nvram(String),
+    #[error("no OS given: choose one with --os ({0}), or give --iso to detect it from the image")]
+    NoOs(String),
+    #[error("{path}: {why}")]
+    Iso { path: String, why: String },
+    #[error("{path} is not an install medium Phyllome knows ({ids}): choose the OS with --os ({choices})")]
+    UnknownMedia { path: String, ids: String, choices: String },
+    #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
+    IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
@@ -99,6 +107,64 @@ pub enum VmError {
 pub type Result<T> = std::result::Result<T, VmError>;
 
 /// Validates and plans a VM on this host; changes nothing.
+/// What the install ISO decides: the OS when none is given (from its volume
+/// descriptor), whether it boots on the profile's firmware, and for Windows
+/// the virtio-win disc of the ISO folder, found by its content.
+fn media_checks(req: &mut Request) -> Result<Option<phyllome_model::detect::Detected>> {
+    use crate::iso;
+    use phyllome_model::catalog::{self, Family, FirmwarePolicy};
+    let info = match &req.iso {
+        // Relative paths are refused by the model, with a clearer message.
+        Some(path)
+            if path.starts_with('/')
+                && (req.os.is_empty() || catalog::profile(&req.os).is_some_and(|p| p.family != Family::Macos)) =>
+        {
+            Some(iso::inspect(Path::new(path)).map_err(|e| VmError::Iso { path: path.clone(), why: e.to_string() })?)
+        }
+        _ => None,
+    };
+    let mut detected = None;
+    if req.os.is_empty() {
+        let (Some(path), Some(info)) = (&req.iso, &info) else {
+            return Err(VmError::NoOs(catalog::ids().join(", ")));
+        };
+        let Some(d) = iso::detect(info) else {
+            let i = &info.ids;
+            return Err(VmError::UnknownMedia {
+                path: path.clone(),
+                ids: format!(
+                    "volume id {:?}, system id {:?}, publisher {:?}, application {:?}",
+                    i.volume_id, i.system_id, i.publisher_id, i.application_id
+                ),
+                choices: catalog::ids().join(", "),
+            });
+        };
+        req.os = d.os.to_string();
+        detected = Some(d);
+    }
+    let Some(profile) = catalog::profile(&req.os) else { return Ok(detected) };
+    if let (Some(path), Some(info)) = (&req.iso, &info) {
+        // A direct kernel boot does not boot the ISO; an image with no boot entry at all is data.
+        let booted = req.direct_boot.is_none() && (info.boot.bios || info.boot.uefi);
+        let (fits, needs) = match profile.firmware.value {
+            FirmwarePolicy::Uefi { .. } => (info.boot.uefi, "UEFI"),
+            FirmwarePolicy::Bios => (info.boot.bios, "BIOS"),
+        };
+        if booted && !fits {
+            return Err(VmError::IsoFirmware {
+                path: path.clone(),
+                boots: info.boot.describe(),
+                os: req.os.clone(),
+                needs,
+            });
+        }
+    }
+    if profile.drivers_iso && req.drivers.is_none() {
+        req.drivers = iso::find_virtio_win(Path::new(crate::ISO_DIR)).map(|p| p.to_string_lossy().into_owned());
+    }
+    Ok(detected)
+}
+
 pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     phyllome_model::input::validate_name(name).map_err(BuildError::from)?;
     let network = match spec.network.as_str() {
@@ -117,15 +183,26 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
         version: crate::VERSION.to_string(),
         ..spec.request.clone()
     };
+    check_files(&req)?;
+    let detected = media_checks(&mut req)?;
     if phyllome_model::catalog::profile(&req.os).is_none() {
         return Err(BuildError::UnknownOs(req.os, phyllome_model::catalog::ids().join(", ")).into());
     }
-    check_files(&req)?;
     let pool = spec.pool.clone().unwrap_or_else(|| crate::POOL.to_string());
     let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| crate::POOL_PATH.to_string());
     req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
     let (host, _) = hostinfo::gather(lv, true)?;
     let mut plan = build::build(&req, &host)?;
+    if let Some(d) = detected {
+        plan.choices.insert(
+            0,
+            build::Choice {
+                item: "os",
+                choice: format!("{} ({})", d.os, d.name),
+                why: format!("detected from the ISO's {} {:?} ({})", d.field.label(), d.value, d.source),
+            },
+        );
+    }
     if let Some(b) = &mut plan.domain.direct_boot {
         let dir = boot_dir(name);
         b.kernel = format!("{dir}/vmlinuz");
@@ -420,6 +497,8 @@ pub struct Created {
     pub encryption: Encryption,
     pub started: bool,
     pub warnings: Vec<String>,
+    /// The OS detected from the ISO when none was given, and from what.
+    pub detected: Option<String>,
 }
 
 /// Creates a VM: disk (LUKS-encrypted unless asked otherwise), secret and
@@ -435,6 +514,10 @@ pub fn create(
 ) -> Result<Created> {
     recover(lv);
     let mut plan = plan(lv, name, spec)?;
+    let detected = plan.choices.iter().find(|c| c.item == "os").map(|c| format!("{}, {}", c.choice, c.why));
+    if let Some(d) = &detected {
+        progress(Progress::Note { message: &format!("OS: {d}") });
+    }
     let disk = plan.disk.clone().expect("plan() always asks for a disk");
     let encryption = spec.encryption.unwrap_or(Encryption::Secret);
     if encryption == Encryption::Prompt && passphrase.is_none_or(|p| p.is_empty()) {
@@ -558,6 +641,7 @@ pub fn create(
                 encryption,
                 started,
                 warnings: plan.warnings,
+                detected,
             })
         }
         Err(e) => {

@@ -11,6 +11,7 @@
 pub mod build;
 pub mod capability;
 pub mod catalog;
+pub mod detect;
 pub mod domain;
 pub mod host;
 pub mod hostdev;

@@ -249,7 +249,8 @@ pub struct CreateBody {
     /// 1-64 of letters, digits, '.', '_' and '-'.
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     name: String,
-    /// An id from GET /api/v1/os.
+    /// An id from GET /api/v1/os; empty or absent: detected from `iso`.
+    #[serde(default)]
     os: String,
     /// With a unit: `4GiB`, `512MiB` (GB = 10^9 bytes).
     #[schema(example = "4GiB")]
@@ -406,6 +407,8 @@ async fn create_vm(
             let (step, message) = match p {
                 Progress::Step { step } => (Some(step), String::new()),
                 Progress::Note { message } => (None, message.to_string()),
+                // Create copies nothing byte by byte.
+                Progress::Bytes { .. } => return,
             };
             let e = Event::default().event("progress").json_data(StepEvent { step, message });
             if let Ok(e) = e {

@@ -57,6 +57,9 @@ enum Command {
     /// Disk volumes on their own (what `delete --keep-disk` kept): list, delete.
     #[command(subcommand)]
     Volume(cli::volume::VolumeCommand),
+    /// Install media: what an ISO holds, and the host's ISO folder.
+    #[command(subcommand)]
+    Iso(cli::iso::IsoCommand),
     /// What the running VMs use: CPU, memory, disk, network (one libvirt call a sample).
     Stats(cli::stats::StatsArgs),
     /// A live view of the running VMs, busiest first (like virt-top); q quits.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => cli::devices::detach(uri, args),
         Command::Serve(args) => cli::serve::serve(uri, *args),
         Command::User(cmd) => cli::serve::user(cmd),
+        Command::Iso(cmd) => cli::iso::run(uri, cmd),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };

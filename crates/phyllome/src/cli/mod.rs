@@ -6,6 +6,7 @@ pub mod check;
 pub mod devices;
 pub mod host;
 pub mod image;
+pub mod iso;
 pub mod os;
 pub mod packaging;
 pub mod serve;

@@ -109,6 +109,7 @@ impl Steps {
             Progress::Step { step } => self.0.set_message(step.to_string()),
             Progress::Note { message } if self.0.is_hidden() => progress(message),
             Progress::Note { message } => self.0.println(format!("phyllome: {message}")),
+            Progress::Bytes { .. } => {}
         }
     }
 }

@@ -20,9 +20,9 @@ pub enum DiskBusArg {
 /// What a VM is made of: the options `xml` and `create` share.
 #[derive(Args)]
 pub struct VmArgs {
-    /// Guest OS id (see `phyllome os list`).
-    #[arg(long)]
-    pub os: String,
+    /// Guest OS id (see `phyllome os list`); default: detected from the --iso image.
+    #[arg(long, required_unless_present = "iso")]
+    pub os: Option<String>,
     /// Memory with its unit, e.g. 4G or 2048M; G/M are GiB/MiB, GB/MB powers of 1000 (default: sized from the host).
     #[arg(long)]
     pub memory: Option<String>,
@@ -78,7 +78,8 @@ impl VmArgs {
     pub fn spec(&self) -> VmSpec {
         VmSpec {
             request: Request {
-                os: self.os.clone(),
+                // Empty: the engine detects it from the ISO.
+                os: self.os.clone().unwrap_or_default(),
                 memory: self.memory.clone(),
                 cpus: self.cpus,
                 disk_size: self.disk_size.clone(),
@@ -131,7 +132,7 @@ pub fn run(uri: &str, a: XmlArgs) -> Fallible {
     let spec = a.vm.spec();
     // Refuse a bad name or OS id before connecting anywhere.
     phyllome_engine::model::input::validate_name(&a.name)?;
-    if phyllome_engine::model::catalog::profile(&spec.request.os).is_none() {
+    if !spec.request.os.is_empty() && phyllome_engine::model::catalog::profile(&spec.request.os).is_none() {
         return Err(super::os::unknown_os(&spec.request.os).into());
     }
     phyllome_engine::request::check_files(&spec.request)?;

@@ -1,0 +1,321 @@
+//! The host's ISO folder (`phyllome iso list|add|remove`, and the web UI's
+//! uploads): install media by file name, each checked to be an ISO, with the
+//! OS it holds. A copy lands whole or not at all: it is written beside its
+//! final name, hashed as it goes, and renamed only once complete.
+
+use crate::iso::{self, Boot};
+use crate::progress::{Progress, Report};
+use phyllome_libvirt::Libvirt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IsoDirError {
+    #[error("{0}")]
+    BadName(String),
+    #[error("{0} is not an ISO image ({1})")]
+    NotIso(String, String),
+    #[error("{0} is already in the ISO folder: remove it first (phyllome iso remove {0})")]
+    Exists(String),
+    #[error("no {0} in the ISO folder (phyllome iso list shows it)")]
+    Missing(String),
+    #[error("{name} is used by VM {vm}: it stays")]
+    InUse { name: String, vm: String },
+    #[error("{name} needs {need} MiB, but the ISO folder's file system has {free} MiB free")]
+    NoSpace { name: String, need: u64, free: u64 },
+    #[error("interrupted: the partial copy was removed")]
+    Interrupted,
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error(transparent)]
+    Libvirt(#[from] phyllome_libvirt::Error),
+}
+
+pub type Result<T> = std::result::Result<T, IsoDirError>;
+
+/// A safe name for a file in the ISO folder, from whatever a user or a
+/// browser gave: the last path part, characters outside `A-Za-z0-9._+-`
+/// replaced by `_`, no leading dot, at most 128 characters, ending in `.iso`.
+pub fn sanitize(raw: &str) -> Result<String> {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') { c } else { '_' })
+        .collect();
+    while name.starts_with('.') {
+        name.remove(0);
+    }
+    if !name.to_ascii_lowercase().ends_with(".iso") {
+        return Err(IsoDirError::BadName(format!("{raw:?}: an ISO's file name ends in .iso")));
+    }
+    if name.len() <= 4 || name.len() > 128 {
+        return Err(IsoDirError::BadName(format!("{raw:?}: a name of 1 to 124 characters before .iso")));
+    }
+    Ok(name)
+}
+
+/// One ISO of the folder.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IsoFile {
+    pub name: String,
+    pub size_bytes: u64,
+    pub volume_id: Option<String>,
+    /// The profile detected from it.
+    pub os: Option<String>,
+    /// The OS in words.
+    pub os_name: Option<String>,
+    pub boot: Option<Boot>,
+    pub virtio_win: bool,
+    /// Why it is not a usable ISO, when it is not.
+    pub problem: Option<String>,
+}
+
+fn describe(name: &str, path: &Path) -> IsoFile {
+    let size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match iso::inspect(path) {
+        Ok(info) => {
+            let d = iso::detect(&info);
+            IsoFile {
+                name: name.to_string(),
+                size_bytes,
+                volume_id: Some(info.ids.volume_id.clone()),
+                os: d.as_ref().map(|d| d.os.to_string()),
+                os_name: d.map(|d| d.name),
+                boot: Some(info.boot.clone()),
+                virtio_win: info.virtio_win,
+                problem: None,
+            }
+        }
+        Err(e) => IsoFile {
+            name: name.to_string(),
+            size_bytes,
+            volume_id: None,
+            os: None,
+            os_name: None,
+            boot: None,
+            virtio_win: false,
+            problem: Some(e.to_string()),
+        },
+    }
+}
+
+/// The `.iso` files of the folder (none when it does not exist yet).
+pub fn list(dir: &Path) -> Result<Vec<IsoFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IsoDirError::Io(dir.display().to_string(), e)),
+    };
+    let mut out: Vec<IsoFile> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && n.to_ascii_lowercase().ends_with(".iso"))
+        .map(|n| describe(&n, &dir.join(&n)))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What `add` made.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Added {
+    pub name: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    #[serde(flatten)]
+    pub iso: IsoFile,
+}
+
+/// The partial file of a copy, removed unless the copy completes.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes `source` into the folder as `name`: refused before any byte is
+/// written when the name is taken or the space is short; hashed (SHA-256) as
+/// it is written; checked to be an ISO once complete; renamed into place only
+/// then. `interrupted` stops it between blocks. Memory is one 1 MiB buffer.
+pub fn receive(
+    dir: &Path,
+    name: &str,
+    size: Option<u64>,
+    source: &mut dyn Read,
+    interrupted: &AtomicBool,
+    progress: Report<'_>,
+) -> Result<Added> {
+    let name = sanitize(name)?;
+    let io = |what: &Path, e: std::io::Error| IsoDirError::Io(what.display().to_string(), e);
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let target = dir.join(&name);
+    if target.exists() {
+        return Err(IsoDirError::Exists(name));
+    }
+    if let Some(size) = size {
+        let free = fs4::available_space(dir).map_err(|e| io(dir, e))?;
+        // Keep 64 MiB spare: a full host file system hurts every VM on it.
+        if size.saturating_add(64 << 20) > free {
+            return Err(IsoDirError::NoSpace { name, need: size.div_ceil(1 << 20), free: free >> 20 });
+        }
+    }
+    let part_path = dir.join(format!(".{name}.part"));
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&part_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            IsoDirError::Exists(name.clone())
+        } else {
+            io(&part_path, e)
+        }
+    })?;
+    let part = Partial(Some(part_path.clone()));
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done: u64 = 0;
+    let total = size.unwrap_or(0);
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            return Err(IsoDirError::Interrupted);
+        }
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(Path::new(&name), e)),
+        };
+        out.write_all(&buf[..n]).map_err(|e| io(&part_path, e))?;
+        hash.update(&buf[..n]);
+        done += n as u64;
+        progress(Progress::Bytes { done, total });
+    }
+    out.sync_all().map_err(|e| io(&part_path, e))?;
+    drop(out);
+    let info = iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
+    let _ = info;
+    // A hard link fails when the name was taken meanwhile; rename would replace it.
+    std::fs::hard_link(&part_path, &target).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            IsoDirError::Exists(name.clone())
+        } else {
+            io(&target, e)
+        }
+    })?;
+    drop(part);
+    let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let iso = describe(&name, &target);
+    Ok(Added { path: target.display().to_string(), size_bytes: done, sha256, name, iso })
+}
+
+/// `phyllome iso add FILE`: copies a host file into the folder (Ctrl-C removes the partial copy).
+pub fn add(dir: &Path, file: &Path, name: Option<&str>, progress: Report<'_>) -> Result<Added> {
+    let io = |e: std::io::Error| IsoDirError::Io(file.display().to_string(), e);
+    let meta = std::fs::metadata(file).map_err(io)?;
+    if !meta.is_file() {
+        return Err(IsoDirError::NotIso(file.display().to_string(), "not a regular file".into()));
+    }
+    // Refused before copying gigabytes: the image must read as an ISO now.
+    iso::inspect(file).map_err(|e| IsoDirError::NotIso(file.display().to_string(), e.to_string()))?;
+    let name =
+        name.map(str::to_string).unwrap_or_else(|| file.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
+        .collect();
+    let mut f = std::fs::File::open(file).map_err(io)?;
+    let r = receive(dir, &name, Some(meta.len()), &mut f, &interrupted, progress);
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    r
+}
+
+/// `phyllome iso remove NAME`: removes an ISO no VM uses.
+pub fn remove(lv: &Libvirt, dir: &Path, name: &str) -> Result<String> {
+    if name.contains('/') || name.starts_with('.') || name.is_empty() {
+        return Err(IsoDirError::BadName(format!("{name:?}: give the ISO's file name, as phyllome iso list shows it")));
+    }
+    let path = dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        _ => return Err(IsoDirError::Missing(name.to_string())),
+    }
+    let wanted = path.display().to_string();
+    for d in lv.list_all()? {
+        let uses = roxmltree::Document::parse(&d.xml).ok().is_some_and(|doc| {
+            doc.descendants().filter(|n| n.has_tag_name("source")).any(|n| n.attribute("file") == Some(wanted.as_str()))
+        });
+        if uses {
+            return Err(IsoDirError::InUse { name: name.to_string(), vm: d.name });
+        }
+    }
+    std::fs::remove_file(&path).map_err(|e| IsoDirError::Io(wanted.clone(), e))?;
+    Ok(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::quiet;
+
+    #[test]
+    fn names_are_made_safe_and_stay_in_the_folder() {
+        assert_eq!(sanitize("Win11_24H2_English_x64.iso").unwrap(), "Win11_24H2_English_x64.iso");
+        assert_eq!(sanitize("../../etc/passwd.iso").unwrap(), "passwd.iso");
+        assert_eq!(sanitize("C:\\Users\\me\\debian 12.iso").unwrap(), "debian_12.iso");
+        assert_eq!(sanitize("..hidden.iso").unwrap(), "hidden.iso");
+        assert_eq!(sanitize("a\u{202e}b\n.iso").unwrap(), "a_b_.iso");
+        assert!(sanitize("notes.txt").is_err());
+        assert!(sanitize(".iso").is_err());
+        assert!(sanitize(&format!("{}.iso", "a".repeat(200))).is_err());
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("phyllome-isodir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_copy_lands_whole_with_its_hash_or_not_at_all() {
+        let d = dir("copy");
+        let img = crate::iso::tests::image("Debian 12.8.0 amd64 n", "", "", None, &[]);
+        let seen = std::cell::Cell::new(0u64);
+        let r = receive(&d, "deb.iso", Some(img.len() as u64), &mut &img[..], &AtomicBool::new(false), &|p| {
+            if let Progress::Bytes { done, .. } = p {
+                seen.set(done)
+            }
+        })
+        .unwrap();
+        assert_eq!(seen.get(), img.len() as u64);
+        assert_eq!(r.sha256, Sha256::digest(&img).iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(r.iso.os.as_deref(), Some("linux"));
+        assert_eq!(std::fs::read(d.join("deb.iso")).unwrap(), img);
+        // The name is taken now; a file that is not an ISO is refused and leaves nothing.
+        let again = receive(&d, "deb.iso", None, &mut &img[..], &AtomicBool::new(false), &quiet);
+        assert!(matches!(again, Err(IsoDirError::Exists(_))));
+        let junk = vec![7u8; 100_000];
+        let bad = receive(&d, "junk.iso", None, &mut &junk[..], &AtomicBool::new(false), &quiet);
+        assert!(matches!(bad, Err(IsoDirError::NotIso(..))), "{bad:?}");
+        let interrupted = receive(&d, "stop.iso", None, &mut &img[..], &AtomicBool::new(true), &quiet);
+        assert!(matches!(interrupted, Err(IsoDirError::Interrupted)));
+        let too_big = receive(&d, "big.iso", Some(u64::MAX / 2), &mut &img[..], &AtomicBool::new(false), &quiet);
+        assert!(matches!(too_big, Err(IsoDirError::NoSpace { .. })), "{too_big:?}");
+        let names: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("deb.iso")], "no partial file is left");
+        let listed = list(&d).unwrap();
+        assert_eq!((listed.len(), listed[0].os_name.as_deref()), (1, Some("Debian 12")));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
