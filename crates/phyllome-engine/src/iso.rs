@@ -310,9 +310,10 @@ pub fn match_osinfo(ids: &Identifiers, db: &[OsinfoMedia]) -> Option<Detected> {
     })
 }
 
-/// Every x86 ISO entry of the osinfo-db installed on this host (none when it is not).
-pub fn osinfo_db() -> Vec<OsinfoMedia> {
-    let mut out = Vec::new();
+/// The first osinfo-db entry of this host that matches, file by file: the
+/// patterns are compiled as each file is read and dropped after, so memory
+/// stays small (a server lists media with this).
+pub fn match_osinfo_db(ids: &Identifiers) -> Option<Detected> {
     for dir in OSINFO_DIRS {
         let Ok(vendors) = std::fs::read_dir(std::path::Path::new(dir).join("os")) else { continue };
         let mut files: Vec<_> = vendors
@@ -323,17 +324,22 @@ pub fn osinfo_db() -> Vec<OsinfoMedia> {
             .collect();
         files.sort();
         for f in files {
-            if let Ok(xml) = std::fs::read_to_string(&f) {
-                out.extend(parse_osinfo(&xml));
+            // Only files that could match at all are parsed.
+            let Ok(xml) = std::fs::read_to_string(&f) else { continue };
+            if !xml.contains("<volume-id>") {
+                continue;
+            }
+            if let Some(d) = match_osinfo(ids, &parse_osinfo(&xml)) {
+                return Some(d);
             }
         }
     }
-    out
+    None
 }
 
 /// The profile for an ISO: Phyllome's table first, then osinfo-db.
 pub fn detect(info: &IsoInfo) -> Option<Detected> {
-    detect::detect(&info.ids).or_else(|| match_osinfo(&info.ids, &osinfo_db()))
+    detect::detect(&info.ids).or_else(|| match_osinfo_db(&info.ids))
 }
 
 /// The virtio-win driver discs among these files, found by content.

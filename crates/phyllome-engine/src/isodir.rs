@@ -126,9 +126,7 @@ pub fn list(dir: &Path) -> Result<Vec<IsoFile>> {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Added {
-    pub name: String,
     pub path: String,
-    pub size_bytes: u64,
     pub sha256: String,
     #[serde(flatten)]
     pub iso: IsoFile,
@@ -213,8 +211,8 @@ pub fn receive(
     })?;
     drop(part);
     let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let iso = describe(&name, &target);
-    Ok(Added { path: target.display().to_string(), size_bytes: done, sha256, name, iso })
+    let iso = IsoFile { size_bytes: done, ..describe(&name, &target) };
+    Ok(Added { path: target.display().to_string(), sha256, iso })
 }
 
 /// `phyllome iso add FILE`: copies a host file into the folder (Ctrl-C removes the partial copy).

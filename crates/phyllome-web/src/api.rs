@@ -65,6 +65,12 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(revoke_token))
         .routes(routes!(host_stats))
         .routes(routes!(vm_stats))
+        .routes(routes!(delete_media))
+}
+
+/// The routes whose bodies may be large (uploads): outside the 64 KiB body limit.
+pub fn upload_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(upload_media))
 }
 
 /// Runs `f` with the libvirt connection on the blocking pool.
@@ -751,6 +757,18 @@ pub struct MediaFile {
     size: u64,
     /// `iso`, `kernel`, `initrd` or `other`.
     kind: &'static str,
+    /// For an ISO: the profile detected from it (create's default OS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    os: Option<String>,
+    /// For an ISO: the OS in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    os_name: Option<String>,
+    /// For an ISO: whether it boots BIOS and UEFI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<phyllome_engine::iso::Boot>,
+    /// For an ISO: a virtio-win driver disc (found by its content).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    virtio_win: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -785,7 +803,18 @@ fn read_media(dir: &Path) -> MediaList {
             if let Ok(m) = std::fs::metadata(e.path()) {
                 if m.is_file() {
                     let kind = media_kind(&name);
-                    files.push(MediaFile { name, size: m.len(), kind });
+                    let mut f =
+                        MediaFile { name, size: m.len(), kind, os: None, os_name: None, boot: None, virtio_win: false };
+                    if kind == "iso" {
+                        if let Ok(info) = phyllome_engine::iso::inspect(&e.path()) {
+                            let d = phyllome_engine::iso::detect(&info);
+                            f.os = d.as_ref().map(|d| d.os.to_string());
+                            f.os_name = d.map(|d| d.name);
+                            f.virtio_win = info.virtio_win;
+                            f.boot = Some(info.boot);
+                        }
+                    }
+                    files.push(f);
                 }
             }
         }
@@ -987,4 +1016,54 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         let ctype = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
         ([(header::CONTENT_TYPE, ctype)], crate::stats::classic_text(&text)).into_response()
     }
+}
+
+/// Upload an ISO into the host's ISO folder: the raw image as the body
+/// (`Content-Length` required), streamed to disk with constant memory. Refused
+/// before a byte is written when the name is taken or the disk lacks space; the
+/// image must be an ISO once complete, and lands under its name only then.
+#[utoipa::path(put, operation_id = "uploadMedia", path = "/api/v1/media/{name}", tag = "host",
+    params(("name" = String, Path, description = "The file name (made safe; must end in .iso)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = phyllome_engine::isodir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
+async fn upload_media(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    use futures_util::TryStreamExt;
+    let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    else {
+        return Err(ApiError::new(StatusCode::LENGTH_REQUIRED, "send the image with a Content-Length"));
+    };
+    who_did(&who, "upload", &name);
+    let dir = app.config.media_dir.clone();
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let handle = tokio::runtime::Handle::current();
+    let added = tokio::task::spawn_blocking(move || {
+        let mut sync = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
+        let never = std::sync::atomic::AtomicBool::new(false);
+        phyllome_engine::isodir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::progress::quiet)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the upload's worker failed"))??;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+/// Remove an ISO no VM uses from the host's ISO folder.
+#[utoipa::path(delete, operation_id = "deleteMedia", path = "/api/v1/media/{name}", tag = "host",
+    params(("name" = String, Path)), responses((status = 200, body = Object)))]
+async fn delete_media(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+) -> ApiResult<Json<serde_json::Value>> {
+    who_did(&who, "remove medium", &name);
+    let path =
+        blocking(&app, move |app, lv| Ok(phyllome_engine::isodir::remove(lv, &app.config.media_dir, &name)?)).await?;
+    Ok(Json(serde_json::json!({ "removed": path })))
 }

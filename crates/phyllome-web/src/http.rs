@@ -103,6 +103,17 @@ impl From<phyllome_engine::vm::VmError> for ApiError {
     }
 }
 
+impl From<phyllome_engine::isodir::IsoDirError> for ApiError {
+    fn from(e: phyllome_engine::isodir::IsoDirError) -> ApiError {
+        match e {
+            phyllome_engine::isodir::IsoDirError::NoSpace { .. } => {
+                ApiError { status: StatusCode::INSUFFICIENT_STORAGE, message: e.to_string(), kind: "invalid-input" }
+            }
+            _ => ApiError::from_engine(&e),
+        }
+    }
+}
+
 impl From<phyllome_libvirt::Error> for ApiError {
     fn from(e: phyllome_libvirt::Error) -> ApiError {
         ApiError::from_engine(&e)

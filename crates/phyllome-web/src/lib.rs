@@ -190,10 +190,13 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
     use axum::routing::get;
     use tower_http::set_header::SetResponseHeaderLayer;
 
-    let (api, doc) = api::routes().split_for_parts();
+    let (api, mut doc) = api::routes().split_for_parts();
+    let (upload, upload_doc) = api::upload_routes().split_for_parts();
+    doc.merge(upload_doc);
     let doc = openapi::finish(doc);
     let app = app_state(bytes::Bytes::from(serde_json::to_vec_pretty(&doc).expect("serializable")));
     let api = api.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
+    let upload = upload.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
     let files = axum::Router::new()
         .route("/vendor/novnc/{*rel}", get(novnc))
         .route("/vendor/lib/{*rel}", get(lib_file))
@@ -222,6 +225,10 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
         .merge(api)
         .route("/metrics", get(api::metrics))
         .merge(files)
+        // Bodies are small (64 KiB) everywhere but uploads, which stream to disk;
+        // a layer applies to the routes added before it.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .merge(upload)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(from_fn_with_state(Arc::clone(&app), http::guard))
         .layer(set("content-security-policy", http::CSP))
@@ -237,7 +244,6 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
             StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(900),
         ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(trace)
         .with_state(Arc::clone(&app));
     (router, app)

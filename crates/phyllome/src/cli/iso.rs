@@ -128,7 +128,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
                 return Ok(());
             }
             let os = a.iso.os_name.clone().unwrap_or_else(|| "no OS detected".into());
-            println!("added {} ({}, {})", a.path, super::stats::human(a.size_bytes as f64), printable(&os));
+            println!("added {} ({}, {})", a.path, super::stats::human(a.iso.size_bytes as f64), printable(&os));
             println!("sha256 {}", a.sha256);
         }
         IsoCommand::Remove { name, dir, json } => {

@@ -69,8 +69,17 @@ impl Server {
     }
 
     pub fn start_in(state: &Path, extra: &[&str]) -> Server {
+        Server::start_with_media(state, Path::new(GUEST), extra)
+    }
+
+    /// A server whose ISO folder is `media`.
+    pub fn start_with_media(state: &Path, media: &Path, extra: &[&str]) -> Server {
         let mut cmd = phyllome();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--iso-dir", GUEST, "--state-dir"]).arg(state).args(extra);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--iso-dir"])
+            .arg(media)
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(String::new()));
