@@ -49,7 +49,7 @@ KERNEL_META=linux-image-cloud-amd64
 # Modules the guest loads (in this order); dependencies are added automatically.
 MODULES=(virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
          virtio_blk virtio_net net_failover failover virtio_console
-         virtio_rng virtio_balloon virtio_input virtio_gpu evdev button)
+         virtio_rng virtio_balloon virtio_input virtio_gpu evdev button virtiofs)
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (uses apt-get)"
 
@@ -287,6 +287,29 @@ case $action in
         while :; do
             dd if=/tmp/pattern of=/dev/vda bs=1M count=4 oflag=direct 2>/dev/null
         done
+        ;;
+    share:*)
+        # For `phyllome share`: mount the virtiofs TAG, read hello.txt, try a
+        # write, and follow the symlinks out/ and up/ (which point outside the
+        # shared folder on the host) to secret.txt.
+        tag=${action#share:}
+        mkdir -p /mnt/share
+        if mount -t virtiofs "$tag" /mnt/share; then
+            echo "PHYLLOME-SHARE-READ:$(cat /mnt/share/hello.txt 2>/dev/null || echo MISSING)"
+            if echo guest-wrote >/mnt/share/from-guest.txt 2>/dev/null; then
+                echo PHYLLOME-SHARE-WRITE:ok
+            else
+                echo PHYLLOME-SHARE-WRITE:refused
+            fi
+            for l in out up; do
+                echo "PHYLLOME-SHARE-ESCAPE-$l:$(cat /mnt/share/$l/secret.txt 2>/dev/null || echo none)"
+            done
+            umount /mnt/share
+        else
+            echo PHYLLOME-SHARE-MOUNT-FAILED
+        fi
+        echo PHYLLOME-SHARE-DONE
+        off
         ;;
     poweroff)
         off

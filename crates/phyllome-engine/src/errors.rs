@@ -74,9 +74,10 @@ fn libvirt(e: &phyllome_libvirt::Error) -> ErrorKind {
 
 fn build(e: &BuildError) -> ErrorKind {
     match e {
-        BuildError::NoUefi { .. } | BuildError::NoSecureBootFirmware { .. } | BuildError::NoTpm { .. } => {
-            ErrorKind::Unsupported
-        }
+        BuildError::NoUefi { .. }
+        | BuildError::NoSecureBootFirmware { .. }
+        | BuildError::NoTpm { .. }
+        | BuildError::Unsupported(_) => ErrorKind::Unsupported,
         _ => ErrorKind::InvalidInput,
     }
 }
@@ -107,9 +108,11 @@ fn vm(e: &VmError) -> ErrorKind {
         VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
         VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
-        VmError::NoOs(_) | VmError::Iso { .. } | VmError::UnknownMedia { .. } | VmError::IsoFirmware { .. } => {
-            ErrorKind::InvalidInput
-        }
+        VmError::BadShare(_)
+        | VmError::NoOs(_)
+        | VmError::Iso { .. }
+        | VmError::UnknownMedia { .. }
+        | VmError::IsoFirmware { .. } => ErrorKind::InvalidInput,
         VmError::Interrupted => ErrorKind::Interrupted,
         _ => ErrorKind::Failed,
     }

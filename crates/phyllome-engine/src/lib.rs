@@ -11,6 +11,7 @@ pub mod journal;
 pub mod media;
 pub mod progress;
 pub mod request;
+pub mod share;
 pub mod stats;
 pub mod text;
 pub mod vm;

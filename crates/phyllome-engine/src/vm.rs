@@ -33,6 +33,8 @@ pub struct VmSpec {
     pub encryption: Option<Encryption>,
     /// Storage pool for the disk (default: Phyllome's).
     pub pool: Option<String>,
+    /// `--share HOSTDIR[:TAG][:rw]`, checked by [`plan`].
+    pub shares: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +93,13 @@ pub enum VmError {
     Xml(String, roxmltree::Error),
     #[error("cannot make the UEFI variable store: {0}")]
     Nvram(String),
-    #[error("no OS given: choose one with --os ({0}), or give --iso to detect it from the image")]
+    #[error("share: {0}")]
+    BadShare(String),
+    #[error("no OS given: choose one ({0}), or give an ISO to read it from")]
     NoOs(String),
     #[error("{path}: {why}")]
     Iso { path: String, why: String },
-    #[error("{path} is not an install medium Phyllome knows ({ids}): choose the OS with --os ({choices})")]
+    #[error("{path} is not an install medium Phyllome knows ({ids}): choose the OS ({choices})")]
     UnknownMedia { path: String, ids: String, choices: String },
     #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
     IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
@@ -185,6 +189,14 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     };
     check_files(&req)?;
     let detected = media_checks(&mut req)?;
+    for spec in &spec.shares {
+        let (dir, tag, writable) = crate::share::parse_spec(spec)?;
+        let s = crate::share::resolve(lv, &dir, tag.as_deref(), writable, false)?;
+        if req.shares.iter().any(|o| o.tag == s.tag) {
+            return Err(VmError::BadShare(format!("two shares tagged {}: give each its own tag (HOSTDIR:TAG)", s.tag)));
+        }
+        req.shares.push(s);
+    }
     if phyllome_model::catalog::profile(&req.os).is_none() {
         return Err(BuildError::UnknownOs(req.os, phyllome_model::catalog::ids().join(", ")).into());
     }

@@ -10,6 +10,7 @@ mod storage;
 
 pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
+pub use hostdev::Applied;
 pub use stats::{DomainStats, Value};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
@@ -236,6 +237,14 @@ impl Libvirt {
     /// The domain's live (or inactive) XML.
     pub fn xml(&self, name: &str) -> Result<String> {
         self.domain(name)?.xml_desc(0).map_err(|e| Error::new(format!("XML of {name}"), e))
+    }
+
+    /// Defines anew an existing domain from its edited XML (libvirt validates it).
+    pub fn redefine(&self, xml: &str) -> Result<()> {
+        self.conn
+            .define_domain_xml_flags(xml, sys::VIR_DOMAIN_DEFINE_VALIDATE)
+            .map(|_| ())
+            .map_err(|e| Error::new("define domain", e))
     }
 
     /// Removes a stopped domain's definition with its NVRAM and TPM state.

@@ -59,6 +59,8 @@ pub enum BuildError {
     BadOsk(usize),
     #[error("--{0} is only for {1} guests")]
     OptionNotForOs(&'static str, &'static str),
+    #[error(transparent)]
+    Unsupported(#[from] crate::Unsupported),
 }
 
 /// Where the VM's main disk lives.
@@ -128,6 +130,8 @@ pub struct Request {
     pub disk: Option<DiskRef>,
     /// Make a disk below the OS's usual minimum anyway (`--force`).
     pub force: bool,
+    /// Host folders shared over virtiofs (checked by the engine: paths, tags).
+    pub shares: Vec<crate::domain::Share>,
     /// Phyllome's version, recorded in the domain's metadata.
     pub version: String,
 }
@@ -224,6 +228,16 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
     if p.rng.value {
         devices.push(Device::Rng);
         b.note("rng", "virtio-rng (/dev/urandom)", p.rng.why);
+    }
+    for sh in &req.shares {
+        b.host.check(if sh.readonly { Feature::ReadonlyVirtiofs } else { Feature::Virtiofs })?;
+        devices.push(Device::Share(sh.clone()));
+        let mode = if sh.readonly { "read-only (libvirt's <readonly/>, virtiofsd --readonly)" } else { "writable" };
+        b.note(
+            "share",
+            format!("{} as {}, {mode}", sh.dir, sh.tag),
+            "virtiofs, with shared memory (memfd) for virtiofsd".to_string(),
+        );
     }
     match p.balloon.value {
         BalloonPolicy::FreePageReporting => devices.push(Device::Balloon { free_page_reporting: true }),

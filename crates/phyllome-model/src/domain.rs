@@ -208,6 +208,9 @@ pub enum InputKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
     Disk(Disk),
+    /// A host folder shared over virtiofs (needs the shared memory backing the
+    /// domain then gets).
+    Share(Share),
     /// `<controller type='usb' model=...>`.
     UsbController(&'static str),
     /// Spare PCIe root ports for hot-plugging disks, NICs and passthrough devices.
@@ -265,6 +268,22 @@ pub struct Domain {
     pub qemu_args: Vec<String>,
 }
 
+/// A host folder shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Share {
+    pub dir: String,
+    /// The name the guest mounts it by (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    pub readonly: bool,
+}
+
+/// virtiofsd maps guest memory, so the guest's RAM must be shareable: memfd.
+pub fn shared_memory() -> Element {
+    Element::new("memoryBacking")
+        .child(Element::new("source").attr("type", "memfd"))
+        .child(Element::new("access").attr("mode", "shared"))
+}
+
 fn on(name: &'static str) -> Element {
     Element::new(name).attr("state", "on")
 }
@@ -278,6 +297,20 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 impl Domain {
+    /// A share's `<filesystem>` (also what `share add` attaches).
+    pub fn share_element(sh: &Share) -> Element {
+        let mut fs = Element::new("filesystem")
+            .attr("type", "mount")
+            .attr("accessmode", "passthrough")
+            .child(Element::new("driver").attr("type", "virtiofs"))
+            .child(Element::new("source").attr("dir", &sh.dir))
+            .child(Element::new("target").attr("dir", &sh.tag));
+        if sh.readonly {
+            fs = fs.child(Element::new("readonly"));
+        }
+        fs
+    }
+
     pub fn to_xml(&self) -> String {
         self.to_element().render()
     }
@@ -293,6 +326,7 @@ impl Domain {
             .child(self.metadata_element())
             .child(Element::leaf("memory", self.memory_mib.to_string()).attr("unit", "MiB"))
             .child(Element::leaf("currentMemory", self.memory_mib.to_string()).attr("unit", "MiB"))
+            .child_opt(self.devices.iter().any(|d| matches!(d, Device::Share(_))).then(shared_memory))
             .child(Element::leaf("vcpu", self.vcpus.to_string()).attr("placement", "static"))
             .child(self.os_element())
             .child(self.features_element())
@@ -513,6 +547,7 @@ fn device_elements(dev: &Device) -> Vec<Element> {
             vec![Element::new("video").child(model)]
         }
         Device::Sound(model) => vec![Element::new("sound").attr("model", *model)],
+        Device::Share(sh) => vec![Domain::share_element(sh)],
         Device::Rng => vec![Element::new("rng")
             .attr("model", "virtio")
             .child(Element::leaf("backend", "/dev/urandom").attr("model", "random"))],

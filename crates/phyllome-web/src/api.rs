@@ -66,6 +66,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(host_stats))
         .routes(routes!(vm_stats))
         .routes(routes!(delete_media))
+        .routes(routes!(list_shares, add_share))
+        .routes(routes!(remove_share))
 }
 
 /// The routes whose bodies may be large (uploads): outside the 64 KiB body limit.
@@ -310,7 +312,9 @@ pub fn media_file(dir: &Path, what: &str, name: &str) -> Result<String, ApiError
 
 fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), ApiError> {
     phyllome_model::input::validate_name(&b.name).map_err(|e| ApiError::bad(e.to_string()))?;
-    if catalog::profile(&b.os).is_none() {
+    let os = b.os.trim();
+    // Empty: the engine reads the OS from the ISO (and refuses without one).
+    if !os.is_empty() && catalog::profile(os).is_none() {
         return Err(ApiError::bad(format!("unknown OS id {:?}; known ids: {}", b.os, catalog::ids().join(", "))));
     }
     let dir = &app.config.media_dir;
@@ -339,7 +343,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
     };
     let spec = VmSpec {
         request: phyllome_model::Request {
-            os: b.os.clone(),
+            os: os.to_string(),
             memory: given(&b.memory),
             cpus: b.cpus,
             disk_size: given(&b.disk_size),
@@ -354,6 +358,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
         network: given(&b.network).unwrap_or_else(|| "default".into()),
         encryption: Some(encryption),
         pool: None,
+        shares: Vec::new(),
     };
     Ok((spec, passphrase))
 }
@@ -1066,4 +1071,61 @@ async fn delete_media(
     let path =
         blocking(&app, move |app, lv| Ok(phyllome_engine::isodir::remove(lv, &app.config.media_dir, &name)?)).await?;
     Ok(Json(serde_json::json!({ "removed": path })))
+}
+
+/// A VM's shared folders (virtiofs), as its definition has them.
+#[utoipa::path(get, operation_id = "listShares", path = "/api/v1/vms/{name}/shares", tag = "vms",
+    params(("name" = String, Path)), responses((status = 200, body = Vec<phyllome_engine::share::ShareRow>)))]
+async fn list_shares(
+    State(app): State<Arc<App>>,
+    Name(name): Name,
+) -> ApiResult<Json<Vec<phyllome_engine::share::ShareRow>>> {
+    Ok(Json(blocking(&app, move |_, lv| Ok(phyllome_engine::share::list(lv, &name)?)).await?))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareBody {
+    /// The host folder (absolute). The host's critical folders and folders holding a VM's disk are refused
+    /// (the CLI's `share add --force` can share them; the API cannot).
+    dir: String,
+    /// The name the guest mounts it by (default: the folder's name).
+    tag: Option<String>,
+    /// Let the guest write (default: read-only).
+    writable: Option<bool>,
+}
+
+/// Share a host folder with a VM over virtiofs; says whether it applies now or at the next boot.
+#[utoipa::path(post, operation_id = "addShare", path = "/api/v1/vms/{name}/shares", tag = "vms",
+    params(("name" = String, Path)), request_body = ShareBody,
+    responses((status = 200, body = phyllome_engine::share::ShareChange)))]
+async fn add_share(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    JsonBody(b): JsonBody<ShareBody>,
+) -> ApiResult<Json<phyllome_engine::share::ShareChange>> {
+    who_did(&who, "share a folder with", &name);
+    let c = blocking(&app, move |_, lv| {
+        Ok(phyllome_engine::share::add(lv, &name, &b.dir, b.tag.as_deref(), b.writable.unwrap_or(false), false)?)
+    })
+    .await?;
+    Ok(Json(c))
+}
+
+/// Stop sharing a folder with a VM.
+#[utoipa::path(delete, operation_id = "removeShare", path = "/api/v1/vms/{name}/shares/{tag}", tag = "vms",
+    params(("name" = String, Path), ("tag" = String, Path)),
+    responses((status = 200, body = phyllome_engine::share::ShareChange)))]
+async fn remove_share(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Path((name, tag)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<phyllome_engine::share::ShareChange>> {
+    if [&name, &tag].iter().any(|v| v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control)) {
+        return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
+    }
+    who_did(&who, "stop sharing a folder with", &name);
+    let c = blocking(&app, move |_, lv| Ok(phyllome_engine::share::remove(lv, &name, &tag)?)).await?;
+    Ok(Json(c))
 }

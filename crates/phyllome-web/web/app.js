@@ -2,7 +2,7 @@
 // Every piece of data (VM names above all) reaches the page as text nodes
 // or attribute values set by Preact, never parsed as HTML.
 //
-// Pages (hash routes): #/vms, #/vm/NAME[/usage|/console|/serial], #/host, #/devices.
+// Pages (hash routes): #/vms, #/vm/NAME[/usage|/console|/serial], #/media, #/host, #/devices.
 
 import {
   html, render, useState, useEffect, useRef, api, setCsrf, setUnauthorizedHandler, vmHash,
@@ -10,6 +10,7 @@ import {
 import { ConfirmHost, CreateDialog } from './ui/dialogs.js';
 import { VmList, VmDetail } from './ui/vms.js';
 import { HostCheck, Devices } from './ui/host.js';
+import { MediaPage } from './ui/media.js';
 
 function parseRoute(hash) {
   const parts = (hash || '').replace(/^#\/?/, '').split('/');
@@ -23,7 +24,7 @@ function parseRoute(hash) {
   if (view === 'vm' && arg) return { view: 'vm', name: arg, tab: tab || 'overview' };
   // The console's address before VM pages existed.
   if (view === 'console' && arg) return { view: 'vm', name: arg, tab: 'console', redirect: vmHash(arg, 'console') };
-  if (view === 'host' || view === 'devices') return { view };
+  if (view === 'host' || view === 'devices' || view === 'media') return { view };
   return { view: 'vms' };
 }
 
@@ -83,6 +84,7 @@ function Header({ user, live, route, onLogout }) {
     <a class="brand" href="#/vms"><img src="/favicon.svg" alt="" width="22" height="22" /> Phyllome</a>
     <nav aria-label="Pages">
       ${link('vms', 'Virtual machines')}
+      ${link('media', 'Media')}
       ${link('host', 'Host')}
       ${link('devices', 'Devices')}
     </nav>
@@ -173,6 +175,7 @@ function App() {
 
   let page;
   if (route.view === 'host') page = html`<${HostCheck} />`;
+  else if (route.view === 'media') page = html`<${MediaPage} />`;
   else if (route.view === 'devices') page = html`<${Devices} />`;
   else if (route.view === 'vm') page = html`<${VmDetail} key=${route.name} name=${route.name} tab=${route.tab} vms=${vms} />`;
   else page = html`<${VmList} vms=${vms} onNew=${() => setCreating(true)} />`;

@@ -60,6 +60,9 @@ enum Command {
     /// Install media: what an ISO holds, and the host's ISO folder.
     #[command(subcommand)]
     Iso(cli::iso::IsoCommand),
+    /// Host folders shared with a VM over virtiofs (read-only by default).
+    #[command(subcommand)]
+    Share(cli::share::ShareCommand),
     /// What the running VMs use: CPU, memory, disk, network (one libvirt call a sample).
     Stats(cli::stats::StatsArgs),
     /// A live view of the running VMs, busiest first (like virt-top); q quits.
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::serve(uri, *args),
         Command::User(cmd) => cli::serve::user(cmd),
         Command::Iso(cmd) => cli::iso::run(uri, cmd),
+        Command::Share(cmd) => cli::share::run(uri, cmd),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };

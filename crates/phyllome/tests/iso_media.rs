@@ -146,7 +146,7 @@ fn isos_of_windows_11_debian_12_and_fedora_are_detected_and_firmware_mismatches_
     let e = err_json(&out);
     assert_eq!(e["kind"], "invalid-input");
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.contains("volume id \"DATA\"") && msg.contains("--os (linux, windows11"), "{msg}");
+    assert!(msg.contains("volume id \"DATA\"") && msg.contains("choose the OS (linux, windows11"), "{msg}");
     assert!(!vm.exists());
     assert!(!Path::new(&volume_path(&vm.0)).exists());
 }

@@ -33,6 +33,8 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     );
     let server = Server::start(&[]);
     let vm = TestVm::new("web-ui");
+    // Made from an ISO uploaded through the UI.
+    let iso_vm = TestVm::new("web-ui-iso");
     let xss = TestVm(format!(
         "{PREFIX}<img src=x onerror=window.__phyllome_xss=1><svg onload=alert(2)>&'\"-{}",
         std::process::id()
@@ -42,7 +44,7 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     let out_dir = artifacts();
     let _ = std::fs::remove_dir_all(&out_dir);
     let config = serde_json::json!({
-        "url": server.url, "user": USER, "password": PASSWORD, "vm": vm.0, "xssName": xss.0,
+        "url": server.url, "user": USER, "password": PASSWORD, "vm": vm.0, "isoVm": iso_vm.0, "xssName": xss.0,
         "artifacts": out_dir, "serialLog": format!("/var/log/libvirt/qemu/{}-serial.log", vm.0),
     });
     let mut child = Command::new("node")
@@ -73,9 +75,20 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "10-create-progress",
         "12-console-not-running",
         "13-usage-charts",
+        "15-media-upload",
+        "16-iso-vm-console",
+        "17-create-from-iso",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
     assert!(!vm.exists(), "the UI's delete left the VM");
+    assert!(!iso_vm.exists(), "the UI's delete left the VM made from the uploaded ISO");
+    let left: Vec<String> = std::fs::read_dir(GUEST)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("phyllome-test-media"))
+        .collect();
+    assert!(left.is_empty(), "the uploaded ISO was left in the ISO folder: {left:?}");
     assert!(!server.log_text().contains(PASSWORD));
 }

@@ -4,7 +4,7 @@
 // (unless a create is under way), and focus goes back where it was.
 
 import {
-  html, useState, useEffect, useLayoutEffect, useRef, api, createVm, sizeFromMib,
+  html, useState, useEffect, useLayoutEffect, useRef, api, createVm, sizeFromMib, bootText,
 } from './lib.js';
 
 export function Modal({ id, labelledBy, busy, onClose, children }) {
@@ -128,12 +128,17 @@ function osHint(p) {
   return d ? `${d}${/[.!?]$/.test(d) ? '' : '.'} ${rec}` : rec;
 }
 
+// The OS the form starts with: generic Linux when the catalog has it.
+const defaultOs = (list) => (list.some((p) => p.id === 'linux') ? 'linux' : (list[0] && list[0].id) || '');
+
 export function CreateDialog({ onClose, onOpenVm }) {
   const [form, setForm] = useState(blankForm);
   // Fields the person typed in keep their value when the OS changes.
   const touched = useRef(new Set());
   const [os, setOs] = useState(osCache);
   const [media, setMedia] = useState(null);
+  const mediaRef = useRef(null);
+  mediaRef.current = media;
   const [networks, setNetworks] = useState(null);
   const [loadError, setLoadError] = useState('');
   const [phase, setPhase] = useState('form'); // form | running | done | failed
@@ -144,9 +149,14 @@ export function CreateDialog({ onClose, onOpenVm }) {
   const nextRef = useRef(null);
 
   const profileOf = (id, list) => (list || []).find((p) => p.id === id);
+  // An ISO of the folder, with what the server read from it (os, os_name, boot).
+  const isoOf = (name) => (name && mediaRef.current && mediaRef.current.files || [])
+    .find((f) => f.kind === 'iso' && f.name === name);
+  // The OS the VM gets: the one picked, or (left to "detect from ISO") the ISO's.
+  const osOf = (f) => f.os || (isoOf(f.iso) || {}).os || '';
 
   const applyDefaults = (f, list) => {
-    const p = profileOf(f.os, list);
+    const p = profileOf(osOf(f), list);
     if (!p) return f;
     const g = { ...f };
     if (!touched.current.has('memory')) g.memory = sizeFromMib(p.recommended_memory_mib);
@@ -163,7 +173,8 @@ export function CreateDialog({ onClose, onOpenVm }) {
         if (gone) return;
         setOs(list);
         setForm((f) => {
-          const id = f.os || (list.some((p) => p.id === 'linux') ? 'linux' : (list[0] && list[0].id) || '');
+          // An ISO picked meanwhile chose already (possibly "detect from ISO").
+          const id = f.os || (f.iso ? '' : defaultOs(list));
           return applyDefaults({ ...f, os: id }, list);
         });
       } catch (e) {
@@ -194,12 +205,28 @@ export function CreateDialog({ onClose, onOpenVm }) {
   const set = (k) => (e) => {
     const v = e.target.type === 'checkbox' ? e.target.checked : e.target.value;
     touched.current.add(k);
-    setForm((f) => (k === 'os' ? applyDefaults({ ...f, os: v }, os) : { ...f, [k]: v }));
+    setForm((f) => {
+      if (k === 'os') return applyDefaults({ ...f, os: v }, os);
+      if (k === 'iso') return withIso(f, v);
+      return { ...f, [k]: v };
+    });
+  };
+
+  // Picking an ISO whose OS is known picks that OS (the person may change
+  // it); "detect from ISO" needs an ISO, so without one the OS is a choice again.
+  const withIso = (f, name) => {
+    const iso = isoOf(name);
+    const g = { ...f, iso: name };
+    if (iso && iso.os && profileOf(iso.os, os)) g.os = iso.os;
+    else if (!name && !g.os) g.os = defaultOs(os || []);
+    return applyDefaults(g, os);
   };
 
   const submit = async (e) => {
     e.preventDefault();
-    const body = { name: form.name.trim(), os: form.os, network: form.network || 'default', encryption: form.encryption, start: form.start };
+    const body = { name: form.name.trim(), network: form.network || 'default', encryption: form.encryption, start: form.start };
+    // No OS: the server reads it from the ISO.
+    if (form.os) body.os = form.os;
     for (const k of ['memory', 'disk_size', 'iso', 'kernel', 'initrd', 'cmdline']) {
       if (String(form[k]).trim()) body[k] = String(form[k]).trim();
     }
@@ -230,9 +257,20 @@ export function CreateDialog({ onClose, onOpenVm }) {
     }
   };
 
-  const profile = profileOf(form.os, os);
+  const profile = profileOf(osOf(form), os);
   const files = (media && media.files) || [];
   const pick = (kinds) => files.filter((f) => kinds.includes(f.kind)).map((f) => [f.name, f.name]);
+  const isoChoices = files.filter((f) => f.kind === 'iso')
+    .map((f) => [f.name, f.os_name ? `${f.name} (${f.os_name})` : f.virtio_win ? `${f.name} (driver disc)` : f.name]);
+  const iso = isoOf(form.iso);
+  let detected = null;
+  if (iso) {
+    if (iso.os_name) detected = `detected: ${iso.os_name}`;
+    else if (iso.boot) detected = 'not recognised from the ISO: pick the OS';
+    else detected = 'the ISO could not be read';
+  }
+  const osChoices = (os || []).map((p) => [p.id, `${p.name} (${p.id})`]);
+  if (form.iso) osChoices.unshift(['', iso && iso.os_name ? `detect from ISO (${iso.os_name})` : 'detect from ISO']);
   const minCpus = profile && profile.min_cpus;
   const busy = phase === 'running';
 
@@ -240,14 +278,16 @@ export function CreateDialog({ onClose, onOpenVm }) {
     <div class="grid">
       ${Field({ label: 'Name', children: html`<input name="name" required autofocus value=${form.name} onInput=${set('name')}
         pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,63}" maxlength="64" placeholder="letters, digits, . _ -" autocomplete="off" />` })}
-      ${Field({ label: 'Operating system', children: html`<select name="os" required value=${form.os} onInput=${set('os')}>
-        ${Options({ list: (os || []).map((p) => [p.id, `${p.name} (${p.id})`]) })}</select>` })}
+      ${Field({ label: 'Installer ISO', children: html`<select name="iso" value=${form.iso} onInput=${set('iso')}>
+        ${Options({ list: isoChoices, blank: '(none)' })}</select>` })}
+      ${Field({ label: 'Operating system', children: html`<select name="os" required=${!form.iso} value=${form.os} onInput=${set('os')}>
+        ${Options({ list: osChoices })}</select>
+        ${detected ? html`<span class=${`field-note${iso.os_name ? '' : ' warn'}`} id="os-detected" data-testid="os-detected"
+          data-os=${iso.os || ''}>${detected}${iso.boot ? ` · boots ${bootText(iso.boot)}` : ''}</span>` : null}` })}
       ${Field({ label: 'Memory', children: html`<input name="memory" value=${form.memory} onInput=${set('memory')} placeholder="e.g. 4G" />` })}
       ${Field({ label: 'vCPUs', children: html`<input name="cpus" type="number" min=${minCpus || 1} max="256" value=${form.cpus}
         onInput=${set('cpus')} placeholder=${minCpus ? `auto (at least ${minCpus})` : 'auto'} />` })}
       ${Field({ label: 'Disk size', children: html`<input name="disk_size" value=${form.disk_size} onInput=${set('disk_size')} placeholder="e.g. 64G" />` })}
-      ${Field({ label: 'Installer ISO', children: html`<select name="iso" value=${form.iso} onInput=${set('iso')}>
-        ${Options({ list: pick(['iso']), blank: '(none)' })}</select>` })}
       ${Field({ label: 'Network', children: html`<select name="network" value=${form.network} onInput=${set('network')}>
         ${Options({ list: [...((networks && networks.list) || []).map((n) => [n.name, networkLabel(n)]),
                             ['user', 'user (QEMU NAT, no libvirt network)'], ['none', 'none']] })}</select>` })}
@@ -277,14 +317,15 @@ export function CreateDialog({ onClose, onOpenVm }) {
     <label class="check"><input name="start" type="checkbox" checked=${form.start} onChange=${set('start')} /> Start it once created</label>
     <p class="hint" id="media-hint">${media === null ? 'Reading the ISO folder…'
       : media.error ? `The ISO folder could not be read: ${media.error}`
-      : media.exists ? `Installer media come from ${media.dir} on the host.`
-      : `Put installer ISOs in ${media.dir} on the host to offer them here.`}
+      : media.exists ? `Installer media come from ${media.dir} on the host. `
+      : `Put installer ISOs in ${media.dir} on the host to offer them here, or `}
+      ${media && !media.error ? html`<a href="#/media" id="create-media-link" onClick=${onClose}>${media.exists ? 'Upload one on the Media page' : 'upload one on the Media page'}</a>.` : null}
       ${networks && networks.inactive.length ? ` Inactive libvirt networks (not offered): ${networks.inactive.map((n) => n.name).join(', ')}.` : ''}</p>`;
 
   const current = busy ? steps.length - 1 : -1;
   const progress = html`
     <p id="create-summary">${phase === 'done' ? 'Created' : phase === 'failed' ? 'Could not create' : 'Creating'}
-      ${' '}<strong>${form.name.trim()}</strong> (${form.os}${form.memory ? `, ${form.memory}` : ''}${form.disk_size ? `, ${form.disk_size} disk` : ''})</p>
+      ${' '}<strong>${form.name.trim()}</strong> (${form.os || 'OS from the ISO'}${form.memory ? `, ${form.memory}` : ''}${form.disk_size ? `, ${form.disk_size} disk` : ''})</p>
     <ol id="create-progress" data-testid="create-progress" tabindex="-1" aria-live="polite" aria-busy=${busy ? 'true' : 'false'}>
       ${steps.map((s, i) => html`<li data-step=${s.step || 'note'}
           class=${i === current ? 'current' : phase === 'failed' && i === steps.length - 1 ? 'failed' : 'done'}>
@@ -295,6 +336,7 @@ export function CreateDialog({ onClose, onOpenVm }) {
     </ol>
     ${phase === 'done' && result ? html`<div id="create-result" data-testid="create-result" role="status">
       <p class="ok">${result.name || form.name.trim()} was created${result.started ? ' and started' : ''}${result.vcpus ? `: ${result.vcpus} vCPU${result.vcpus > 1 ? 's' : ''}` : ''}${result.memory_mib ? `, ${sizeFromMib(result.memory_mib)} memory` : ''}${result.disk_gib ? `, ${result.disk_gib}G disk` : ''}${result.encryption ? `, encryption ${result.encryption}` : ''}.</p>
+      ${result.detected ? html`<p id="create-detected">Operating system read from the ISO: ${result.detected}</p>` : null}
       ${result.warnings && result.warnings.length ? html`<ul class="warnings" id="create-warnings">
         ${result.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : null}
     </div>` : null}`;

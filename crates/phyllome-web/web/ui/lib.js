@@ -92,9 +92,15 @@ export async function readEvents(body, onEvent) {
   line('');
 }
 
+// The HTTP status the server gives each kind of error (http::status_of).
+const STATUS_OF_KIND = {
+  'invalid-input': 400, usage: 400, 'not-found': 404, conflict: 409, unsupported: 422, unavailable: 503, interrupted: 503,
+};
+
 // POST /api/v1/vms with live progress: onProgress({step, message}) for each
 // step; resolves to the Created JSON, throws ApiError for a refusal (before
-// anything was done) or a failure (kind from the server).
+// anything was done) or a failure (kind from the server; the status its kind
+// has, so a refusal found once under way, e.g. an ISO whose OS is unknown, is a 4xx).
 export async function createVm(body, onProgress) {
   const r = await fetch('/api/v1/vms', {
     method: 'POST',
@@ -113,12 +119,60 @@ export async function createVm(body, onProgress) {
   await readEvents(r.body, (event, data) => {
     if (event === 'progress') onProgress(data);
     else if (event === 'created') result = data;
-    else if (event === 'error') failure = new ApiError(500, (data && data.error) || 'the create failed', data && data.kind);
+    else if (event === 'error') {
+      const kind = data && data.kind;
+      failure = new ApiError(STATUS_OF_KIND[kind] || 500, (data && data.error) || 'the create failed', kind);
+    }
   });
   if (failure) throw failure;
   if (!result) throw new ApiError(0, 'the connection ended before the create finished; see the VM list');
   return result;
 }
+
+// PUT FILE as PATH's body with XMLHttpRequest (fetch reports no upload
+// progress): onProgress({loaded, total}) as the bytes go, then
+// onProgress({loaded: total, total, sent: true}) once all are sent (the server
+// still checks the image). Returns { promise, abort }: the promise resolves
+// to the JSON answer, or rejects with an ApiError (kind 'cancelled' after
+// abort(); status 0 when the connection broke).
+export function uploadFile(path, file, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const promise = new Promise((resolve, reject) => {
+    xhr.open('PUT', path);
+    // The browser sets Content-Length from the file.
+    const headers = headersFor('PUT', { 'Content-Type': 'application/octet-stream' });
+    for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
+    const total = file.size;
+    xhr.upload.onprogress = (e) => onProgress({ loaded: e.loaded, total: e.lengthComputable ? e.total : total });
+    xhr.upload.onload = () => onProgress({ loaded: total, total, sent: true });
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve(data);
+        return;
+      }
+      if (xhr.status === 401) onUnauthorized();
+      reject(new ApiError(xhr.status, (data && data.error) || xhr.statusText || `HTTP ${xhr.status}`, data && data.kind));
+    };
+    xhr.onerror = () => reject(new ApiError(0, 'the connection to the server broke off'));
+    xhr.onabort = () => reject(new ApiError(0, 'cancelled', 'cancelled'));
+    xhr.send(file);
+  });
+  return { promise, abort: () => xhr.abort() };
+}
+
+export const mediaPath = (name) => `/api/v1/media/${encodeURIComponent(name)}`;
+
+// "BIOS and UEFI", "UEFI", "BIOS", "does not boot"; null: not known.
+export function bootText(boot) {
+  if (!boot) return null;
+  if (boot.bios && boot.uefi) return 'BIOS and UEFI';
+  if (boot.uefi) return 'UEFI';
+  if (boot.bios) return 'BIOS';
+  return 'does not boot';
+}
+
 
 export const vmPath = (name) => `/api/v1/vms/${encodeURIComponent(name)}`;
 export const vmHash = (name, tab) => `#/vm/${encodeURIComponent(name)}${tab && tab !== 'overview' ? `/${tab}` : ''}`;

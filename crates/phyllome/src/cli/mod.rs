@@ -11,6 +11,7 @@ pub mod os;
 pub mod packaging;
 pub mod serve;
 pub mod setup;
+pub mod share;
 pub mod stats;
 pub mod vm;
 pub mod volume;

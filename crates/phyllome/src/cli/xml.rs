@@ -72,6 +72,9 @@ pub struct VmArgs {
     pub initrd: Option<String>,
     #[arg(long, requires = "kernel")]
     pub cmdline: Option<String>,
+    /// Share a host folder over virtiofs: HOSTDIR[:TAG][:rw] (read-only unless :rw; repeatable).
+    #[arg(long, value_name = "HOSTDIR[:TAG][:rw]")]
+    pub share: Vec<String>,
 }
 
 impl VmArgs {
@@ -101,6 +104,7 @@ impl VmArgs {
                 ..Default::default()
             },
             network: self.network.clone(),
+            shares: self.share.clone(),
             encryption: Some(if self.no_encrypt {
                 Encryption::None
             } else if self.passphrase_prompt {

@@ -12,16 +12,24 @@
 // VM's usage charts (uPlot) fill and update live, and the host page's usage
 // counts it running; pause and resume; stop with confirmation (Escape and Cancel keep it running);
 // a stopped VM's console, serial console and usage say "not running"; delete with
-// confirmation; no Content-Security-Policy violation on the way; log out.
-// Each page is saved as a PNG.
+// confirmation; installer media: upload an ISO of the test guest (built here
+// with scripts/build-test-iso.sh) on the Media page, watching its progress, and
+// see its SHA-256 and the OS read from it; create a VM from it leaving the OS
+// to the server's detection, and see it boot through the firmware to the
+// guest's shell on the serial console; the ISO cannot be deleted while that VM
+// uses it, then can; no Content-Security-Policy violation on the way; log out.
+// Each page is saved as a PNG. The VM and the ISO are removed however it ends.
 //
 // Prints one line per step and a closing "browser: N passed, M failed" line;
 // exits non-zero when a step failed.
 
-import { chromium } from 'playwright-core';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chromium, request } from 'playwright-core';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const cfg = JSON.parse(readFileSync(0, 'utf8'));
 mkdirSync(cfg.artifacts, { recursive: true });
@@ -61,9 +69,59 @@ async function waitUntil(what, secs, fn) {
   }
 }
 
-const serialLog = () => {
-  try { return readFileSync(cfg.serialLog, 'utf8'); } catch (e) { return ''; }
+const serialLog = (file = cfg.serialLog) => {
+  try { return readFileSync(file, 'utf8'); } catch (e) { return ''; }
 };
+
+// The installer-media steps' ISO: the test guest behind GRUB, with a volume
+// id the server reads as Debian 12. Built while the first steps run. Its file
+// name has a space, which the server makes '_'.
+const isoVm = cfg.isoVm || `${cfg.vm}-iso`;
+const isoVmSerialLog = `/var/log/libvirt/qemu/${isoVm}-serial.log`;
+const isoTmp = mkdtempSync(join(tmpdir(), 'phyllome-test-iso-'));
+const isoUploadName = `phyllome-test-media ${process.pid}.iso`;
+const isoName = isoUploadName.replace(/ /g, '_');
+const isoPath = join(isoTmp, isoUploadName);
+const isoBuilt = new Promise((resolve) => {
+  const script = fileURLToPath(new URL('../../../../scripts/build-test-iso.sh', import.meta.url));
+  const t = Date.now();
+  execFile('bash', [script, isoPath, 'Debian 12.8.0 amd64 n'], { timeout: 120000 }, (err, stdout, stderr) => {
+    resolve(err ? new Error(`build-test-iso.sh failed: ${stderr || err.message}`) : (Date.now() - t) / 1000);
+  });
+});
+// The server's ISO folder (GET /api/v1/media says; the test guest's folder until then).
+let mediaDir = cfg.isoDir || '/var/lib/phyllome/test-guest';
+
+// However the run ended: the ISO's VM deleted (through the API, with a session
+// of its own), the ISO removed from the server's folder, the built image gone.
+async function cleanupMedia() {
+  await isoBuilt;
+  rmSync(isoTmp, { recursive: true, force: true });
+  const gone = () => !existsSync(join(mediaDir, isoName));
+  const api = await request.newContext({ baseURL: cfg.url });
+  try {
+    const login = await api.post('api/v1/login', { data: { username: cfg.user, password: cfg.password } });
+    const headers = { 'X-CSRF-Token': (await login.json()).csrf };
+    const vm = `api/v1/vms/${encodeURIComponent(isoVm)}`;
+    if ((await api.get(vm)).ok()) {
+      await api.post(`${vm}/kill`, { headers });
+      const deadline = Date.now() + 60000;
+      while (Date.now() < deadline && (await api.get(vm)).ok()) {
+        const r = await api.delete(vm, { headers });
+        if (!r.ok()) await new Promise((res) => setTimeout(res, 1000));
+      }
+      console.log(`  (cleanup: deleted ${isoVm}${(await api.get(vm)).ok() ? ' FAILED' : ''})`);
+    }
+    if (!gone()) {
+      const r = await api.delete(`api/v1/media/${encodeURIComponent(isoName)}`, { headers });
+      console.log(`  (cleanup: removed ${isoName} through the API: ${r.status()})`);
+    }
+  } finally {
+    await api.dispose();
+    if (!gone()) rmSync(join(mediaDir, isoName), { force: true });
+    rmSync(join(mediaDir, `.${isoName}.part`), { force: true });
+  }
+}
 
 const profile = mkdtempSync(join(tmpdir(), 'phyllome-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -412,6 +470,179 @@ try {
     await shot('14-deleted');
   });
 
+  await step('an upload cancelled on the Media page keeps nothing', async () => {
+    const built = await isoBuilt;
+    if (built instanceof Error) throw built;
+    console.log(`  ${isoUploadName}: ${(statSync(isoPath).size / 1048576).toFixed(1)} MiB, built in ${built.toFixed(1)} s`);
+    await page.click('[data-nav=media]');
+    await page.waitForSelector('#media-table, #media-empty');
+    mediaDir = (await (await page.request.get(`${cfg.url}api/v1/media`)).json()).dir;
+    assert(!existsSync(join(mediaDir, isoName)), `${isoName} is in ${mediaDir} already`);
+    // Slow enough to cancel half-way (loopback is too fast).
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 8 << 20 });
+    try {
+      await page.setInputFiles('[data-testid=media-upload-input]', isoPath);
+      await page.waitForFunction(() => Number(document.querySelector('[data-testid=media-upload-progress]')?.dataset.loaded) > 2e6);
+      const status = await text('#media-upload-status');
+      assert(/^\d+(\.\d)? % · [\d.]+ [KM]iB of [\d.]+ MiB/.test(status), `the progress reads ${JSON.stringify(status)}`);
+      await page.click('[data-testid=media-upload-cancel]');
+      await page.waitForSelector('[data-testid=media-upload-progress][data-phase=cancelled]');
+    } finally {
+      await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+      await cdp.detach();
+    }
+    await waitUntil('the server to remove the partial upload', 15, () => !existsSync(join(mediaDir, `.${isoName}.part`)));
+    assert(!existsSync(join(mediaDir, isoName)), `the cancelled upload left ${isoName}`);
+    assert(!(await page.$(`[data-testid="media-row-${isoName}"]`)), 'the cancelled upload shows in the list');
+  });
+
+  await step('upload an ISO on the Media page: its progress, then its SHA-256 and the OS read from it', async () => {
+    const want = createHash('sha256').update(readFileSync(isoPath)).digest('hex');
+    const size = statSync(isoPath).size;
+    await page.click('#media-upload-dismiss');
+    // The phases the progress showed, and the most bytes it counted.
+    await page.evaluate(() => {
+      const seen = { phases: [], loaded: 0 };
+      window.__phyllome_upload = seen;
+      const look = () => {
+        const p = document.querySelector('[data-testid=media-upload-progress]');
+        if (!p) return;
+        if (seen.phases[seen.phases.length - 1] !== p.dataset.phase) seen.phases.push(p.dataset.phase);
+        seen.loaded = Math.max(seen.loaded, Number(p.dataset.loaded || 0));
+      };
+      new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+    });
+    const t = Date.now();
+    await page.setInputFiles('[data-testid=media-upload-input]', isoPath);
+    const phase = await waitUntil('the upload to finish', 120, () => page.evaluate(() => {
+      const p = document.querySelector('[data-testid=media-upload-progress]');
+      return p && ['done', 'failed', 'cancelled'].includes(p.dataset.phase) ? p.dataset.phase : null;
+    }));
+    if (phase !== 'done') {
+      throw new Error(`the upload ended ${phase}: ${await text('#media-upload-error').catch(() => '')}`);
+    }
+    const seen = await page.evaluate(() => window.__phyllome_upload);
+    console.log(`  upload: ${((Date.now() - t) / 1000).toFixed(1)} s, phases ${seen.phases.join(' -> ')}`);
+    assert(seen.phases[0] === 'uploading', `the progress did not show the upload under way: ${seen.phases}`);
+    const bar = await page.$eval('[data-testid=media-upload-progress] progress', (b) => ({ value: b.value, max: b.max }));
+    assert(bar.max === size && bar.value === size, `the finished progress bar is at ${bar.value} of ${bar.max} (the file has ${size} bytes)`);
+    assert((await text('#media-upload-status')).includes('uploaded'), `the progress says ${await text('#media-upload-status')}`);
+    const sha = await text('[data-testid=media-sha256]');
+    assert(sha === want, `the page shows SHA-256 ${sha}, the file's is ${want}`);
+    const result = await text('[data-testid=media-upload-result]');
+    assert(result.includes(`as ${isoName} (the name made safe`), `the result does not say the file is kept as ${isoName}: ${result}`);
+    assert((await text('#media-upload-os')).startsWith('Debian 12'), `the uploaded ISO's OS shows as ${await text('#media-upload-os')}`);
+    const row = `[data-testid="media-row-${isoName}"]`;
+    await page.waitForSelector(row);
+    const cells = await page.$eval(row, (r) => ({
+      os: r.querySelector('[data-field=os]').textContent.trim(), boot: r.querySelector('[data-field=boot]').textContent.trim(),
+    }));
+    assert(cells.os.startsWith('Debian 12'), `the list's row shows the OS as ${JSON.stringify(cells.os)}`);
+    assert(cells.boot === 'BIOS and UEFI', `the list's row shows it booting ${JSON.stringify(cells.boot)}`);
+    assert(statSync(join(mediaDir, isoName)).size === size, `${mediaDir}/${isoName} is not the file uploaded`);
+    await shot('15-media-upload');
+  });
+
+  await step('create a VM from the ISO in the dialog: its OS detected, left to the server', async () => {
+    await toList();
+    await page.click('#new-vm');
+    await page.waitForSelector('#create-dialog[open]');
+    await page.waitForFunction(() => document.querySelector('select[name=os]').options.length > 1);
+    await page.waitForFunction((n) => [...document.querySelector('select[name=iso]').options].some((o) => o.value === n), isoName);
+    await page.fill('input[name=name]', isoVm);
+    await page.selectOption('select[name=iso]', isoName);
+    assert((await page.inputValue('select[name=os]')) === 'linux', `picking the ISO chose OS ${await page.inputValue('select[name=os]')}`);
+    const detected = await text('[data-testid=os-detected]');
+    assert(detected.includes('detected: Debian 12'), `next to the OS: ${JSON.stringify(detected)}`);
+    // Left to the server: no os in the request.
+    await page.selectOption('select[name=os]', '');
+    await page.fill('input[name=memory]', '512M');
+    await page.fill('input[name=cpus]', '1');
+    await page.fill('input[name=disk_size]', '4G');
+    await page.selectOption('select[name=network]', 'none');
+    assert((await page.inputValue('select[name=kernel]')) === '', 'a kernel is picked');
+    await shot('17-create-from-iso');
+    const sent = page.waitForRequest((r) => r.url().endsWith('/api/v1/vms') && r.method() === 'POST');
+    await page.click('#create-submit');
+    const body = JSON.parse((await sent).postData() || '{}');
+    assert(!('os' in body) && body.iso === isoName, `the create request: ${JSON.stringify(body)}`);
+    const error = await waitUntil('the result of the create', 120, () => page.evaluate(() => {
+      if (document.querySelector('#create-result')) return 'none';
+      const e = document.querySelector('#create-error');
+      return e && e.textContent ? e.textContent : null;
+    }));
+    assert(error === 'none', `the create failed: ${error}`);
+    const said = await page.$eval('#create-detected', (e) => e.textContent.trim()).catch(() => '');
+    console.log(`  ${said}`);
+    assert(said.includes('linux'), `the result does not say the OS was detected: ${JSON.stringify(said)}`);
+    await page.click('#create-open');
+    await page.waitForSelector('#vm-detail #vm-name');
+    assert((await text('#vm-name')) === isoVm, `the dialog opened ${await text('#vm-name')}`);
+  });
+
+  await step('the VM boots the ISO through its firmware to the guest\'s shell (serial console)', async () => {
+    const t = Date.now();
+    await page.click('#tab-serial');
+    await page.waitForSelector('#serial-term .xterm');
+    await waitUntil('the serial console to connect', 60, async () => (await text('#serial-status')) === 'connected');
+    const screen = () => page.evaluate(() => {
+      const rows = document.querySelector('#serial-term .xterm-rows');
+      return rows ? [...rows.children].map((r) => r.textContent).join('\n') : '';
+    });
+    await waitUntil('PHYLLOME-READY from the guest', 240, async () => (await screen()).includes('PHYLLOME-READY')
+      || serialLog(isoVmSerialLog).includes('PHYLLOME-READY'));
+    console.log(`  PHYLLOME-READY ${((Date.now() - t) / 1000).toFixed(0)} s after the serial console opened`);
+    await page.click('#serial-term');
+    await page.keyboard.press('Enter');
+    await waitUntil('a shell prompt', 20, async () => /[#$] *$/m.test(await screen()));
+    await page.keyboard.type('echo booted-from-$((2*21))-iso');
+    await page.keyboard.press('Enter');
+    await waitUntil('the shell to answer', 20, async () => (await screen()).includes('booted-from-42-iso'));
+    await shot('16-iso-vm-console');
+  });
+
+  await step('the ISO cannot be deleted while the VM uses it; once the VM is gone, it can', async () => {
+    const row = `[data-testid="media-row-${isoName}"]`;
+    await page.click('[data-nav=media]');
+    await page.waitForSelector(row);
+    await page.click(`[data-testid="media-delete-${isoName}"]`);
+    await page.waitForSelector('#confirm-dialog[open]');
+    assert((await text('#confirm-text')).includes(isoName), `the confirmation does not name the ISO: ${await text('#confirm-text')}`);
+    await page.click('#confirm-ok');
+    const refusal = await waitUntil('the refusal', 15, async () => (await text('[data-testid=media-error]')) || null);
+    assert(refusal.includes(isoVm), `the refusal does not name the VM: ${refusal}`);
+    assert(await page.$(row), 'the ISO left the list');
+    assert(existsSync(join(mediaDir, isoName)), 'the ISO was deleted while a VM uses it');
+
+    await toList();
+    await waitUntil('the VM row', 10, () => rowState(isoVm));
+    await clickRowButton(isoVm, 'kill');
+    await page.waitForSelector('#confirm-dialog[open]');
+    await page.click('#confirm-ok');
+    await waitUntil('the VM to show shut off', 60, async () => (await rowState(isoVm)) === 'shut off');
+    await clickRowButton(isoVm, 'delete');
+    await page.waitForSelector('#confirm-dialog[open]');
+    await page.click('#confirm-ok');
+    await waitUntil('the VM to leave the list', 60, async () => (await rowState(isoVm)) === null);
+
+    await page.click('[data-nav=media]');
+    await page.waitForSelector(row);
+    // Cancel keeps it.
+    await page.click(`[data-testid="media-delete-${isoName}"]`);
+    await page.waitForSelector('#confirm-dialog[open]');
+    await page.click('#confirm-cancel');
+    await page.waitForTimeout(300);
+    assert(await page.$(row), 'cancel deleted the ISO');
+    await page.click(`[data-testid="media-delete-${isoName}"]`);
+    await page.waitForSelector('#confirm-dialog[open]');
+    await page.click('#confirm-ok');
+    await page.waitForSelector(row, { state: 'detached', timeout: 15000 });
+    assert((await text('[data-testid=media-error]')) === '', `an error shows: ${await text('[data-testid=media-error]')}`);
+    assert(!existsSync(join(mediaDir, isoName)), `${isoName} is still in ${mediaDir}`);
+  });
+
   await step('no Content-Security-Policy violation on any page', async () => {
     assert(cspViolations.length === 0, `CSP violations:\n${cspViolations.join('\n')}`);
   });
@@ -426,6 +657,7 @@ try {
 } finally {
   await context.close().catch(() => {});
   rmSync(profile, { recursive: true, force: true });
+  await cleanupMedia().catch((e) => console.log(`  (cleanup: ${e.message})`));
 }
 
 const passed = results.filter((r) => r.ok).length;

@@ -1,0 +1,190 @@
+//! Shared folders over virtiofs, in the real libvirtd with the real
+//! virtiofsd: the test guest mounts the share and reads a host file; a write
+//! fails read-only and works with --writable; symlinks pointing outside the
+//! share read nothing; the share survives stop and start; removing it leaves
+//! no virtiofsd behind; the host's critical folders are refused.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Dirs(Vec<PathBuf>);
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn serial(name: &str) -> String {
+    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The serial output of the current boot (libvirt rewrites the log at each
+/// start: `append='off'`), once the guest printed `needle` there.
+fn wait_serial(name: &str, from: usize, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = serial(name);
+        let tail = log.get(from..).unwrap_or("").to_string();
+        if tail.contains(needle) {
+            return tail;
+        }
+        assert!(Instant::now() < deadline, "{name} never printed {needle}:\n{tail}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn wait_off(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while String::from_utf8_lossy(&virsh(&["domstate", name]).stdout).trim() != "shut off" {
+        assert!(Instant::now() < deadline, "{name} did not power off");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn set_cmdline(name: &str, cmdline: &str) {
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", name]).stdout).into_owned();
+    let (a, b) = (xml.find("<cmdline>").unwrap() + "<cmdline>".len(), xml.find("</cmdline>").unwrap());
+    let file = std::env::temp_dir().join(format!("{name}-cmdline.xml"));
+    std::fs::write(&file, format!("{}console=ttyS0 panic=-1 {cmdline}{}", &xml[..a], &xml[b..])).unwrap();
+    assert!(virsh(&["define", file.to_str().unwrap()]).status.success());
+    let _ = std::fs::remove_file(file);
+}
+
+fn virtiofsd_for(dir: &Path) -> usize {
+    let out = Command::new("pgrep").args(["-af", "virtiofsd"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*dir.to_string_lossy())).count()
+}
+
+#[test]
+fn a_guest_reads_a_read_only_share_writes_a_writable_one_and_cannot_leave_it() {
+    require_libvirt();
+    assert!(Path::new(GUEST).join("vmlinuz").exists(), "run scripts/build-test-guest.sh");
+    let pid = std::process::id();
+    let share = PathBuf::from(format!("/var/tmp/{PREFIX}share-{pid}"));
+    let outside = PathBuf::from(format!("/var/tmp/{PREFIX}outside-{pid}"));
+    let _dirs = Dirs(vec![share.clone(), outside.clone()]);
+    for d in [&share, &outside] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let marker = format!("host-file-{pid}");
+    let secret = format!("outside-secret-{pid}");
+    std::fs::write(share.join("hello.txt"), &marker).unwrap();
+    std::fs::write(outside.join("secret.txt"), &secret).unwrap();
+    // Symlinks inside the share to a folder outside it, absolute and relative.
+    std::os::unix::fs::symlink(&outside, share.join("out")).unwrap();
+    std::os::unix::fs::symlink(format!("../{}", outside.file_name().unwrap().to_string_lossy()), share.join("up"))
+        .unwrap();
+    Command::new("chmod").args(["-R", "a+rX"]).arg(&share).arg(&outside).status().unwrap();
+
+    let vm = TestVm::new("share");
+    ok(phyllome(&[
+        "create",
+        &vm.0,
+        "--os",
+        "linux",
+        "--kernel",
+        &format!("{GUEST}/vmlinuz"),
+        "--initrd",
+        &format!("{GUEST}/initrd.img"),
+        "--cmdline",
+        "console=ttyS0 panic=-1 phyllome.test=share:data",
+        "--memory",
+        "512M",
+        "--disk-size",
+        "4G",
+        "--network",
+        "none",
+        "--share",
+        &format!("{}:data", share.display()),
+        "--start",
+    ]));
+    let xml = virsh_ok(&["dumpxml", &vm.0]);
+    assert!(xml.contains("<readonly/>") && xml.contains("<source type='memfd'/>"), "{xml}");
+    let run1 = wait_serial(&vm.0, 0, "PHYLLOME-SHARE-DONE", 180);
+    assert!(run1.contains(&format!("PHYLLOME-SHARE-READ:{marker}")), "{run1}");
+    assert!(run1.contains("PHYLLOME-SHARE-WRITE:refused"), "read-only by default: {run1}");
+    assert!(
+        run1.contains("PHYLLOME-SHARE-ESCAPE-out:none") && run1.contains("PHYLLOME-SHARE-ESCAPE-up:none"),
+        "{run1}"
+    );
+    assert!(!run1.contains(&secret), "a symlink led out of the share: {run1}");
+    assert!(!share.join("from-guest.txt").exists());
+    wait_off(&vm.0);
+
+    let listed: serde_json::Value = serde_json::from_str(&ok(phyllome(&["share", "list", &vm.0, "--json"]))).unwrap();
+    assert_eq!(listed, serde_json::json!([{"tag": "data", "dir": share.display().to_string(), "readonly": true}]));
+
+    // Writable now; it survives a stop and a start.
+    ok(phyllome(&["share", "remove", &vm.0, "data"]));
+    let added: serde_json::Value = serde_json::from_str(&ok(phyllome(&[
+        "share",
+        "add",
+        &vm.0,
+        &share.display().to_string(),
+        "--tag",
+        "data",
+        "--writable",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!((added["readonly"].as_bool(), added["applies"].as_str()), (Some(false), Some("now")));
+    let from = 0;
+    ok(phyllome(&["start", &vm.0]));
+    let run2 = wait_serial(&vm.0, from, "PHYLLOME-SHARE-DONE", 180);
+    assert!(run2.contains("PHYLLOME-SHARE-WRITE:ok"), "{run2}");
+    assert_eq!(std::fs::read_to_string(share.join("from-guest.txt")).unwrap().trim(), "guest-wrote");
+    wait_off(&vm.0);
+    let from = 0;
+    ok(phyllome(&["start", &vm.0]));
+    let run3 = wait_serial(&vm.0, from, "PHYLLOME-SHARE-DONE", 180);
+    assert!(run3.contains(&format!("PHYLLOME-SHARE-READ:{marker}")), "the share survives stop and start: {run3}");
+    wait_off(&vm.0);
+
+    // Removed from a running VM: no virtiofsd is left for it (at once, or once the VM stops).
+    set_cmdline(&vm.0, "");
+    let from = 0;
+    ok(phyllome(&["start", &vm.0]));
+    wait_serial(&vm.0, from, "PHYLLOME-READY", 180);
+    assert!(virtiofsd_for(&share) > 0, "virtiofsd serves the share while the VM runs");
+    let removed: serde_json::Value =
+        serde_json::from_str(&ok(phyllome(&["share", "remove", &vm.0, "data", "--json"]))).unwrap();
+    if removed["applies"] == "next boot" {
+        assert!(removed["why_not_now"].as_str().unwrap().contains("virtiofsd runs until"), "{removed}");
+        ok(phyllome(&["kill", &vm.0]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while virtiofsd_for(&share) > 0 {
+        assert!(Instant::now() < deadline, "a virtiofsd for the removed share is left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ok(phyllome(&["share", "list", &vm.0, "--json"])).trim(), "[]");
+
+    // Refusals: critical host folders, a folder holding a VM's disk, bad tags, unknown VMs.
+    for dir in ["/etc", "/", "/var/lib/libvirt/images", POOL_PATH, "/root", "/var/lib"] {
+        let out = phyllome(&["share", "add", &vm.0, dir, "--json"]);
+        assert_eq!(out.status.code(), Some(3), "{dir} refused");
+        let e: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+        assert!(e["error"].as_str().unwrap().contains("--force"), "{e}");
+    }
+    let out = phyllome(&["share", "add", &vm.0, &share.display().to_string(), "--tag", "bad tag"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = phyllome(&["share", "add", "phyllome-test-no-such-vm", &share.display().to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let out = phyllome(&["share", "add", &vm.0, "relative/dir"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(ok(phyllome(&["share", "list", &vm.0, "--json"])).trim(), "[]", "refusals changed nothing");
+}
