@@ -311,6 +311,33 @@ case $action in
         echo PHYLLOME-SHARE-DONE
         off
         ;;
+    share-bench:*)
+        # For scripts/bench-share.sh: 256 MiB of random data written and read
+        # back through the virtiofs TAG, then the same on the virtio disk;
+        # fsync after writing, caches dropped before reading. The uptime clock
+        # (10 ms) brackets each pass.
+        tag=${action#share-bench:}
+        wait_disk || off
+        mkdir -p /mnt/share
+        mount -t virtiofs "$tag" /mnt/share || { echo PHYLLOME-SHARE-MOUNT-FAILED; off; }
+        dd if=/dev/urandom of=/tmp/pattern bs=1M count=256 2>/dev/null
+        pass() {  # NAME CMD...: prints NAME: t0 t1
+            name=$1; shift
+            sync; echo 3 >/proc/sys/vm/drop_caches
+            t0=$(cut -d' ' -f1 /proc/uptime)
+            "$@" 2>/dev/null
+            t1=$(cut -d' ' -f1 /proc/uptime)
+            echo "PHYLLOME-BENCH-$name: 268435456 bytes from $t0 to $t1"
+        }
+        pass SHARE-WRITE dd if=/tmp/pattern of=/mnt/share/bench.bin bs=1M conv=fsync
+        pass SHARE-READ dd if=/mnt/share/bench.bin of=/dev/null bs=1M
+        pass DISK-WRITE dd if=/tmp/pattern of=/dev/vda bs=1M count=256 conv=fsync
+        pass DISK-READ dd if=/dev/vda of=/dev/null bs=1M count=256
+        rm -f /mnt/share/bench.bin
+        umount /mnt/share
+        echo PHYLLOME-BENCH-DONE
+        off
+        ;;
     poweroff)
         off
         ;;

@@ -24,6 +24,9 @@ pub fn critical(dir: &Path, disks: &[PathBuf]) -> Option<String> {
         return Some("/ is the whole host".into());
     }
     for c in CRITICAL.iter().map(Path::new) {
+        if dir == c {
+            return Some(format!("{} is one of the host's own folders", dir.display()));
+        }
         if dir.starts_with(c) {
             return Some(format!("{} is inside {}", dir.display(), c.display()));
         }

@@ -78,6 +78,7 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "15-media-upload",
         "16-iso-vm-console",
         "17-create-from-iso",
+        "18-shares",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
@@ -90,5 +91,12 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         .filter(|n| n.contains("phyllome-test-media"))
         .collect();
     assert!(left.is_empty(), "the uploaded ISO was left in the ISO folder: {left:?}");
+    let shares_left: Vec<String> = std::fs::read_dir("/var/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("phyllome-test-share-"))
+        .collect();
+    assert!(shares_left.is_empty(), "the shares step left its folder: {shares_left:?}");
     assert!(!server.log_text().contains(PASSWORD));
 }

@@ -1,4 +1,4 @@
-// The VM list, a VM's page (overview, usage, console, serial) and the actions on a VM.
+// The VM list, a VM's page (overview, usage, shares, console, serial) and the actions on a VM.
 
 import {
   html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
@@ -6,6 +6,7 @@ import {
 import { confirmDialog, passphraseDialog } from './dialogs.js';
 import { VncConsole, SerialConsole } from './consoles.js';
 import { UsagePanel } from './usage.js';
+import { SharesPanel } from './shares.js';
 
 const QUESTIONS = {
   stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
@@ -179,7 +180,7 @@ function Overview({ vm, d }) {
   </div>`;
 }
 
-const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['console', 'Console'], ['serial', 'Serial']];
+const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['shares', 'Shares'], ['console', 'Console'], ['serial', 'Serial']];
 
 export function VmDetail({ name, tab, vms }) {
   const [error, setError] = useState('');
@@ -210,6 +211,7 @@ export function VmDetail({ name, tab, vms }) {
   if (current === 'console') panel = html`<${VncConsole} name=${name} vm=${vm} />`;
   else if (current === 'serial') panel = html`<${SerialConsole} name=${name} vm=${vm} />`;
   else if (current === 'usage') panel = html`<${UsagePanel} name=${name} vm=${vm} />`;
+  else if (current === 'shares') panel = html`<${SharesPanel} name=${name} vm=${vm} />`;
   else if (details) panel = html`<${Overview} vm=${vm} d=${{ ...details, ...(row || {}) }} />`;
   else panel = loadError ? html`<p class="error">${loadError.message}</p>` : html`<p class="hint">Reading…</p>`;
 
@@ -223,7 +225,7 @@ export function VmDetail({ name, tab, vms }) {
     </div>
     <p id="vm-error" class="error" role="alert">${error}</p>
     <nav class="tabs" aria-label="VM views">
-      ${TABS.map(([t, label]) => html`<a id=${`tab-${t}`} href=${vmHash(name, t)}
+      ${TABS.map(([t, label]) => html`<a id=${`tab-${t}`} data-testid=${`${t}-tab`} href=${vmHash(name, t)}
         aria-current=${t === current ? 'page' : null} class=${t === current ? 'active' : ''}>${label}</a>`)}
     </nav>
     <div class="panel" id=${`panel-${current}`}>${panel}</div>

@@ -11,8 +11,9 @@
 // the serial console (xterm.js) runs a command in the guest's shell; the
 // VM's usage charts (uPlot) fill and update live, and the host page's usage
 // counts it running; pause and resume; stop with confirmation (Escape and Cancel keep it running);
-// a stopped VM's console, serial console and usage say "not running"; delete with
-// confirmation; installer media: upload an ISO of the test guest (built here
+// a stopped VM's console, serial console and usage say "not running"; its
+// shared folders (virtiofs): /etc refused, a temporary folder shared read-only
+// and removed; delete with confirmation; installer media: upload an ISO of the test guest (built here
 // with scripts/build-test-iso.sh) on the Media page, watching its progress, and
 // see its SHA-256 and the OS read from it; create a VM from it leaving the OS
 // to the server's detection, and see it boot through the firmware to the
@@ -26,7 +27,9 @@
 import { chromium, request } from 'playwright-core';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  chmodSync, existsSync, mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -454,6 +457,70 @@ try {
     await page.click('#tab-usage');
     await page.waitForSelector('#usage-not-running');
     assert((await page.$$('[data-testid=usage-cpu-chart]')).length === 0, 'a stopped VM shows usage charts');
+  });
+
+  await step("shared folders on the VM's page: /etc refused, a folder shared read-only, then removed", async () => {
+    const sharesApi = () => page.evaluate(async (n) => (await fetch(`/api/v1/vms/${encodeURIComponent(n)}/shares`)).json(), cfg.vm);
+    const rows = () => page.$$eval('[data-testid^="share-row-"]', (r) => r.map((x) => x.dataset.tag));
+    const message = () => page.$eval('[data-testid=share-message]', (m) => ({ kind: m.dataset.kind, applies: m.dataset.applies, text: m.textContent.trim() }));
+    const shareDir = mkdtempSync('/var/tmp/phyllome-test-share-');
+    try {
+      chmodSync(shareDir, 0o755);
+      writeFileSync(join(shareDir, 'hello.txt'), 'from the host\n', { mode: 0o644 });
+      const real = realpathSync(shareDir);
+      await page.click('[data-testid=shares-tab]');
+      await page.waitForSelector('#shares-empty');
+      assert((await sharesApi()).length === 0, `the VM has shares already: ${JSON.stringify(await sharesApi())}`);
+      assert(!(await page.isChecked('[data-testid=share-add-writable]')), '"writable" is checked by default');
+
+      // A critical host folder: refused, the refusal shown, nothing added.
+      await page.fill('[data-testid=share-add-dir]', '/etc');
+      await page.click('[data-testid=share-add-submit]');
+      await page.waitForSelector('[data-testid=share-message][data-kind=error]');
+      const refused = await message();
+      console.log(`  /etc: ${refused.text}`);
+      assert(refused.text.includes('/etc') && /expose the host/.test(refused.text), `the refusal of /etc reads ${JSON.stringify(refused.text)}`);
+      await page.waitForTimeout(300);
+      assert((await rows()).length === 0, `a row shows after the refusal: ${await rows()}`);
+      assert((await sharesApi()).length === 0, 'the refused /etc was added');
+
+      await page.fill('[data-testid=share-add-dir]', shareDir);
+      await page.fill('[data-testid=share-add-tag]', 'phyllome-data');
+      await page.click('[data-testid=share-add-submit]');
+      const row = '[data-testid="share-row-phyllome-data"]';
+      await page.waitForSelector(row);
+      await page.waitForSelector('[data-testid=share-message][data-kind=ok]');
+      const added = await message();
+      console.log(`  ${added.text}`);
+      assert(['now', 'next boot'].includes(added.applies) && /applies (now|at the next boot)/.test(added.text),
+        `after the add the message reads ${JSON.stringify(added)}`);
+      const cells = await page.$eval(row, (r) => ({
+        readonly: r.dataset.readonly,
+        access: r.querySelector('[data-field=access]').textContent.trim(),
+        dir: r.querySelector('[data-field=dir]').textContent.trim(),
+        mount: r.querySelector('[data-field=mount]').textContent.trim(),
+      }));
+      assert(cells.readonly === 'true' && cells.access === 'read-only', `the row shows ${JSON.stringify(cells)}`);
+      assert(cells.dir === real, `the row's folder is ${cells.dir}, not ${real}`);
+      assert(cells.mount === 'mount -t virtiofs phyllome-data /mnt', `the row's mount command is ${JSON.stringify(cells.mount)}`);
+      const listed = await sharesApi();
+      assert(listed.length === 1 && listed[0].tag === 'phyllome-data' && listed[0].readonly === true,
+        `the API lists ${JSON.stringify(listed)}`);
+      assert((await page.inputValue('[data-testid=share-add-dir]')) === '', 'the form kept the folder after the add');
+      await shot('18-shares');
+
+      await page.click('[data-testid="share-remove-phyllome-data"]');
+      await page.waitForSelector('#confirm-dialog[open]');
+      assert((await text('#confirm-text')).includes('phyllome-data'), `the confirmation does not name the share: ${await text('#confirm-text')}`);
+      await page.click('#confirm-ok');
+      await page.waitForSelector(row, { state: 'detached', timeout: 15000 });
+      await page.waitForSelector('#shares-empty');
+      const removed = await message();
+      assert(removed.kind === 'ok' && /applies (now|at the next boot)/.test(removed.text), `after the remove the message reads ${JSON.stringify(removed)}`);
+      assert((await sharesApi()).length === 0, `the API still lists ${JSON.stringify(await sharesApi())}`);
+    } finally {
+      rmSync(shareDir, { recursive: true, force: true });
+    }
   });
 
   await step('delete, with confirmation; cancelling keeps it', async () => {
