@@ -457,7 +457,8 @@ VERSION=$("$P" --version 2>/dev/null | head -1 || true)
 RATIO_ACT=$(cli ratio-active 1)
 RATIO_ALL=$(cli ratio-all 1)
 OTHERS_NOTE=""
-[ "$OTHERS_ACTIVE" -gt 0 ] && OTHERS_NOTE=" ($OTHERS_ACTIVE more domains, not this script's, were running on the host too, and are in the figures)"
+[ "$OTHERS_ACTIVE" -eq 1 ] && OTHERS_NOTE=" (1 more domain, not this script's, was running on the host too, and is in the figures)"
+[ "$OTHERS_ACTIVE" -gt 1 ] && OTHERS_NOTE=" ($OTHERS_ACTIVE more domains, not this script's, were running on the host too, and are in the figures)"
 SECTION=$(cat <<EOT
 <!-- bench:stats:start -->
 ## Statistics: \`phyllome stats\`, \`/metrics\` and the server's rings, with $VMS VMs
