@@ -42,6 +42,17 @@ pub struct Counters {
     pub started_unix: Option<u64>,
 }
 
+impl Counters {
+    /// What the guest uses, caches aside: the balloon driver's available less
+    /// usable (or less unused, from drivers that give no usable). None without a driver.
+    pub fn used_kib(&self) -> Option<u64> {
+        match (self.available_kib, self.usable_kib, self.unused_kib) {
+            (Some(a), Some(u), _) | (Some(a), None, Some(u)) => Some(a.saturating_sub(u)),
+            _ => None,
+        }
+    }
+}
+
 /// Reads libvirt's flat field list (`cpu.time`, `block.0.wr.bytes`...) into [`Counters`].
 pub fn counters(d: &DomainStats) -> Counters {
     let mut c = Counters { name: d.name.clone(), uuid: d.uuid.clone(), state: "other", ..Default::default() };
@@ -214,10 +225,7 @@ pub fn vm_stats(prev: Option<&Counters>, cur: &Counters, secs: f64, now_unix: u6
     let ns_percent = |a: Option<u64>, b: Option<u64>| rate(a, b, secs).map(|ns| round2(ns / 1e7));
     let per_sec = |a: Option<u64>, b: u64| rate(a, Some(b), secs).map(round2);
     let kib = |v: Option<u64>| v.map(|k| k * 1024);
-    let used_kib = match (cur.available_kib, cur.usable_kib, cur.unused_kib) {
-        (Some(a), Some(u), _) | (Some(a), None, Some(u)) => Some(a.saturating_sub(u)),
-        _ => None,
-    };
+    let used_kib = cur.used_kib();
     VmStats {
         name: cur.name.clone(),
         state: cur.state,

@@ -316,10 +316,7 @@ impl prometheus_client::collector::Collector for Metrics {
                 "phyllome_vm_memory_used_bytes",
                 "memory the guest uses, caches aside (from its balloon driver)",
                 Gauge,
-                |c| match (c.available_kib, c.usable_kib, c.unused_kib) {
-                    (Some(a), Some(u), _) | (Some(a), None, Some(u)) => Some((a.saturating_sub(u) * 1024) as f64),
-                    _ => None,
-                },
+                |c| c.used_kib().map(|k| (k * 1024) as f64),
             ),
             ("phyllome_vm_memory_available_bytes", "the guest's total memory (from its balloon driver)", Gauge, |c| {
                 c.available_kib.map(|k| (k * 1024) as f64)
