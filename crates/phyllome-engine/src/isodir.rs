@@ -199,8 +199,7 @@ pub fn receive(
     }
     out.sync_all().map_err(|e| io(&part_path, e))?;
     drop(out);
-    let info = iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
-    let _ = info;
+    iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
     // A hard link fails when the name was taken meanwhile; rename would replace it.
     std::fs::hard_link(&part_path, &target).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
