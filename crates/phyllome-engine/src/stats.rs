@@ -206,8 +206,7 @@ pub struct StatsReport {
     pub vms: Vec<VmStats>,
 }
 
-pub const NO_GUEST_MEMORY: &str =
-    "the guest reports no memory use: it has no balloon device, or no balloon driver (Windows needs virtio-win's)";
+pub const NO_GUEST_MEMORY: &str = "the guest reports no memory use: its balloon driver has not reported yet (it does every 10 s), or it has none (Windows needs virtio-win's), or no balloon device";
 
 /// Per second, when the counter did not go back (a VM that restarted starts from 0).
 fn rate(prev: Option<u64>, cur: Option<u64>, secs: f64) -> Option<f64> {
