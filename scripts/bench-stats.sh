@@ -277,21 +277,10 @@ def get(path):
     if r.status != 200:
         sys.exit(f"GET {path}: HTTP {r.status}: {body[:200]!r}")
     return json.loads(body)
+sys.path.insert(0, "scripts/lib")
+from procmem import mem as proc_mem
 def mem():
-    m = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "RssAnon"):
-            m[k] = int(v.split()[0])
-    uss = 0
-    for line in open(f"/proc/{pid}/smaps_rollup"):
-        f = line.split()
-        if f[0] == "Pss:":
-            m["Pss"] = int(f[1])
-        elif f[0] in ("Private_Clean:", "Private_Dirty:"):
-            uss += int(f[1])
-    m["Uss"] = uss
-    return m
+    return proc_mem(pid)
 # Wait for the first ring points (the second sample).
 t0 = time.monotonic()
 while time.monotonic() - t0 < 60:
@@ -381,23 +370,7 @@ fi
 PROMTOOL_V=$(promtool --version 2>&1 | awk 'NR == 1 {print $3}')
 log "promtool check metrics $PROMTOOL"
 sleep 2
-python3 - "$SPID" >"$WORK/after.txt" <<'PY'
-import sys
-pid = sys.argv[1]
-m = {}
-for line in open(f"/proc/{pid}/status"):
-    k, _, v = line.partition(":")
-    if k in ("VmRSS", "VmHWM", "RssAnon"):
-        m[k] = int(v.split()[0])
-uss = 0
-for line in open(f"/proc/{pid}/smaps_rollup"):
-    f = line.split()
-    if f[0] == "Pss:":
-        m["Pss"] = int(f[1])
-    elif f[0] in ("Private_Clean:", "Private_Dirty:"):
-        uss += int(f[1])
-print(f"{m['VmRSS'] / 1024:.1f} {m['Pss'] / 1024:.1f} {uss / 1024:.1f} {m['VmHWM'] / 1024:.1f} {m['RssAnon'] / 1024:.1f}")
-PY
+python3 scripts/lib/procmem.py "$SPID" >"$WORK/after.txt"
 read -r AFTER_RSS AFTER_PSS AFTER_USS AFTER_HWM AFTER_ANON <"$WORK/after.txt"
 kill -0 "$SPID" 2>/dev/null || die "phyllome serve died: $(cat "$WORK/serve.err")"
 SERVE_ERRORS=$(grep -ciE 'error|panic' "$WORK/serve.err" || true)

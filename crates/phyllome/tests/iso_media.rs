@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// A scratch folder QEMU's user can read (world-executable parents, 0755).
 struct Scratch(PathBuf);
@@ -199,20 +198,6 @@ fn inspect_ok(p: &Path) -> bool {
         .is_some_and(|o| json(&o)["virtio_win"] == true)
 }
 
-fn serial_log(name: &str) -> String {
-    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn wait_serial(name: &str, needle: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !serial_log(name).contains(needle) {
-        assert!(Instant::now() < deadline, "{name} never printed {needle}:\n{}", serial_log(name));
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn a_real_hybrid_iso_boots_the_guest_through_ovmf_and_through_seabios_and_the_folder_keeps_it() {
     require_libvirt();
@@ -238,8 +223,8 @@ fn a_real_hybrid_iso_boots_the_guest_through_ovmf_and_through_seabios_and_the_fo
     let xml_of = |vm: &TestVm| virsh_ok(&["dumpxml", &vm.0]);
     assert!(xml_of(&uefi).contains("<loader") && !xml_of(&uefi).contains("<kernel>"), "OVMF, no direct boot");
     assert!(!xml_of(&bios).contains("<loader") && !xml_of(&bios).contains("<kernel>"), "SeaBIOS, no direct boot");
-    wait_serial(&uefi.0, "PHYLLOME-READY", 240);
-    wait_serial(&bios.0, "PHYLLOME-READY", 240);
+    wait_for_serial(&uefi.0, "PHYLLOME-READY", 240);
+    wait_for_serial(&bios.0, "PHYLLOME-READY", 240);
 
     // The ISO folder: add (SHA-256 as sha256sum says), list, refuse to remove what a VM uses, remove.
     let folder = s.path("isos");

@@ -25,44 +25,6 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn serial(name: &str) -> String {
-    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The serial output of the current boot (libvirt rewrites the log at each
-/// start: `append='off'`), once the guest printed `needle` there.
-fn wait_serial(name: &str, from: usize, needle: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let log = serial(name);
-        let tail = log.get(from..).unwrap_or("").to_string();
-        if tail.contains(needle) {
-            return tail;
-        }
-        assert!(Instant::now() < deadline, "{name} never printed {needle}:\n{tail}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn wait_off(name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while String::from_utf8_lossy(&virsh(&["domstate", name]).stdout).trim() != "shut off" {
-        assert!(Instant::now() < deadline, "{name} did not power off");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn set_cmdline(name: &str, cmdline: &str) {
-    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", name]).stdout).into_owned();
-    let (a, b) = (xml.find("<cmdline>").unwrap() + "<cmdline>".len(), xml.find("</cmdline>").unwrap());
-    let file = std::env::temp_dir().join(format!("{name}-cmdline.xml"));
-    std::fs::write(&file, format!("{}console=ttyS0 panic=-1 {cmdline}{}", &xml[..a], &xml[b..])).unwrap();
-    assert!(virsh(&["define", file.to_str().unwrap()]).status.success());
-    let _ = std::fs::remove_file(file);
-}
-
 fn virtiofsd_for(dir: &Path) -> usize {
     let out = Command::new("pgrep").args(["-af", "virtiofsd"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*dir.to_string_lossy())).count()
@@ -114,7 +76,7 @@ fn a_guest_reads_a_read_only_share_writes_a_writable_one_and_cannot_leave_it() {
     ]));
     let xml = virsh_ok(&["dumpxml", &vm.0]);
     assert!(xml.contains("<readonly/>") && xml.contains("<source type='memfd'/>"), "{xml}");
-    let run1 = wait_serial(&vm.0, 0, "PHYLLOME-SHARE-DONE", 180);
+    let run1 = wait_for_serial(&vm.0, "PHYLLOME-SHARE-DONE", 180);
     assert!(run1.contains(&format!("PHYLLOME-SHARE-READ:{marker}")), "{run1}");
     assert!(run1.contains("PHYLLOME-SHARE-WRITE:refused"), "read-only by default: {run1}");
     assert!(
@@ -123,7 +85,7 @@ fn a_guest_reads_a_read_only_share_writes_a_writable_one_and_cannot_leave_it() {
     );
     assert!(!run1.contains(&secret), "a symlink led out of the share: {run1}");
     assert!(!share.join("from-guest.txt").exists());
-    wait_off(&vm.0);
+    wait_state(&vm.0, "shut off", 60);
 
     let listed: serde_json::Value = serde_json::from_str(&ok(phyllome(&["share", "list", &vm.0, "--json"]))).unwrap();
     assert_eq!(listed, serde_json::json!([{"tag": "data", "dir": share.display().to_string(), "readonly": true}]));
@@ -142,23 +104,20 @@ fn a_guest_reads_a_read_only_share_writes_a_writable_one_and_cannot_leave_it() {
     ])))
     .unwrap();
     assert_eq!((added["readonly"].as_bool(), added["applies"].as_str()), (Some(false), Some("now")));
-    let from = 0;
     ok(phyllome(&["start", &vm.0]));
-    let run2 = wait_serial(&vm.0, from, "PHYLLOME-SHARE-DONE", 180);
+    let run2 = wait_for_serial(&vm.0, "PHYLLOME-SHARE-DONE", 180);
     assert!(run2.contains("PHYLLOME-SHARE-WRITE:ok"), "{run2}");
     assert_eq!(std::fs::read_to_string(share.join("from-guest.txt")).unwrap().trim(), "guest-wrote");
-    wait_off(&vm.0);
-    let from = 0;
+    wait_state(&vm.0, "shut off", 60);
     ok(phyllome(&["start", &vm.0]));
-    let run3 = wait_serial(&vm.0, from, "PHYLLOME-SHARE-DONE", 180);
+    let run3 = wait_for_serial(&vm.0, "PHYLLOME-SHARE-DONE", 180);
     assert!(run3.contains(&format!("PHYLLOME-SHARE-READ:{marker}")), "the share survives stop and start: {run3}");
-    wait_off(&vm.0);
+    wait_state(&vm.0, "shut off", 60);
 
     // Removed from a running VM: no virtiofsd is left for it (at once, or once the VM stops).
-    set_cmdline(&vm.0, "");
-    let from = 0;
+    redefine_cmdline(&vm.0, "");
     ok(phyllome(&["start", &vm.0]));
-    wait_serial(&vm.0, from, "PHYLLOME-READY", 180);
+    wait_for_serial(&vm.0, "PHYLLOME-READY", 180);
     assert!(virtiofsd_for(&share) > 0, "virtiofsd serves the share while the VM runs");
     let removed: serde_json::Value =
         serde_json::from_str(&ok(phyllome(&["share", "remove", &vm.0, "data", "--json"]))).unwrap();

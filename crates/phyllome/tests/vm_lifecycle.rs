@@ -51,37 +51,6 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn serial_log(name: &str) -> String {
-    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn wait_for_serial(name: &str, needle: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let log = serial_log(name);
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "{name} never printed {needle:?}; serial log:\n{log}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn wait_state(name: &str, want: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = virsh(&["domstate", name]);
-        let st = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if st == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} is {st:?}, expected {want:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// Everything `name` could leave behind, as a list of what is still there.
 fn leftovers(name: &str) -> Vec<String> {
     let mut left = Vec::new();
@@ -175,17 +144,6 @@ fn linux_vm_sees_every_virtio_device_of_its_profile() {
     wait_state(&vm.0, "shut off", 60);
     ok(phyllome(&["delete", &vm.0]));
     assert_eq!(leftovers(&vm.0), Vec::<String>::new());
-}
-
-fn redefine_cmdline(name: &str, cmdline: &str) {
-    let xml = virsh_ok(&["dumpxml", "--inactive", name]);
-    let start = xml.find("<cmdline>").unwrap() + "<cmdline>".len();
-    let end = xml.find("</cmdline>").unwrap();
-    let new = format!("{}console=ttyS0 panic=-1 {cmdline}{}", &xml[..start], &xml[end..]);
-    let file = std::env::temp_dir().join(format!("{name}-redefine.xml"));
-    std::fs::write(&file, new).unwrap();
-    virsh_ok(&["define", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]

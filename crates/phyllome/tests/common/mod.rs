@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub const URI: &str = "qemu:///system";
 /// Every object a test makes carries this prefix.
@@ -241,4 +242,50 @@ pub fn xmllint_domain(xml: &str) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// The serial console log of the VM's current boot (libvirt rewrites it at each start: `append='off'`).
+pub fn serial_log(name: &str) -> String {
+    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The serial log once the guest printed `needle` in it.
+pub fn wait_for_serial(name: &str, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = serial_log(name);
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{name} never printed {needle:?}; serial log:\n{log}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits for `virsh domstate` to say `want`.
+pub fn wait_state(name: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = virsh(&["domstate", name]);
+        let st = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if st == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {st:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Redefines a direct-boot VM with `console=ttyS0 panic=-1 CMDLINE` as its kernel command line.
+pub fn redefine_cmdline(name: &str, cmdline: &str) {
+    let xml = virsh_ok(&["dumpxml", "--inactive", name]);
+    let start = xml.find("<cmdline>").unwrap() + "<cmdline>".len();
+    let end = xml.find("</cmdline>").unwrap();
+    let new = format!("{}console=ttyS0 panic=-1 {cmdline}{}", &xml[..start], &xml[end..]);
+    let file = std::env::temp_dir().join(format!("{name}-redefine.xml"));
+    std::fs::write(&file, new).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
 }

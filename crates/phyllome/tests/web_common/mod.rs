@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 // Each test binary uses a different part of these.
 #[allow(unused_imports)]
-pub use common::{virsh, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
+pub use common::{serial_log, virsh, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -371,12 +371,6 @@ pub fn define_foreign_domain(vm: &TestVm) {
     std::fs::write(&file, xml).unwrap();
     let out = virsh(&["define", file.to_str().unwrap()]);
     assert!(out.status.success(), "cannot define {}: {}", vm.0, String::from_utf8_lossy(&out.stderr));
-}
-
-pub fn serial_log(name: &str) -> String {
-    std::fs::read(format!("/var/log/libvirt/qemu/{name}-serial.log"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
