@@ -75,24 +75,30 @@ pub struct IsoFile {
     pub problem: Option<String>,
 }
 
-fn describe(name: &str, path: &Path) -> IsoFile {
+/// An ISO file as `list` shows it: what it holds, or why it is not a usable ISO.
+pub fn describe(path: &Path) -> IsoFile {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    match iso::inspect(path) {
+    described(name, size_bytes, iso::inspect(path))
+}
+
+fn described(name: String, size_bytes: u64, inspected: std::result::Result<iso::IsoInfo, iso::IsoError>) -> IsoFile {
+    match inspected {
         Ok(info) => {
             let d = iso::detect(&info);
             IsoFile {
-                name: name.to_string(),
+                name,
                 size_bytes,
-                volume_id: Some(info.ids.volume_id.clone()),
+                volume_id: Some(info.ids.volume_id),
                 os: d.as_ref().map(|d| d.os.to_string()),
                 os_name: d.map(|d| d.name),
-                boot: Some(info.boot.clone()),
+                boot: Some(info.boot),
                 virtio_win: info.virtio_win,
                 problem: None,
             }
         }
         Err(e) => IsoFile {
-            name: name.to_string(),
+            name,
             size_bytes,
             volume_id: None,
             os: None,
@@ -116,7 +122,7 @@ pub fn list(dir: &Path) -> Result<Vec<IsoFile>> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.') && n.to_ascii_lowercase().ends_with(".iso"))
-        .map(|n| describe(&n, &dir.join(&n)))
+        .map(|n| describe(&dir.join(n)))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -199,7 +205,7 @@ pub fn receive(
     }
     out.sync_all().map_err(|e| io(&part_path, e))?;
     drop(out);
-    iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
+    let info = iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
     // A hard link fails when the name was taken meanwhile; rename would replace it.
     std::fs::hard_link(&part_path, &target).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -210,7 +216,7 @@ pub fn receive(
     })?;
     drop(part);
     let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let iso = IsoFile { size_bytes: done, ..describe(&name, &target) };
+    let iso = described(name, done, Ok(info));
     Ok(Added { path: target.display().to_string(), sha256, iso })
 }
 

@@ -796,36 +796,20 @@ fn media_kind(name: &str) -> &'static str {
     }
 }
 
-/// What an ISO of the folder holds, as the list shows it.
-#[derive(Clone)]
-struct IsoFacts {
-    os: Option<String>,
-    os_name: Option<String>,
-    boot: phyllome_engine::iso::Boot,
-    virtio_win: bool,
-}
-
-/// [`IsoFacts`] of a file, read once per (path, size, mtime): an unknown ISO
-/// costs a pass over osinfo-db, and the create dialog lists media every time
-/// it opens. Bounded: the cache starts over past 256 files.
-fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> Option<IsoFacts> {
+/// What an ISO of the folder holds (`isodir::describe`), read once per
+/// (path, size, mtime): an unknown ISO costs a pass over osinfo-db, and the
+/// create dialog lists media every time it opens. Bounded: the cache starts
+/// over past 256 files.
+fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> phyllome_engine::isodir::IsoFile {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
-    static CACHE: Mutex<Option<HashMap<Key, Option<IsoFacts>>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<HashMap<Key, phyllome_engine::isodir::IsoFile>>> = Mutex::new(None);
     let key: Key = (path.to_path_buf(), meta.len(), meta.modified().ok());
     if let Some(hit) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return hit.clone();
     }
-    let facts = phyllome_engine::iso::inspect(path).ok().map(|info| {
-        let d = phyllome_engine::iso::detect(&info);
-        IsoFacts {
-            os: d.as_ref().map(|d| d.os.to_string()),
-            os_name: d.map(|d| d.name),
-            boot: info.boot,
-            virtio_win: info.virtio_win,
-        }
-    });
+    let facts = phyllome_engine::isodir::describe(path);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     if map.len() >= 256 {
@@ -850,9 +834,8 @@ fn read_media(dir: &Path) -> MediaList {
                     let mut f =
                         MediaFile { name, size: m.len(), kind, os: None, os_name: None, boot: None, virtio_win: false };
                     if kind == "iso" {
-                        if let Some(i) = iso_facts(&e.path(), &m) {
-                            (f.os, f.os_name, f.boot, f.virtio_win) = (i.os, i.os_name, Some(i.boot), i.virtio_win);
-                        }
+                        let i = iso_facts(&e.path(), &m);
+                        (f.os, f.os_name, f.boot, f.virtio_win) = (i.os, i.os_name, i.boot, i.virtio_win);
                     }
                     files.push(f);
                 }
