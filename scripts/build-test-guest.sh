@@ -16,19 +16,52 @@
 #   "PHYLLOME-VIRTIO: <sorted virtio device ids>" and
 #   "PHYLLOME-PCI: <vendor:device ...>", and acts on phyllome.test=ACTION:
 #     write-marker:TEXT  write "PHYLLOME-MARKER:TEXT\n" + zero padding to the
-#                        first 512 bytes of /dev/vda, print PHYLLOME-WROTE,
-#                        power off
+#                        first 512 bytes of /dev/vda (O_DIRECT, fsync), print
+#                        PHYLLOME-WROTE, power off
 #     read-marker        print the PHYLLOME-MARKER:... line found in the first
 #                        512 bytes of /dev/vda (or PHYLLOME-MARKER-MISSING),
 #                        power off
+#     state:VALUE        for snapshot tests; VALUE is [A-Za-z0-9]+. Prints
+#                        "PHYLLOME-STATE: marker=M efivar=E tpm=T": M the disk
+#                        marker's text (MISSING if none), E the data of the EFI
+#                        variable PhyllomeTest-3a9f6c1e-5d2b-4e8a-9c71-0f4b2d6e8a10
+#                        (MISSING if absent), T present|missing for TPM NV index
+#                        0x01500016. Then writes marker VALUE, sets the variable
+#                        to VALUE (NV|BS|RT) and toggles the NV index (defines it,
+#                        8 bytes, owner auth with an empty password, when missing;
+#                        undefines it when present), reads all three back, prints
+#                        "PHYLLOME-STATE-WRITTEN: marker=VALUE efivar=VALUE tpm=T'"
+#                        and powers off. Any failure prints
+#                        "PHYLLOME-STATE-ERROR: <what>" and powers off.
+#     marker-pair:A:B    write marker A, start acpid, print PHYLLOME-WROTE-A
+#                        (the power button works from then on) and wait; the
+#                        ACPI power button writes marker B, prints
+#                        PHYLLOME-WROTE-B and powers off (PHYLLOME-WRITE-FAILED
+#                        if a write fails)
+#     counter            start acpid, then print "PHYLLOME-COUNT: N" (N = 1, 2,
+#                        ...) every 0.5 s forever; the power button prints
+#                        PHYLLOME-POWERBUTTON and powers off
+#     fill:MIB           write MIB MiB of random data to /dev/vda from offset
+#                        1 MiB (O_DIRECT, fsync), print "PHYLLOME-FILLED: MIB"
+#                        (or PHYLLOME-FILL-FAILED), power off
 #     dd-bench           write (random data) then read 512 MiB of /dev/vda with O_DIRECT (dd),
 #                        print "PHYLLOME-DD-WRITE: 536870912 bytes from T0 to T1"
 #                        and the same for READ (T: /proc/uptime), power off
+#     busy               spin one vCPU and write the disk without end, after
+#                        printing PHYLLOME-BUSY
+#     share:TAG          mount the virtiofs TAG, report reading hello.txt,
+#                        writing, and following the out/ and up/ symlinks
+#                        (PHYLLOME-SHARE-...), power off
+#     share-bench:TAG    time 256 MiB through the virtiofs TAG and the disk
+#                        (PHYLLOME-BENCH-...), power off
 #     poweroff           power off right after the report
 #     (none)             start acpid, print PHYLLOME-READY, run a shell on the
 #                        console forever; the ACPI power button prints
 #                        PHYLLOME-POWERBUTTON and powers off
 #   An unknown action prints PHYLLOME-UNKNOWN-ACTION and powers off.
+#   The state action needs UEFI (OVMF) and a TPM 2.0; the guest carries
+#   e2fsprogs' chattr (with its libraries) to clear the immutable flag that
+#   efivarfs sets on the variable's file.
 
 set -euo pipefail
 umask 022
@@ -49,7 +82,8 @@ KERNEL_META=linux-image-cloud-amd64
 # Modules the guest loads (in this order); dependencies are added automatically.
 MODULES=(virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
          virtio_blk virtio_net net_failover failover virtio_console
-         virtio_rng virtio_balloon virtio_input virtio_gpu evdev button virtiofs)
+         virtio_rng virtio_balloon virtio_input virtio_gpu evdev button virtiofs
+         efivarfs tpm tpm_crb tpm_tis)
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (uses apt-get)"
 
@@ -68,6 +102,8 @@ dpkg-query -W -f='${Status}\n' busybox-static 2>/dev/null | grep -q 'install ok 
     || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 { command -v depmod && command -v modprobe && command -v modinfo; } >/dev/null || need+=(kmod)
+# busybox-static has no chattr: the guest gets e2fsprogs' (see copy_binary).
+command -v chattr >/dev/null || need+=(e2fsprogs)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     apt_retry apt-get install -y -q --no-install-recommends "${need[@]}" >&2
@@ -146,6 +182,19 @@ cp "$BUSYBOX" "$IR/bin/busybox"
 "$BUSYBOX" --list-full | while read -r applet; do
     [ "$applet" = bin/busybox ] || ln -sf /bin/busybox "$IR/$applet"
 done
+# A dynamically linked host binary (from its Debian package) with the
+# libraries ldd names, at the same paths (glibc finds /lib/<triplet> itself).
+copy_binary() {  # PATH_ON_HOST
+    local bin lib
+    bin=$(command -v "$1") || die "$1 not found"
+    install -D -m 0755 "$(realpath -- "$bin")" "$IR$bin"
+    ldd "$bin" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p' \
+        | while read -r lib; do
+            [ -e "$IR$lib" ] || install -D -m 0755 "$(realpath -- "$lib")" "$IR$lib"
+        done
+}
+# chattr -i: efivarfs marks a non-standard variable's file immutable.
+[ -e "$IR/usr/bin/chattr" ] || [ -e "$IR/bin/chattr" ] || copy_binary chattr
 # Console node, in case the kernel's built-in initramfs lacks one.
 mknod -m 600 "$IR/dev/console" c 5 1
 
@@ -176,6 +225,11 @@ printf '%s\n' "${loadable[@]}" >"$IR/etc/phyllome-modules"
 # ACPI power button handler, run by busybox acpid (event "PWRF/00000080").
 cat >"$IR/etc/acpi/PWRF/00000080" <<'EOF'
 #!/bin/sh
+# marker-pair: /init waits on this FIFO and does the rest itself.
+if [ -p /run/phyllome-powerbutton ]; then
+    echo pressed >/run/phyllome-powerbutton
+    exit 0
+fi
 # Leading newline: the console may hold a half-written shell prompt.
 printf '\nPHYLLOME-POWERBUTTON\n' >/dev/console
 sync
@@ -203,6 +257,139 @@ wait_disk() {                 # wait up to ~5 s for /dev/vda
     [ -b /dev/vda ] && return 0
     echo PHYLLOME-NO-DISK
     return 1
+}
+
+write_marker() {              # TEXT: marker block at sector 0 of /dev/vda
+    printf 'PHYLLOME-MARKER:%s\n' "$1" >/tmp/marker
+    # conv=sync pads the block with zeros up to 512 bytes.
+    dd if=/tmp/marker of=/dev/vda bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null \
+        || dd if=/tmp/marker of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null \
+        || return 1
+    sync
+}
+
+read_marker() {               # print the marker's text, or MISSING
+    dd if=/dev/vda of=/tmp/block bs=512 count=1 iflag=direct 2>/dev/null \
+        || dd if=/dev/vda of=/tmp/block bs=512 count=1 2>/dev/null || : >/tmp/block
+    line=$(tr -d '\000' </tmp/block | grep -m1 '^PHYLLOME-MARKER:' || true)
+    [ -n "$line" ] && echo "${line#PHYLLOME-MARKER:}" || echo MISSING
+}
+
+start_acpid() {               # acpid writes its pid file once it has opened /dev/input/event*
+    rm -f /var/run/acpid.pid
+    acpid -f -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid &
+    i=0
+    while [ ! -s /var/run/acpid.pid ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+    [ -s /var/run/acpid.pid ] || echo "PHYLLOME-NO-ACPID (see /var/log/acpid.log)"
+}
+
+# --- state: disk marker, EFI variable, TPM NV index ---------------------------
+EFIVARS=/sys/firmware/efi/efivars
+EFIVAR=$EFIVARS/PhyllomeTest-3a9f6c1e-5d2b-4e8a-9c71-0f4b2d6e8a10
+NV_INDEX=01500016
+
+state_fail() { echo "PHYLLOME-STATE-ERROR: $*"; off; }
+
+efivar_read() {               # print the variable's data (after 4 attribute bytes), or MISSING
+    if [ -e "$EFIVAR" ]; then
+        cat "$EFIVAR" | tail -c +5
+    else
+        echo MISSING
+    fi
+}
+
+efivar_write() {              # VALUE; attributes NV|BS|RT, in a single write()
+    if [ -e "$EFIVAR" ]; then
+        # efivarfs makes the file of a non-standard variable immutable.
+        chattr -i "$EFIVAR" 2>/dev/null || return 1
+    fi
+    printf '\007\000\000\000%s' "$1" >/tmp/efivar
+    dd if=/tmp/efivar of="$EFIVAR" bs=4096 conv=notrunc 2>/dev/null
+}
+
+# One TPM2 command (hex) through $TPMDEV: the whole command in one write(),
+# the response in one read() on the same descriptor; prints the response code
+# (8 hex digits).
+tpm_cmd() {
+    echo "$1" | xxd -r -p >/tmp/tpm-cmd
+    # The header's commandSize must match what is sent.
+    [ "$(wc -c </tmp/tpm-cmd)" -eq $((0x$(echo "$1" | cut -c5-12))) ] || return 1
+    rsp=$( { dd if=/tmp/tpm-cmd bs=4096 2>/dev/null >&3 && dd bs=4096 count=1 <&3 2>/dev/null; } \
+           3<>"$TPMDEV" | xxd -p | tr -d '\n')
+    rc=$(echo "$rsp" | cut -c13-20)
+    [ ${#rc} -eq 8 ] || return 1
+    echo "$rc"
+}
+
+nv_state() {                  # print present|missing for NV_INDEX
+    # TPM2_NV_ReadPublic(nvIndex), no sessions.
+    rc=$(tpm_cmd "80010000000e00000169$NV_INDEX") || return 1
+    case $rc in
+        00000000) echo present ;;
+        0000018b) echo missing ;;     # TPM_RC_HANDLE + TPM_RC_1
+        *) echo "NV_ReadPublic rc=0x$rc"; return 1 ;;
+    esac
+}
+
+# Password session TPM_RS_PW with an empty password: authorizationSize 9,
+# handle 0x40000009, empty nonce, attributes 0, empty hmac.
+PW_SESSION=00000009""40000009""0000""00""0000
+nv_define() {
+    # TPM2_NV_DefineSpace(TPM_RH_OWNER; empty auth; nvIndex, SHA256,
+    # OWNERWRITE|AUTHWRITE|OWNERREAD|AUTHREAD, no policy, 8 bytes).
+    rc=$(tpm_cmd "80020000002d0000012a40000001${PW_SESSION}0000000e${NV_INDEX}000b0006000600000008") \
+        || { echo "NV_DefineSpace: no response"; return 1; }
+    [ "$rc" = 00000000 ] || { echo "NV_DefineSpace rc=0x$rc"; return 1; }
+}
+nv_undefine() {
+    # TPM2_NV_UndefineSpace(TPM_RH_OWNER, nvIndex).
+    rc=$(tpm_cmd "80020000001f0000012240000001${NV_INDEX}${PW_SESSION}") \
+        || { echo "NV_UndefineSpace: no response"; return 1; }
+    [ "$rc" = 00000000 ] || { echo "NV_UndefineSpace rc=0x$rc"; return 1; }
+}
+
+state_action() {              # VALUE
+    value=$1
+    case $value in
+        ''|*[!A-Za-z0-9]*) state_fail "bad value '$value' (want [A-Za-z0-9]+)" ;;
+    esac
+    wait_disk || state_fail "no disk /dev/vda"
+    [ -d /sys/firmware/efi ] || state_fail "not booted by UEFI (no /sys/firmware/efi)"
+    grep -qw efivarfs /proc/filesystems || modprobe efivarfs 2>/dev/null
+    grep -q " $EFIVARS efivarfs " /proc/mounts \
+        || mount -t efivarfs efivarfs "$EFIVARS" || state_fail "cannot mount efivarfs"
+    TPMDEV=""
+    i=0
+    while [ $i -lt 50 ]; do
+        for d in /dev/tpmrm0 /dev/tpm0; do
+            [ -c "$d" ] && { TPMDEV=$d; break 2; }
+        done
+        usleep 100000; i=$((i + 1))
+    done
+    [ -n "$TPMDEV" ] || state_fail "no TPM device (/dev/tpmrm0, /dev/tpm0)"
+
+    m=$(read_marker)
+    e=$(efivar_read) || state_fail "cannot read the EFI variable"
+    t=$(nv_state) || state_fail "TPM: ${t:-no response}"
+    echo "PHYLLOME-STATE: marker=$m efivar=$e tpm=$t"
+
+    write_marker "$value" || state_fail "cannot write the disk marker"
+    efivar_write "$value" || state_fail "cannot write the EFI variable"
+    if [ "$t" = missing ]; then
+        err=$(nv_define) || state_fail "TPM: $err"
+    else
+        err=$(nv_undefine) || state_fail "TPM: $err"
+    fi
+    sync
+
+    m=$(read_marker)
+    [ "$m" = "$value" ] || state_fail "disk marker reads back as '$m'"
+    e=$(efivar_read)
+    [ "$e" = "$value" ] || state_fail "EFI variable reads back as '$e'"
+    t2=$(nv_state) || state_fail "TPM: ${t2:-no response}"
+    [ "$t2" != "$t" ] || state_fail "TPM NV index still $t2"
+    echo "PHYLLOME-STATE-WRITTEN: marker=$m efivar=$e tpm=$t2"
+    off
 }
 
 mount -t proc proc /proc
@@ -241,13 +428,52 @@ set +f
 case $action in
     write-marker:*)
         wait_disk || off
-        printf 'PHYLLOME-MARKER:%s\n' "${action#write-marker:}" >/tmp/marker
-        # conv=sync pads the block with zeros up to 512 bytes.
-        if dd if=/tmp/marker of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; then
-            sync
+        if write_marker "${action#write-marker:}"; then
             echo PHYLLOME-WROTE
         else
             echo PHYLLOME-WRITE-FAILED
+        fi
+        off
+        ;;
+    state:*)
+        state_action "${action#state:}"
+        ;;
+    marker-pair:*:*)
+        pair=${action#marker-pair:}
+        wait_disk || off
+        write_marker "${pair%%:*}" || { echo PHYLLOME-WRITE-FAILED; off; }
+        # The power button handler writes to this FIFO instead of powering off.
+        # acpid is listening before WROTE-A is printed, so a test may press
+        # the button as soon as it sees the line.
+        rm -f /run/phyllome-powerbutton
+        mkfifo /run/phyllome-powerbutton
+        start_acpid
+        echo PHYLLOME-WROTE-A
+        read -r _ </run/phyllome-powerbutton
+        write_marker "${pair#*:}" || { echo PHYLLOME-WRITE-FAILED; off; }
+        echo PHYLLOME-WROTE-B
+        off
+        ;;
+    counter)
+        start_acpid
+        n=1
+        while :; do
+            echo "PHYLLOME-COUNT: $n"
+            n=$((n + 1))
+            usleep 500000
+        done
+        ;;
+    fill:*)
+        mib=${action#fill:}
+        case $mib in ''|*[!0-9]*) echo "PHYLLOME-UNKNOWN-ACTION: $action"; off ;; esac
+        wait_disk || off
+        # Random data (zeros could become holes in the qcow2), from offset 1 MiB.
+        if dd if=/dev/urandom of=/dev/vda bs=1M count="$mib" seek=1 \
+                iflag=fullblock oflag=direct conv=notrunc,fsync 2>/dev/null; then
+            sync
+            echo "PHYLLOME-FILLED: $mib"
+        else
+            echo PHYLLOME-FILL-FAILED
         fi
         off
         ;;
@@ -350,12 +576,7 @@ case $action in
 esac
 
 # Default mode: ACPI power button -> /etc/acpi/PWRF/00000080 via acpid.
-# acpid writes its pid file once it has opened /dev/input/event*.
-rm -f /var/run/acpid.pid
-acpid -f -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid &
-i=0
-while [ ! -s /var/run/acpid.pid ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
-[ -s /var/run/acpid.pid ] || echo "PHYLLOME-NO-ACPID (see /var/log/acpid.log)"
+start_acpid
 echo PHYLLOME-READY
 
 # Interactive shell on the console (ttyS0), respawned forever.

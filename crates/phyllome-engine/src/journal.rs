@@ -63,7 +63,7 @@ pub struct Made {
     pub boot_files: Vec<FileId>,
 }
 
-fn boot_id() -> String {
+pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
@@ -83,13 +83,15 @@ impl Entry {
 
     /// Whether the process that wrote the entry is gone.
     pub fn is_orphan(&self) -> bool {
-        if self.boot_id != boot_id() {
-            return true;
-        }
-        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid));
-        // A live process with that pid that is not phyllome means the pid was reused.
-        !matches!(exe, Ok(p) if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("phyllome")))
+        self.boot_id != boot_id() || !phyllome_alive(self.pid)
     }
+}
+
+/// Whether `pid` is a live phyllome process (a live process with that pid that
+/// is not phyllome means the pid was reused).
+pub fn phyllome_alive(pid: u32) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    matches!(exe, Ok(p) if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("phyllome")))
 }
 
 pub struct Journal {

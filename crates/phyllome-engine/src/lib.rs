@@ -12,6 +12,7 @@ pub mod media;
 pub mod progress;
 pub mod request;
 pub mod share;
+pub mod snapshot;
 pub mod stats;
 pub mod text;
 pub mod vm;

@@ -103,6 +103,8 @@ pub enum VmError {
     UnknownMedia { path: String, ids: String, choices: String },
     #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
     IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
+    #[error("cannot remove the VM's snapshots: {0}")]
+    Snapshots(String),
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
@@ -274,7 +276,7 @@ fn remove_boot_files(files: &[FileId]) {
 /// `PHYLLOME_TEST_FAIL_AT=STEP` fails a step, `PHYLLOME_TEST_PAUSE_AT=STEP`
 /// holds it for `PHYLLOME_TEST_PAUSE_SECS` (60 s by default), so a test can
 /// kill -9 it or race another command against it.
-fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
+pub(crate) fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
     #[cfg(feature = "test-hooks")]
     if std::env::var("PHYLLOME_TEST_PAUSE_AT").is_ok_and(|s| s == name) {
         let secs = std::env::var("PHYLLOME_TEST_PAUSE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
@@ -830,6 +832,8 @@ pub struct Deleted {
     pub volumes: Vec<String>,
     pub secrets: usize,
     pub kept_disk: bool,
+    /// Its snapshots, removed with it.
+    pub snapshots: usize,
 }
 
 /// Deletes a stopped VM: domain, NVRAM and TPM state, and (unless `keep_disk`)
@@ -852,6 +856,7 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         }
     }
     lv.undefine(name)?;
+    let snapshots = crate::snapshot::delete_all(lv, &s.uuid).map_err(|e| VmError::Snapshots(e.to_string()))?;
     // Phyllome's copies of the kernel and initrd (never the user's files: only inside BOOT_DIR/NAME).
     let ours = boot_dir(name);
     let copies: Vec<FileId> = s
@@ -861,7 +866,7 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         .filter_map(|p| FileId::of(p).ok())
         .collect();
     remove_boot_files(&copies);
-    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk };
+    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots };
     if keep_disk {
         return Ok(out);
     }
@@ -922,6 +927,8 @@ pub struct VmRow {
     /// Why a paused VM is paused, when it was not a user's pause (`I/O error`...).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub state_reason: Option<&'static str>,
+    /// How many snapshots it has (`phyllome snapshot list`).
+    pub snapshots: usize,
 }
 
 pub fn state_name(s: State) -> &'static str {
@@ -957,6 +964,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         memory_mib: s.memory_mib,
         encrypted: s.encrypted(),
         disk_gib,
+        snapshots: crate::snapshot::count(&s.uuid),
     })
 }
 
@@ -1081,6 +1089,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             encrypted: s.encrypted(),
             disk_gib,
             state_reason,
+            snapshots: crate::snapshot::count(&s.uuid),
         });
     }
     Ok(rows)

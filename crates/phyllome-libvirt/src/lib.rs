@@ -4,6 +4,7 @@
 mod console;
 mod events;
 mod hostdev;
+mod jobs;
 mod secret;
 mod stats;
 mod storage;
@@ -11,6 +12,7 @@ mod storage;
 pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
 pub use hostdev::Applied;
+pub use jobs::Job;
 pub use stats::{DomainStats, Value};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;

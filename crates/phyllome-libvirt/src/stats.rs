@@ -82,7 +82,7 @@ unsafe fn owned(p: *const c_char) -> Option<String> {
 /// # Safety
 /// `p` must point to a valid `virTypedParameter` whose `type_` says which
 /// union member is set (libvirt's contract for the records it returns).
-unsafe fn param(p: &sys::virTypedParameter) -> Option<(String, Value)> {
+pub(crate) unsafe fn param(p: &sys::virTypedParameter) -> Option<(String, Value)> {
     // `field` is a fixed 80-byte array, NUL-terminated by libvirt; read at most its length.
     let bytes: Vec<u8> = p.field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     let name = String::from_utf8_lossy(&bytes).into_owned();

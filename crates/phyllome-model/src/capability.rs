@@ -120,10 +120,13 @@ pub enum Feature {
     ReadonlyVirtiofs,
     /// The virtio-sound device.
     VirtioSound,
+    /// A point-in-time copy of a running VM's disks while it runs on (libvirt's push-mode
+    /// backup), what Phyllome's snapshots of running VMs are made with.
+    LiveDiskCopy,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::FirmwareAtDefine,
         Feature::QcowNvram,
         Feature::InternalSnapshotUefi,
@@ -131,6 +134,7 @@ impl Feature {
         Feature::Virtiofs,
         Feature::ReadonlyVirtiofs,
         Feature::VirtioSound,
+        Feature::LiveDiskCopy,
     ];
 
     /// What the feature is, for messages ("read-only shared folders need ...").
@@ -143,12 +147,15 @@ impl Feature {
             Feature::Virtiofs => "shared folders (virtiofs)",
             Feature::ReadonlyVirtiofs => "read-only shared folders (virtiofs)",
             Feature::VirtioSound => "virtio-sound",
+            Feature::LiveDiskCopy => "snapshots of running VMs (a disk copy while the VM runs)",
         }
     }
 
     fn verb(self) -> &'static str {
         match self {
-            Feature::InternalSnapshotUefi | Feature::Virtiofs | Feature::ReadonlyVirtiofs => "need",
+            Feature::InternalSnapshotUefi | Feature::Virtiofs | Feature::ReadonlyVirtiofs | Feature::LiveDiskCopy => {
+                "need"
+            }
             _ => "needs",
         }
     }
@@ -162,6 +169,7 @@ impl Feature {
             Feature::Virtiofs => "virtiofs",
             Feature::ReadonlyVirtiofs => "readonly-virtiofs",
             Feature::VirtioSound => "virtio-sound",
+            Feature::LiveDiskCopy => "live-disk-copy",
         }
     }
 
@@ -183,6 +191,9 @@ impl Feature {
             Feature::ReadonlyVirtiofs => Needs { libvirt: Some(Version(11, 0, 0)), qemu: None },
             // QEMU 8.2 brought the virtio-sound device; libvirt 10.4 its <sound model='virtio'>.
             Feature::VirtioSound => Needs { libvirt: Some(Version(10, 4, 0)), qemu: Some(Version(8, 2, 0)) },
+            // libvirt 7.6 enabled the backup API (virDomainBackupBegin) by default; it runs on
+            // QEMU's blockdev layer, which libvirt uses from QEMU 4.2.
+            Feature::LiveDiskCopy => Needs { libvirt: Some(Version(7, 6, 0)), qemu: Some(Version(4, 2, 0)) },
         }
     }
 }

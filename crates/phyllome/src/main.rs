@@ -63,6 +63,9 @@ enum Command {
     /// Host folders shared with a VM over virtiofs (read-only by default).
     #[command(subcommand)]
     Share(cli::share::ShareCommand),
+    /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
+    #[command(subcommand)]
+    Snapshot(cli::snapshot::SnapshotCommand),
     /// What the running VMs use: CPU, memory, disk, network (one libvirt call a sample).
     Stats(cli::stats::StatsArgs),
     /// A live view of the running VMs, busiest first (like virt-top); q quits.
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => cli::serve::user(cmd),
         Command::Iso(cmd) => cli::iso::run(uri, cmd),
         Command::Share(cmd) => cli::share::run(uri, cmd),
+        Command::Snapshot(cmd) => cli::snapshot::run(uri, cmd),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };

@@ -12,6 +12,7 @@ pub mod packaging;
 pub mod serve;
 pub mod setup;
 pub mod share;
+pub mod snapshot;
 pub mod stats;
 pub mod vm;
 pub mod volume;

@@ -222,7 +222,7 @@ pub fn user(cmd: UserCommand) -> Fallible {
 }
 
 /// UNIX seconds as `YYYY-MM-DD HH:MM UTC`.
-fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs as i64) {
         Ok(t) => format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), t.month() as u8, t.day(), t.hour(), t.minute()),
         Err(_) => secs.to_string(),

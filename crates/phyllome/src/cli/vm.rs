@@ -85,10 +85,10 @@ fn progress(msg: &str) {
 
 /// Renders the engine's progress: a spinner naming the step on a terminal,
 /// and the notes as lines (the only output when standard error is not a terminal).
-struct Steps(indicatif::ProgressBar);
+pub(crate) struct Steps(pub(crate) indicatif::ProgressBar);
 
 impl Steps {
-    fn new(what: &str) -> Steps {
+    pub(crate) fn new(what: &str) -> Steps {
         let bar = if std::io::stderr().is_terminal() {
             let b = indicatif::ProgressBar::new_spinner();
             b.set_style(
@@ -104,7 +104,7 @@ impl Steps {
         Steps(bar)
     }
 
-    fn report(&self, p: Progress<'_>) {
+    pub(crate) fn report(&self, p: Progress<'_>) {
         match p {
             Progress::Step { step } => self.0.set_message(step.to_string()),
             Progress::Note { message } if self.0.is_hidden() => progress(message),
@@ -123,7 +123,7 @@ impl Drop for Steps {
 /// Reads a passphrase without echo from the terminal, or one line from
 /// standard input when it is not a terminal (scripts, tests). Never from
 /// arguments or the environment.
-fn read_passphrase(prompt: &str, confirm: bool) -> vm::Result<Vec<u8>> {
+pub(crate) fn read_passphrase(prompt: &str, confirm: bool) -> vm::Result<Vec<u8>> {
     let io = |e: std::io::Error| VmError::Disk(format!("cannot read the passphrase: {e}"));
     if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password(prompt).map_err(io)?;
@@ -272,17 +272,21 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
         .collect();
     let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
     let sw = states.iter().map(|s| s.len()).max().unwrap_or(8).max(8);
-    println!("{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  ENCRYPTED", "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK");
+    println!(
+        "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  SNAPSHOTS",
+        "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK", "ENCRYPTED"
+    );
     for ((r, name), state) in rows.iter().zip(&names).zip(&states) {
         println!(
-            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {}",
+            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {}",
             name,
             r.os.as_deref().unwrap_or("-"),
             state,
             r.vcpus,
             human_mib(r.memory_mib),
             r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or_else(|| "-".into()),
-            if r.encrypted { "yes" } else { "no" }
+            if r.encrypted { "yes" } else { "no" },
+            r.snapshots
         );
     }
     Ok(())
@@ -314,6 +318,7 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
         println!("  {:4} {:6} {src}", disk.target, disk.device);
     }
     println!("display:    {}", d.display.as_deref().unwrap_or("- (not running)"));
+    println!("snapshots:  {}", d.row.snapshots);
     Ok(())
 }
 
