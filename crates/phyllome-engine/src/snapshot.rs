@@ -372,8 +372,17 @@ impl<'a> Op<'a> {
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
     }
 
+    /// A step: test hooks (PHYLLOME_TEST_FAIL_AT / PAUSE_AT) and Ctrl-C.
     fn step(&self, name: &str) -> Result<()> {
         Ok(vm::step(name, &self.interrupted)?)
+    }
+
+    /// Ctrl-C only, inside a step's loop.
+    fn check(&self) -> Result<()> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(SnapshotError::Vm(VmError::Interrupted));
+        }
+        Ok(())
     }
 
     /// Done: the record goes, the signals are the process's again.
@@ -974,7 +983,7 @@ fn default_name(uuid: &str) -> String {
 /// Waits for the push backup to end, reporting its bytes; fails when it failed.
 fn wait_backup(lv: &Libvirt, vm_name: &str, op: &Op<'_>, report: Report<'_>) -> Result<()> {
     loop {
-        op.step("copy")?;
+        op.check()?;
         let j = lv.job(vm_name)?;
         if !j.active {
             if j.completed {
@@ -1027,7 +1036,7 @@ fn encrypt_memory(
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0;
     loop {
-        op.step("memory")?;
+        op.check()?;
         let n = src.read(&mut buf).map_err(|e| io(file, e))?;
         if n == 0 {
             break;

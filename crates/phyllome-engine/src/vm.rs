@@ -495,6 +495,8 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
         journal.finish(&e.name);
         cleaned.push(e.name);
     }
+    // Snapshot operations of dead processes: the VM back as it was, no half snapshot.
+    cleaned.extend(crate::snapshot::recover(lv));
     cleaned
 }
 

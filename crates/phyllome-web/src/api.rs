@@ -68,6 +68,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(delete_media))
         .routes(routes!(list_shares, add_share))
         .routes(routes!(remove_share))
+        .routes(routes!(list_snapshots, create_snapshot))
+        .routes(routes!(delete_snapshot))
+        .routes(routes!(revert_snapshot))
 }
 
 /// The routes whose bodies may be large (uploads): outside the 64 KiB body limit.
@@ -1146,4 +1149,193 @@ async fn remove_share(
     who_did(&who, "stop sharing a folder with", &name);
     let c = blocking(&app, move |_, lv| Ok(phyllome_engine::share::remove(lv, &name, &tag)?)).await?;
     Ok(Json(c))
+}
+
+// ---- snapshots -------------------------------------------------------------
+
+/// A VM's snapshots, oldest first.
+#[utoipa::path(get, operation_id = "listSnapshots", path = "/api/v1/vms/{name}/snapshots", tag = "snapshots",
+    params(("name" = String, Path)), responses((status = 200, body = Vec<phyllome_engine::snapshot::SnapshotInfo>)))]
+async fn list_snapshots(
+    State(app): State<Arc<App>>,
+    Name(name): Name,
+) -> ApiResult<Json<Vec<phyllome_engine::snapshot::SnapshotInfo>>> {
+    Ok(Json(blocking(&app, move |_, lv| Ok(phyllome_engine::snapshot::list(lv, &name)?)).await?))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    /// Its name (default: snap1, snap2...): letters, digits, '.', '_' and '-'.
+    name: Option<String>,
+    /// Also save the RAM, so a revert resumes the VM where it was (the VM must run).
+    memory: Option<bool>,
+    description: Option<String>,
+}
+
+/// The bytes a snapshot step copied (`progress` events carry them too).
+#[derive(Serialize, ToSchema)]
+pub struct SnapshotProgress {
+    /// The step that begins, or null for a note or a byte count.
+    step: Option<&'static str>,
+    message: String,
+    done: Option<u64>,
+    total: Option<u64>,
+}
+
+/// Runs a long snapshot operation: JSON at the end, or with `Accept: text/event-stream`
+/// `progress` events (SnapshotProgress) then one `done` or `error` event.
+async fn snapshot_job<T: Serialize + Send + 'static>(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    vm: String,
+    ok: StatusCode,
+    f: impl FnOnce(&Libvirt, &dyn Fn(Progress<'_>)) -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<Response> {
+    if !wants_events(headers) {
+        let r = blocking(app, move |app, lv| {
+            let r = f(lv, &phyllome_engine::progress::quiet);
+            app.inventory.refresh(&vm);
+            r
+        })
+        .await?;
+        return Ok((ok, Json(r)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let app2 = Arc::clone(app);
+    tokio::task::spawn_blocking(move || {
+        let lv = match app2.libvirt() {
+            Ok(lv) => lv,
+            Err(e) => {
+                let _ = tx.send(error_event(&ApiError::from(e)));
+                return;
+            }
+        };
+        let last_bytes = std::cell::Cell::new(std::time::Instant::now() - Duration::from_secs(1));
+        let report = |p: Progress<'_>| {
+            let body = match p {
+                Progress::Step { step } => {
+                    SnapshotProgress { step: Some(step), message: String::new(), done: None, total: None }
+                }
+                Progress::Note { message } => {
+                    SnapshotProgress { step: None, message: message.to_string(), done: None, total: None }
+                }
+                Progress::Bytes { done, total } => {
+                    // At most four byte counts a second reach the page.
+                    if last_bytes.get().elapsed() < Duration::from_millis(250) && done < total {
+                        return;
+                    }
+                    last_bytes.set(std::time::Instant::now());
+                    SnapshotProgress { step: None, message: String::new(), done: Some(done), total: Some(total) }
+                }
+            };
+            if let Ok(e) = Event::default().event("progress").json_data(body) {
+                let _ = tx.send(e);
+            }
+        };
+        let r = f(&lv, &report);
+        app2.inventory.refresh(&vm);
+        let last = match r {
+            Ok(v) => Event::default().event("done").json_data(&v).unwrap_or_default(),
+            Err(e) => error_event(&e),
+        };
+        let _ = tx.send(last);
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(stream).into_response())
+}
+
+/// Take a snapshot: disks, UEFI variables, TPM state, and the RAM with `memory`.
+/// With `Accept: text/event-stream`: `progress` events, then `done` (SnapshotInfo) or `error`.
+#[utoipa::path(post, operation_id = "createSnapshot", path = "/api/v1/vms/{name}/snapshots", tag = "snapshots",
+    params(("name" = String, Path)), request_body = SnapshotBody,
+    responses((status = 201, body = phyllome_engine::snapshot::SnapshotInfo),
+        (status = 200, description = "with Accept: text/event-stream: progress, then done or error",
+         content_type = "text/event-stream", body = String),
+        (status = 507, description = "not enough space for the snapshot", body = ErrorBody)))]
+async fn create_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    Name(name): Name,
+    JsonBody(b): JsonBody<SnapshotBody>,
+) -> ApiResult<Response> {
+    who_did(&who, "snapshot", &name);
+    let req = phyllome_engine::snapshot::Request {
+        name: b.name,
+        memory: b.memory.unwrap_or(false),
+        description: b.description,
+    };
+    let vm = name.clone();
+    snapshot_job(&app, &headers, name, StatusCode::CREATED, move |lv, report| {
+        Ok(phyllome_engine::snapshot::create(lv, &vm, &req, report)?)
+    })
+    .await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertBody {
+    /// Start the VM afterwards (a memory snapshot resumes it anyway).
+    start: Option<bool>,
+    /// Power a running VM off first (what it did since the snapshot is lost); without it a running VM is refused (409).
+    force: Option<bool>,
+}
+
+/// Put a VM back as it was at a snapshot.
+/// With `Accept: text/event-stream`: `progress` events, then `done` (Reverted) or `error`.
+#[utoipa::path(post, operation_id = "revertSnapshot", path = "/api/v1/vms/{name}/snapshots/{snapshot}/revert",
+    tag = "snapshots", params(("name" = String, Path), ("snapshot" = String, Path)), request_body = RevertBody,
+    responses((status = 200, body = phyllome_engine::snapshot::Reverted)))]
+async fn revert_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    axum::extract::Path((name, snap)): axum::extract::Path<(String, String)>,
+    JsonBody(b): JsonBody<RevertBody>,
+) -> ApiResult<Response> {
+    check_path_names(&[&name, &snap])?;
+    who_did(&who, "revert", &name);
+    let vm = name.clone();
+    snapshot_job(&app, &headers, name, StatusCode::OK, move |lv, report| {
+        let ask = || Err(phyllome_engine::vm::VmError::NeedPassphrase(vm.clone()));
+        Ok(phyllome_engine::snapshot::revert(
+            lv,
+            &vm,
+            &snap,
+            b.start.unwrap_or(false),
+            b.force.unwrap_or(false),
+            &ask,
+            report,
+        )?)
+    })
+    .await
+}
+
+/// Delete a snapshot (the VM is not touched).
+#[utoipa::path(delete, operation_id = "deleteSnapshot", path = "/api/v1/vms/{name}/snapshots/{snapshot}",
+    tag = "snapshots", params(("name" = String, Path), ("snapshot" = String, Path)),
+    responses((status = 200, body = Ok_)))]
+async fn delete_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Path((name, snap)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<Ok_>> {
+    check_path_names(&[&name, &snap])?;
+    who_did(&who, "delete a snapshot of", &name);
+    blocking(&app, move |app, lv| {
+        phyllome_engine::snapshot::delete(lv, &name, &snap)?;
+        app.inventory.refresh(&name);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(Ok_ { ok: true }))
+}
+
+fn check_path_names(values: &[&String]) -> Result<(), ApiError> {
+    if values.iter().any(|v| v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control)) {
+        return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
+    }
+    Ok(())
 }

@@ -114,6 +114,17 @@ impl From<phyllome_engine::isodir::IsoDirError> for ApiError {
     }
 }
 
+impl From<phyllome_engine::snapshot::SnapshotError> for ApiError {
+    fn from(e: phyllome_engine::snapshot::SnapshotError) -> ApiError {
+        match e {
+            phyllome_engine::snapshot::SnapshotError::NoSpace { .. } => {
+                ApiError { status: StatusCode::INSUFFICIENT_STORAGE, message: e.to_string(), kind: "invalid-input" }
+            }
+            _ => ApiError::from_engine(&e),
+        }
+    }
+}
+
 impl From<phyllome_libvirt::Error> for ApiError {
     fn from(e: phyllome_libvirt::Error) -> ApiError {
         ApiError::from_engine(&e)

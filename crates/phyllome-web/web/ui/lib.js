@@ -97,36 +97,56 @@ const STATUS_OF_KIND = {
   'invalid-input': 400, usage: 400, 'not-found': 404, conflict: 409, unsupported: 422, unavailable: 503, interrupted: 503,
 };
 
-// POST /api/v1/vms with live progress: onProgress({step, message}) for each
-// step; resolves to the Created JSON, throws ApiError for a refusal (before
-// anything was done) or a failure (kind from the server; the status its kind
-// has, so a refusal found once under way, e.g. an ISO whose OS is unknown, is a 4xx).
-export async function createVm(body, onProgress) {
-  const r = await fetch('/api/v1/vms', {
+// POSTs BODY to PATH asking for live progress (Accept: text/event-stream):
+// onProgress(data) for each `progress` event; resolves to the data of the
+// DONE event (a server that answers without events: the JSON answer at
+// once); throws ApiError for a refusal (before anything was done) or an
+// `error` event (kind from the server; the status its kind has, so a refusal
+// found once under way is a 4xx). WHAT names the operation in the messages.
+export async function postWithProgress(path, body, onProgress, { done = 'done', what = 'the operation' } = {}) {
+  const r = await fetch(path, {
     method: 'POST',
     credentials: 'same-origin',
     headers: headersFor('POST', { 'Content-Type': 'application/json', Accept: 'text/event-stream' }),
     body: JSON.stringify(body),
   });
-  if (!r.ok) throw await errorOf(r, '/api/v1/vms');
-  const type = r.headers.get('content-type') || '';
-  if (!type.includes('text/event-stream')) {
-    // A server without progress answers with the result at once.
-    return r.json();
+  if (!r.ok) {
+    const type = r.headers.get('content-type') || '';
+    if (type.includes('text/plain')) {
+      // A refusal in plain text (not the server's own JSON): its words as they are.
+      const said = (await r.text().catch(() => '')).trim();
+      if (r.status === 401) onUnauthorized();
+      throw new ApiError(r.status, said || r.statusText || `HTTP ${r.status}`);
+    }
+    throw await errorOf(r, path);
   }
+  const type = r.headers.get('content-type') || '';
+  if (!type.includes('text/event-stream')) return r.json();
   let result = null;
   let failure = null;
   await readEvents(r.body, (event, data) => {
     if (event === 'progress') onProgress(data);
-    else if (event === 'created') result = data;
+    else if (event === done) result = data;
     else if (event === 'error') {
       const kind = data && data.kind;
-      failure = new ApiError(STATUS_OF_KIND[kind] || 500, (data && data.error) || 'the create failed', kind);
+      const message = typeof data === 'string' ? data : (data && data.error) || `${what} failed`;
+      failure = new ApiError(STATUS_OF_KIND[kind] || 500, message, kind);
     }
   });
   if (failure) throw failure;
-  if (!result) throw new ApiError(0, 'the connection ended before the create finished; see the VM list');
+  if (!result) throw new ApiError(0, `the connection ended before ${what} finished`);
   return result;
+}
+
+// POST /api/v1/vms with live progress: onProgress({step, message}) for each
+// step; resolves to the Created JSON, throws ApiError for a refusal or a
+// failure (see postWithProgress; an ISO whose OS is unknown is a 4xx).
+export function createVm(body, onProgress) {
+  return postWithProgress('/api/v1/vms', body, onProgress, { done: 'created', what: 'the create' })
+    .catch((e) => {
+      if (e.status === 0 && !e.kind) throw new ApiError(0, 'the connection ended before the create finished; see the VM list');
+      throw e;
+    });
 }
 
 // PUT FILE as PATH's body with XMLHttpRequest (fetch reports no upload

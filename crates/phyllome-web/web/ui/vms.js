@@ -1,4 +1,4 @@
-// The VM list, a VM's page (overview, usage, shares, console, serial) and the actions on a VM.
+// The VM list, a VM's page (overview, usage, shares, snapshots, console, serial) and the actions on a VM.
 
 import {
   html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
@@ -7,6 +7,7 @@ import { confirmDialog, passphraseDialog } from './dialogs.js';
 import { VncConsole, SerialConsole } from './consoles.js';
 import { UsagePanel } from './usage.js';
 import { SharesPanel } from './shares.js';
+import { SnapshotsPanel } from './snapshots.js';
 
 const QUESTIONS = {
   stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
@@ -180,7 +181,7 @@ function Overview({ vm, d }) {
   </div>`;
 }
 
-const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['shares', 'Shares'], ['console', 'Console'], ['serial', 'Serial']];
+const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['shares', 'Shares'], ['snapshots', 'Snapshots'], ['console', 'Console'], ['serial', 'Serial']];
 
 export function VmDetail({ name, tab, vms }) {
   const [error, setError] = useState('');
@@ -212,6 +213,7 @@ export function VmDetail({ name, tab, vms }) {
   else if (current === 'serial') panel = html`<${SerialConsole} name=${name} vm=${vm} />`;
   else if (current === 'usage') panel = html`<${UsagePanel} name=${name} vm=${vm} />`;
   else if (current === 'shares') panel = html`<${SharesPanel} name=${name} vm=${vm} />`;
+  else if (current === 'snapshots') panel = html`<${SnapshotsPanel} name=${name} vm=${vm} />`;
   else if (details) panel = html`<${Overview} vm=${vm} d=${{ ...details, ...(row || {}) }} />`;
   else panel = loadError ? html`<p class="error">${loadError.message}</p>` : html`<p class="hint">Reading…</p>`;
 

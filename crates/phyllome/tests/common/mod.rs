@@ -30,6 +30,19 @@ impl TestVm {
 
     /// Removes the domain, its disk, the disk's secret and any journal entry, however far a create got.
     pub fn clean(&self) {
+        // Its snapshots (by the domain's UUID) and their memory keys.
+        let uuid = String::from_utf8_lossy(&virsh(&["domuuid", &self.0]).stdout).trim().to_string();
+        if !uuid.is_empty() {
+            let dir = format!("/var/lib/phyllome/snapshots/{uuid}");
+            let secrets = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
+            for line in secrets.lines().filter(|l| l.contains(&format!("{dir}/"))) {
+                if let Some(u) = line.split_whitespace().next() {
+                    virsh(&["secret-undefine", u]);
+                }
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending-snapshots/{uuid}.json"));
+        }
         virsh(&["destroy", &self.0]);
         virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
         virsh(&["vol-delete", &format!("{}.qcow2", self.0), "--pool", "phyllome"]);

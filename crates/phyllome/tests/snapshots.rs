@@ -1,0 +1,398 @@
+//! Whole-VM snapshots in the real libvirtd, with the test guest under TCG
+//! (OVMF from a qcow2 NVRAM, swtpm, a LUKS-encrypted disk):
+//! - a shut-off VM: disk marker, EFI variable and TPM NV index all come back
+//!   as they were at the snapshot, seen by the guest; the TPM state file is
+//!   byte-identical to the snapshot's;
+//! - a running VM (disk only): marker A written before, B after; A after revert;
+//!   a running VM is not reverted without --force;
+//! - --memory: a counter on the serial console goes on from the snapshot's value;
+//! - nothing in a snapshot is plaintext: no marker, no counter text, no key;
+//! - bad input, a full disk, an injected failure and a kill -9 leave the VM as
+//!   it was and no half snapshot.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const SNAPSHOTS: &str = "/var/lib/phyllome/snapshots";
+const PENDING: &str = "/var/lib/phyllome/pending-snapshots";
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// Exit code and the `--json` error's kind.
+fn refused(out: Output) -> (i32, String, String) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kind = serde_json::from_str::<serde_json::Value>(err.trim())
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (out.status.code().unwrap_or(-1), kind, err)
+}
+
+fn create(vm: &TestVm, action: &str, start: bool) {
+    let cmdline = format!("console=ttyS0 panic=-1 phyllome.test={action}");
+    let mut args = vec![
+        "create",
+        &vm.0,
+        "--os",
+        "linux",
+        "--kernel",
+        "/var/lib/phyllome/test-guest/vmlinuz",
+        "--initrd",
+        "/var/lib/phyllome/test-guest/initrd.img",
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "512M",
+        "--disk-size",
+        "4G",
+        "--network",
+        "none",
+    ];
+    if start {
+        args.push("--start");
+    }
+    ok(phyllome(&args));
+}
+
+fn uuid(vm: &TestVm) -> String {
+    virsh_ok(&["domuuid", &vm.0]).trim().to_string()
+}
+
+/// Boots the guest with `action` and returns its serial log once it powered off.
+fn boot(vm: &TestVm, action: &str, until: &str) -> String {
+    redefine_cmdline(&vm.0, &format!("phyllome.test={action}"));
+    ok(phyllome(&["start", &vm.0]));
+    let log = wait_for_serial(&vm.0, until, 240);
+    wait_state(&vm.0, "shut off", 120);
+    log
+}
+
+fn state_line(log: &str) -> String {
+    log.lines().find(|l| l.contains("PHYLLOME-STATE:")).map(|l| l.trim().to_string()).unwrap_or_else(|| panic!("{log}"))
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn tpm_state(uuid: &str) -> Vec<u8> {
+    std::fs::read(format!("/var/lib/libvirt/swtpm/{uuid}/tpm2/tpm2-00.permall")).unwrap()
+}
+
+/// Nothing half-made: no `.part` folder and no pending record for the VM.
+fn nothing_half_made(uuid: &str) {
+    let dir = Path::new(SNAPSHOTS).join(uuid);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let left: Vec<_> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".part"))
+            .collect();
+        assert!(left.is_empty(), "half snapshots left: {left:?}");
+    }
+    assert!(!Path::new(PENDING).join(format!("{uuid}.json")).exists(), "a pending record is left");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains("/run/phyllome/snapshot-memory/"), "a memory tmpfs is left mounted: {mounts}");
+}
+
+#[test]
+fn a_shut_off_snapshot_brings_back_disk_uefi_variables_and_tpm() {
+    require_libvirt();
+    let vm = TestVm::new("snap-off");
+    create(&vm, "state:one", true);
+    wait_for_serial(&vm.0, "PHYLLOME-STATE-WRITTEN", 240);
+    wait_state(&vm.0, "shut off", 120);
+    let first = state_line(&serial_log(&vm.0));
+    assert!(first.contains("marker=MISSING efivar=MISSING tpm=missing"), "{first}");
+    let id = uuid(&vm);
+    let tpm_then = tpm_state(&id);
+
+    let s = json(phyllome(&["snapshot", "create", &vm.0, "before", "--description", "after state one", "--json"]));
+    assert_eq!(
+        (s["name"].as_str(), s["state"].as_str(), s["memory"].as_bool()),
+        (Some("before"), Some("shut off"), Some(false))
+    );
+    assert_eq!(s["consistency"], "shut off");
+    let dir = Path::new(SNAPSHOTS).join(&id).join("before");
+    assert_eq!(std::fs::read(dir.join("tpm/tpm2-00.permall")).unwrap(), tpm_then, "the TPM copy differs");
+
+    // After the snapshot the guest changes all three.
+    let second = state_line(&boot(&vm, "state:two", "PHYLLOME-STATE-WRITTEN"));
+    assert!(second.contains("marker=one efivar=one tpm=present"), "{second}");
+    assert_ne!(tpm_state(&id), tpm_then, "the guest's TPM write changed nothing");
+
+    let r = json(phyllome(&["snapshot", "revert", &vm.0, "before", "--json"]));
+    assert_eq!((r["state"].as_str(), r["forced_off"].as_bool()), (Some("shut off"), Some(false)));
+    assert_eq!(tpm_state(&id), tpm_then, "the TPM state is not the snapshot's, byte for byte");
+    // Without the revert the guest would see marker=two efivar=two tpm=missing.
+    let third = state_line(&boot(&vm, "state:three", "PHYLLOME-STATE-WRITTEN"));
+    assert!(third.contains("marker=one efivar=one tpm=present"), "after revert: {third}");
+
+    // Encrypted at rest: the marker the guest wrote is nowhere in the snapshot's files.
+    for (path, data) in files_under(&dir) {
+        assert!(!contains(&data, b"PHYLLOME-MARKER:one"), "{} holds the disk marker in plaintext", path.display());
+    }
+    let list = json(phyllome(&["snapshot", "list", &vm.0, "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["current"], true);
+    assert!(list[0]["size_bytes"].as_u64().unwrap() > 0);
+    let info = json(phyllome(&["info", &vm.0, "--json"]));
+    assert_eq!(info["snapshots"], 1);
+
+    // Deleting the VM deletes its snapshots.
+    ok(phyllome(&["delete", &vm.0]));
+    assert!(!Path::new(SNAPSHOTS).join(&id).exists(), "the VM's snapshots outlived it");
+}
+
+#[test]
+fn a_running_vms_disk_snapshot_comes_back_without_what_was_written_after() {
+    require_libvirt();
+    let vm = TestVm::new("snap-run");
+    create(&vm, "marker-pair:alpha:beta", true);
+    wait_for_serial(&vm.0, "PHYLLOME-WROTE-A", 240);
+    let id = uuid(&vm);
+    let s = json(phyllome(&["snapshot", "create", &vm.0, "--json"]));
+    assert_eq!(s["name"], "snap1", "the default name");
+    assert_eq!((s["state"].as_str(), s["memory"].as_bool()), (Some("running"), Some(false)));
+    assert!(s["consistency"].as_str().unwrap().contains("crash-consistent"), "{s}");
+    assert_eq!(vm.state(), "running", "the VM did not run on");
+    nothing_half_made(&id);
+
+    // A running VM is not reverted without --force, and nothing changes.
+    let disk = volume_path(&vm.0);
+    let before = std::fs::metadata(&disk).unwrap();
+    let (code, kind, err) = refused(phyllome(&["snapshot", "revert", &vm.0, "snap1", "--json"]));
+    assert_eq!((code, kind.as_str()), (5, "conflict"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(vm.state(), "running");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&disk).unwrap().ino(), before.ino(), "the disk was replaced");
+
+    // Marker B after the snapshot (the power button tells the guest), then the revert.
+    virsh_ok(&["shutdown", &vm.0]);
+    wait_for_serial(&vm.0, "PHYLLOME-WROTE-B", 120);
+    wait_state(&vm.0, "shut off", 120);
+    ok(phyllome(&["snapshot", "revert", &vm.0, "snap1"]));
+    let log = boot(&vm, "read-marker", "PHYLLOME-MARKER");
+    assert!(log.contains("PHYLLOME-MARKER:alpha"), "{log}");
+    assert!(!log.contains("PHYLLOME-MARKER:beta"), "{log}");
+    for (path, data) in files_under(&Path::new(SNAPSHOTS).join(&id).join("snap1")) {
+        assert!(!contains(&data, b"PHYLLOME-MARKER:alpha"), "{} holds the marker in plaintext", path.display());
+    }
+}
+
+/// The last `PHYLLOME-COUNT: N` in a log.
+fn last_count(log: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| l.split("PHYLLOME-COUNT: ").nth(1)?.trim().parse().ok())
+}
+
+fn first_count(log: &str) -> Option<u64> {
+    log.lines().filter_map(|l| l.split("PHYLLOME-COUNT: ").nth(1)?.trim().parse().ok()).next()
+}
+
+fn wait_count(vm: &TestVm, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(n) = last_count(&serial_log(&vm.0)).filter(|n| *n >= at_least) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the counter never reached {at_least}: {}", serial_log(&vm.0));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_memory_snapshot_resumes_the_guest_where_it_was() {
+    require_libvirt();
+    let vm = TestVm::new("snap-mem");
+    create(&vm, "counter", true);
+    wait_count(&vm, 5);
+    let id = uuid(&vm);
+    let s = json(phyllome(&["snapshot", "create", &vm.0, "live", "--memory", "--json"]));
+    assert_eq!((s["memory"].as_bool(), s["state"].as_str()), (Some(true), Some("running")));
+    // The snapshot restored the VM: it counts on (the log restarted with the restore).
+    let at_snapshot = first_count(&serial_log(&vm.0)).unwrap_or(0);
+    assert_eq!(vm.state(), "running");
+    nothing_half_made(&id);
+    let later = wait_count(&vm, at_snapshot + 20);
+
+    let r = json(phyllome(&["snapshot", "revert", &vm.0, "live", "--force", "--json"]));
+    assert_eq!((r["state"].as_str(), r["forced_off"].as_bool()), (Some("running"), Some(true)));
+    let resumed = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(n) = first_count(&serial_log(&vm.0)) {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "no count after the revert: {}", serial_log(&vm.0));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // It goes on from the snapshot's value: no reboot (that would count from 1), not from where it was.
+    assert!(
+        resumed > 1 && resumed <= at_snapshot + 2 && resumed < later,
+        "snapshot {at_snapshot}, later {later}, resumed {resumed}"
+    );
+    let log = serial_log(&vm.0);
+    assert!(!log.contains("PHYLLOME-BOOT"), "the guest rebooted: {log}");
+    wait_count(&vm, resumed + 4);
+    nothing_half_made(&id);
+
+    // The memory state is encrypted: no console text, no key, in any file.
+    let dir = Path::new(SNAPSHOTS).join(&id).join("live");
+    let files = files_under(&dir);
+    assert!(files.iter().any(|(p, _)| p.ends_with("memory.age")));
+    let secret = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout)
+        .lines()
+        .find(|l| l.contains(&dir.display().to_string()))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .expect("the memory key's secret");
+    let key = ok(Command::new("virsh").args(["-c", URI, "secret-get-value", &secret]).output().unwrap());
+    let key = String::from_utf8_lossy(&base64_decode(key.trim())).into_owned();
+    assert!(key.starts_with("AGE-SECRET-KEY-1"), "not an age identity");
+    for (path, data) in &files {
+        assert!(!contains(data, b"PHYLLOME-COUNT"), "{} holds the guest's console text", path.display());
+        assert!(!contains(data, key.as_bytes()), "{} holds the memory key", path.display());
+    }
+    // Deleting the snapshot removes its key.
+    ok(phyllome(&["snapshot", "delete", &vm.0, "live"]));
+    assert!(!virsh(&["secret-dumpxml", &secret]).status.success(), "the memory key outlived its snapshot");
+    assert!(!dir.exists());
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut child = out.unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+#[test]
+fn bad_input_and_failures_leave_the_vm_as_it_was() {
+    require_libvirt();
+    let vm = TestVm::new("snap-bad");
+    create(&vm, "poweroff", false);
+    let id = uuid(&vm);
+    let missing = format!("{PREFIX}no-such-vm-{}", std::process::id());
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["snapshot", "create", &missing, "--json"], 4, "not-found"),
+        (vec!["snapshot", "revert", &vm.0, "nope", "--json"], 4, "not-found"),
+        (vec!["snapshot", "delete", &vm.0, "nope", "--json"], 4, "not-found"),
+        (vec!["snapshot", "create", &vm.0, "../x", "--json"], 3, "invalid-input"),
+        (vec!["snapshot", "create", &vm.0, "--memory", "--json"], 3, "invalid-input"),
+    ];
+    for (args, code, kind) in cases {
+        let (c, k, err) = refused(phyllome(&args));
+        assert_eq!((c, k.as_str()), (code, kind), "{args:?}: {err}");
+    }
+    ok(phyllome(&["snapshot", "create", &vm.0, "one"]));
+    let (c, k, err) = refused(phyllome(&["snapshot", "create", &vm.0, "one", "--json"]));
+    assert_eq!((c, k.as_str()), (5, "conflict"), "{err}");
+
+    // A failure at the last step, then an interrupted copy: no half snapshot, the VM unchanged.
+    let fail = Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .env("PHYLLOME_TEST_FAIL_AT", "finish")
+        .args(["snapshot", "create", &vm.0, "two"])
+        .output()
+        .unwrap();
+    assert!(!fail.status.success() && String::from_utf8_lossy(&fail.stderr).contains("injected failure"));
+    assert!(!Path::new(SNAPSHOTS).join(&id).join("two").exists());
+    nothing_half_made(&id);
+    assert_eq!(vm.state(), "shut off");
+
+    // A full disk: refused before anything is written (a 4 MiB tmpfs over the VM's snapshot folder).
+    let dir = Path::new(SNAPSHOTS).join(&id);
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&dir).status().unwrap();
+    assert!(mounted.success());
+    let (c, k, err) = refused(phyllome(&["snapshot", "create", &vm.0, "full", "--json"]));
+    let listing: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    Command::new("umount").arg(&dir).status().unwrap();
+    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert!(err.contains("not enough space"), "{err}");
+    assert!(listing.is_empty(), "a full disk left {listing:?}");
+    nothing_half_made(&id);
+
+    // A passed-through device: refused, with why.
+    let xml = virsh_ok(&["dumpxml", "--inactive", &vm.0]);
+    let hostdev = "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x1f' function='0x7'/></source></hostdev></devices>";
+    let file = std::env::temp_dir().join(format!("{}-hostdev.xml", vm.0));
+    std::fs::write(&file, xml.replace("</devices>", hostdev)).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let (c, k, err) = refused(phyllome(&["snapshot", "create", &vm.0, "pt", "--json"]));
+    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert!(err.contains("passed-through"), "{err}");
+    virsh_ok(&["define", &{
+        let f = std::env::temp_dir().join(format!("{}-plain.xml", vm.0));
+        std::fs::write(&f, &xml).unwrap();
+        f.to_string_lossy().into_owned()
+    }]);
+    let list = json(phyllome(&["snapshot", "list", &vm.0, "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
+    require_libvirt();
+    let vm = TestVm::new("snap-kill");
+    create(&vm, "counter", true);
+    wait_count(&vm, 3);
+    let id = uuid(&vm);
+    let secrets_before = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
+    // Held after the memory was saved (the VM is off, its RAM in the tmpfs), then killed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .env("PHYLLOME_TEST_PAUSE_AT", "memory")
+        .args(["snapshot", "create", &vm.0, "killed", "--memory"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while vm.state() != "shut off" {
+        assert!(Instant::now() < deadline, "the memory was never saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The next phyllome command finds the dead snapshot and puts the VM back.
+    ok(phyllome(&["snapshot", "list", &vm.0]));
+    assert_eq!(vm.state(), "running", "the VM was not restored");
+    let log = serial_log(&vm.0);
+    assert!(!log.contains("PHYLLOME-BOOT"), "it rebooted instead of resuming: {log}");
+    wait_count(&vm, first_count(&log).unwrap_or(0) + 3);
+    assert!(!Path::new(SNAPSHOTS).join(&id).join("killed").exists());
+    nothing_half_made(&id);
+    let secrets_after = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
+    assert_eq!(secrets_after, secrets_before, "the memory key of the dead snapshot is left");
+}
