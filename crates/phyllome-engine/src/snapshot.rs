@@ -483,7 +483,10 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
 /// Finishes what snapshot operations of dead processes left: the VM as it was,
 /// no half snapshot. Returns the VMs it acted on.
 pub fn recover(lv: &Libvirt) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(PENDING_DIR) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(PENDING_DIR) else {
+        sweep_memory_mounts();
+        return vec![];
+    };
     let mut done = vec![];
     for e in dir.flatten() {
         let path = e.path();
@@ -509,7 +512,23 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
         let _ = std::fs::remove_file(&path);
         done.push(p.vm);
     }
+    sweep_memory_mounts();
     done
+}
+
+/// Unmounts the memory tmpfs of any phyllome that is gone (its plaintext memory
+/// state goes with it), record or not.
+fn sweep_memory_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
+    for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        let Some(pid) = m.strip_prefix(&format!("{MEMORY_RUN}/")).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !phyllome_alive(pid) {
+            let _ = std::process::Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -587,6 +606,7 @@ pub fn count(uuid: &str) -> usize {
 }
 
 pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
+    recover(lv);
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let current = current_of(&uuid);
     Ok(records(&uuid).iter().map(|r| info_of(r, current.as_deref())).collect())

@@ -19,6 +19,14 @@ use std::time::{Duration, Instant};
 const SNAPSHOTS: &str = "/var/lib/phyllome/snapshots";
 const PENDING: &str = "/var/lib/phyllome/pending-snapshots";
 
+/// The two memory tests one at a time: the kill test leaves a dead phyllome's tmpfs
+/// mounted until its next command, which the other would see as left behind.
+static MEMORY_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn memory_test() -> std::sync::MutexGuard<'static, ()> {
+    MEMORY_TESTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -115,8 +123,13 @@ fn nothing_half_made(uuid: &str) {
         assert!(left.is_empty(), "half snapshots left: {left:?}");
     }
     assert!(!Path::new(PENDING).join(format!("{uuid}.json")).exists(), "a pending record is left");
+    // A memory tmpfs is named by the pid of the phyllome that mounted it: none of a finished one is left.
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains("/run/phyllome/snapshot-memory/"), "a memory tmpfs is left mounted: {mounts}");
+    for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        if let Some(pid) = m.strip_prefix("/run/phyllome/snapshot-memory/") {
+            assert!(Path::new("/proc").join(pid).exists(), "a memory tmpfs is left mounted: {m}");
+        }
+    }
 }
 
 #[test]
@@ -214,6 +227,18 @@ fn first_count(log: &str) -> Option<u64> {
     log.lines().filter_map(|l| l.split("PHYLLOME-COUNT: ").nth(1)?.trim().parse().ok()).next()
 }
 
+/// The first count of the current QEMU's log (libvirt rewrites it at each start, restores too).
+fn wait_first_count(vm: &TestVm) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(n) = first_count(&serial_log(&vm.0)) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "no count: {}", serial_log(&vm.0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn wait_count(vm: &TestVm, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -228,6 +253,7 @@ fn wait_count(vm: &TestVm, at_least: u64) -> u64 {
 #[test]
 fn a_memory_snapshot_resumes_the_guest_where_it_was() {
     require_libvirt();
+    let _one = memory_test();
     let vm = TestVm::new("snap-mem");
     create(&vm, "counter", true);
     wait_count(&vm, 5);
@@ -235,23 +261,14 @@ fn a_memory_snapshot_resumes_the_guest_where_it_was() {
     let s = json(phyllome(&["snapshot", "create", &vm.0, "live", "--memory", "--json"]));
     assert_eq!((s["memory"].as_bool(), s["state"].as_str()), (Some(true), Some("running")));
     // The snapshot restored the VM: it counts on (the log restarted with the restore).
-    let at_snapshot = first_count(&serial_log(&vm.0)).unwrap_or(0);
+    let at_snapshot = wait_first_count(&vm);
     assert_eq!(vm.state(), "running");
     nothing_half_made(&id);
     let later = wait_count(&vm, at_snapshot + 20);
 
     let r = json(phyllome(&["snapshot", "revert", &vm.0, "live", "--force", "--json"]));
     assert_eq!((r["state"].as_str(), r["forced_off"].as_bool()), (Some("running"), Some(true)));
-    let resumed = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(n) = first_count(&serial_log(&vm.0)) {
-                break n;
-            }
-            assert!(Instant::now() < deadline, "no count after the revert: {}", serial_log(&vm.0));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let resumed = wait_first_count(&vm);
     // It goes on from the snapshot's value: no reboot (that would count from 1), not from where it was.
     assert!(
         resumed > 1 && resumed <= at_snapshot + 2 && resumed < later,
@@ -364,6 +381,7 @@ fn bad_input_and_failures_leave_the_vm_as_it_was() {
 #[test]
 fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
     require_libvirt();
+    let _one = memory_test();
     let vm = TestVm::new("snap-kill");
     create(&vm, "counter", true);
     wait_count(&vm, 3);
@@ -390,7 +408,7 @@ fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
     assert_eq!(vm.state(), "running", "the VM was not restored");
     let log = serial_log(&vm.0);
     assert!(!log.contains("PHYLLOME-BOOT"), "it rebooted instead of resuming: {log}");
-    wait_count(&vm, first_count(&log).unwrap_or(0) + 3);
+    wait_count(&vm, wait_first_count(&vm) + 3);
     assert!(!Path::new(SNAPSHOTS).join(&id).join("killed").exists());
     nothing_half_made(&id);
     let secrets_after = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();

@@ -45,6 +45,8 @@ function dateText(secs) {
   return new Date(secs * 1000).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 }
 const isoDate = (secs) => (secs ? new Date(secs * 1000).toISOString() : '');
+// How consistent its disks are, when the state and memory columns do not say it already.
+const consistencyNote = (s) => (s.consistency && s.consistency !== s.state && s.consistency !== 'memory' ? s.consistency : '');
 
 function percentOf(done, total) {
   if (!total) return '';
@@ -113,7 +115,10 @@ export function SnapshotsPanel({ name, vm }) {
   const [reload, setReload] = useState(0);
   const [job, setJob] = useState(null);
   // { kind: 'ok' | 'error', op, text, notes? }
-  const [message, setMessage] = useState(null);
+  const [message, setMessageNow] = useState(null);
+  // Each message shown is numbered (data-seq): a new one is told from the last even when it reads the same.
+  const seq = useRef(0);
+  const setMessage = (m) => setMessageNow(m ? { ...m, seq: (seq.current += 1) } : null);
   const [snapName, setSnapName] = useState('');
   const [description, setDescription] = useState('');
   const [withMemory, setWithMemory] = useState(false);
@@ -171,7 +176,8 @@ export function SnapshotsPanel({ name, vm }) {
       setMessage({
         kind: 'ok',
         op: 'create',
-        text: `Took snapshot ${s.name} of ${name} (${bytes(s.size_bytes)}${s.memory ? ', with its memory' : ''}; ${s.consistency}).`,
+        text: `Took snapshot ${s.name} of ${name} (${bytes(s.size_bytes)}${s.memory ? ', with its memory' : ''}${
+          consistencyNote(s) ? `; ${consistencyNote(s)}` : ''}).`,
         notes,
       });
       setSnapName('');
@@ -241,7 +247,7 @@ export function SnapshotsPanel({ name, vm }) {
         <td class="name mono" data-field="name">${s.name}</td>
         <td class="num" data-field="created"><time datetime=${isoDate(s.created)} title=${isoDate(s.created)}>${dateText(s.created)}</time></td>
         <td data-field="state"><span class=${stateClass(s.state)}>${s.state}</span>
-          ${s.consistency ? html`<div class="snap-consistency">${s.consistency}</div>` : null}</td>
+          ${consistencyNote(s) ? html`<div class="snap-consistency">${consistencyNote(s)}</div>` : null}</td>
         <td data-field="memory">${s.memory ? 'yes' : 'no'}</td>
         <td class="num" data-field="size" title=${`${s.size_bytes} bytes`}>${bytes(s.size_bytes)}</td>
         <td class="mono" data-field="parent">${s.parent || '—'}</td>
@@ -267,7 +273,7 @@ export function SnapshotsPanel({ name, vm }) {
     ${job ? html`<${OpProgress} job=${job} />` : null}
     <p id="snapshot-message" data-testid="snapshot-message"
       class=${message ? (message.kind === 'error' ? 'error' : 'snap-ok') : 'error'}
-      data-kind=${message ? message.kind : ''} data-op=${message ? message.op : ''}
+      data-kind=${message ? message.kind : ''} data-op=${message ? message.op : ''} data-seq=${message ? message.seq : ''}
       role=${message && message.kind === 'error' ? 'alert' : 'status'}>${message ? message.text : ''}</p>
     ${message && message.notes && message.notes.length
       ? html`<ul class="snap-notes" id="snapshot-notes">${message.notes.map((n) => html`<li>${n}</li>`)}</ul>` : null}

@@ -201,7 +201,12 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             } else {
                 format!("removed {} and {} secret(s)", d.volumes.join(", "), d.secrets)
             };
-            progress(&format!("deleted {name} (domain, NVRAM, TPM state; {disk})"));
+            let snaps = match d.snapshots {
+                0 => String::new(),
+                1 => ", its snapshot".to_string(),
+                n => format!(", its {n} snapshots"),
+            };
+            progress(&format!("deleted {name} (domain, NVRAM, TPM state{snaps}; {disk})"));
             Ok(())
         }
         VmCommand::List { json } => list(&lv, json),

@@ -13,7 +13,9 @@
 // counts it running; pause and resume; stop with confirmation (Escape and Cancel keep it running);
 // a stopped VM's console, serial console and usage say "not running"; its
 // shared folders (virtiofs): /etc refused, a temporary folder shared read-only
-// and removed; delete with confirmation; installer media: upload an ISO of the test guest (built here
+// and removed; its snapshots: one taken (its progress shown, the buttons
+// disabled meanwhile), listed, refused under the same name (the server's words
+// shown), reverted to and deleted; delete with confirmation; installer media: upload an ISO of the test guest (built here
 // with scripts/build-test-iso.sh) on the Media page, watching its progress, and
 // see its SHA-256 and the OS read from it; create a VM from it leaving the OS
 // to the server's detection, and see it boot through the firmware to the
@@ -521,6 +523,124 @@ try {
     } finally {
       rmSync(shareDir, { recursive: true, force: true });
     }
+  });
+
+  await step("snapshots on the VM's page: take one (its progress shown), see it listed, a second of that name refused, revert, delete", async () => {
+    const snap = 'ui-snap';
+    const row = `[data-testid="snapshot-row-${snap}"]`;
+    const snapshotsApi = () => page.evaluate(async (n) => (await fetch(`/api/v1/vms/${encodeURIComponent(n)}/snapshots`)).json(), cfg.vm);
+    const message = () => page.$eval('[data-testid=snapshot-message]', (m) => ({ kind: m.dataset.kind, op: m.dataset.op, text: m.textContent.trim() }));
+    // The number of the message shown last (each new one has a higher one).
+    const lastSeq = () => page.$eval('[data-testid=snapshot-message]', (m) => Number(m.dataset.seq || 0));
+    // The message an operation started after message AFTER ends with (ok or error), once its progress is gone.
+    const outcome = async (after) => {
+      await page.waitForFunction((n) => {
+        const m = document.querySelector('[data-testid=snapshot-message]');
+        return m && Number(m.dataset.seq || 0) > n && !document.querySelector('#snapshot-progress');
+      }, after, { timeout: 120000 });
+      return message();
+    };
+    await page.click('[data-testid=snapshots-tab]');
+    await page.waitForSelector('#snapshots-empty');
+    assert((await snapshotsApi()).length === 0, `the VM has snapshots already: ${JSON.stringify(await snapshotsApi())}`);
+    assert((await page.getAttribute('#vm-state', 'data-state')) === 'shut off', 'the VM is not shut off');
+    assert(await page.isDisabled('[data-testid=snapshot-memory]'), '"with memory" is enabled while the VM is shut off');
+
+    // What the progress showed while the snapshot was taken, and whether the buttons were disabled meanwhile.
+    await page.evaluate(() => {
+      const seen = { shown: false, steps: [], bytes: false, enabledWhileBusy: false };
+      window.__phyllome_snapshot = seen;
+      const look = () => {
+        const p = document.querySelector('#snapshot-progress');
+        if (!p) return;
+        seen.shown = true;
+        if (p.dataset.step && seen.steps[seen.steps.length - 1] !== p.dataset.step) seen.steps.push(p.dataset.step);
+        if (p.dataset.total) seen.bytes = true;
+        if ([...document.querySelectorAll('#snapshots button')].some((b) => !b.disabled)) seen.enabledWhileBusy = true;
+      };
+      new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
+    await page.fill('[data-testid=snapshot-name]', snap);
+    await page.fill('[data-testid=snapshot-description]', 'made by the browser test');
+    const sent = page.waitForRequest((r) => r.url().endsWith('/snapshots') && r.method() === 'POST');
+    let before = await lastSeq();
+    await page.click('[data-testid=snapshot-submit]');
+    const request = await sent;
+    const body = JSON.parse(request.postData() || '{}');
+    assert(body.name === snap && body.description === 'made by the browser test' && !('memory' in body),
+      `the create request: ${JSON.stringify(body)}`);
+    assert((request.headers().accept || '').includes('text/event-stream'), 'the create did not ask for progress events');
+    const made = await outcome(before);
+    assert(made.kind === 'ok' && made.op === 'create', `the snapshot failed: ${made.text}`);
+    console.log(`  ${made.text}`);
+    const seen = await page.evaluate(() => window.__phyllome_snapshot);
+    console.log(`  progress: steps ${seen.steps.join(' ') || '(none rendered)'}${seen.bytes ? ', with a byte count' : ''}`);
+    assert(seen.shown, 'no progress showed while the snapshot was taken');
+    assert(!seen.enabledWhileBusy, 'a button was enabled while the snapshot was taken');
+
+    await page.waitForSelector(row);
+    const cells = await page.$eval(row, (r) => {
+      const f = (k) => r.querySelector(`[data-field=${k}]`).textContent.trim();
+      return {
+        current: r.dataset.current, state: r.querySelector('[data-field=state] .state').textContent.trim(), memory: f('memory'),
+        size: f('size'), parent: f('parent'), mark: f('current'), description: f('description'),
+        created: r.querySelector('[data-field=created] time').getAttribute('datetime'),
+      };
+    });
+    const listed = await snapshotsApi();
+    assert(listed.length === 1 && listed[0].name === snap && listed[0].current && !listed[0].memory,
+      `the API lists ${JSON.stringify(listed)}`);
+    assert(cells.state === 'shut off' && cells.memory === 'no' && cells.current === 'true' && cells.mark === 'current',
+      `the row shows ${JSON.stringify(cells)}`);
+    assert(/^[\d.]+ (B|KiB|MiB|GiB)$/.test(cells.size), `the size shows as ${JSON.stringify(cells.size)}`);
+    assert(cells.parent === '—' && cells.description === 'made by the browser test', `the row shows ${JSON.stringify(cells)}`);
+    assert(cells.created === new Date(listed[0].created * 1000).toISOString(), `the row's date is ${cells.created}, the API's ${listed[0].created}`);
+    assert((await page.inputValue('[data-testid=snapshot-name]')) === '', 'the form kept the name after the snapshot');
+    await shot('19-snapshots');
+
+    // The same name again: refused, the server's words shown as they are, nothing added.
+    await page.fill('[data-testid=snapshot-name]', snap);
+    before = await lastSeq();
+    await page.click('[data-testid=snapshot-submit]');
+    const refused = await outcome(before);
+    console.log(`  again: ${refused.text}`);
+    assert(refused.kind === 'error' && refused.text.includes(`already has a snapshot "${snap}"`), `the refusal reads ${JSON.stringify(refused)}`);
+    assert((await snapshotsApi()).length === 1, 'a second snapshot was added');
+    await page.fill('[data-testid=snapshot-name]', '');
+
+    // Revert: the question says what is lost; Cancel keeps the VM; then revert, not starting it.
+    await page.click(`[data-testid="snapshot-revert-${snap}"]`);
+    await page.waitForSelector('#snapshot-revert-dialog[open]');
+    const question = await text('#snapshot-revert-text');
+    assert(question.includes(snap) && question.includes('lost'), `the revert question reads ${JSON.stringify(question)}`);
+    assert(!(await page.$('[data-testid=snapshot-revert-force]')), 'a shut-off VM is offered to be powered off');
+    assert(await page.$('[data-testid=snapshot-revert-start]'), 'no "start afterwards" for a snapshot without memory');
+    await shot('20-snapshot-revert');
+    await page.click('#snapshot-revert-cancel');
+    await page.waitForSelector('#snapshot-revert-dialog', { state: 'detached' });
+    await page.click(`[data-testid="snapshot-revert-${snap}"]`);
+    await page.waitForSelector('#snapshot-revert-dialog[open]');
+    await page.setChecked('[data-testid=snapshot-revert-start]', false);
+    const revertSent = page.waitForRequest((r) => r.url().endsWith(`/snapshots/${snap}/revert`) && r.method() === 'POST');
+    before = await lastSeq();
+    await page.click('[data-testid=snapshot-revert-ok]');
+    const revertBody = JSON.parse((await revertSent).postData() || '{}');
+    assert(!revertBody.force && !revertBody.start, `the revert request: ${JSON.stringify(revertBody)}`);
+    const reverted = await outcome(before);
+    console.log(`  ${reverted.text}`);
+    assert(reverted.kind === 'ok' && reverted.op === 'revert' && reverted.text.includes('shut off'), `after the revert the message reads ${JSON.stringify(reverted)}`);
+    assert((await page.getAttribute('#vm-state', 'data-state')) === 'shut off', 'the revert started the VM');
+
+    await page.click(`[data-testid="snapshot-delete-${snap}"]`);
+    await page.waitForSelector('#confirm-dialog[open]');
+    assert((await text('#confirm-text')).includes(snap), `the confirmation does not name the snapshot: ${await text('#confirm-text')}`);
+    before = await lastSeq();
+    await page.click('#confirm-ok');
+    const deleted = await outcome(before);
+    assert(deleted.kind === 'ok' && deleted.op === 'delete', `the delete failed: ${deleted.text}`);
+    await page.waitForSelector(row, { state: 'detached', timeout: 15000 });
+    await page.waitForSelector('#snapshots-empty');
+    assert((await snapshotsApi()).length === 0, `the API still lists ${JSON.stringify(await snapshotsApi())}`);
   });
 
   await step('delete, with confirmation; cancelling keeps it', async () => {
