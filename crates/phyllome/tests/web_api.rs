@@ -580,3 +580,57 @@ fn schemathesis_finds_the_server_as_its_openapi_document_says() {
         text.lines().find_map(|l| l.trim().strip_prefix("Tested: ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
     assert!(tested >= 10, "schemathesis tested only {tested} operations:\n{text}");
 }
+
+#[test]
+fn snapshots_through_the_api() {
+    require_guest();
+    let server = Server::start(&[]);
+    let s = server.admin();
+    let vm = TestVm::new("web-snap");
+    let r = s.post("/api/v1/vms", Some(&guest_create_body(&vm.0, false)));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let base = format!("/api/v1/vms/{}/snapshots", vm.url_name());
+
+    let r = s.post(&base, Some(r#"{"name":"api1","description":"from the API"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!((r.json()["name"].as_str(), r.json()["state"].as_str()), (Some("api1"), Some("shut off")));
+    // The client's mistakes: a taken name, --memory of a stopped VM, a bad name, unknown fields.
+    for (body, status) in [
+        (r#"{"name":"api1"}"#, 409),
+        (r#"{"name":"x","memory":true}"#, 400),
+        (r#"{"name":"../etc"}"#, 400),
+        (r#"{"name":"y","disk":"vda"}"#, 400),
+    ] {
+        let r = s.post(&base, Some(body));
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.json()["error"].is_string());
+    }
+    let list = s.get(&base).json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!((list[0]["current"].as_bool(), list[0]["description"].as_str()), (Some(true), Some("from the API")));
+    let row = s.get("/api/v1/vms").json();
+    let row = row.as_array().unwrap().iter().find(|v| v["name"] == vm.0.as_str()).unwrap().clone();
+    assert_eq!(row["snapshots"], 1);
+
+    // A revert as an event stream: progress, then done.
+    let origin = format!("http://{}", server.addr);
+    let h = [
+        ("Cookie", s.cookie.as_str()),
+        ("X-CSRF-Token", s.csrf.as_str()),
+        ("Origin", origin.as_str()),
+        ("Content-Type", "application/json"),
+        ("Accept", "text/event-stream"),
+    ];
+    let r = http(&server.addr, "POST", &format!("{base}/api1/revert"), &h, Some("{}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("event: progress") && text.contains("event: done"), "{text}");
+    assert!(text.contains(r#""state":"shut off""#), "{text}");
+
+    // Unknown snapshots are 404; a delete removes it, a second is 404.
+    assert_eq!(s.post(&format!("{base}/nope/revert"), Some("{}")).status, 404);
+    let r = s.send("DELETE", &format!("{base}/api1"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.send("DELETE", &format!("{base}/api1"), None).status, 404);
+    assert!(s.get(&base).json().as_array().unwrap().is_empty());
+}
