@@ -79,6 +79,8 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "16-iso-vm-console",
         "17-create-from-iso",
         "18-shares",
+        "19-snapshots",
+        "20-snapshot-revert",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }

@@ -809,6 +809,12 @@ try {
     await page.waitForSelector('#confirm-dialog[open]');
     await page.click('#confirm-ok');
     await waitUntil('the VM to show shut off', 60, async () => (await rowState(isoVm)) === 'shut off');
+    // The row's buttons stay disabled until the kill request answers (it may after the list shows the VM off).
+    await waitUntil('the kill to answer (Delete enabled)', 60, () => page.evaluate((n) => {
+      const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
+      const b = tr && tr.querySelector('[data-action="delete"]');
+      return !!b && !b.disabled;
+    }, isoVm));
     await clickRowButton(isoVm, 'delete');
     await page.waitForSelector('#confirm-dialog[open]');
     await page.click('#confirm-ok');
