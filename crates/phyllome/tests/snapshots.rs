@@ -414,3 +414,69 @@ fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
     let secrets_after = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
     assert_eq!(secrets_after, secrets_before, "the memory key of the dead snapshot is left");
 }
+
+fn phyllome_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_passphrase_vm_is_snapshotted_stopped_and_no_snapshot_holds_its_key() {
+    require_libvirt();
+    let vm = TestVm::new("snap-pass");
+    let pass = format!("snapshot-pass-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let cmdline = "console=ttyS0 panic=-1 phyllome.test=counter";
+    ok(phyllome_stdin(
+        &[
+            "create",
+            &vm.0,
+            "--os",
+            "linux",
+            "--kernel",
+            "/var/lib/phyllome/test-guest/vmlinuz",
+            "--initrd",
+            "/var/lib/phyllome/test-guest/initrd.img",
+            "--cmdline",
+            cmdline,
+            "--memory",
+            "512M",
+            "--disk-size",
+            "4G",
+            "--network",
+            "none",
+            "--passphrase-prompt",
+        ],
+        &format!("{pass}\n{pass}\n"),
+    ));
+    let id = uuid(&vm);
+    ok(phyllome(&["snapshot", "create", &vm.0, "stopped"]));
+    for (path, data) in files_under(&Path::new(SNAPSHOTS).join(&id).join("stopped")) {
+        assert!(!contains(&data, pass.as_bytes()), "{} holds the disk passphrase", path.display());
+    }
+    // Running, its key lives nowhere Phyllome could encrypt a copy or a memory state with: refused, with why.
+    ok(phyllome_stdin(&["start", &vm.0], &format!("{pass}\n")));
+    wait_count(&vm, 2);
+    for args in [vec!["snapshot", "create", &vm.0, "--json"], vec!["snapshot", "create", &vm.0, "--memory", "--json"]] {
+        let (c, k, err) = refused(phyllome(&args));
+        assert_eq!((c, k.as_str()), (3, "invalid-input"), "{args:?}: {err}");
+        assert!(err.contains("passphrase"), "{err}");
+    }
+    assert_eq!(vm.state(), "running");
+    nothing_half_made(&id);
+    // A forced revert to the stopped snapshot, started again with the passphrase.
+    let r =
+        phyllome_stdin(&["snapshot", "revert", &vm.0, "stopped", "--force", "--start", "--json"], &format!("{pass}\n"));
+    let r: serde_json::Value = serde_json::from_str(&ok(r)).unwrap();
+    assert_eq!((r["state"].as_str(), r["forced_off"].as_bool()), (Some("running"), Some(true)));
+    let log = wait_for_serial(&vm.0, "PHYLLOME-COUNT: 1", 240);
+    assert!(log.contains("PHYLLOME-BOOT"), "a disk-only snapshot boots afresh: {log}");
+}
