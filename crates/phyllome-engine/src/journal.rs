@@ -61,6 +61,9 @@ pub struct Made {
     /// The copies of the direct-boot kernel and initrd.
     #[serde(default)]
     pub boot_files: Vec<FileId>,
+    /// A clone's source VM (UUID), started paused so QEMU re-encrypts its disk.
+    #[serde(default)]
+    pub paused_source: Option<String>,
 }
 
 pub fn boot_id() -> String {

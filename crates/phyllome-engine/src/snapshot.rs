@@ -616,7 +616,7 @@ pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
 // Copies.
 
 /// Copies `src` to a new file `dst` (0600), leaving runs of zeros as holes, then syncs it.
-fn copy_sparse(src: &Path, dst: &Path, report: Report<'_>, interrupted: &AtomicBool) -> Result<u64> {
+pub(crate) fn copy_sparse(src: &Path, dst: &Path, report: Report<'_>, interrupted: &AtomicBool) -> Result<u64> {
     let mut from = std::fs::File::open(src).map_err(|e| io(src, e))?;
     let total = from.metadata().map_err(|e| io(src, e))?.len();
     let mut to =
@@ -652,13 +652,13 @@ fn copy_sparse(src: &Path, dst: &Path, report: Report<'_>, interrupted: &AtomicB
 }
 
 /// Gives `path` the owner and mode of `like`.
-fn same_owner(path: &Path, like: &std::fs::Metadata) -> Result<()> {
+pub(crate) fn same_owner(path: &Path, like: &std::fs::Metadata) -> Result<()> {
     std::os::unix::fs::chown(path, Some(like.uid()), Some(like.gid())).map_err(|e| io(path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(like.mode() & 0o7777)).map_err(|e| io(path, e))
 }
 
 /// Copies the regular files of folder `src` (not libvirt's `.lock`) into new folder `dst`, owner and mode kept.
-fn copy_dir_files(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn copy_dir_files(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir(dst).map_err(|e| io(dst, e))?;
     let meta = std::fs::metadata(src).map_err(|e| io(src, e))?;
     for e in std::fs::read_dir(src).map_err(|e| io(src, e))?.flatten() {
@@ -673,7 +673,7 @@ fn copy_dir_files(src: &Path, dst: &Path) -> Result<()> {
     same_owner(dst, &meta)
 }
 
-fn tpm_dir(uuid: &str) -> PathBuf {
+pub(crate) fn tpm_dir(uuid: &str) -> PathBuf {
     Path::new(SWTPM_DIR).join(uuid).join("tpm2")
 }
 

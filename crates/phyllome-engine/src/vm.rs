@@ -297,7 +297,7 @@ pub(crate) fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
 }
 
 /// A random 256-bit key as 64 hex digits (printable, so it survives every layer as-is).
-fn random_key() -> std::io::Result<Vec<u8>> {
+pub(crate) fn random_key() -> std::io::Result<Vec<u8>> {
     let mut raw = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
     Ok(raw.iter().flat_map(|b| format!("{b:02x}").into_bytes()).collect())
@@ -400,8 +400,12 @@ pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<Option<String>> {
 /// inside the pool's own folder or libvirt's NVRAM folder. Nothing found by
 /// name alone is touched: a VM, volume or secret someone else made with the
 /// same name stays.
-fn rollback(lv: &Libvirt, e: &Entry) {
+pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
     let m = &e.made;
+    if let Some(uuid) = &m.paused_source {
+        // A clone's source, started paused to copy its disk: off again.
+        let _ = lv.destroy_paused_uuid(uuid);
+    }
     if let Some(uuid) = &m.domain_uuid {
         // Undefining with the NVRAM flag also removes the store libvirt (or we) made for it.
         let _ = lv.remove_domain_by_uuid(uuid);
@@ -685,7 +689,7 @@ pub fn summary(lv: &Libvirt, name: &str) -> Result<DomainSummary> {
     domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))
 }
 
-fn state(lv: &Libvirt, name: &str) -> Result<State> {
+pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
     lv.state(name).map_err(|e| if e.is_no_domain() { VmError::NoSuchVm(name.into()) } else { e.into() })
 }
 
@@ -908,6 +912,12 @@ fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&
     Ok(None)
 }
 
+/// Whether libvirt starts the VM when the host (libvirtd) starts.
+pub fn set_autostart(lv: &Libvirt, name: &str, on: bool) -> Result<()> {
+    state(lv, name)?;
+    Ok(lv.set_autostart(name, on)?)
+}
+
 /// Bytes as GiB, to a tenth (the sizes `list`, `info` and `volume list` show).
 pub fn gib_tenths(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 10.0).round() / 10.0
@@ -931,6 +941,8 @@ pub struct VmRow {
     pub state_reason: Option<&'static str>,
     /// How many snapshots it has (`phyllome snapshot list`).
     pub snapshots: usize,
+    /// libvirt starts it when the host boots (`phyllome autostart`).
+    pub autostart: bool,
 }
 
 pub fn state_name(s: State) -> &'static str {
@@ -967,6 +979,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         encrypted: s.encrypted(),
         disk_gib,
         snapshots: crate::snapshot::count(&s.uuid),
+        autostart: lv.autostart(&s.name).unwrap_or(false),
     })
 }
 
@@ -1092,6 +1105,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             disk_gib,
             state_reason,
             snapshots: crate::snapshot::count(&s.uuid),
+            autostart: d.autostart,
         });
     }
     Ok(rows)

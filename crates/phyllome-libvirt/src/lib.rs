@@ -92,6 +92,8 @@ pub struct Listed {
     pub state: State,
     /// Its live XML (the definition when it is shut off).
     pub xml: String,
+    /// libvirt starts it when libvirtd starts.
+    pub autostart: bool,
     dom: Domain,
 }
 
@@ -202,6 +204,34 @@ impl Libvirt {
         self.domain(name)?.create().map(|_| ()).map_err(|e| Error::new(format!("start {name}"), e))
     }
 
+    /// Starts a domain paused: QEMU holds its disks open (and their keys) but no guest code runs.
+    pub fn start_paused(&self, name: &str) -> Result<()> {
+        self.domain(name)?
+            .create_with_flags(sys::VIR_DOMAIN_START_PAUSED)
+            .map(|_| ())
+            .map_err(|e| Error::new(format!("start {name} paused"), e))
+    }
+
+    /// Powers off the domain with this UUID if it is paused (what [`Libvirt::start_paused`] left).
+    pub fn destroy_paused_uuid(&self, uuid: &str) -> Result<bool> {
+        let Ok(d) = self.conn.lookup_domain_by_uuid_string(uuid) else { return Ok(false) };
+        let (state, _) = d.state().map_err(|e| Error::new("domain state", e))?;
+        if state.to_raw() != sys::VIR_DOMAIN_PAUSED {
+            return Ok(false);
+        }
+        d.destroy().map_err(|e| Error::new("destroy", e))?;
+        Ok(true)
+    }
+
+    /// Whether libvirt starts the domain when libvirtd starts (the host boots).
+    pub fn autostart(&self, name: &str) -> Result<bool> {
+        self.domain(name)?.autostart().map_err(|e| Error::new(format!("autostart of {name}"), e))
+    }
+
+    pub fn set_autostart(&self, name: &str, on: bool) -> Result<()> {
+        self.domain(name)?.set_autostart(on).map(|_| ()).map_err(|e| Error::new(format!("set autostart of {name}"), e))
+    }
+
     /// Stops a domain at once (power cord).
     pub fn destroy(&self, name: &str) -> Result<()> {
         self.domain(name)?.destroy().map_err(|e| Error::new(format!("destroy {name}"), e))
@@ -289,8 +319,8 @@ impl Libvirt {
     }
 
     /// Names of all domains, running or not.
-    /// Every domain with its state and XML, in few round trips: three listings
-    /// (all, running, paused) give every state at once, then one XML call a
+    /// Every domain with its state and XML, in few round trips: four listings
+    /// (all, running, paused, autostart) give every state at once, then one XML call a
     /// domain. The handles stay, for [`Listed::capacity`].
     pub fn list_all(&self) -> Result<Vec<Listed>> {
         let list = |flags| self.conn.list_all_domains(flags).map_err(|e| Error::new("list domains", e));
@@ -300,6 +330,7 @@ impl Libvirt {
         let running = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_RUNNING)?);
         let paused = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_PAUSED)?);
         let active = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?);
+        let autostart = uuids(list(sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)?);
         let doms = list(0)?;
         let mut out: Vec<Listed> = fan_out(&doms, |dom| {
             let (Ok(name), Ok(uuid)) = (dom.name(), dom.uuid_string()) else { return None };
@@ -314,7 +345,7 @@ impl Libvirt {
             };
             // Undefined between the listing and now: left out.
             let xml = dom.xml_desc(0).ok()?;
-            Some(Listed { name, state, xml, dom: dom.clone() })
+            Some(Listed { name, state, xml, autostart: autostart.contains(&uuid), dom: dom.clone() })
         })
         .into_iter()
         .flatten()

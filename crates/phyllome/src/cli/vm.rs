@@ -47,6 +47,25 @@ pub enum VmCommand {
         #[arg(long)]
         keep_disk: bool,
     },
+    /// Copy a stopped VM: a new UUID and MAC, the disk re-encrypted under a key of its own, the NVRAM
+    /// copied, and a fresh TPM (a copied one would clone what the guest sealed in it).
+    Clone {
+        name: String,
+        new_name: String,
+        /// Copy the TPM state too (BitLocker and other sealed secrets then work in both VMs).
+        #[arg(long)]
+        keep_tpm: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a VM when the host boots (libvirt's autostart): on or off.
+    Autostart {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List VMs.
     List {
         #[arg(long)]
@@ -192,6 +211,38 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             progress(&format!("{name} running again"));
             Ok(())
         }
+        VmCommand::Clone { name, new_name, keep_tpm, json } => {
+            let steps = Steps::new(&format!("clone {name} as {new_name}"));
+            let bytes = |p: Progress<'_>| match p {
+                Progress::Bytes { done, total } if total > 0 => steps.0.set_message(format!(
+                    "disk {} / {}",
+                    super::stats::human(done as f64),
+                    super::stats::human(total as f64)
+                )),
+                other => steps.report(other),
+            };
+            let c = phyllome_engine::clone::clone(&lv, &name, &new_name, keep_tpm, &bytes)?;
+            drop(steps);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                let tpm = if c.kept_tpm { "the TPM state copied" } else { "a fresh TPM" };
+                progress(&format!("cloned {name} as {new_name} (its own disk key, NVRAM copied, {tpm})"));
+            }
+            Ok(())
+        }
+        VmCommand::Autostart { name, state, json } => {
+            let on = state == "on";
+            vm::set_autostart(&lv, &name, on)?;
+            if json {
+                println!("{}", serde_json::json!({ "name": name, "autostart": on }));
+            } else if on {
+                progress(&format!("{name} starts when the host boots (libvirt's autostart)"));
+            } else {
+                progress(&format!("{name} no longer starts when the host boots"));
+            }
+            Ok(())
+        }
         VmCommand::Delete { name, keep_disk } => {
             let d = vm::delete(&lv, &name, keep_disk)?;
             let disk = if d.kept_disk {
@@ -278,12 +329,12 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
     let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
     let sw = states.iter().map(|s| s.len()).max().unwrap_or(8).max(8);
     println!(
-        "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  SNAPSHOTS",
-        "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK", "ENCRYPTED"
+        "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  AUTOSTART",
+        "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK", "ENCRYPTED", "SNAPSHOTS"
     );
     for ((r, name), state) in rows.iter().zip(&names).zip(&states) {
         println!(
-            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {}",
+            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  {}",
             name,
             r.os.as_deref().unwrap_or("-"),
             state,
@@ -291,7 +342,8 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
             human_mib(r.memory_mib),
             r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or_else(|| "-".into()),
             if r.encrypted { "yes" } else { "no" },
-            r.snapshots
+            r.snapshots,
+            if r.autostart { "on" } else { "off" }
         );
     }
     Ok(())
@@ -324,6 +376,7 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
     }
     println!("display:    {}", d.display.as_deref().unwrap_or("- (not running)"));
     println!("snapshots:  {}", d.row.snapshots);
+    println!("autostart:  {}", if d.row.autostart { "on (starts when the host boots)" } else { "off" });
     Ok(())
 }
 

@@ -1,0 +1,301 @@
+//! `phyllome clone VM NEW`: a full copy of a stopped VM on this host, under a
+//! key of its own.
+//!
+//! - The disk is re-encrypted, never copied as ciphertext: two VMs never share a
+//!   key. Phyllome cannot read a disk's key (a private libvirt secret), so QEMU
+//!   does it: the source is started paused (no guest code runs), and libvirt's
+//!   push backup copies its disk into the clone's volume, LUKS-encrypted with the
+//!   clone's new random key; then the source is powered off again.
+//! - A fresh UUID and MAC addresses (libvirt makes them), the NVRAM copied (the
+//!   guest's boot entries and secure-boot keys), and a fresh TPM unless
+//!   `keep_tpm`: a copied TPM clones everything the guest sealed in it (BitLocker
+//!   keys, credentials), so two machines would hold the same secrets.
+//! - All or nothing, with create's journal: the new name is claimed first, every
+//!   object is recorded by identity as it is made, and a failure, Ctrl-C or
+//!   kill -9 removes exactly those (and powers the paused source off).
+
+use crate::journal::{Entry, FileId, Journal};
+use crate::progress::{note, Progress, Report};
+use crate::snapshot::{backup_xml, copy_sparse, same_owner};
+use crate::vm::{self, Result, VmError};
+use phyllome_libvirt::{Libvirt, State};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Cloned {
+    pub name: String,
+    pub from: String,
+    pub uuid: String,
+    /// The TPM state was copied (`--keep-tpm`).
+    pub kept_tpm: bool,
+}
+
+/// The clone's definition: the source's with the new name, no UUID and no MAC
+/// addresses (libvirt makes new ones), and its own disk, key, NVRAM, boot files and logs.
+pub fn clone_xml(
+    xml: &str,
+    from: &str,
+    to: &str,
+    disk: (&str, &str),
+    new_disk: (&str, &str),
+    nvram: Option<(&str, &str)>,
+) -> String {
+    let mut out = String::with_capacity(xml.len());
+    for line in xml.lines() {
+        let t = line.trim_start();
+        if t.starts_with("<uuid>") || t.starts_with("<mac address=") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut out = out.replacen(&format!("<name>{from}</name>"), &format!("<name>{to}</name>"), 1);
+    // The main disk: its volume and its key's usage (the volume's path).
+    out = out.replace(&format!("volume='{}'", disk.0), &format!("volume='{}'", new_disk.0));
+    out = out.replace(&format!("usage='{}'", disk.1), &format!("usage='{}'", new_disk.1));
+    if let Some((old, new)) = nvram {
+        out = out.replace(&format!(">{old}</nvram>"), &format!(">{new}</nvram>"));
+    }
+    out = out.replace(&format!("{}/{from}/", crate::BOOT_DIR), &format!("{}/{to}/", crate::BOOT_DIR));
+    out.replace(&format!("/var/log/libvirt/qemu/{from}-"), &format!("/var/log/libvirt/qemu/{to}-"))
+}
+
+/// Clones the stopped VM `from` as `to`.
+pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
+    vm::recover(lv);
+    phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
+    if vm::state(lv, from)? != State::Shutoff {
+        return Err(VmError::Running(from.into()));
+    }
+    let xml = lv.inactive_xml(from)?;
+    let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
+    let shape = crate::snapshot::shape(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
+    if !shape.hostdevs.is_empty() {
+        return Err(VmError::Disk(format!(
+            "{from} has a passed-through device ({}): two VMs cannot own one device; detach it first",
+            shape.hostdevs.join(", ")
+        )));
+    }
+    if s.encryption.as_deref() == Some("prompt") {
+        return Err(VmError::Disk(format!(
+            "{from}'s disk key is a typed passphrase: cloning it is not supported yet (start it, and copy what you need)"
+        )));
+    }
+    let disks: Vec<_> = s.disks.iter().filter(|d| d.device == "disk").collect();
+    let [d] = disks.as_slice() else {
+        return Err(VmError::Disk(format!("{from} has {} disks: a clone copies VMs with one", disks.len())));
+    };
+    let (Some(pool), Some(volume)) = (d.pool.clone(), d.volume.clone()) else {
+        return Err(VmError::Disk(format!("{from}'s disk is not a pool volume")));
+    };
+    let src_path = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?.path;
+    let pool_dir = lv.pool_path(&pool)?.ok_or_else(|| VmError::NoPool(pool.clone()))?;
+    let new_volume = format!("{to}.qcow2");
+    let new_path = format!("{pool_dir}/{new_volume}");
+    let nvram = s.nvram.as_ref().map(|n| {
+        let ext = if n.format == "qcow2" { "qcow2" } else { "fd" };
+        (n.path.clone(), format!("{}/{to}_VARS.{ext}", phyllome_model::domain::NVRAM_DIR))
+    });
+
+    let mut entry = Entry::new(to, &pool, &new_volume, &new_path);
+    let journal = Journal::open();
+    progress(Progress::Step { step: "claim" });
+    journal.begin(&entry)?;
+    let check = || -> Result<()> {
+        if lv.exists(to)? {
+            return Err(VmError::NameBusy(to.into()));
+        }
+        if lv.volume_info(&pool, &new_volume)?.is_some() || Path::new(&new_path).exists() {
+            return Err(VmError::VolumeExists { pool: pool.clone(), volume: new_volume.clone() });
+        }
+        if lv.volume_secret(&new_path)?.is_some() {
+            return Err(VmError::SecretExists(new_path.clone()));
+        }
+        Ok(())
+    };
+    if let Err(e) = check() {
+        journal.finish(to);
+        return Err(e);
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
+        .collect();
+    let at = |st: &'static str| {
+        progress(Progress::Step { step: st });
+        vm::step(st, &interrupted)
+    };
+    let result = (|| -> Result<Cloned> {
+        at("disk")?;
+        if d.luks_secret.is_some() {
+            let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+            let secret =
+                lv.define_volume_secret(&new_path, &format!("phyllome: disk passphrase of VM {to}"), false, &key)?;
+            entry.made.secret_uuid = Some(secret.clone());
+            journal.record(&entry)?;
+            note(progress, &format!("re-encrypting {from}'s disk under a new key (QEMU copies it with {from} paused)"));
+            entry.made.paused_source = Some(s.uuid.clone());
+            journal.record(&entry)?;
+            lv.start_paused(from)?;
+            let copied = (|| -> Result<()> {
+                lv.backup_begin(from, &backup_xml(&[(d.target.clone(), new_path.clone(), Some(secret))], &[]))?;
+                entry.made.volume_file = FileId::of(&new_path).ok();
+                journal.record(&entry)?;
+                loop {
+                    if interrupted.load(Ordering::Relaxed) {
+                        let _ = lv.abort_job(from);
+                        return Err(VmError::Interrupted);
+                    }
+                    let j = lv.job(from)?;
+                    if !j.active {
+                        if j.completed {
+                            return Ok(());
+                        }
+                        return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())));
+                    }
+                    progress(Progress::Bytes { done: j.processed, total: j.total });
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })();
+            let _ = lv.destroy_paused_uuid(&s.uuid);
+            entry.made.paused_source = None;
+            journal.record(&entry)?;
+            copied?;
+            entry.made.volume_file = Some(FileId::of(&new_path).map_err(|e| VmError::Disk(e.to_string()))?);
+            journal.record(&entry)?;
+        } else {
+            copy_sparse(Path::new(&src_path), Path::new(&new_path), progress, &interrupted).map_err(snap_err)?;
+            entry.made.volume_file = Some(FileId::of(&new_path).map_err(|e| VmError::Disk(e.to_string()))?);
+            journal.record(&entry)?;
+        }
+        let like = std::fs::metadata(&src_path).map_err(|e| VmError::Disk(format!("{src_path}: {e}")))?;
+        same_owner(Path::new(&new_path), &like).map_err(snap_err)?;
+        lv.refresh_pool(&pool)?;
+
+        at("boot-files")?;
+        let src_boot = Path::new(crate::BOOT_DIR).join(from);
+        if src_boot.is_dir() && s.boot_files.iter().any(|f| Path::new(f).starts_with(&src_boot)) {
+            let dst_boot = Path::new(crate::BOOT_DIR).join(to);
+            std::fs::create_dir_all(&dst_boot).map_err(|e| VmError::Disk(format!("{}: {e}", dst_boot.display())))?;
+            for f in &s.boot_files {
+                let f = Path::new(f);
+                let (Ok(rest), Some(name)) = (f.strip_prefix(&src_boot), f.file_name()) else { continue };
+                let _ = rest;
+                let dst = dst_boot.join(name);
+                copy_sparse(f, &dst, &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                entry
+                    .made
+                    .boot_files
+                    .push(FileId::of(&dst.to_string_lossy()).map_err(|e| VmError::Disk(e.to_string()))?);
+                journal.record(&entry)?;
+                std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                    .map_err(|e| VmError::Disk(e.to_string()))?;
+            }
+        }
+
+        at("nvram")?;
+        if let Some((old, new)) = &nvram {
+            if Path::new(old).exists() {
+                copy_sparse(Path::new(old), Path::new(new), &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                entry.made.nvram_file = Some(FileId::of(new).map_err(|e| VmError::Disk(e.to_string()))?);
+                journal.record(&entry)?;
+                let like = std::fs::metadata(old).map_err(|e| VmError::Nvram(e.to_string()))?;
+                same_owner(Path::new(new), &like).map_err(snap_err)?;
+            }
+        }
+
+        at("define")?;
+        let new_xml = clone_xml(
+            &xml,
+            from,
+            to,
+            (&volume, &src_path),
+            (&new_volume, &new_path),
+            nvram.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        );
+        let uuid = lv.define(&new_xml)?;
+        entry.made.domain_uuid = Some(uuid.clone());
+        journal.record(&entry)?;
+
+        let mut kept_tpm = false;
+        if keep_tpm {
+            at("tpm")?;
+            let src_tpm = crate::snapshot::tpm_dir(&s.uuid);
+            if src_tpm.is_dir() {
+                let dst = crate::snapshot::tpm_dir(&uuid);
+                let parent = dst.parent().expect("under the swtpm folder");
+                std::fs::create_dir_all(parent).map_err(|e| VmError::Disk(format!("{}: {e}", parent.display())))?;
+                crate::snapshot::copy_dir_files(&src_tpm, &dst).map_err(snap_err)?;
+                kept_tpm = true;
+            }
+        }
+        at("finish")?;
+        Ok(Cloned { name: to.into(), from: from.into(), uuid, kept_tpm })
+    })();
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    match result {
+        Ok(c) => {
+            journal.finish(to);
+            Ok(c)
+        }
+        Err(e) => {
+            note(progress, "failed: removing what this command made");
+            vm::rollback(lv, &entry);
+            journal.finish(to);
+            Err(e)
+        }
+    }
+}
+
+fn snap_err(e: crate::snapshot::SnapshotError) -> VmError {
+    match e {
+        crate::snapshot::SnapshotError::Vm(v) => v,
+        other => VmError::Disk(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clone_gets_its_own_name_disk_key_nvram_boot_files_and_logs_and_no_uuid_or_mac() {
+        let xml = "<domain type='qemu'>\n  <name>a</name>\n  <uuid>1111</uuid>\n  <os>\n    \
+            <kernel>/var/lib/phyllome/boot/a/vmlinuz</kernel>\n    \
+            <nvram format='qcow2'>/var/lib/libvirt/qemu/nvram/a_VARS.qcow2</nvram>\n  </os>\n  <devices>\n    \
+            <disk type='volume' device='disk'>\n      <source pool='phyllome' volume='a.qcow2'>\n        \
+            <encryption format='luks'>\n          <secret type='passphrase' usage='/p/a.qcow2'/>\n        </encryption>\n      \
+            </source>\n    </disk>\n    <interface type='user'>\n      <mac address='52:54:00:aa:bb:cc'/>\n    </interface>\n    \
+            <serial type='pty'>\n      <log file='/var/log/libvirt/qemu/a-serial.log' append='off'/>\n    </serial>\n  \
+            </devices>\n</domain>\n";
+        let out = clone_xml(
+            xml,
+            "a",
+            "b",
+            ("a.qcow2", "/p/a.qcow2"),
+            ("b.qcow2", "/p/b.qcow2"),
+            Some(("/var/lib/libvirt/qemu/nvram/a_VARS.qcow2", "/var/lib/libvirt/qemu/nvram/b_VARS.qcow2")),
+        );
+        for want in [
+            "<name>b</name>",
+            "volume='b.qcow2'",
+            "usage='/p/b.qcow2'",
+            ">/var/lib/libvirt/qemu/nvram/b_VARS.qcow2</nvram>",
+            "/var/lib/phyllome/boot/b/vmlinuz",
+            "/var/log/libvirt/qemu/b-serial.log",
+        ] {
+            assert!(out.contains(want), "{want} missing in {out}");
+        }
+        for gone in ["<uuid>", "<mac ", "a.qcow2", "a_VARS", "/boot/a/", "a-serial"] {
+            assert!(!out.contains(gone), "{gone} left in {out}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `phyllome clone` and `phyllome autostart` in the real libvirtd: the clone
+//! boots and reads the original's marker, its disk is encrypted under another
+//! key (the same plaintext sector is other ciphertext), it has its own UUID, a
+//! fresh TPM unless --keep-tpm, and outlives the original.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Output;
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// The 512 bytes a qcow2 image stores for guest sector 0 (header → L1 → L2 → data cluster).
+fn stored_sector0(path: &str) -> Vec<u8> {
+    let f = std::fs::read(path).unwrap();
+    let be64 = |at: usize| u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
+    let mask = 0x00ff_ffff_ffff_fe00u64;
+    let l2 = (be64(be64(40) as usize) & mask) as usize;
+    let data = (be64(l2) & mask) as usize;
+    assert!(l2 != 0 && data != 0, "{path}: guest sector 0 is not allocated");
+    f[data..data + 512].to_vec()
+}
+
+fn boot_read_marker(name: &str) -> String {
+    redefine_cmdline(name, "phyllome.test=read-marker");
+    ok(phyllome(&["start", name]));
+    let log = wait_for_serial(name, "PHYLLOME-MARKER", 240);
+    wait_state(name, "shut off", 120);
+    log
+}
+
+#[test]
+fn a_clone_boots_the_originals_data_under_its_own_key_and_outlives_it() {
+    require_libvirt();
+    let src = TestVm::new("clone-src");
+    let dst = TestVm::new("clone-dst");
+    let kept = TestVm::new("clone-tpm");
+    ok(phyllome(&[
+        "create",
+        &src.0,
+        "--os",
+        "linux",
+        "--kernel",
+        "/var/lib/phyllome/test-guest/vmlinuz",
+        "--initrd",
+        "/var/lib/phyllome/test-guest/initrd.img",
+        "--cmdline",
+        "console=ttyS0 panic=-1 phyllome.test=state:cloned",
+        "--memory",
+        "512M",
+        "--disk-size",
+        "4G",
+        "--network",
+        "none",
+        "--start",
+    ]));
+    wait_for_serial(&src.0, "PHYLLOME-STATE-WRITTEN", 240);
+    wait_state(&src.0, "shut off", 120);
+    let src_uuid = virsh_ok(&["domuuid", &src.0]).trim().to_string();
+
+    ok(phyllome(&["autostart", &src.0, "on"]));
+    let c = json(phyllome(&["clone", &src.0, &dst.0, "--json"]));
+    assert_eq!((c["from"].as_str(), c["kept_tpm"].as_bool()), (Some(src.0.as_str()), Some(false)));
+    assert_ne!(c["uuid"].as_str().unwrap(), src_uuid);
+    assert_eq!(src.state(), "shut off", "the source was left running");
+    // Autostart is the source's own: the clone does not start with the host unless asked.
+    let list = json(phyllome(&["list", "--json"]));
+    let row = |n: &str| list.as_array().unwrap().iter().find(|r| r["name"] == n).cloned().unwrap();
+    assert_eq!((row(&src.0)["autostart"].as_bool(), row(&dst.0)["autostart"].as_bool()), (Some(true), Some(false)));
+    assert!(virsh_ok(&["dominfo", &src.0]).contains("Autostart:      enable"));
+    ok(phyllome(&["autostart", &src.0, "off"]));
+    assert!(virsh_ok(&["dominfo", &src.0]).contains("Autostart:      disable"));
+
+    // Same plaintext, other ciphertext: the two disks do not share a key.
+    let (a, b) = (stored_sector0(&volume_path(&src.0)), stored_sector0(&volume_path(&dst.0)));
+    assert!(a.iter().any(|x| *x != 0) && b.iter().any(|x| *x != 0));
+    assert_ne!(a, b, "the clone's disk holds the same ciphertext: the same key");
+    assert!(!String::from_utf8_lossy(&std::fs::read(volume_path(&dst.0)).unwrap()).contains("PHYLLOME-MARKER"));
+    // The NVRAM (the guest's EFI variable) came along, the TPM did not.
+    let dst_uuid = c["uuid"].as_str().unwrap();
+    assert!(!Path::new(&format!("/var/lib/libvirt/swtpm/{dst_uuid}/tpm2/tpm2-00.permall")).exists());
+
+    redefine_cmdline(&dst.0, "phyllome.test=state:again");
+    ok(phyllome(&["start", &dst.0]));
+    let log = wait_for_serial(&dst.0, "PHYLLOME-STATE-WRITTEN", 240);
+    wait_state(&dst.0, "shut off", 120);
+    assert!(log.contains("marker=cloned efivar=cloned tpm=missing"), "{log}");
+
+    // --keep-tpm copies the TPM state byte for byte.
+    let k = json(phyllome(&["clone", &src.0, &kept.0, "--keep-tpm", "--json"]));
+    assert_eq!(k["kept_tpm"], true);
+    let tpm = |u: &str| std::fs::read(format!("/var/lib/libvirt/swtpm/{u}/tpm2/tpm2-00.permall")).unwrap();
+    assert_eq!(tpm(k["uuid"].as_str().unwrap()), tpm(&src_uuid));
+
+    // Refusals: a taken name, an unknown VM, a bad name; nothing made.
+    for (args, code) in [
+        (vec!["clone", src.0.as_str(), dst.0.as_str()], 5),
+        (vec!["clone", "phyllome-test-no-such-vm", "phyllome-test-x"], 4),
+        (vec!["clone", src.0.as_str(), "bad/name"], 3),
+    ] {
+        let out = phyllome(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Deleting the original leaves the clone whole (its disk has what its own boot wrote).
+    ok(phyllome(&["delete", &src.0]));
+    let log = boot_read_marker(&dst.0);
+    assert!(log.contains("PHYLLOME-MARKER:again"), "{log}");
+}
+
+#[test]
+fn a_failed_clone_leaves_nothing_and_the_source_off() {
+    require_libvirt();
+    let src = TestVm::new("clone-fail-src");
+    let dst = TestVm::new("clone-fail-dst");
+    ok(phyllome(&[
+        "create",
+        &src.0,
+        "--os",
+        "linux",
+        "--kernel",
+        "/var/lib/phyllome/test-guest/vmlinuz",
+        "--initrd",
+        "/var/lib/phyllome/test-guest/initrd.img",
+        "--cmdline",
+        "console=ttyS0 panic=-1",
+        "--memory",
+        "512M",
+        "--disk-size",
+        "4G",
+        "--network",
+        "none",
+    ]));
+    let secrets = || String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
+    for step in ["nvram", "define", "finish"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .env("PHYLLOME_TEST_FAIL_AT", step)
+            .args(["clone", &src.0, &dst.0])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{step}");
+        assert!(!dst.exists(), "{step}: the clone's domain is left");
+        assert!(!Path::new(&volume_path(&dst.0)).exists(), "{step}: the clone's disk is left");
+        assert!(!secrets().contains(&volume_path(&dst.0)), "{step}: the clone's key is left");
+        assert!(!Path::new(&format!("/var/lib/libvirt/qemu/nvram/{}_VARS.qcow2", dst.0)).exists(), "{step}");
+        assert!(!Path::new(&format!("/var/lib/phyllome/boot/{}", dst.0)).exists(), "{step}: boot files left");
+        assert_eq!(src.state(), "shut off", "{step}: the source was left running");
+    }
+    ok(phyllome(&["clone", &src.0, &dst.0]));
+    assert!(dst.exists());
+}
