@@ -895,12 +895,14 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             report(Progress::Step { step: "nvram-tpm" });
             copy_small(&record)?;
             op.step("memory")?;
-            report(Progress::Step { step: "memory" });
-            let secret = encrypt_memory(lv, &mut op, &file, &part, vm_name, &name, report)?;
-            record.memory_secret = Some(secret);
+            // The VM runs again before its saved state is encrypted: it is stopped only for the copies.
             report(Progress::Step { step: "restore" });
             lv.restore(&file, state == State::Paused)?;
             op.p.saved = None;
+            op.save()?;
+            report(Progress::Step { step: "memory" });
+            let secret = encrypt_memory(lv, &mut op, &file, &part, vm_name, &name, report)?;
+            record.memory_secret = Some(secret);
             drop_memory_mount(&mut op.p);
             op.save()?;
             record.consistency = "memory".into();
