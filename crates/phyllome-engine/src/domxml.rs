@@ -35,6 +35,8 @@ pub struct DomainSummary {
     /// `secret`, `prompt` or `none` (Phyllome's metadata).
     pub encryption: Option<String>,
     pub created_by: Option<String>,
+    /// The sizes the user gave at create (`<phyllome:asked>`); None for VMs made before Phyllome recorded them.
+    pub asked: Option<phyllome_model::domain::Asked>,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<DiskSummary>,
@@ -111,6 +113,15 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
         s.os = get("os");
         s.encryption = get("encryption");
         s.created_by = get("version");
+        if let Some(a) =
+            ours.children().find(|c| c.tag_name().name() == "asked" && c.tag_name().namespace() == Some(METADATA_NS))
+        {
+            s.asked = Some(phyllome_model::domain::Asked {
+                cpus: a.attribute("cpus").and_then(|c| c.parse().ok()),
+                memory: a.attribute("memory").map(str::to_string),
+                disk_size: a.attribute("disk").map(str::to_string),
+            });
+        }
     }
     if let Some(os) = child(root, "os") {
         s.boot_files = ["kernel", "initrd"].iter().filter_map(|k| text(os, k)).filter(|p| !p.is_empty()).collect();

@@ -132,6 +132,8 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
             I::Libvirt(l) => libvirt(l),
             I::Io(..) => ErrorKind::Failed,
         }
+    } else if e.downcast_ref::<crate::manifest::ManifestError>().is_some() {
+        ErrorKind::InvalidInput
     } else if let Some(e) = e.downcast_ref::<crate::snapshot::SnapshotError>() {
         e.kind()
     } else if let Some(e) = e.downcast_ref::<BuildError>() {

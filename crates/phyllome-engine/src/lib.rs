@@ -9,6 +9,7 @@ pub mod image;
 pub mod iso;
 pub mod isodir;
 pub mod journal;
+pub mod manifest;
 pub mod media;
 pub mod progress;
 pub mod request;

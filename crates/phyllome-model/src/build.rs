@@ -262,6 +262,11 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
             version: req.version.clone(),
             osinfo: p.osinfo.map(str::to_string),
             encryption: req.disk.as_ref().map_or(Encryption::None, |d| d.encryption).as_str().to_string(),
+            asked: crate::domain::Asked {
+                cpus: req.cpus,
+                memory: req.memory.clone(),
+                disk_size: req.disk_size.clone(),
+            },
         },
         memory_mib,
         vcpus,

@@ -245,6 +245,17 @@ pub struct Metadata {
     pub osinfo: Option<String>,
     /// `secret`, `prompt` or `none`: how the main disk is encrypted.
     pub encryption: String,
+    /// What the user asked for, as given (`4`, `8G`, `64G`), not what the host made of it:
+    /// what a manifest of the VM says, so another host sizes it anew only where the user let it.
+    pub asked: Asked,
+}
+
+/// The sizes a user gave when the VM was made (none: the host decided).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    pub cpus: Option<u32>,
+    pub memory: Option<String>,
+    pub disk_size: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +374,13 @@ impl Domain {
             .attr("xmlns:phyllome", METADATA_NS)
             .child(Element::leaf("phyllome:os", &m.os_id))
             .child(Element::leaf("phyllome:version", &m.version))
-            .child(Element::leaf("phyllome:encryption", &m.encryption));
+            .child(Element::leaf("phyllome:encryption", &m.encryption))
+            .child_opt((m.asked != Asked::default()).then(|| {
+                Element::new("phyllome:asked")
+                    .attr_opt("cpus", m.asked.cpus.map(|c| c.to_string()))
+                    .attr_opt("memory", m.asked.memory.clone())
+                    .attr_opt("disk", m.asked.disk_size.clone())
+            }));
         let osinfo = m.osinfo.as_ref().map(|id| {
             Element::new("libosinfo:libosinfo")
                 .attr("xmlns:libosinfo", LIBOSINFO_NS)

@@ -63,6 +63,12 @@ enum Command {
     /// Host folders shared with a VM over virtiofs (read-only by default).
     #[command(subcommand)]
     Share(cli::share::ShareCommand),
+    /// A VM's manifest: what was chosen for it, in TOML (docs/manifest.md).
+    Manifest {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
     #[command(subcommand)]
     Snapshot(cli::snapshot::SnapshotCommand),
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
         Command::Iso(cmd) => cli::iso::run(uri, cmd),
         Command::Share(cmd) => cli::share::run(uri, cmd),
         Command::Snapshot(cmd) => cli::snapshot::run(uri, cmd),
+        Command::Manifest { name, json } => cli::manifest::manifest(uri, &name, json),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };

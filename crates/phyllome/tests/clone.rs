@@ -138,6 +138,19 @@ fn a_failed_clone_leaves_nothing_and_the_source_off() {
         "--network",
         "none",
     ]));
+    // Its manifest: what was asked (memory, disk size), not what the host chose (vCPUs), and no host path.
+    let m = ok(phyllome(&["manifest", &src.0]));
+    for want in [
+        "version = 1",
+        "os = \"linux\"",
+        "memory = \"512M\"",
+        "disk_size = \"4G\"",
+        "network = \"none\"",
+        "kernel = \"vmlinuz\"",
+    ] {
+        assert!(m.contains(want), "{want} missing in {m}");
+    }
+    assert!(!m.contains("cpus") && !m.contains("/var/lib"), "{m}");
     let secrets = || String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
     for step in ["nvram", "define", "finish"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))

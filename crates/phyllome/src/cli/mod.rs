@@ -7,6 +7,7 @@ pub mod devices;
 pub mod host;
 pub mod image;
 pub mod iso;
+pub mod manifest;
 pub mod os;
 pub mod packaging;
 pub mod serve;
