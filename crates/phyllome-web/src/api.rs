@@ -71,6 +71,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_snapshots, create_snapshot))
         .routes(routes!(delete_snapshot))
         .routes(routes!(revert_snapshot))
+        .routes(routes!(clone_vm))
+        .routes(routes!(set_autostart))
+        .routes(routes!(vm_manifest))
 }
 
 /// The routes whose bodies may be large (uploads): outside the 64 KiB body limit.
@@ -1338,4 +1341,82 @@ fn check_path_names(values: &[&String]) -> Result<(), ApiError> {
         return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
     }
     Ok(())
+}
+
+// ---- clone, autostart, manifest ---------------------------------------------
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneBody {
+    /// The clone's name.
+    name: String,
+    /// Copy the TPM state too (default: a fresh TPM, since a copied one clones the guest's sealed secrets).
+    keep_tpm: Option<bool>,
+}
+
+/// Clone a stopped VM: a new UUID and MAC, the disk re-encrypted under its own key, the NVRAM copied,
+/// a fresh TPM unless `keep_tpm`. With `Accept: text/event-stream`: `progress` events, then `done` (Cloned) or `error`.
+#[utoipa::path(post, operation_id = "cloneVm", path = "/api/v1/vms/{name}/clone", tag = "vms",
+    params(("name" = String, Path)), request_body = CloneBody,
+    responses((status = 201, body = phyllome_engine::clone::Cloned),
+        (status = 200, description = "with Accept: text/event-stream: progress, then done or error",
+         content_type = "text/event-stream", body = String)))]
+async fn clone_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    Name(name): Name,
+    JsonBody(b): JsonBody<CloneBody>,
+) -> ApiResult<Response> {
+    who_did(&who, "clone", &name);
+    let new = b.name.clone();
+    let from = name.clone();
+    let r = snapshot_job(&app, &headers, b.name, StatusCode::CREATED, move |lv, report| {
+        Ok(phyllome_engine::clone::clone(lv, &from, &new, b.keep_tpm.unwrap_or(false), report)?)
+    })
+    .await;
+    app.inventory.refresh(&name);
+    r
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutostartBody {
+    /// Start the VM when the host boots (libvirt's autostart).
+    on: bool,
+}
+
+/// Turn a VM's autostart on or off.
+#[utoipa::path(put, operation_id = "setAutostart", path = "/api/v1/vms/{name}/autostart", tag = "vms",
+    params(("name" = String, Path)), request_body = AutostartBody, responses((status = 200, body = Ok_)))]
+async fn set_autostart(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    JsonBody(b): JsonBody<AutostartBody>,
+) -> ApiResult<Json<Ok_>> {
+    who_did(&who, if b.on { "turn autostart on for" } else { "turn autostart off for" }, &name);
+    blocking(&app, move |app, lv| {
+        phyllome_engine::vm::set_autostart(lv, &name, b.on)?;
+        app.inventory.refresh(&name);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(Ok_ { ok: true }))
+}
+
+/// A VM's manifest (docs/manifest.md) and the notes on what could not be told.
+#[derive(Serialize, ToSchema)]
+pub struct ManifestOut {
+    /// The manifest as TOML, as `phyllome manifest` prints it.
+    toml: String,
+    notes: Vec<String>,
+}
+
+/// A VM's manifest: what was chosen for it, never host paths or host-derived devices.
+#[utoipa::path(get, operation_id = "vmManifest", path = "/api/v1/vms/{name}/manifest", tag = "vms",
+    params(("name" = String, Path)), responses((status = 200, body = ManifestOut)))]
+async fn vm_manifest(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<ManifestOut>> {
+    let (m, notes) = blocking(&app, move |_, lv| Ok(phyllome_engine::manifest::of_vm(lv, &name)?)).await?;
+    Ok(Json(ManifestOut { toml: m.to_toml(&notes), notes }))
 }

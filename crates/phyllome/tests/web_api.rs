@@ -634,3 +634,40 @@ fn snapshots_through_the_api() {
     assert_eq!(s.send("DELETE", &format!("{base}/api1"), None).status, 404);
     assert!(s.get(&base).json().as_array().unwrap().is_empty());
 }
+
+#[test]
+fn clone_autostart_and_manifest_through_the_api() {
+    require_guest();
+    let server = Server::start(&[]);
+    let s = server.admin();
+    let vm = TestVm::new("web-clsrc");
+    let copy = TestVm::new("web-cldst");
+    let r = s.post("/api/v1/vms", Some(&guest_create_body(&vm.0, false)));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let base = format!("/api/v1/vms/{}", vm.url_name());
+
+    let r = s.send("PUT", &format!("{base}/autostart"), Some(r#"{"on":true}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = |name: &str| {
+        let list = s.get("/api/v1/vms").json();
+        list.as_array().unwrap().iter().find(|v| v["name"] == name).cloned()
+    };
+    assert_eq!(row(&vm.0).unwrap()["autostart"], true);
+    assert_eq!(s.send("PUT", &format!("{base}/autostart"), Some(r#"{"on":"yes"}"#)).status, 400);
+
+    let m = s.get(&format!("{base}/manifest")).json();
+    let toml = m["toml"].as_str().unwrap();
+    for want in ["version = 1", "os = \"linux\"", "memory = \"512M\"", "autostart = true"] {
+        assert!(toml.contains(want), "{want} missing in {toml}");
+    }
+
+    let body = serde_json::json!({ "name": copy.0 }).to_string();
+    let r = s.post(&format!("{base}/clone"), Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!((r.json()["from"].as_str(), r.json()["kept_tpm"].as_bool()), (Some(vm.0.as_str()), Some(false)));
+    let c = row(&copy.0).expect("the clone is listed");
+    assert_eq!((c["state"].as_str(), c["autostart"].as_bool()), (Some("shut off"), Some(false)));
+    // A taken name, an unknown field.
+    assert_eq!(s.post(&format!("{base}/clone"), Some(&body)).status, 409);
+    assert_eq!(s.post(&format!("{base}/clone"), Some(r#"{"name":"x","uuid":"y"}"#)).status, 400);
+}
