@@ -114,7 +114,9 @@ fn linux_vm_sees_every_virtio_device_of_its_profile() {
     let net = IsolatedNet::new("net-devices");
     let vm = TestVm::new("devices");
     ok(create(&vm.0, "phyllome.test=poweroff", &["--network", &net.0, "--start"]));
-    let log = wait_for_serial(&vm.0, "PHYLLOME-VIRTIO:", 120);
+    // The whole line: the guest may still be writing it when its start appears in the log.
+    wait_for_serial(&vm.0, "PHYLLOME-VIRTIO:", 120);
+    let log = wait_for_serial(&vm.0, "PHYLLOME-PCI:", 60);
     let line = log.lines().find(|l| l.contains("PHYLLOME-VIRTIO:")).unwrap();
     // net, blk, console (virtio-serial), rng, balloon, gpu, input.
     for (id, what) in [
