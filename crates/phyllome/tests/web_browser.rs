@@ -81,6 +81,9 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "18-shares",
         "19-snapshots",
         "20-snapshot-revert",
+        "21-clone",
+        "22-manifest",
+        "23-vm-list-autostart",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }

@@ -343,17 +343,17 @@ export function CreateDialog({ onClose, onOpenVm }) {
 
   let buttons;
   if (phase === 'form') {
-    buttons = html`<button type="button" id="create-cancel" onClick=${onClose}>Cancel</button>
-      <button type="submit" id="create-submit" class="primary" disabled=${!os}>Create</button>`;
+    buttons = html`<button key="create-cancel" type="button" id="create-cancel" onClick=${onClose}>Cancel</button>
+      <button key="create-submit" type="submit" id="create-submit" class="primary" disabled=${!os}>Create</button>`;
   } else if (phase === 'running') {
-    buttons = html`<button type="button" id="create-submit" class="primary" disabled>Creating…</button>`;
+    buttons = html`<button key="create-running" type="button" id="create-submit" class="primary" disabled>Creating…</button>`;
   } else if (phase === 'done') {
     const name = (result && result.name) || form.name.trim();
-    buttons = html`<button type="button" id="create-close" onClick=${onClose}>Close</button>
-      <button type="button" id="create-open" class="primary" ref=${nextRef} onClick=${() => onOpenVm(name)}>Open ${name}</button>`;
+    buttons = html`<button key="create-close" type="button" id="create-close" onClick=${onClose}>Close</button>
+      <button key="create-open" type="button" id="create-open" class="primary" ref=${nextRef} onClick=${() => onOpenVm(name)}>Open ${name}</button>`;
   } else {
-    buttons = html`<button type="button" id="create-close" onClick=${onClose}>Close</button>
-      <button type="button" id="create-back" class="primary" ref=${nextRef} onClick=${() => setPhase('form')}>Back to the form</button>`;
+    buttons = html`<button key="create-close" type="button" id="create-close" onClick=${onClose}>Close</button>
+      <button key="create-back" type="button" id="create-back" class="primary" ref=${nextRef} onClick=${() => setPhase('form')}>Back to the form</button>`;
   }
 
   return html`<${Modal} id="create-dialog" labelledBy="create-title" busy=${busy} onClose=${onClose}>

@@ -1,4 +1,5 @@
-// The VM list, a VM's page (overview, usage, shares, snapshots, console, serial) and the actions on a VM.
+// The VM list, a VM's page (overview, usage, shares, snapshots, manifest, console, serial) and the actions on a
+// VM (with, on its page, clone and autostart).
 
 import {
   html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
@@ -8,6 +9,8 @@ import { VncConsole, SerialConsole } from './consoles.js';
 import { UsagePanel } from './usage.js';
 import { SharesPanel } from './shares.js';
 import { SnapshotsPanel } from './snapshots.js';
+import { CloneDialog } from './clone.js';
+import { ManifestPanel } from './manifest.js';
 
 const QUESTIONS = {
   stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
@@ -22,8 +25,8 @@ const BUSY_LABELS = {
 const askPassphrase = (name) => passphraseDialog('Unlock the disk',
   `${name}'s disk is encrypted with a passphrase. It unlocks the disk for this start only and is not kept.`, 'Start');
 
-// Start, pause or resume, stop, force stop, delete (and, in the list, the console).
-export function VmActions({ vm, inList, onError, onDeleted }) {
+// Start, pause or resume, stop, force stop, delete (and, in the list, the console; on the VM's page, clone).
+export function VmActions({ vm, inList, onError, onDeleted, onClone }) {
   const [busy, setBusy] = useState(null);
   const s = vm.state;
   const run = async (action) => {
@@ -67,6 +70,9 @@ export function VmActions({ vm, inList, onError, onDeleted }) {
     ${s === 'paused' ? button('resume', 'Resume', true) : button('pause', 'Pause', s === 'running')}
     ${button('stop', 'Stop', s === 'running')}
     ${button('kill', 'Force stop', s === 'running' || s === 'paused', 'danger-text')}
+    ${onClone ? html`<button type="button" data-action="clone" data-testid="vm-clone" disabled=${!!busy || s !== 'shut off'}
+        title=${s === 'shut off' ? `Make a full copy of ${vm.name}` : `Only a shut-off VM can be cloned (${vm.name} is ${s})`}
+        onClick=${() => { onError(''); onClone(); }}>Clone</button>` : null}
     ${button('delete', 'Delete', s === 'shut off', 'danger-text')}
     ${inList ? html`<a class="button" data-action="console" href=${vmHash(vm.name, 'console')}
         aria-label=${`Console of ${vm.name}`}>Console</a>` : null}
@@ -91,16 +97,21 @@ export function VmList({ vms, onNew }) {
     </div>`;
   } else {
     body = html`<table id="vm-table" class="list">
-      <thead><tr>${['Name', 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encryption', 'Actions'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+      <thead><tr>${['Name', 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encryption', 'Snapshots', 'Actions'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
       <tbody id="vm-rows">
         ${vms.map((vm) => html`<tr key=${vm.name} data-vm=${vm.name} data-state=${vm.state}>
           <td class="name"><a href=${vmHash(vm.name)}>${vm.name}</a></td>
           <td>${vm.os || '—'}</td>
-          <td>${StateBadge({ vm })}</td>
+          <td class="state-cell">${StateBadge({ vm })}${vm.autostart ? html` <span class="badge autostart" data-field="autostart"
+            title="libvirt starts it when the host boots">autostart</span>` : null}</td>
           <td class="num">${vm.vcpus}</td>
           <td class="num">${mib(vm.memory_mib)}</td>
           <td class="num">${gib(vm.disk_gib)}</td>
           <td>${vm.encrypted ? 'encrypted' : 'none'}</td>
+          <td class="num" data-field="snapshots" data-count=${vm.snapshots === undefined ? '' : vm.snapshots}>${vm.snapshots
+            ? html`<a class="badge snapshots" href=${vmHash(vm.name, 'snapshots')}
+                aria-label=${`${vm.snapshots} snapshot${vm.snapshots === 1 ? '' : 's'} of ${vm.name}`}>${vm.snapshots}</a>`
+            : html`<span class="hint">${vm.snapshots === 0 ? 'none' : '—'}</span>`}</td>
           <td class="actions-cell"><${VmActions} vm=${vm} inList onError=${setError} /></td>
         </tr>`)}
       </tbody>
@@ -150,6 +161,8 @@ function Overview({ vm, d }) {
       ['Disk size', gib(d.disk_gib), 'ov-disk'],
       ['Encryption', encryption, 'ov-encryption'],
       ['Display', d.display || (isActive(vm) ? 'none' : 'none while shut off'), 'ov-display'],
+      d.autostart === undefined ? null : ['Starts with the host', d.autostart ? 'yes (autostart)' : 'no', 'ov-autostart'],
+      d.snapshots === undefined ? null : ['Snapshots', String(d.snapshots), 'ov-snapshots'],
       ['UUID', html`<span class="mono">${d.uuid}</span>`, 'ov-uuid', true],
       d.created_by ? ['Made by', `Phyllome ${d.created_by}`, 'ov-created-by'] : null,
     ] })}
@@ -181,10 +194,42 @@ function Overview({ vm, d }) {
   </div>`;
 }
 
-const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['shares', 'Shares'], ['snapshots', 'Snapshots'], ['console', 'Console'], ['serial', 'Serial']];
+const TABS = [['overview', 'Overview'], ['usage', 'Usage'], ['shares', 'Shares'], ['snapshots', 'Snapshots'],
+  ['manifest', 'Manifest'], ['console', 'Console'], ['serial', 'Serial']];
+
+// "Start when the host boots": libvirt's autostart. Shows what was asked until the live row says it.
+function AutostartToggle({ vm, onError }) {
+  const [asked, setAsked] = useState(null); // null, or the value sent
+  const [busy, setBusy] = useState(false);
+  const on = vm.autostart;
+  // The row changed: it tells the truth again.
+  useEffect(() => { setAsked(null); }, [on]);
+  const change = async (e) => {
+    const want = e.target.checked;
+    onError('');
+    setAsked(want);
+    setBusy(true);
+    try {
+      await api('PUT', `${vmPath(vm.name)}/autostart`, { on: want });
+    } catch (err) {
+      setAsked(null);
+      onError(`${vm.name}: ${err.message}`);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const checked = asked === null ? !!on : asked;
+  return html`<label class="check switch" id="vm-autostart-label" title="libvirt's autostart">
+    <input type="checkbox" role="switch" id="vm-autostart" data-testid="vm-autostart" checked=${checked} disabled=${busy}
+      data-busy=${busy ? 'true' : 'false'} aria-describedby="vm-autostart-note" onChange=${change} />
+    Start when the host boots
+    <span class="hint" id="vm-autostart-note">${busy ? (checked ? 'turning on…' : 'turning off…')
+      : checked ? '(on: libvirt starts it with the host)' : '(off)'}</span></label>`;
+}
 
 export function VmDetail({ name, tab, vms }) {
   const [error, setError] = useState('');
+  const [cloning, setCloning] = useState(false);
   const [details, setDetails] = useState(null);
   const [loadError, setLoadError] = useState(null);
   const row = vms ? vms.find((v) => v.name === name) || null : null;
@@ -214,6 +259,7 @@ export function VmDetail({ name, tab, vms }) {
   else if (current === 'usage') panel = html`<${UsagePanel} name=${name} vm=${vm} />`;
   else if (current === 'shares') panel = html`<${SharesPanel} name=${name} vm=${vm} />`;
   else if (current === 'snapshots') panel = html`<${SnapshotsPanel} name=${name} vm=${vm} />`;
+  else if (current === 'manifest') panel = html`<${ManifestPanel} name=${name} version=${rowKey} />`;
   else if (details) panel = html`<${Overview} vm=${vm} d=${{ ...details, ...(row || {}) }} />`;
   else panel = loadError ? html`<p class="error">${loadError.message}</p>` : html`<p class="hint">Reading…</p>`;
 
@@ -223,13 +269,16 @@ export function VmDetail({ name, tab, vms }) {
       <h1 tabindex="-1" id="vm-name">${name}</h1>
       ${StateBadge({ vm, id: 'vm-state', loading: !loadError })}
       <span class="spacer"></span>
-      ${vm ? html`<${VmActions} vm=${vm} onError=${setError} onDeleted=${() => { location.hash = '#/vms'; }} />` : null}
+      ${vm ? html`<${VmActions} vm=${vm} onError=${setError} onDeleted=${() => { location.hash = '#/vms'; }}
+        onClone=${() => setCloning(true)} />` : null}
     </div>
+    ${vm && vm.autostart !== undefined ? html`<div class="vm-options"><${AutostartToggle} vm=${vm} onError=${setError} /></div>` : null}
     <p id="vm-error" class="error" role="alert">${error}</p>
     <nav class="tabs" aria-label="VM views">
       ${TABS.map(([t, label]) => html`<a id=${`tab-${t}`} data-testid=${`${t}-tab`} href=${vmHash(name, t)}
         aria-current=${t === current ? 'page' : null} class=${t === current ? 'active' : ''}>${label}</a>`)}
     </nav>
     <div class="panel" id=${`panel-${current}`}>${panel}</div>
+    ${cloning && vm ? html`<${CloneDialog} vm=${vm} onClose=${() => setCloning(false)} />` : null}
   </section>`;
 }

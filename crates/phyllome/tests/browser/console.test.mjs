@@ -15,7 +15,9 @@
 // shared folders (virtiofs): /etc refused, a temporary folder shared read-only
 // and removed; its snapshots: one taken (its progress shown, the buttons
 // disabled meanwhile), listed, refused under the same name (the server's words
-// shown), reverted to and deleted; delete with confirmation; installer media: upload an ISO of the test guest (built here
+// shown), reverted to and deleted; autostart turned on and off on its page (the list and the API agree), its
+// manifest shown and downloaded as NAME.toml, a clone refused under the VM's own name (the server's words shown),
+// then made (its steps and progress shown), opened and deleted through the UI; delete with confirmation; installer media: upload an ISO of the test guest (built here
 // with scripts/build-test-iso.sh) on the Media page, watching its progress, and
 // see its SHA-256 and the OS read from it; create a VM from it leaving the OS
 // to the server's detection, and see it boot through the firmware to the
@@ -125,6 +127,28 @@ async function cleanupMedia() {
     await api.dispose();
     if (!gone()) rmSync(join(mediaDir, isoName), { force: true });
     rmSync(join(mediaDir, `.${isoName}.part`), { force: true });
+  }
+}
+
+// The clone step's VM: deleted through the API (a session of its own) if the run ended before the UI deleted it.
+const cloneVm = `${cfg.vm}-clone`;
+async function cleanupClone() {
+  const api = await request.newContext({ baseURL: cfg.url });
+  try {
+    const vm = `api/v1/vms/${encodeURIComponent(cloneVm)}`;
+    const login = await api.post('api/v1/login', { data: { username: cfg.user, password: cfg.password } });
+    const headers = { 'X-CSRF-Token': (await login.json()).csrf };
+    if ((await api.get(vm)).ok()) {
+      await api.post(`${vm}/kill`, { headers });
+      const deadline = Date.now() + 60000;
+      while (Date.now() < deadline && (await api.get(vm)).ok()) {
+        const r = await api.delete(vm, { headers });
+        if (!r.ok()) await new Promise((res) => setTimeout(res, 1000));
+      }
+      console.log(`  (cleanup: deleted ${cloneVm}${(await api.get(vm)).ok() ? ' FAILED' : ''})`);
+    }
+  } finally {
+    await api.dispose();
   }
 }
 
@@ -643,6 +667,174 @@ try {
     assert((await snapshotsApi()).length === 0, `the API still lists ${JSON.stringify(await snapshotsApi())}`);
   });
 
+  await step("autostart on the VM's page: turned on (the API and the list agree), then off", async () => {
+    const vmApi = (n) => page.evaluate(async (x) => {
+      const r = await fetch(`/api/v1/vms/${encodeURIComponent(x)}`);
+      return r.ok ? r.json() : null;
+    }, n);
+    const listRow = async (n) => (await page.evaluate(async () => (await fetch('/api/v1/vms')).json())).find((v) => v.name === n);
+    const toggle = '[data-testid=vm-autostart]';
+    await page.click('[data-testid=overview-tab]');
+    await page.waitForSelector('#overview');
+    await page.waitForSelector(toggle);
+    assert((await vmApi(cfg.vm)).autostart === false, 'autostart is on before the test turned it on');
+    assert(!(await page.isChecked(toggle)), 'the autostart switch shows on while the API says off');
+    const label = await text('#vm-autostart-label');
+    assert(label.includes('Start when the host boots'), `the switch reads ${JSON.stringify(label)}`);
+
+    const sent = page.waitForRequest((r) => r.url().endsWith('/autostart') && r.method() === 'PUT');
+    await page.click(toggle);
+    const on = await sent;
+    assert(JSON.stringify(JSON.parse(on.postData() || '{}')) === '{"on":true}', `the request: ${on.postData()}`);
+    assert(on.headers()['x-csrf-token'], 'the autostart request has no CSRF token');
+    await waitUntil('the API to say autostart is on', 15, async () => (await vmApi(cfg.vm)).autostart === true);
+    await page.waitForSelector(`${toggle}:checked:not([disabled])`);
+    await waitUntil('the overview to say it starts with the host', 15, async () => (await text('#ov-autostart')).startsWith('yes'));
+    assert((await listRow(cfg.vm)).autostart === true, 'the list API does not say autostart');
+
+    // The list: an "autostart" badge, and the snapshot count (the snapshots step deleted its one).
+    await toList();
+    const cells = () => page.evaluate((n) => {
+      const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
+      if (!tr) return null;
+      const badge = tr.querySelector('[data-field=autostart]');
+      return { autostart: badge ? badge.textContent.trim() : null, snapshots: tr.querySelector('[data-field=snapshots]').dataset.count };
+    }, cfg.vm);
+    const row = await waitUntil('the list to show the autostart badge', 15, async () => {
+      const c = await cells();
+      return c && c.autostart === 'autostart' ? c : null;
+    });
+    const snaps = (await listRow(cfg.vm)).snapshots;
+    assert(row.snapshots === String(snaps), `the list shows ${row.snapshots} snapshots, the API ${snaps}`);
+    await shot('23-vm-list-autostart');
+    await clickInRow(cfg.vm, 'td.name a');
+    await page.waitForSelector('#vm-detail #overview');
+    await page.waitForSelector(`${toggle}:checked`);
+
+    await page.click(toggle);
+    await waitUntil('the API to say autostart is off', 15, async () => (await vmApi(cfg.vm)).autostart === false);
+    await page.waitForSelector(`${toggle}:not(:checked):not([disabled])`);
+    await waitUntil('the overview to say it does not start with the host', 15, async () => (await text('#ov-autostart')) === 'no');
+    assert((await text('#vm-error')) === '', `an error shows: ${await text('#vm-error')}`);
+  });
+
+  await step("the VM's manifest: its TOML (version 1) with its notes, downloaded as NAME.toml", async () => {
+    const want = await page.evaluate(async (n) => (await fetch(`/api/v1/vms/${encodeURIComponent(n)}/manifest`)).json(), cfg.vm);
+    await page.click('[data-testid=manifest-tab]');
+    await page.waitForSelector('[data-testid=manifest-toml]');
+    const shown = await page.textContent('[data-testid=manifest-toml]');
+    assert(/^version = 1\b/m.test(shown), `the manifest shows no "version = 1":\n${shown}`);
+    assert(shown === want.toml, `the page shows another manifest than the API's:\n${shown}\n---\n${want.toml}`);
+    assert(shown.includes(`name = "${cfg.vm}"`), `the manifest does not name the VM:\n${shown}`);
+    assert(/^autostart = false\b/m.test(shown) || !/^autostart/m.test(shown), `the manifest has autostart on:\n${shown}`);
+    const notes = await page.$$eval('[data-testid=manifest-notes] li', (l) => l.map((x) => x.textContent.trim()));
+    assert(notes.length === want.notes.length, `${notes.length} notes shown, the API has ${want.notes.length}: ${JSON.stringify(want.notes)}`);
+    if (notes.length) console.log(`  notes: ${notes.join(' | ')}`);
+    await page.waitForSelector('[data-testid=manifest-download][href^="blob:"]');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid=manifest-download]')]);
+    assert(download.suggestedFilename() === `${cfg.vm}.toml`, `the download is named ${download.suggestedFilename()}`);
+    const failure = await download.failure();
+    assert(!failure, `the download failed: ${failure}`);
+    const saved = readFileSync(await download.path(), 'utf8');
+    assert(saved === want.toml, `the downloaded file is not the manifest:\n${saved}`);
+    await shot('22-manifest');
+  });
+
+  await step('clone the shut-off VM: its own name refused (the server\'s words), then a clone made, opened and deleted', async () => {
+    const vmApi = (n) => page.evaluate(async (x) => {
+      const r = await fetch(`/api/v1/vms/${encodeURIComponent(x)}`);
+      return r.ok ? r.json() : null;
+    }, n);
+    const source = await vmApi(cfg.vm);
+    assert(source && source.state === 'shut off', `the VM is ${source && source.state}`);
+    assert(!(await vmApi(cloneVm)), `${cloneVm} exists already`);
+    await page.click('[data-testid=overview-tab]');
+    await page.waitForSelector('#overview');
+    await page.waitForSelector('[data-testid=vm-clone]:not([disabled])');
+    await page.click('[data-testid=vm-clone]');
+    await page.waitForSelector('#clone-dialog[open]');
+    assert((await page.inputValue('[data-testid=clone-name]')) === cloneVm, `the name offered is ${await page.inputValue('[data-testid=clone-name]')}`);
+    assert(!(await page.isChecked('[data-testid=clone-keep-tpm]')), '"Keep the TPM state" is checked by default');
+    const tpmNote = await text('#clone-tpm-note');
+    assert(/fresh TPM/.test(tpmNote) && tpmNote.includes('BitLocker'), `the TPM note reads ${JSON.stringify(tpmNote)}`);
+    await shot('21-clone-dialog');
+
+    // Its own name: refused, the server's words shown as they are, nothing made.
+    let clonePosts = 0;
+    const countPosts = (r) => { if (r.url().endsWith('/clone') && r.method() === 'POST') clonePosts += 1; };
+    page.on('request', countPosts);
+    await page.fill('[data-testid=clone-name]', cfg.vm);
+    await page.click('[data-testid=clone-submit]');
+    const refusal = await waitUntil('the refusal', 60, async () => (await text('[data-testid=clone-error]')) || null);
+    console.log(`  own name: ${refusal}`);
+    assert(refusal.includes(`a VM named "${cfg.vm}" already exists`), `the refusal reads ${JSON.stringify(refusal)}`);
+    await page.waitForSelector('#clone-back, [data-testid=clone-name]');
+    if (await page.$('#clone-back')) await page.click('#clone-back');
+    await page.waitForSelector('[data-testid=clone-name]');
+    assert((await page.inputValue('[data-testid=clone-name]')) === cfg.vm, 'the form lost the name typed');
+    page.off('request', countPosts);
+    assert(clonePosts === 1, `${clonePosts} clone requests for one click (going back sent it again?)`);
+
+    // What the progress showed while the clone ran.
+    await page.evaluate(() => {
+      const seen = { steps: [], bytes: false, bar: false };
+      window.__phyllome_clone = seen;
+      const look = () => {
+        const p = document.querySelector('#clone-progress');
+        if (!p) return;
+        const steps = [...p.querySelectorAll('li[data-step]')].map((li) => li.dataset.step).filter((x) => x !== 'note');
+        if (steps.length > seen.steps.length) seen.steps = steps;
+        if (p.dataset.total) seen.bytes = true;
+        if (p.querySelector('progress')) seen.bar = true;
+      };
+      new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
+    await page.fill('[data-testid=clone-name]', cloneVm);
+    const sent = page.waitForRequest((r) => r.url().endsWith('/clone') && r.method() === 'POST');
+    await page.click('[data-testid=clone-submit]');
+    const request = await sent;
+    assert(JSON.stringify(JSON.parse(request.postData() || '{}')) === JSON.stringify({ name: cloneVm }), `the clone request: ${request.postData()}`);
+    assert((request.headers().accept || '').includes('text/event-stream'), 'the clone did not ask for progress events');
+    const error = await waitUntil('the result of the clone', 300, () => page.evaluate(() => {
+      if (document.querySelector('#clone-result')) return 'none';
+      const e = document.querySelector('#clone-error');
+      return e && e.textContent ? e.textContent : null;
+    }));
+    assert(error === 'none', `the clone failed: ${error}`);
+    const seen = await page.evaluate(() => window.__phyllome_clone);
+    console.log(`  progress: steps ${seen.steps.join(' ')}${seen.bytes ? ', with a byte count' : ''}`);
+    for (const st of ['claim', 'disk', 'define', 'finish']) assert(seen.steps.includes(st), `no "${st}" step: ${seen.steps}`);
+    assert(seen.bar, 'no progress bar showed while the clone ran');
+    const said = await text('#clone-result');
+    console.log(`  ${said}`);
+    assert(said.includes(cloneVm) && said.includes('fresh TPM'), `the result reads ${JSON.stringify(said)}`);
+    await shot('21-clone');
+
+    const made = await vmApi(cloneVm);
+    assert(made && made.state === 'shut off' && made.uuid !== source.uuid, `the API has the clone as ${JSON.stringify(made)}`);
+    const listed = await page.evaluate(async () => (await fetch('/api/v1/vms')).json());
+    assert(listed.some((v) => v.name === cloneVm), `the list API lacks ${cloneVm}`);
+    assert((await vmApi(cfg.vm)).state === 'shut off', 'the source is not shut off after the clone');
+
+    await page.click('[data-testid=clone-open]');
+    await page.waitForSelector('#clone-dialog', { state: 'detached' });
+    await page.waitForFunction((n) => (document.querySelector('#vm-name') || {}).textContent === n, cloneVm);
+    await waitUntil("the clone's page to show it shut off", 30, async () => (await page.getAttribute('#vm-state', 'data-state')) === 'shut off');
+    await page.waitForSelector('#vm-detail .actions [data-action=delete]:not([disabled])');
+    await page.click('#vm-detail .actions [data-action=delete]');
+    await page.waitForSelector('#confirm-dialog[open]');
+    assert((await text('#confirm-text')).includes(cloneVm), `the confirmation does not name the clone: ${await text('#confirm-text')}`);
+    await page.click('#confirm-ok');
+    await page.waitForSelector('#vm-table');
+    await waitUntil('the clone to be gone (API)', 60, async () => !(await vmApi(cloneVm)));
+    await waitUntil('the clone to leave the list', 30, async () => (await rowState(cloneVm)) === null);
+    assert((await rowState(cfg.vm)) === 'shut off', 'the source VM is not listed shut off');
+    assert((await text('#vm-error')) === '', `an error shows: ${await text('#vm-error')}`);
+    // The source's page again, for the steps after.
+    await clickInRow(cfg.vm, 'td.name a');
+    await page.waitForSelector('#vm-detail #overview');
+  });
+
   await step('delete, with confirmation; cancelling keeps it', async () => {
     await toList();
     await clickRowButton(cfg.vm, 'delete');
@@ -850,6 +1042,7 @@ try {
 } finally {
   await context.close().catch(() => {});
   rmSync(profile, { recursive: true, force: true });
+  await cleanupClone().catch((e) => console.log(`  (cleanup: ${e.message})`));
   await cleanupMedia().catch((e) => console.log(`  (cleanup: ${e.message})`));
 }
 
