@@ -33,6 +33,9 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     );
     let server = Server::start(&[]);
     let vm = TestVm::new("web-ui");
+    // The clone the UI makes of it (the page deletes it; this guard, when the run ends early).
+    let clone_vm = TestVm(format!("{}-clone", vm.0));
+    clone_vm.clean();
     // Made from an ISO uploaded through the UI.
     let iso_vm = TestVm::new("web-ui-iso");
     let xss = TestVm(format!(
@@ -88,6 +91,7 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
     assert!(!vm.exists(), "the UI's delete left the VM");
+    assert!(!clone_vm.exists(), "the UI's delete left the clone");
     assert!(!iso_vm.exists(), "the UI's delete left the VM made from the uploaded ISO");
     let left: Vec<String> = std::fs::read_dir(GUEST)
         .unwrap()
