@@ -42,25 +42,8 @@ fn a_clone_boots_the_originals_data_under_its_own_key_and_outlives_it() {
     let src = TestVm::new("clone-src");
     let dst = TestVm::new("clone-dst");
     let kept = TestVm::new("clone-tpm");
-    ok(phyllome(&[
-        "create",
-        &src.0,
-        "--os",
-        "linux",
-        "--kernel",
-        "/var/lib/phyllome/test-guest/vmlinuz",
-        "--initrd",
-        "/var/lib/phyllome/test-guest/initrd.img",
-        "--cmdline",
-        "console=ttyS0 panic=-1 phyllome.test=state:cloned",
-        "--memory",
-        "512M",
-        "--disk-size",
-        "4G",
-        "--network",
-        "none",
-        "--start",
-    ]));
+    let args = create_guest_args(&src.0, "phyllome.test=state:cloned", &["--start"]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     wait_for_serial(&src.0, "PHYLLOME-STATE-WRITTEN", 240);
     wait_state(&src.0, "shut off", 120);
     let src_uuid = virsh_ok(&["domuuid", &src.0]).trim().to_string();
@@ -120,24 +103,8 @@ fn a_failed_clone_leaves_nothing_and_the_source_off() {
     require_libvirt();
     let src = TestVm::new("clone-fail-src");
     let dst = TestVm::new("clone-fail-dst");
-    ok(phyllome(&[
-        "create",
-        &src.0,
-        "--os",
-        "linux",
-        "--kernel",
-        "/var/lib/phyllome/test-guest/vmlinuz",
-        "--initrd",
-        "/var/lib/phyllome/test-guest/initrd.img",
-        "--cmdline",
-        "console=ttyS0 panic=-1",
-        "--memory",
-        "512M",
-        "--disk-size",
-        "4G",
-        "--network",
-        "none",
-    ]));
+    let args = create_guest_args(&src.0, "", &[]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     // Its manifest: what was asked (memory, disk size), not what the host chose (vCPUs), and no host path.
     let m = ok(phyllome(&["manifest", &src.0]));
     for want in [

@@ -47,29 +47,8 @@ fn refused(out: Output) -> (i32, String, String) {
 }
 
 fn create(vm: &TestVm, action: &str, start: bool) {
-    let cmdline = format!("console=ttyS0 panic=-1 phyllome.test={action}");
-    let mut args = vec![
-        "create",
-        &vm.0,
-        "--os",
-        "linux",
-        "--kernel",
-        "/var/lib/phyllome/test-guest/vmlinuz",
-        "--initrd",
-        "/var/lib/phyllome/test-guest/initrd.img",
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "512M",
-        "--disk-size",
-        "4G",
-        "--network",
-        "none",
-    ];
-    if start {
-        args.push("--start");
-    }
-    ok(phyllome(&args));
+    let args = create_guest_args(&vm.0, &format!("phyllome.test={action}"), if start { &["--start"] } else { &[] });
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
 }
 
 fn uuid(vm: &TestVm) -> String {
@@ -434,29 +413,8 @@ fn a_passphrase_vm_is_snapshotted_stopped_and_no_snapshot_holds_its_key() {
     require_libvirt();
     let vm = TestVm::new("snap-pass");
     let pass = format!("snapshot-pass-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
-    let cmdline = "console=ttyS0 panic=-1 phyllome.test=counter";
-    ok(phyllome_stdin(
-        &[
-            "create",
-            &vm.0,
-            "--os",
-            "linux",
-            "--kernel",
-            "/var/lib/phyllome/test-guest/vmlinuz",
-            "--initrd",
-            "/var/lib/phyllome/test-guest/initrd.img",
-            "--cmdline",
-            cmdline,
-            "--memory",
-            "512M",
-            "--disk-size",
-            "4G",
-            "--network",
-            "none",
-            "--passphrase-prompt",
-        ],
-        &format!("{pass}\n{pass}\n"),
-    ));
+    let args = create_guest_args(&vm.0, "phyllome.test=counter", &["--passphrase-prompt"]);
+    ok(phyllome_stdin(&args.iter().map(String::as_str).collect::<Vec<_>>(), &format!("{pass}\n{pass}\n")));
     let id = uuid(&vm);
     ok(phyllome(&["snapshot", "create", &vm.0, "stopped"]));
     for (path, data) in files_under(&Path::new(SNAPSHOTS).join(&id).join("stopped")) {

@@ -11,27 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn guest_args(cmdline: &str) -> Vec<String> {
-    assert!(
-        Path::new(GUEST).join("vmlinuz").exists(),
-        "the test guest is missing: run scripts/build-test-guest.sh (scripts/test.sh does)"
-    );
-    vec![
-        "--os".into(),
-        "linux".into(),
-        "--kernel".into(),
-        format!("{GUEST}/vmlinuz"),
-        "--initrd".into(),
-        format!("{GUEST}/initrd.img"),
-        "--cmdline".into(),
-        format!("console=ttyS0 panic=-1 {cmdline}"),
-        "--memory".into(),
-        "512M".into(),
-        "--disk-size".into(),
-        "4G".into(),
-    ]
-}
-
 fn create(name: &str, cmdline: &str, extra: &[&str]) -> std::process::Output {
     let mut args: Vec<String> = vec!["create".into(), name.into()];
     // The test's own --memory/--disk-size replace the guest's defaults.

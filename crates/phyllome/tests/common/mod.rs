@@ -302,3 +302,34 @@ pub fn redefine_cmdline(name: &str, cmdline: &str) {
     virsh_ok(&["define", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(file);
 }
+
+/// The test guest's create arguments: OS, kernel, initrd, `console=ttyS0 panic=-1 CMDLINE`, 512 MiB, 4 GiB.
+pub fn guest_args(cmdline: &str) -> Vec<String> {
+    assert!(
+        Path::new(GUEST).join("vmlinuz").exists(),
+        "the test guest is missing: run scripts/build-test-guest.sh (scripts/test.sh does)"
+    );
+    vec![
+        "--os".into(),
+        "linux".into(),
+        "--kernel".into(),
+        format!("{GUEST}/vmlinuz"),
+        "--initrd".into(),
+        format!("{GUEST}/initrd.img"),
+        "--cmdline".into(),
+        format!("console=ttyS0 panic=-1 {cmdline}"),
+        "--memory".into(),
+        "512M".into(),
+        "--disk-size".into(),
+        "4G".into(),
+    ]
+}
+
+/// `phyllome create NAME` of the test guest with no NIC, then `extra` (`--start`...).
+pub fn create_guest_args(name: &str, cmdline: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["create".to_string(), name.to_string()];
+    args.extend(guest_args(cmdline));
+    args.extend(["--network", "none"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
