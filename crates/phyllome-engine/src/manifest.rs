@@ -205,6 +205,40 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// What `create` is asked for this manifest: install media and kernels are
+    /// looked up by file name in `iso_dir` (the host's ISO folder).
+    pub fn spec(&self, iso_dir: &Path) -> vm::VmSpec {
+        use phyllome_model::build::{Encryption, Request};
+        let in_dir = |f: &String| iso_dir.join(f).to_string_lossy().into_owned();
+        vm::VmSpec {
+            request: Request {
+                os: self.os.clone(),
+                memory: self.memory.clone(),
+                cpus: self.cpus,
+                disk_size: self.disk_size.clone(),
+                iso: self.media.iso.as_ref().map(in_dir),
+                drivers: self.media.drivers.as_ref().map(in_dir),
+                secure_boot: self.secure_boot == Some(true),
+                direct_boot: self.boot.as_ref().map(|b| phyllome_model::domain::DirectBoot {
+                    kernel: in_dir(&b.kernel),
+                    initrd: b.initrd.as_ref().map(in_dir),
+                    cmdline: b.cmdline.clone(),
+                }),
+                ..Default::default()
+            },
+            network: self.network.clone(),
+            encryption: Encryption::parse(&self.encryption),
+            pool: None,
+            shares: self
+                .shares
+                .iter()
+                .map(|s| format!("{}:{}{}", s.dir, s.tag, if s.writable { ":rw" } else { "" }))
+                .collect(),
+        }
+    }
+}
+
 /// The manifest of an existing VM, from its definition and Phyllome's metadata;
 /// with notes on what could not be told apart (VMs made before sizes were recorded).
 pub fn of_vm(lv: &Libvirt, name: &str) -> vm::Result<(Manifest, Vec<String>)> {
@@ -330,6 +364,17 @@ dir = "/home/me/Documents"
         );
         let again = Manifest::parse(&m.to_toml(&["a note".into()]), "again").unwrap();
         assert_eq!(again, m);
+    }
+
+    #[test]
+    fn a_manifest_asks_create_for_what_it_names() {
+        let m = Manifest::parse(GOOD, "w11.toml").unwrap();
+        let spec = m.spec(Path::new("/isos"));
+        assert_eq!(spec.request.iso.as_deref(), Some("/isos/Win11.iso"));
+        assert_eq!((spec.request.cpus, spec.request.memory.as_deref()), (Some(4), Some("8G")));
+        assert_eq!(spec.encryption, Some(phyllome_model::build::Encryption::Secret));
+        assert_eq!(spec.shares, vec!["/home/me/Documents:docs".to_string()]);
+        assert_eq!(spec.network, "default");
     }
 
     #[test]
