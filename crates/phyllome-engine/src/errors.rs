@@ -136,6 +136,8 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         ErrorKind::InvalidInput
     } else if let Some(e) = e.downcast_ref::<crate::snapshot::SnapshotError>() {
         e.kind()
+    } else if let Some(e) = e.downcast_ref::<crate::bundle::BundleError>() {
+        e.kind()
     } else if let Some(e) = e.downcast_ref::<BuildError>() {
         build(e)
     } else if let Some(e) = e.downcast_ref::<FileError>() {

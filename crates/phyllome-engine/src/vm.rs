@@ -532,6 +532,74 @@ pub fn create(
     start: bool,
     progress: Report<'_>,
 ) -> Result<Created> {
+    create_with(lv, name, spec, passphrase, start, None, progress)
+}
+
+/// A disk and firmware state that a create takes over instead of making new
+/// ones (`phyllome import`). The secret then holds `key`, the disk's own.
+pub struct Adopt {
+    /// The LUKS-encrypted qcow2 image, moved into the pool.
+    pub disk: std::path::PathBuf,
+    pub key: Vec<u8>,
+    /// The UEFI variable store's bytes, written where the definition names it.
+    pub nvram: Option<Vec<u8>>,
+    /// The swtpm state folder's files (name, bytes), written for the new domain.
+    pub tpm: Vec<(String, Vec<u8>)>,
+}
+
+/// Moves `from` to `to` (a new name: never over an existing file), copying when they are on two filesystems.
+fn move_new(from: &Path, to: &str) -> Result<()> {
+    let err = |e: std::io::Error| VmError::Disk(format!("{} -> {to}: {e}", from.display()));
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(VmError::Disk(format!("{to} appeared meanwhile; nothing was overwritten")))
+        }
+        Err(e) if e.raw_os_error() == Some(18) => {
+            // EXDEV: another filesystem.
+            let mut out = new_private_file(to)?;
+            let mut input = std::fs::File::open(from).map_err(err)?;
+            std::io::copy(&mut input, &mut out).map_err(err)?;
+            out.sync_all().map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::remove_file(from).map_err(err)
+}
+
+/// Writes bytes into a new file, under a temporary name renamed into place, with `mode` and the owner of `like`.
+fn write_new_like(path: &str, bytes: &[u8], mode: u32, like: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let owner = std::fs::metadata(like)?;
+    let tmp = nvram_tmp(path);
+    let _ = std::fs::remove_file(&tmp);
+    let done = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))?;
+        if Path::new(path).exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists"));
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// [`create`], taking over an existing disk and firmware state when `adopt` is given.
+pub fn create_with(
+    lv: &Libvirt,
+    name: &str,
+    spec: &VmSpec,
+    passphrase: Option<&[u8]>,
+    start: bool,
+    adopt: Option<&Adopt>,
+    progress: Report<'_>,
+) -> Result<Created> {
     recover(lv);
     let mut plan = plan(lv, name, spec)?;
     let detected = plan.choices.iter().find(|c| c.item == "os").map(|c| format!("{}, {}", c.choice, c.why));
@@ -590,10 +658,12 @@ pub fn create(
             note(progress, &format!("created storage pool {} in {}", disk.pool, crate::POOL_PATH));
         }
         at("secret")?;
-        let key = match encryption {
-            Encryption::None => None,
-            Encryption::Secret => Some(random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?),
-            Encryption::Prompt => passphrase.map(<[u8]>::to_vec),
+        let key = match (encryption, adopt) {
+            (Encryption::Secret, Some(a)) => Some(a.key.clone()),
+            (_, Some(_)) => return Err(VmError::Disk("an adopted disk is encrypted under its own key".into())),
+            (Encryption::None, None) => None,
+            (Encryption::Secret, None) => Some(random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?),
+            (Encryption::Prompt, None) => passphrase.map(<[u8]>::to_vec),
         };
         if let Some(k) = &key {
             let desc = format!("phyllome: disk passphrase of VM {name}");
@@ -602,21 +672,30 @@ pub fn create(
             journal.record(&entry)?;
         }
         at("volume")?;
-        let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
-        note(progress, &format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
-        // The file is made empty and exclusively, and recorded by inode, before anything is written to it.
-        let mut file = new_private_file(&disk.path)?;
-        entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
-        journal.record(&entry)?;
-        match (encryption, &key) {
-            (Encryption::Secret, Some(k)) => {
-                phyllome_disk::write(&mut file, plan.disk_gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
-                    .map_err(|e| VmError::Disk(e.to_string()))?
-            }
-            _ => create_disk(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, PASSPHRASE_ITER_MS)))?,
+        if let Some(a) = adopt {
+            note(progress, &format!("moving the imported disk into {}/{}", disk.pool, disk.volume));
+            move_new(&a.disk, &disk.path)?;
+            entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
+            journal.record(&entry)?;
+            lv.refresh_pool(&disk.pool)?;
         }
-        drop(file);
-        lv.refresh_pool(&disk.pool)?;
+        let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
+        if adopt.is_none() {
+            note(progress, &format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
+            // The file is made empty and exclusively, and recorded by inode, before anything is written to it.
+            let mut file = new_private_file(&disk.path)?;
+            entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
+            journal.record(&entry)?;
+            match (encryption, &key) {
+                (Encryption::Secret, Some(k)) => {
+                    phyllome_disk::write(&mut file, plan.disk_gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
+                        .map_err(|e| VmError::Disk(e.to_string()))?
+                }
+                _ => create_disk(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, PASSPHRASE_ITER_MS)))?,
+            }
+            drop(file);
+            lv.refresh_pool(&disk.pool)?;
+        }
         at("boot-files")?;
         copy_boot_files(spec, &plan, &journal, &mut entry)?;
         at("define")?;
@@ -624,6 +703,31 @@ pub fn create(
         journal.record(&entry)?;
         note(progress, &format!("defined VM {name}"));
         at("nvram")?;
+        if let Some(bytes) = adopt.and_then(|a| a.nvram.as_ref()) {
+            let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+            let Some(n) =
+                s.nvram.filter(|n| Path::new(&n.path).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)))
+            else {
+                return Err(VmError::Nvram(format!("the imported variable store has no place in {name}'s definition")));
+            };
+            write_new_like(&n.path, bytes, 0o600, Path::new(phyllome_model::domain::NVRAM_DIR))
+                .map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
+            entry.made.nvram_file = FileId::of(&n.path).ok();
+            journal.record(&entry)?;
+            note(progress, "wrote its UEFI variable store");
+        }
+        if let Some(a) = adopt.filter(|a| !a.tpm.is_empty()) {
+            // Removed with the domain on a rollback (libvirt's undefine takes the TPM state along).
+            let uuid = entry.made.domain_uuid.clone().expect("defined above");
+            let dir = crate::snapshot::tpm_dir(&uuid);
+            std::fs::create_dir_all(&dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
+            for (file, bytes) in &a.tpm {
+                let to = dir.join(file);
+                write_new_like(&to.to_string_lossy(), bytes, 0o600, &dir)
+                    .map_err(|e| VmError::Disk(format!("{}: {e}", to.display())))?;
+            }
+            note(progress, "wrote its TPM state");
+        }
         if let Some(path) = prepare_nvram(lv, name)? {
             entry.made.nvram_file = FileId::of(&path).ok();
             journal.record(&entry)?;

@@ -69,6 +69,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a stopped VM into one encrypted file (disk, UEFI variables, TPM state), to move it to another host.
+    Export(cli::bundle::ExportArgs),
+    /// Make a VM from an exported file, re-tuned for this host (says what changed, and why).
+    Import(Box<cli::bundle::ImportArgs>),
     /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
     #[command(subcommand)]
     Snapshot(cli::snapshot::SnapshotCommand),
@@ -133,6 +137,8 @@ fn main() -> ExitCode {
         Command::Iso(cmd) => cli::iso::run(uri, cmd),
         Command::Share(cmd) => cli::share::run(uri, cmd),
         Command::Snapshot(cmd) => cli::snapshot::run(uri, cmd),
+        Command::Export(args) => cli::bundle::export(uri, args),
+        Command::Import(args) => cli::bundle::import(uri, *args),
         Command::Manifest { name, json } => cli::manifest::manifest(uri, &name, json),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),

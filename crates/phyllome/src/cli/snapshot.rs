@@ -53,7 +53,7 @@ pub enum SnapshotCommand {
 }
 
 /// Renders steps and byte counts on the spinner ("disk 1.2 GiB / 4.0 GiB").
-fn reporter(steps: &Steps) -> impl Fn(Progress<'_>) + '_ {
+pub(crate) fn reporter(steps: &Steps) -> impl Fn(Progress<'_>) + '_ {
     let step = Cell::new("");
     move |p| match p {
         Progress::Step { step: s } => {

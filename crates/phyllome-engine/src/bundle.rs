@@ -1,0 +1,1147 @@
+//! `phyllome export` and `phyllome import`: one VM as one file, to move it to
+//! new hardware, re-tuned for the host it arrives on.
+//!
+//! A bundle is a tar stream of parts, in this order:
+//! - `bundle.json`: the format version, the exporting host (virt type, CPU,
+//!   libvirt/QEMU) and what that host chose for each device, so an import can
+//!   say what changed and why;
+//! - `manifest.toml`: the VM in Phyllome's terms (docs/manifest.md);
+//! - `disk.qcow2`: the disk, LUKS-encrypted under a key made for this export
+//!   (QEMU re-encrypts it: Phyllome never reads a disk's own key, see
+//!   ARCHITECTURE.md, "Key custody"). Flattened: snapshots stay behind;
+//! - `nvram.age`, `tpm.age`, `boot.age`: the UEFI variables, the swtpm state and
+//!   the direct-boot kernel and initrd, age-encrypted (X25519) to a key of this export;
+//! - `keys.age`, last: the disk key, the X25519 identity and the SHA-256 of every
+//!   part before it, encrypted with age's scrypt recipient under the export
+//!   passphrase. age authenticates it, so a wrong passphrase or a changed byte
+//!   is refused, and the checksums it carries cannot be changed along with a part.
+//!
+//! No part holds plaintext guest data or a bare key. Import reads the whole
+//! stream into a private staging folder, then decrypts `keys.age` and checks
+//! every checksum before anything is made; then create's journal makes the VM
+//! all or nothing.
+
+use crate::journal::{Entry, FileId, Journal};
+use crate::progress::{note, Progress, Report};
+use crate::snapshot::backup_xml;
+use crate::vm::{self, Result, VmError};
+use age::secrecy::{ExposeSecret, SecretString};
+use phyllome_libvirt::{Libvirt, State};
+use phyllome_model::build::{self, Choice, Encryption, Plan};
+use phyllome_model::Host;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `format` of `bundle.json`.
+pub const FORMAT: &str = "phyllome-bundle";
+/// The bundle format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Where imports stage the parts they read, before checking them.
+pub const STAGING_DIR: &str = "/var/lib/phyllome/import";
+/// The largest small part (bundle.json, manifest, NVRAM, TPM state, keys) read into memory.
+const SMALL_PART: u64 = 64 << 20;
+/// scrypt's work factor for the export passphrase: age's own choice is
+/// time-based (about a second here); an import accepts at most 2^20
+/// (1 GiB of memory, the bound on what a bundle can make this host do).
+const MAX_SCRYPT_LOG_N: u8 = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BundleInfo {
+    pub format: String,
+    pub version: u32,
+    /// The phyllome that wrote it.
+    pub phyllome: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub name: String,
+    pub source: SourceHost,
+    /// What the exporting host chose for each item (`--explain` there).
+    pub choices: Vec<SavedChoice>,
+    /// The disk's size as the guest sees it, in bytes.
+    pub disk_virtual_size: u64,
+    /// The variable store's format (`qcow2` or `raw`), when there is one.
+    #[serde(default)]
+    pub nvram_format: Option<String>,
+    /// The parts that follow, in order, before `keys.age`.
+    pub parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SourceHost {
+    /// `kvm` or `qemu` (TCG).
+    pub virt_type: String,
+    pub cpu_vendor: String,
+    pub cpu_model: String,
+    pub libvirt: String,
+    pub qemu: String,
+}
+
+impl SourceHost {
+    pub fn of(host: &Host) -> SourceHost {
+        SourceHost {
+            virt_type: host.caps.virt_type.clone(),
+            cpu_vendor: serde_json::to_value(host.facts.cpu_vendor)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            cpu_model: host.facts.cpu_model.clone(),
+            libvirt: host.facts.platform.libvirt.clone(),
+            qemu: host.facts.platform.qemu.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SavedChoice {
+    pub item: String,
+    pub choice: String,
+    pub why: String,
+}
+
+impl From<&Choice> for SavedChoice {
+    fn from(c: &Choice) -> Self {
+        SavedChoice { item: c.item.to_string(), choice: c.choice.clone(), why: c.why.clone() }
+    }
+}
+
+/// What `keys.age` holds.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    /// The export key of `disk.qcow2` (what its LUKS header is unlocked with).
+    disk_key: String,
+    /// The age X25519 identity the other `.age` parts are encrypted to.
+    identity: String,
+    /// SHA-256 (hex) of every part before `keys.age`.
+    sha256: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("this is not a Phyllome bundle: {0}")]
+    NotABundle(String),
+    #[error("bundle format version {0} is not one this phyllome reads (it reads version {FORMAT_VERSION})")]
+    Version(u32),
+    #[error("the bundle is truncated or incomplete: {0}; nothing was made")]
+    Truncated(String),
+    #[error("the bundle is damaged: {0}; nothing was made")]
+    Damaged(String),
+    #[error("the passphrase does not open this bundle; nothing was made")]
+    WrongPassphrase,
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    CannotHere(String),
+    #[error("{path}: {why}")]
+    Io { path: String, why: String },
+}
+
+impl BundleError {
+    pub fn kind(&self) -> crate::errors::ErrorKind {
+        use crate::errors::ErrorKind;
+        match self {
+            BundleError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
+            BundleError::Manifest(_)
+            | BundleError::NotABundle(_)
+            | BundleError::Version(_)
+            | BundleError::Truncated(_)
+            | BundleError::Damaged(_)
+            | BundleError::WrongPassphrase => ErrorKind::InvalidInput,
+            BundleError::Refused(_) => ErrorKind::Conflict,
+            BundleError::CannotHere(_) => ErrorKind::Unsupported,
+            BundleError::Io { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+impl From<phyllome_libvirt::Error> for BundleError {
+    fn from(e: phyllome_libvirt::Error) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::journal::JournalError> for BundleError {
+    fn from(e: crate::journal::JournalError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+fn io(path: impl AsRef<Path>, e: std::io::Error) -> BundleError {
+    BundleError::Io { path: path.as_ref().display().to_string(), why: e.to_string() }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The create request for a manifest in a bundle, on any host: install media
+/// are left out (they were for the install, and another host's ISO folder has
+/// its own), the disk is the bundle's (its size, and always encrypted), and a
+/// direct-boot kernel comes with the bundle (`boot`: where its files are).
+pub fn request_for(
+    m: &crate::manifest::Manifest,
+    info_disk_size: u64,
+    boot: Option<(&str, Option<&str>)>,
+) -> vm::VmSpec {
+    let mut spec = m.spec(Path::new(crate::ISO_DIR));
+    spec.request.iso = None;
+    spec.request.drivers = None;
+    spec.request.disk_size = Some(format!("{}G", info_disk_size.div_ceil(1 << 30).max(1)));
+    // The disk exists: the OS's usual minimum is not this import's to enforce.
+    spec.request.force = true;
+    spec.encryption = Some(Encryption::Secret);
+    if let (Some(b), Some((kernel, initrd))) = (&mut spec.request.direct_boot, boot) {
+        b.kernel = kernel.to_string();
+        b.initrd = initrd.map(String::from);
+    }
+    spec
+}
+
+/// The pure part of the re-tuning: the plan for `spec` on `host`.
+pub fn plan_on(name: &str, spec: &vm::VmSpec, host: &Host, shares: Vec<phyllome_model::domain::Share>) -> Result<Plan> {
+    let network = match spec.network.as_str() {
+        "none" => build::NetworkChoice::None,
+        "user" => build::NetworkChoice::User,
+        "default" | "" => build::NetworkChoice::Default,
+        other => build::NetworkChoice::Named(other.to_string()),
+    };
+    let req = build::Request {
+        name: name.to_string(),
+        network,
+        disk: Some(crate::request::disk_ref(name, crate::POOL, crate::POOL_PATH, Encryption::Secret)),
+        version: crate::VERSION.to_string(),
+        shares,
+        ..spec.request.clone()
+    };
+    let mut plan = build::build(&req, host)?;
+    if let Some(b) = &mut plan.domain.direct_boot {
+        let dir = vm::boot_dir(name);
+        b.kernel = format!("{dir}/vmlinuz");
+        if let Some(i) = &mut b.initrd {
+            *i = format!("{dir}/initrd.img");
+        }
+    }
+    Ok(plan)
+}
+
+/// One item the importing host decides differently from the exporting one.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Change {
+    pub item: String,
+    /// The exporting host's choice (absent: it had none for this item).
+    pub from: Option<String>,
+    /// This host's (absent: none here).
+    pub to: Option<String>,
+    pub why: String,
+}
+
+/// What changed between the exporting host's choices and this host's, item by item.
+pub fn changes(from: &[SavedChoice], to: &[Choice]) -> Vec<Change> {
+    let mut out = vec![];
+    let theirs: BTreeMap<&str, &SavedChoice> = from.iter().map(|c| (c.item.as_str(), c)).collect();
+    let ours: BTreeMap<&str, &Choice> = to.iter().map(|c| (c.item, c)).collect();
+    for c in to {
+        match theirs.get(c.item) {
+            Some(t) if t.choice == c.choice => {}
+            t => out.push(Change {
+                item: c.item.to_string(),
+                from: t.map(|t| t.choice.clone()),
+                to: Some(c.choice.clone()),
+                why: c.why.clone(),
+            }),
+        }
+    }
+    for t in from.iter().filter(|t| !ours.contains_key(t.item.as_str())) {
+        out.push(Change {
+            item: t.item.clone(),
+            from: Some(t.choice.clone()),
+            to: None,
+            why: "this host does not need it, or cannot give it".into(),
+        });
+    }
+    out
+}
+
+/// The explanation an import prints: the exporting host, what changed and why.
+pub fn render_changes(source: &SourceHost, host: &Host, changes: &[Change]) -> String {
+    let here = SourceHost::of(host);
+    let mut out = format!(
+        "exported on: {} ({} {}), libvirt {}, QEMU {}\nimported on: {} ({} {}), libvirt {}, QEMU {}\n",
+        source.virt_type,
+        source.cpu_vendor,
+        source.cpu_model,
+        source.libvirt,
+        source.qemu,
+        here.virt_type,
+        here.cpu_vendor,
+        here.cpu_model,
+        here.libvirt,
+        here.qemu
+    );
+    if changes.is_empty() {
+        out.push_str("changed: nothing (this host chooses as the exporting one did)\n");
+    }
+    for c in changes {
+        out.push_str(&format!(
+            "changed {}: {} -> {}\n    why: {}\n",
+            c.item,
+            c.from.as_deref().unwrap_or("(none)"),
+            c.to.as_deref().unwrap_or("(none)"),
+            c.why
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Export.
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Exported {
+    pub name: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Parts and their sizes, in order.
+    pub parts: Vec<PartInfo>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PartInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A writer that counts and hashes what passes, and reports progress.
+struct Counting<'a, W: Write> {
+    inner: W,
+    written: u64,
+    total: u64,
+    report: Report<'a>,
+    last: std::time::Instant,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if self.last.elapsed() > Duration::from_millis(200) {
+            (self.report)(Progress::Bytes { done: self.written, total: self.total });
+            self.last = std::time::Instant::now();
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn age_encrypt(recipient: &age::x25519::Recipient, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let enc = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+        .map_err(|e| e.to_string())?;
+    let mut out = vec![];
+    let mut w = enc.wrap_output(&mut out).map_err(|e| e.to_string())?;
+    w.write_all(plain).map_err(|e| e.to_string())?;
+    w.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A tar of a folder's regular files (not libvirt's `.lock`), in memory (the swtpm state: kilobytes).
+fn tar_files(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(vec![]);
+    let mut names: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        if !e.metadata()?.is_file() || e.file_name() == ".lock" {
+            continue;
+        }
+        let data = std::fs::read(e.path())?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append_data(&mut h, e.file_name(), data.as_slice())?;
+    }
+    b.into_inner()
+}
+
+fn append_part<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    reader: impl Read,
+    size: u64,
+    sums: &mut BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    struct Hashing<R> {
+        inner: R,
+        hash: Sha256,
+    }
+    impl<R: Read> Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hash.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_mtime(0);
+    h.set_cksum();
+    let mut r = Hashing { inner: reader, hash: Sha256::new() };
+    tar.append_data(&mut h, name, &mut r)?;
+    sums.insert(name.to_string(), hex(&r.hash.finalize()));
+    Ok(())
+}
+
+/// Exports the stopped VM `name` into `out`, with the passphrase that will
+/// open the bundle. Constant memory: the disk streams from a staging copy.
+pub fn export(
+    lv: &Libvirt,
+    name: &str,
+    passphrase: &[u8],
+    out: &mut dyn Write,
+    progress: Report<'_>,
+) -> std::result::Result<Exported, BundleError> {
+    vm::recover(lv);
+    if passphrase.is_empty() {
+        return Err(VmError::EmptyPassphrase.into());
+    }
+    match vm::state(lv, name)? {
+        State::Shutoff => {}
+        _ => {
+            return Err(BundleError::Refused(format!(
+                "{name} is running: a bundle holds one consistent state, so export a stopped VM (phyllome stop {name})"
+            )))
+        }
+    }
+    let xml = lv.inactive_xml(name)?;
+    let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    if s.encryption.as_deref() == Some("prompt") {
+        return Err(BundleError::CannotHere(format!(
+            "{name}'s disk key is a passphrase typed at each start: exporting it is not supported yet"
+        )));
+    }
+    let disks: Vec<_> = s.disks.iter().filter(|d| d.device == "disk").collect();
+    let [d] = disks.as_slice() else {
+        return Err(BundleError::CannotHere(format!("{name} has {} disks: a bundle holds VMs with one", disks.len())));
+    };
+    let (Some(pool), Some(volume)) = (d.pool.clone(), d.volume.clone()) else {
+        return Err(BundleError::CannotHere(format!("{name}'s disk is not a pool volume")));
+    };
+    let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
+    let pool_dir = lv.pool_path(&pool)?.ok_or_else(|| VmError::NoPool(pool.clone()))?;
+    let (manifest, mut notes) = crate::manifest::of_vm(lv, name)?;
+    let (host, _) = crate::hostinfo::gather(lv, true).map_err(VmError::from)?;
+    let boot = manifest.boot.as_ref().map(|b| ("/bundle/vmlinuz", b.initrd.as_ref().map(|_| "/bundle/initrd.img")));
+    let spec = request_for(&manifest, vol.capacity, boot);
+    let choices = plan_on(name, &spec, &host, vec![])
+        .map(|p| p.choices.iter().map(SavedChoice::from).collect())
+        .unwrap_or_default();
+
+    // The staging copy needs up to the disk's allocation in its pool.
+    if let Ok(Some(free)) = lv.pool_free(&pool) {
+        if free < vol.allocation + (256 << 20) {
+            return Err(BundleError::CannotHere(format!(
+                "pool {pool} has {} MiB free: the export stages a re-encrypted copy of the disk ({} MiB written)",
+                free >> 20,
+                vol.allocation >> 20
+            )));
+        }
+    }
+    let staging = format!("{pool_dir}/.phyllome-export-{name}.qcow2");
+    // The journal: a claim in a name no VM can have, with the paused source,
+    // the temporary secret and the staging copy recorded by identity.
+    let claim = format!("+export+{name}");
+    let mut entry = Entry::new(&claim, &pool, &format!(".phyllome-export-{name}.qcow2"), &staging);
+    let journal = Journal::open();
+    journal.begin(&entry)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
+        .collect();
+    let at = |st: &'static str| -> std::result::Result<(), BundleError> {
+        progress(Progress::Step { step: st });
+        Ok(vm::step(st, &interrupted)?)
+    };
+    let result = (|| -> std::result::Result<Exported, BundleError> {
+        if Path::new(&staging).exists() || lv.volume_secret(&staging)?.is_some() {
+            return Err(BundleError::Refused(format!(
+                "{staging} (or its key) exists: another export of {name} is under way, or left it"
+            )));
+        }
+        at("disk")?;
+        let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+        let secret = lv.define_volume_secret(&staging, &format!("phyllome: export key of VM {name}"), false, &key)?;
+        entry.made.secret_uuid = Some(secret.clone());
+        journal.record(&entry)?;
+        note(
+            progress,
+            &format!("re-encrypting {name}'s disk under the export key (QEMU copies it with {name} paused)"),
+        );
+        entry.made.paused_source = Some(s.uuid.clone());
+        journal.record(&entry)?;
+        lv.start_paused(name)?;
+        let copied = (|| -> std::result::Result<(), BundleError> {
+            lv.backup_begin(name, &backup_xml(&[(d.target.clone(), staging.clone(), Some(secret.clone()))], &[]))?;
+            entry.made.volume_file = FileId::of(&staging).ok();
+            journal.record(&entry)?;
+            loop {
+                if interrupted.load(Ordering::Relaxed) {
+                    let _ = lv.abort_job(name);
+                    return Err(VmError::Interrupted.into());
+                }
+                let j = lv.job(name)?;
+                if !j.active {
+                    if j.completed {
+                        return Ok(());
+                    }
+                    return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())).into());
+                }
+                progress(Progress::Bytes { done: j.processed, total: j.total });
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })();
+        let _ = lv.destroy_paused_uuid(&s.uuid);
+        entry.made.paused_source = None;
+        journal.record(&entry)?;
+        copied?;
+        entry.made.volume_file = Some(FileId::of(&staging).map_err(|e| io(&staging, e))?);
+        journal.record(&entry)?;
+        // The key is now in the bundle's hands only; libvirt need not keep it.
+        let _ = lv.undefine_secret_uuid(&secret);
+        entry.made.secret_uuid = None;
+        journal.record(&entry)?;
+
+        at("parts")?;
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let enc = |what: &str, bytes: &[u8]| {
+            age_encrypt(&recipient, bytes).map_err(|e| BundleError::Io { path: what.into(), why: e })
+        };
+        let nvram = match &s.nvram {
+            Some(n) if Path::new(&n.path).exists() => {
+                Some((enc("nvram", &std::fs::read(&n.path).map_err(|e| io(&n.path, e))?)?, n.format.clone()))
+            }
+            _ => None,
+        };
+        let tpm_dir = crate::snapshot::tpm_dir(&s.uuid);
+        let tpm =
+            if tpm_dir.is_dir() { Some(enc("tpm", &tar_files(&tpm_dir).map_err(|e| io(&tpm_dir, e))?)?) } else { None };
+        let boot_files: Vec<&String> =
+            s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)).collect();
+        let boot = if boot_files.is_empty() {
+            None
+        } else {
+            let mut b = tar::Builder::new(vec![]);
+            for f in &boot_files {
+                let p = Path::new(f);
+                let mut h = tar::Header::new_gnu();
+                let data = std::fs::read(p).map_err(|e| io(p, e))?;
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, p.file_name().expect("a file"), data.as_slice()).map_err(|e| io(p, e))?;
+            }
+            Some(enc("boot", &b.into_inner().map_err(|e| io("boot", e))?)?)
+        };
+        let disk_len = std::fs::metadata(&staging).map_err(|e| io(&staging, e))?.len();
+        let mut parts = vec!["manifest.toml".to_string(), "disk.qcow2".to_string()];
+        for (p, present) in [("nvram.age", nvram.is_some()), ("tpm.age", tpm.is_some()), ("boot.age", boot.is_some())] {
+            if present {
+                parts.push(p.into());
+            }
+        }
+        let info = BundleInfo {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            phyllome: crate::VERSION.into(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            name: name.into(),
+            source: SourceHost::of(&host),
+            choices,
+            disk_virtual_size: vol.capacity,
+            nvram_format: nvram.as_ref().map(|(_, f)| f.clone()),
+            parts,
+        };
+        let info_json = serde_json::to_vec_pretty(&info).expect("serializes");
+        let manifest_text = manifest.to_toml(&notes);
+
+        at("write")?;
+        let total = disk_len + (4 << 20);
+        let mut w = Counting { inner: out, written: 0, total, report: progress, last: std::time::Instant::now() };
+        let mut sums = BTreeMap::new();
+        let mut sizes = vec![];
+        {
+            let mut tar = tar::Builder::new(&mut w);
+            let werr = |e: std::io::Error| io("the bundle", e);
+            append_part(&mut tar, "bundle.json", info_json.as_slice(), info_json.len() as u64, &mut sums)
+                .map_err(werr)?;
+            sizes.push(PartInfo { name: "bundle.json".into(), size: info_json.len() as u64 });
+            append_part(&mut tar, "manifest.toml", manifest_text.as_bytes(), manifest_text.len() as u64, &mut sums)
+                .map_err(werr)?;
+            sizes.push(PartInfo { name: "manifest.toml".into(), size: manifest_text.len() as u64 });
+            struct Stop<'a, R> {
+                inner: R,
+                flag: &'a AtomicBool,
+            }
+            impl<R: Read> Read for Stop<'_, R> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    if self.flag.load(Ordering::Relaxed) {
+                        return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+                    }
+                    self.inner.read(buf)
+                }
+            }
+            let f = std::fs::File::open(&staging).map_err(|e| io(&staging, e))?;
+            let disk = Stop { inner: std::io::BufReader::with_capacity(1 << 20, f), flag: &interrupted };
+            append_part(&mut tar, "disk.qcow2", disk, disk_len, &mut sums).map_err(|e| {
+                if interrupted.load(Ordering::Relaxed) {
+                    BundleError::Vm(VmError::Interrupted)
+                } else {
+                    werr(e)
+                }
+            })?;
+            sizes.push(PartInfo { name: "disk.qcow2".into(), size: disk_len });
+            for (part, bytes) in
+                [("nvram.age", nvram.as_ref().map(|(b, _)| b)), ("tpm.age", tpm.as_ref()), ("boot.age", boot.as_ref())]
+            {
+                if let Some(b) = bytes {
+                    append_part(&mut tar, part, b.as_slice(), b.len() as u64, &mut sums).map_err(werr)?;
+                    sizes.push(PartInfo { name: part.into(), size: b.len() as u64 });
+                }
+            }
+            at("keys")?;
+            let keys = Keys {
+                disk_key: String::from_utf8(key.clone()).expect("hex digits"),
+                identity: identity.to_string().expose_secret().to_string(),
+                sha256: sums.clone(),
+            };
+            let plain = serde_json::to_vec(&keys).expect("serializes");
+            let sealed = {
+                let enc = age::Encryptor::with_user_passphrase(SecretString::from(
+                    String::from_utf8(passphrase.to_vec())
+                        .map_err(|_| BundleError::Refused("the passphrase is not UTF-8 text".into()))?,
+                ));
+                let mut sealed = vec![];
+                let mut wr = enc.wrap_output(&mut sealed).map_err(werr)?;
+                wr.write_all(&plain).map_err(werr)?;
+                wr.finish().map_err(werr)?;
+                sealed
+            };
+            drop(plain);
+            append_part(&mut tar, "keys.age", sealed.as_slice(), sealed.len() as u64, &mut BTreeMap::new())
+                .map_err(werr)?;
+            sizes.push(PartInfo { name: "keys.age".into(), size: sealed.len() as u64 });
+            tar.finish().map_err(werr)?;
+        }
+        w.flush().map_err(|e| io("the bundle", e))?;
+        progress(Progress::Bytes { done: w.written, total: w.written });
+        at("finish")?;
+        notes.push(
+            "snapshots are not in the bundle: it holds the VM's current state (flattened), and they stay here".into(),
+        );
+        Ok(Exported { name: name.into(), bytes: w.written, parts: sizes, notes })
+    })();
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    // The staging copy and the temporary key go, whatever happened (by identity).
+    vm::rollback(lv, &entry);
+    journal.finish(&claim);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Import.
+
+/// What the caller asks of an import.
+pub struct ImportOptions<'a> {
+    /// The VM's name here (default: the bundle's).
+    pub name: Option<String>,
+    pub passphrase: &'a [u8],
+    /// Read and check everything, plan for this host, make nothing.
+    pub dry_run: bool,
+    /// Plan against this recorded host instead of this one (only with `dry_run`).
+    pub host: Option<Host>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Imported {
+    pub name: String,
+    pub os: String,
+    pub dry_run: bool,
+    pub source: SourceHost,
+    /// What this host decides differently from the exporting one, and why.
+    pub changes: Vec<Change>,
+    /// Every choice for this host (`--explain`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub choices: Vec<Choice>,
+    pub warnings: Vec<String>,
+    /// The domain XML this host gets (with `--dry-run`).
+    pub xml: Option<String>,
+}
+
+/// A reader that counts what passes (for progress over a stream of unknown length).
+struct Tally<'a, R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    report: Report<'a>,
+    last: std::time::Instant,
+    interrupted: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Tally<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.last.elapsed() > Duration::from_millis(200) {
+            (self.report)(Progress::Bytes { done: self.read, total: self.total });
+            self.last = std::time::Instant::now();
+        }
+        Ok(n)
+    }
+}
+
+/// A private staging folder, removed with everything in it when dropped.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new() -> std::result::Result<Staging, BundleError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::create_dir_all(STAGING_DIR).map_err(|e| io(STAGING_DIR, e))?;
+        let dir = Path::new(STAGING_DIR).join(format!("{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes staging folders of imports whose process is gone.
+fn sweep_staging() {
+    let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
+    for e in rd.flatten() {
+        if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
+            if !crate::journal::phyllome_alive(pid) || pid == std::process::id() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn damaged_or_truncated(what: &str, e: std::io::Error) -> BundleError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => BundleError::Truncated(format!("{what} ends early")),
+        std::io::ErrorKind::Interrupted => BundleError::Vm(VmError::Interrupted),
+        _ => BundleError::Damaged(format!("{what}: {e}")),
+    }
+}
+
+fn read_small(r: &mut impl Read, what: &str, size: u64) -> std::result::Result<Vec<u8>, BundleError> {
+    if size > SMALL_PART {
+        return Err(BundleError::Damaged(format!("{what} is {size} bytes, more than a bundle's {what} can be")));
+    }
+    let mut v = Vec::with_capacity(size as usize);
+    r.take(size).read_to_end(&mut v).map_err(|e| damaged_or_truncated(what, e))?;
+    if (v.len() as u64) < size {
+        return Err(BundleError::Truncated(format!("{what} ends early")));
+    }
+    Ok(v)
+}
+
+fn age_decrypt(
+    identity: &age::x25519::Identity,
+    bytes: &[u8],
+    what: &str,
+) -> std::result::Result<Vec<u8>, BundleError> {
+    let dec = age::Decryptor::new(bytes).map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+    let mut r = dec
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+    let mut out = vec![];
+    r.read_to_end(&mut out).map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+    Ok(out)
+}
+
+/// The files of a tar held in memory: (name, bytes); plain names only.
+fn untar_files(bytes: &[u8], what: &str) -> std::result::Result<Vec<(String, Vec<u8>)>, BundleError> {
+    let mut out = vec![];
+    let mut a = tar::Archive::new(bytes);
+    for e in a.entries().map_err(|e| BundleError::Damaged(format!("{what}: {e}")))? {
+        let mut e = e.map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+        let name = e.path().map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?.to_string_lossy().into_owned();
+        if name.contains('/') || name.starts_with('.') || name.is_empty() {
+            return Err(BundleError::Damaged(format!("{what}: unexpected file name {name:?}")));
+        }
+        let mut v = vec![];
+        e.read_to_end(&mut v).map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+        out.push((name, v));
+    }
+    Ok(out)
+}
+
+/// Imports a bundle read from `input` (`total`: its length when known, for progress).
+pub fn import(
+    lv: &Libvirt,
+    input: &mut dyn Read,
+    total: u64,
+    opts: &ImportOptions<'_>,
+    progress: Report<'_>,
+) -> std::result::Result<Imported, BundleError> {
+    vm::recover(lv);
+    sweep_staging();
+    if opts.passphrase.is_empty() {
+        return Err(VmError::EmptyPassphrase.into());
+    }
+    let passphrase = String::from_utf8(opts.passphrase.to_vec())
+        .map_err(|_| BundleError::WrongPassphrase)
+        .map(SecretString::from)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
+        .collect();
+    let r = import_inner(lv, input, total, opts, passphrase, &interrupted, progress);
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    r
+}
+
+fn import_inner(
+    lv: &Libvirt,
+    input: &mut dyn Read,
+    total: u64,
+    opts: &ImportOptions<'_>,
+    passphrase: SecretString,
+    interrupted: &AtomicBool,
+    progress: Report<'_>,
+) -> std::result::Result<Imported, BundleError> {
+    progress(Progress::Step { step: "read" });
+    let tally = Tally { inner: input, read: 0, total, report: progress, last: std::time::Instant::now(), interrupted };
+    let mut archive = tar::Archive::new(tally);
+    let mut entries = archive.entries().map_err(|e| damaged_or_truncated("the bundle", e))?;
+    let mut next = |want: &str| -> std::result::Result<tar::Entry<'_, _>, BundleError> {
+        match entries.next() {
+            None => Err(BundleError::Truncated(format!("{want} is missing"))),
+            Some(Err(e)) => Err(damaged_or_truncated("the bundle", e)),
+            Some(Ok(e)) => {
+                let name = e.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                if name != want {
+                    return Err(BundleError::Damaged(format!("found {name:?} where {want} belongs")));
+                }
+                Ok(e)
+            }
+        }
+    };
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    let hash_small = |bytes: &[u8]| hex(&Sha256::digest(bytes));
+
+    // bundle.json: the format first, so a newer one is refused as such.
+    let mut e = next("bundle.json").map_err(|e| match e {
+        BundleError::Damaged(_) => BundleError::NotABundle("it does not start with bundle.json".into()),
+        other => other,
+    })?;
+    let size = e.size();
+    let info_bytes = read_small(&mut e, "bundle.json", size)?;
+    drop(e);
+    sums.insert("bundle.json".into(), hash_small(&info_bytes));
+    let v: serde_json::Value =
+        serde_json::from_slice(&info_bytes).map_err(|e| BundleError::NotABundle(format!("bundle.json: {e}")))?;
+    if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(BundleError::NotABundle("bundle.json names another format".into()));
+    }
+    match v.get("version").and_then(|n| n.as_u64()) {
+        Some(n) if n == FORMAT_VERSION as u64 => {}
+        Some(n) => return Err(BundleError::Version(n as u32)),
+        None => return Err(BundleError::NotABundle("bundle.json has no version".into())),
+    }
+    let info: BundleInfo = serde_json::from_value(v).map_err(|e| BundleError::Damaged(format!("bundle.json: {e}")))?;
+    let expected = ["manifest.toml", "disk.qcow2"];
+    if info.parts.len() < 2 || info.parts[..2] != expected {
+        return Err(BundleError::Damaged("bundle.json lists no manifest and disk".into()));
+    }
+
+    let mut e = next("manifest.toml")?;
+    let size = e.size();
+    let manifest_bytes = read_small(&mut e, "manifest.toml", size)?;
+    drop(e);
+    sums.insert("manifest.toml".into(), hash_small(&manifest_bytes));
+    let manifest_text = String::from_utf8(manifest_bytes)
+        .map_err(|_| BundleError::Damaged("manifest.toml is not UTF-8 text".into()))?;
+    let manifest = crate::manifest::Manifest::parse(&manifest_text, "the bundle's manifest.toml")?;
+    let name = opts.name.clone().unwrap_or_else(|| manifest.name.clone());
+    phyllome_model::input::validate_name(&name).map_err(|e| VmError::Build(e.into()))?;
+
+    // Refusals this host can tell now, before reading the disk: the name, and whether it can run the VM at all.
+    let host = match &opts.host {
+        Some(h) => h.clone(),
+        None => crate::hostinfo::gather(lv, true).map_err(VmError::from)?.0,
+    };
+    if opts.host.is_none() && lv.exists(&name)? {
+        return Err(VmError::NameBusy(name).into());
+    }
+    let staging = if opts.dry_run { None } else { Some(Staging::new()?) };
+    let boot_paths = staging.as_ref().map(|s| (s.0.join("vmlinuz"), s.0.join("initrd.img")));
+    let boot = manifest.boot.as_ref().map(|b| {
+        let (k, i) = boot_paths.clone().unwrap_or_else(|| ("/bundle/vmlinuz".into(), "/bundle/initrd.img".into()));
+        (k.to_string_lossy().into_owned(), b.initrd.as_ref().map(|_| i.to_string_lossy().into_owned()))
+    });
+    let spec = request_for(&manifest, info.disk_virtual_size, boot.as_ref().map(|(k, i)| (k.as_str(), i.as_deref())));
+    let mut warnings = vec![];
+    // Shares: the folder must exist here; one that does not is left out, and said.
+    let mut spec = spec;
+    spec.shares.retain(|sh| {
+        let dir = crate::share::parse_spec(sh).map(|(d, _, _)| d).unwrap_or_default();
+        let keep = opts.host.is_some() || Path::new(&dir).is_dir();
+        if !keep {
+            warnings.push(format!("shared folder {sh} does not exist on this host: left out (phyllome share add)"));
+        }
+        keep
+    });
+    let plan = plan_on(&name, &spec, &host, vec![])?;
+    if let Some(i) = &manifest.media.iso {
+        warnings.push(format!("install medium {i} is not attached: the imported VM is installed"));
+    }
+
+    // The disk and the encrypted parts: to the staging folder (or only hashed, in a dry run).
+    let mut staged: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for part in info.parts.iter().skip(1) {
+        if !matches!(part.as_str(), "disk.qcow2" | "nvram.age" | "tpm.age" | "boot.age") {
+            return Err(BundleError::Damaged(format!("unknown part {part:?}")));
+        }
+        progress(Progress::Step { step: if part == "disk.qcow2" { "disk" } else { "parts" } });
+        let mut e = next(part)?;
+        let size = e.size();
+        let mut hash = Sha256::new();
+        let mut sink: Box<dyn Write> = match &staging {
+            Some(s) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let p = s.0.join(part);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| io(&p, e))?;
+                staged.insert(part.clone(), p);
+                Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+            }
+            None => Box::new(std::io::sink()),
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            let n = e.read(&mut buf).map_err(|x| damaged_or_truncated(part, x))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            sink.write_all(&buf[..n]).map_err(|x| io(part, x))?;
+            done += n as u64;
+        }
+        sink.flush().map_err(|x| io(part, x))?;
+        drop(sink);
+        if done < size {
+            return Err(BundleError::Truncated(format!("{part} ends early")));
+        }
+        sums.insert(part.clone(), hex(&hash.finalize()));
+    }
+    progress(Progress::Step { step: "verify" });
+    let mut e = next("keys.age")?;
+    let size = e.size();
+    let sealed = read_small(&mut e, "keys.age", size)?;
+    drop(e);
+    let keys: Keys = {
+        let dec = age::Decryptor::new(sealed.as_slice()).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?;
+        if !dec.is_scrypt() {
+            return Err(BundleError::Damaged("keys.age is not sealed with a passphrase".into()));
+        }
+        let mut id = age::scrypt::Identity::new(passphrase);
+        id.set_max_work_factor(MAX_SCRYPT_LOG_N);
+        let mut r = dec.decrypt(std::iter::once(&id as &dyn age::Identity)).map_err(|e| match e {
+            age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BundleError::WrongPassphrase,
+            other => BundleError::Damaged(format!("keys.age: {other}")),
+        })?;
+        let mut plain = vec![];
+        r.read_to_end(&mut plain).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?;
+        serde_json::from_slice(&plain).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?
+    };
+    let listed: Vec<&str> = std::iter::once("bundle.json").chain(info.parts.iter().map(String::as_str)).collect();
+    if keys.sha256.keys().map(String::as_str).collect::<Vec<_>>() != {
+        let mut l = listed.clone();
+        l.sort();
+        l
+    } {
+        return Err(BundleError::Damaged("the sealed checksums name other parts than the bundle holds".into()));
+    }
+    for part in &listed {
+        if keys.sha256.get(*part) != sums.get(*part) {
+            return Err(BundleError::Damaged(format!("{part} does not match its checksum")));
+        }
+    }
+    let identity: age::x25519::Identity =
+        keys.identity.parse().map_err(|_| BundleError::Damaged("keys.age holds no age identity".into()))?;
+    note(progress, "every part matches its sealed checksum");
+
+    let changes = changes(&info.choices, &plan.choices);
+    warnings.extend(plan.warnings.iter().cloned());
+    let result = |xml: Option<String>, warnings: Vec<String>| Imported {
+        name: name.clone(),
+        os: manifest.os.clone(),
+        dry_run: opts.dry_run,
+        source: info.source.clone(),
+        changes: changes.clone(),
+        choices: plan.choices.clone(),
+        warnings,
+        xml,
+    };
+    let Some(staging) = staging else {
+        return Ok(result(Some(plan.domain.to_xml()), warnings));
+    };
+
+    // Decrypt the small parts, then create under the journal, adopting the disk and its key.
+    let read = |part: &str| -> std::result::Result<Option<Vec<u8>>, BundleError> {
+        match staged.get(part) {
+            Some(p) => {
+                let b = std::fs::read(p).map_err(|e| io(p, e))?;
+                Ok(Some(age_decrypt(&identity, &b, part)?))
+            }
+            None => Ok(None),
+        }
+    };
+    if let Some(b) = read("boot.age")? {
+        for (file, bytes) in untar_files(&b, "boot.age")? {
+            if !matches!(file.as_str(), "vmlinuz" | "initrd.img") {
+                return Err(BundleError::Damaged(format!("boot.age: unexpected file {file:?}")));
+            }
+            let p = staging.0.join(&file);
+            std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
+        }
+    }
+    let nvram = read("nvram.age")?;
+    let nvram = match (nvram, &plan.domain.firmware) {
+        (Some(bytes), phyllome_model::domain::Firmware::Efi { nvram: store, .. }) => {
+            let want = if store.is_some() { "qcow2" } else { "raw" };
+            let have = info.nvram_format.as_deref().unwrap_or("raw");
+            if want == have {
+                Some(bytes)
+            } else {
+                Some(convert_nvram(&staging.0, &bytes, have, want)?)
+            }
+        }
+        (Some(_), _) => {
+            warnings.push("the UEFI variable store is left out: this host boots the VM with BIOS".into());
+            None
+        }
+        (None, _) => None,
+    };
+    let tpm = match read("tpm.age")? {
+        Some(b) => untar_files(&b, "tpm.age")?,
+        None => vec![],
+    };
+    let adopt = vm::Adopt {
+        disk: staged.get("disk.qcow2").cloned().expect("always staged"),
+        key: keys.disk_key.into_bytes(),
+        nvram,
+        tpm,
+    };
+    let created = vm::create_with(lv, &name, &spec, None, false, Some(&adopt), progress)?;
+    for w in created.warnings {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+    drop(staging);
+    Ok(result(None, warnings))
+}
+
+/// Converts a variable store between raw and qcow2 (through files in the private staging folder).
+fn convert_nvram(dir: &Path, bytes: &[u8], from: &str, to: &str) -> std::result::Result<Vec<u8>, BundleError> {
+    let (a, b) = (dir.join("nvram.in"), dir.join("nvram.out"));
+    std::fs::write(&a, bytes).map_err(|e| io(&a, e))?;
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", from, "-O", to])
+        .arg(&a)
+        .arg(&b)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| io("qemu-img", e))?;
+    if !out.status.success() {
+        return Err(BundleError::Io {
+            path: "the UEFI variable store".into(),
+            why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let v = std::fs::read(&b).map_err(|e| io(&b, e))?;
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choice(item: &'static str, choice: &str) -> Choice {
+        Choice { item, choice: choice.into(), why: format!("why {item}") }
+    }
+
+    #[test]
+    fn changes_name_what_differs_appears_and_goes() {
+        let from = vec![
+            SavedChoice { item: "cpu".into(), choice: "host-passthrough".into(), why: "kvm".into() },
+            SavedChoice { item: "video".into(), choice: "virtio-gpu with GL".into(), why: "render node".into() },
+            SavedChoice { item: "disk".into(), choice: "virtio".into(), why: "fast".into() },
+        ];
+        let to = vec![choice("cpu", "qemu64"), choice("disk", "virtio"), choice("sound", "ich9")];
+        let c = changes(&from, &to);
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert_eq!(
+            (c[0].item.as_str(), c[0].from.as_deref(), c[0].to.as_deref()),
+            ("cpu", Some("host-passthrough"), Some("qemu64"))
+        );
+        assert_eq!(c[0].why, "why cpu");
+        assert_eq!((c[1].item.as_str(), c[1].from.as_deref()), ("sound", None));
+        assert_eq!((c[2].item.as_str(), c[2].to.as_deref()), ("video", None));
+        assert!(changes(
+            &from,
+            &[choice("cpu", "host-passthrough"), choice("video", "virtio-gpu with GL"), choice("disk", "virtio")]
+        )
+        .is_empty());
+    }
+}
