@@ -916,6 +916,18 @@ fn import_inner(
         return Err(VmError::NameBusy(name).into());
     }
     let staging = if opts.dry_run { None } else { Some(Staging::new()?) };
+    if let (Some(s), true) = (&staging, total > 0) {
+        // The parts are staged first: refuse now rather than fill the disk half way.
+        if let Ok(free) = fs4::available_space(&s.0) {
+            if free < total + (64 << 20) {
+                return Err(BundleError::CannotHere(format!(
+                    "{STAGING_DIR} has {} MiB free: importing this bundle needs {} MiB there",
+                    free >> 20,
+                    (total >> 20) + 64
+                )));
+            }
+        }
+    }
     let boot_paths = staging.as_ref().map(|s| (s.0.join("vmlinuz"), s.0.join("initrd.img")));
     let boot = manifest.boot.as_ref().map(|b| {
         let (k, i) = boot_paths.clone().unwrap_or_else(|| ("/bundle/vmlinuz".into(), "/bundle/initrd.img".into()));

@@ -183,10 +183,12 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
         (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
     };
     let pass = if from_stdin {
-        if !Path::new("/dev/tty").exists() {
-            return Err("the bundle is on standard input, so the passphrase must be typed on a terminal".into());
-        }
-        read_passphrase("Passphrase of the bundle: ", false)?
+        // Standard input is the bundle: the passphrase comes from the terminal itself (rpassword opens /dev/tty).
+        rpassword::prompt_password("Passphrase of the bundle: ")
+            .map_err(|e| {
+                format!("the bundle is on standard input, so the passphrase must be typed on a terminal: {e}")
+            })?
+            .into_bytes()
     } else {
         passphrase(a.passphrase_stdin, false)?
     };
