@@ -69,6 +69,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What `apply` would change to make the host's VMs what the manifests say (per VM).
+    Diff(cli::apply::DiffArgs),
+    /// Make the host's VMs what the manifests say: create, change, and with --prune remove what apply made.
+    Apply(cli::apply::ApplyArgs),
     /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
     #[command(subcommand)]
     Snapshot(cli::snapshot::SnapshotCommand),
@@ -134,6 +138,8 @@ fn main() -> ExitCode {
         Command::Share(cmd) => cli::share::run(uri, cmd),
         Command::Snapshot(cmd) => cli::snapshot::run(uri, cmd),
         Command::Manifest { name, json } => cli::manifest::manifest(uri, &name, json),
+        Command::Diff(args) => cli::apply::diff(uri, args),
+        Command::Apply(args) => cli::apply::apply(uri, args),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };
