@@ -69,7 +69,7 @@ pub enum ApplyError {
     Manifest(#[from] ManifestError),
     /// A VM's check or change failed; `file` is the manifest naming it.
     #[error("{file}: {source}")]
-    InFile { file: String, source: VmError },
+    InFile { file: String, source: Box<VmError> },
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -450,7 +450,7 @@ fn check_create(lv: &Libvirt, file: &str, want: &Manifest, source: &str) -> Resu
         }
         .into());
     }
-    let in_file = |e: VmError| ApplyError::InFile { file: file.into(), source: e };
+    let in_file = |e: VmError| ApplyError::InFile { file: file.into(), source: Box::new(e) };
     let p = vm::plan(lv, &want.name, &spec_of(want, source)).map_err(in_file)?;
     let disk = p.disk.clone().expect("plan() always asks for a disk");
     vm::preflight(lv, &want.name, &p, &disk, false, &crate::progress::quiet).map_err(in_file)?;
@@ -552,7 +552,7 @@ pub fn plan(lv: &Libvirt, src: &Source, prune: bool) -> Result<Plan, ApplyError>
             out.work.push(Work::Create(Box::new(want)));
             continue;
         }
-        let h = have(lv, &name).map_err(|e| ApplyError::InFile { file: file.clone(), source: e })?;
+        let h = have(lv, &name).map_err(|e| ApplyError::InFile { file: file.clone(), source: Box::new(e) })?;
         let changes = diff(&want, &h.manifest, h.running, file)?;
         check_changes(lv, &mut cache, file, &want, &h, &changes)?;
         let action = if changes.is_empty() { Action::Unchanged } else { Action::Change };
@@ -597,8 +597,10 @@ pub struct Outcome {
 pub fn apply(lv: &Libvirt, plan: &Plan, progress: Report<'_>) -> Result<Vec<Outcome>, ApplyError> {
     let mut outcomes = Vec::new();
     for (d, work) in plan.vms.iter().zip(&plan.work) {
-        let in_file =
-            |e: VmError| ApplyError::InFile { file: d.file.clone().unwrap_or_else(|| plan.source.clone()), source: e };
+        let in_file = |e: VmError| ApplyError::InFile {
+            file: d.file.clone().unwrap_or_else(|| plan.source.clone()),
+            source: Box::new(e),
+        };
         let mut o = Outcome {
             name: d.name.clone(),
             action: d.action,

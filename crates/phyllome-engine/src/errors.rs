@@ -147,7 +147,8 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         use crate::apply::ApplyError as A;
         match e {
             A::Manifest(m) => manifest(m),
-            A::InFile { source, .. } | A::Vm(source) => vm(source),
+            A::InFile { source, .. } => vm(source),
+            A::Vm(source) => vm(source),
         }
     } else if let Some(e) = e.downcast_ref::<crate::snapshot::SnapshotError>() {
         e.kind()
@@ -215,7 +216,7 @@ mod tests {
         let field = ManifestError::Field { file: "a.toml".into(), field: "disk_size", why: "smaller".into() };
         let shrink: Box<dyn std::error::Error> = Box::new(ApplyError::from(field));
         assert_eq!(classify(shrink.as_ref()), ErrorKind::InvalidInput);
-        let busy = ApplyError::InFile { file: "a.toml".into(), source: VmError::Running("a".into()) };
+        let busy = ApplyError::InFile { file: "a.toml".into(), source: Box::new(VmError::Running("a".into())) };
         assert_eq!(classify(boxed_apply(busy).as_ref()), ErrorKind::Conflict);
         let io: Box<dyn std::error::Error> = Box::new(std::io::Error::other("disk full"));
         assert_eq!(classify(io.as_ref()), ErrorKind::Failed);
