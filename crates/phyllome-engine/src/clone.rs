@@ -37,6 +37,7 @@ pub struct Cloned {
 
 /// The clone's definition: the source's with the new name, no UUID and no MAC
 /// addresses (libvirt makes new ones), and its own disk, key, NVRAM, boot files and logs.
+/// `apply`'s mark (`<phyllome:applied>`) stays with the source: `apply --prune` never removes a clone.
 pub fn clone_xml(
     xml: &str,
     from: &str,
@@ -48,11 +49,16 @@ pub fn clone_xml(
     let mut out = String::with_capacity(xml.len());
     for line in xml.lines() {
         let t = line.trim_start();
-        if t.starts_with("<uuid>") || t.starts_with("<mac address=") {
+        if t.starts_with("<uuid>") || t.starts_with("<mac address=") || t.starts_with("<phyllome:applied ") {
             continue;
         }
         out.push_str(line);
         out.push('\n');
+    }
+    // The mark written inside another line, should libvirt ever write the metadata on one.
+    while let Some(at) = out.find("<phyllome:applied ") {
+        let end = out[at..].find("/>").map_or(out.len(), |e| at + e + 2);
+        out.replace_range(at..end, "");
     }
     let mut out = out.replacen(&format!("<name>{from}</name>"), &format!("<name>{to}</name>"), 1);
     // The main disk: its volume and its key's usage (the volume's path).
@@ -268,7 +274,9 @@ mod tests {
 
     #[test]
     fn the_clone_gets_its_own_name_disk_key_nvram_boot_files_and_logs_and_no_uuid_or_mac() {
-        let xml = "<domain type='qemu'>\n  <name>a</name>\n  <uuid>1111</uuid>\n  <os>\n    \
+        let xml = "<domain type='qemu'>\n  <name>a</name>\n  <uuid>1111</uuid>\n  <metadata>\n    \
+            <phyllome:vm xmlns:phyllome='https://phyllo.me/xmlns/phyllome/1'>\n      <phyllome:os>linux</phyllome:os>\n      \
+            <phyllome:applied from='/srv/vms'/>\n    </phyllome:vm>\n  </metadata>\n  <os>\n    \
             <kernel>/var/lib/phyllome/boot/a/vmlinuz</kernel>\n    \
             <nvram format='qcow2'>/var/lib/libvirt/qemu/nvram/a_VARS.qcow2</nvram>\n  </os>\n  <devices>\n    \
             <disk type='volume' device='disk'>\n      <source pool='phyllome' volume='a.qcow2'>\n        \
@@ -294,7 +302,7 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want} missing in {out}");
         }
-        for gone in ["<uuid>", "<mac ", "a.qcow2", "a_VARS", "/boot/a/", "a-serial"] {
+        for gone in ["<uuid>", "<mac ", "a.qcow2", "a_VARS", "/boot/a/", "a-serial", "phyllome:applied"] {
             assert!(!out.contains(gone), "{gone} left in {out}");
         }
     }

@@ -37,6 +37,8 @@ pub struct DomainSummary {
     pub created_by: Option<String>,
     /// The sizes the user gave at create (`<phyllome:asked>`); None for VMs made before Phyllome recorded them.
     pub asked: Option<phyllome_model::domain::Asked>,
+    /// The manifest file or folder `phyllome apply` made the VM from (`<phyllome:applied from=...>`).
+    pub applied_from: Option<String>,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<DiskSummary>,
@@ -113,9 +115,11 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
         s.os = get("os");
         s.encryption = get("encryption");
         s.created_by = get("version");
-        if let Some(a) =
-            ours.children().find(|c| c.tag_name().name() == "asked" && c.tag_name().namespace() == Some(METADATA_NS))
-        {
+        let ours_el = |name: &str| {
+            ours.children().find(|c| c.tag_name().name() == name && c.tag_name().namespace() == Some(METADATA_NS))
+        };
+        s.applied_from = ours_el("applied").and_then(|a| a.attribute("from")).map(str::to_string);
+        if let Some(a) = ours_el("asked") {
             s.asked = Some(phyllome_model::domain::Asked {
                 cpus: a.attribute("cpus").and_then(|c| c.parse().ok()),
                 memory: a.attribute("memory").map(str::to_string),
@@ -183,7 +187,7 @@ mod tests {
     fn reads_metadata_disks_and_vnc() {
         let xml = r#"<domain type='qemu' id='3'>
   <name>vm1</name><uuid>1234</uuid>
-  <metadata><phyllome:vm xmlns:phyllome='https://phyllo.me/xmlns/phyllome/1'><phyllome:os>linux</phyllome:os><phyllome:version>0.1.0</phyllome:version><phyllome:encryption>secret</phyllome:encryption></phyllome:vm></metadata>
+  <metadata><phyllome:vm xmlns:phyllome='https://phyllo.me/xmlns/phyllome/1'><phyllome:os>linux</phyllome:os><phyllome:version>0.1.0</phyllome:version><phyllome:encryption>secret</phyllome:encryption><phyllome:applied from='/srv/vms'/></phyllome:vm></metadata>
   <memory unit='KiB'>4194304</memory><vcpu placement='static'>2</vcpu>
   <devices>
     <disk type='volume' device='disk'><source pool='phyllome' volume='vm1.qcow2'><encryption format='luks'><secret type='passphrase' usage='/p/vm1.qcow2'/></encryption></source><target dev='vda' bus='virtio'/></disk>
@@ -196,6 +200,7 @@ mod tests {
         let s = parse(xml).unwrap();
         assert_eq!((s.name.as_str(), s.os.as_deref(), s.vcpus, s.memory_mib), ("vm1", Some("linux"), 2, 4096));
         assert_eq!(s.encryption.as_deref(), Some("secret"));
+        assert_eq!(s.applied_from.as_deref(), Some("/srv/vms"));
         assert!(s.encrypted());
         assert_eq!(s.main_disk().unwrap().volume.as_deref(), Some("vm1.qcow2"));
         assert_eq!(s.disks[1].file.as_deref(), Some("/isos/a.iso"));
@@ -224,5 +229,6 @@ mod tests {
     fn foreign_domains_have_no_phyllome_metadata() {
         let s = parse("<domain type='kvm'><name>x</name><memory unit='GiB'>2</memory><vcpu>1</vcpu></domain>").unwrap();
         assert_eq!((s.os.as_deref(), s.memory_mib, s.encrypted()), (None, 2048, false));
+        assert_eq!(s.applied_from, None);
     }
 }

@@ -118,6 +118,15 @@ fn vm(e: &VmError) -> ErrorKind {
     }
 }
 
+fn manifest(e: &crate::manifest::ManifestError) -> ErrorKind {
+    use crate::manifest::ManifestError as M;
+    match e {
+        M::Missing(_) => ErrorKind::NotFound,
+        M::Unreadable { .. } => ErrorKind::Failed,
+        M::Syntax { .. } | M::Version { .. } | M::Field { .. } => ErrorKind::InvalidInput,
+    }
+}
+
 /// The kind of `e`, looking through the engine's error types.
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
     if let Some(e) = e.downcast_ref::<VmError>() {
@@ -132,8 +141,15 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
             I::Libvirt(l) => libvirt(l),
             I::Io(..) => ErrorKind::Failed,
         }
-    } else if e.downcast_ref::<crate::manifest::ManifestError>().is_some() {
-        ErrorKind::InvalidInput
+    } else if let Some(e) = e.downcast_ref::<crate::manifest::ManifestError>() {
+        manifest(e)
+    } else if let Some(e) = e.downcast_ref::<crate::apply::ApplyError>() {
+        use crate::apply::ApplyError as A;
+        match e {
+            A::Manifest(m) => manifest(m),
+            A::InFile { source, .. } => vm(source),
+            A::Vm(source) => vm(source),
+        }
     } else if let Some(e) = e.downcast_ref::<crate::snapshot::SnapshotError>() {
         e.kind()
     } else if let Some(e) = e.downcast_ref::<crate::bundle::BundleError>() {
@@ -177,6 +193,10 @@ mod tests {
         assert_eq!(codes.len(), all.len());
     }
 
+    fn boxed_apply(e: crate::apply::ApplyError) -> Box<dyn std::error::Error> {
+        Box::new(e)
+    }
+
     #[test]
     fn engine_errors_fall_into_their_class() {
         let boxed = |e: VmError| -> Box<dyn std::error::Error> { Box::new(e) };
@@ -191,6 +211,15 @@ mod tests {
         assert_eq!(classify(boxed(VmError::Build(tpm)).as_ref()), ErrorKind::Unsupported);
         let name: Box<dyn std::error::Error> = Box::new(phyllome_model::input::InputError::EmptyName);
         assert_eq!(classify(name.as_ref()), ErrorKind::InvalidInput);
+        use crate::apply::ApplyError;
+        use crate::manifest::ManifestError;
+        let missing: Box<dyn std::error::Error> = Box::new(ManifestError::Missing("/vms".into()));
+        assert_eq!(classify(missing.as_ref()), ErrorKind::NotFound);
+        let field = ManifestError::Field { file: "a.toml".into(), field: "disk_size", why: "smaller".into() };
+        let shrink: Box<dyn std::error::Error> = Box::new(ApplyError::from(field));
+        assert_eq!(classify(shrink.as_ref()), ErrorKind::InvalidInput);
+        let busy = ApplyError::InFile { file: "a.toml".into(), source: Box::new(VmError::Running("a".into())) };
+        assert_eq!(classify(boxed_apply(busy).as_ref()), ErrorKind::Conflict);
         let io: Box<dyn std::error::Error> = Box::new(std::io::Error::other("disk full"));
         assert_eq!(classify(io.as_ref()), ErrorKind::Failed);
     }

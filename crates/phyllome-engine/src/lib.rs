@@ -1,6 +1,7 @@
 //! Phyllome's core: what the CLI (and later the web API) do, over the model,
 //! the host facts and libvirt.
 
+pub mod apply;
 pub mod bundle;
 pub mod clone;
 pub mod domxml;

@@ -108,6 +108,10 @@ pub enum ManifestError {
     Version { file: String, found: u32 },
     #[error("{file}: {field}: {why}")]
     Field { file: String, field: &'static str, why: String },
+    #[error("{0}: no such file or folder")]
+    Missing(String),
+    #[error("{file}: {why}")]
+    Unreadable { file: String, why: String },
 }
 
 fn file_name(p: &str) -> String {

@@ -448,8 +448,8 @@ fn new_private_file(path: &str) -> Result<std::fs::File> {
 }
 
 /// What must not exist yet, checked while this create holds the name's claim.
-/// Returns whether the pool exists.
-fn preflight(
+/// Returns whether the pool exists. (`apply` checks its creates with it before making anything.)
+pub(crate) fn preflight(
     lv: &Libvirt,
     name: &str,
     plan: &Plan,

@@ -95,6 +95,16 @@ impl Libvirt {
         }
     }
 
+    /// Grows a volume to `capacity` bytes (libvirt runs `qemu-img resize`, with the
+    /// volume's LUKS secret when it is encrypted). A smaller capacity is refused by libvirt.
+    pub fn grow_volume(&self, pool: &str, volume: &str, capacity: u64) -> Result<()> {
+        let v = self
+            .pool(pool)?
+            .lookup_storage_vol_by_name(volume)
+            .map_err(|e| Error::new(format!("volume {pool}/{volume}"), e))?;
+        v.resize(capacity, 0).map_err(|e| Error::new(format!("resize volume {pool}/{volume}"), e))
+    }
+
     /// Deletes a volume; a missing one is not an error.
     pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<bool> {
         let p = match self.conn.lookup_storage_pool_by_name(pool) {

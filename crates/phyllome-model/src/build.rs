@@ -134,6 +134,8 @@ pub struct Request {
     pub shares: Vec<crate::domain::Share>,
     /// Phyllome's version, recorded in the domain's metadata.
     pub version: String,
+    /// The manifest file or folder `phyllome apply` makes the VM from (absolute), recorded in the metadata.
+    pub applied_from: Option<String>,
 }
 
 /// One decision, for `--explain`.
@@ -267,6 +269,7 @@ pub fn build(req: &Request, host: &Host) -> Result<Plan, BuildError> {
                 memory: req.memory.clone(),
                 disk_size: req.disk_size.clone(),
             },
+            applied_from: req.applied_from.clone(),
         },
         memory_mib,
         vcpus,

@@ -248,6 +248,9 @@ pub struct Metadata {
     /// What the user asked for, as given (`4`, `8G`, `64G`), not what the host made of it:
     /// what a manifest of the VM says, so another host sizes it anew only where the user let it.
     pub asked: Asked,
+    /// The manifest file or folder (absolute path) `phyllome apply` made the VM from:
+    /// what `apply --prune` may remove, and nothing else.
+    pub applied_from: Option<String>,
 }
 
 /// The sizes a user gave when the VM was made (none: the host decided).
@@ -380,7 +383,8 @@ impl Domain {
                     .attr_opt("cpus", m.asked.cpus.map(|c| c.to_string()))
                     .attr_opt("memory", m.asked.memory.clone())
                     .attr_opt("disk", m.asked.disk_size.clone())
-            }));
+            }))
+            .child_opt(m.applied_from.as_ref().map(|from| Element::new("phyllome:applied").attr("from", from)));
         let osinfo = m.osinfo.as_ref().map(|id| {
             Element::new("libosinfo:libosinfo")
                 .attr("xmlns:libosinfo", LIBOSINFO_NS)

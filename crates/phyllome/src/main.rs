@@ -73,6 +73,10 @@ enum Command {
     Export(cli::bundle::ExportArgs),
     /// Make a VM from an exported file, re-tuned for this host (says what changed, and why).
     Import(Box<cli::bundle::ImportArgs>),
+    /// What `apply` would change to make the host's VMs what the manifests say (per VM).
+    Diff(cli::apply::DiffArgs),
+    /// Make the host's VMs what the manifests say: create, change, and with --prune remove what apply made.
+    Apply(cli::apply::ApplyArgs),
     /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
     #[command(subcommand)]
     Snapshot(cli::snapshot::SnapshotCommand),
@@ -140,6 +144,8 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::bundle::export(uri, args),
         Command::Import(args) => cli::bundle::import(uri, *args),
         Command::Manifest { name, json } => cli::manifest::manifest(uri, &name, json),
+        Command::Diff(args) => cli::apply::diff(uri, args),
+        Command::Apply(args) => cli::apply::apply(uri, args),
         Command::Stats(args) => cli::stats::stats(uri, args),
         Command::Top(args) => cli::stats::top(uri, args),
     };

@@ -2,6 +2,7 @@
 //! its arguments and calls the core (`phyllome` library), which the web API
 //! shares.
 
+pub mod apply;
 pub mod bundle;
 pub mod check;
 pub mod devices;
