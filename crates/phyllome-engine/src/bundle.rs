@@ -1093,6 +1093,12 @@ fn import_inner(
         tpm,
     };
     let created = vm::create_with(lv, &name, &spec, None, false, Some(&adopt), progress)?;
+    if manifest.autostart {
+        // Part of the VM's desired state: it comes up when this host boots, as it did on the other.
+        if let Err(e) = lv.set_autostart(&name, true) {
+            warnings.push(format!("autostart could not be turned on: {}", e.message));
+        }
+    }
     for w in created.warnings {
         if !warnings.contains(&w) {
             warnings.push(w);

@@ -163,6 +163,8 @@ fn a_vm_exported_deleted_and_imported_keeps_its_disk_uefi_variables_and_tpm() {
     let nvram = std::fs::read(&nvram_path).unwrap();
     let tpm = std::fs::read(format!("/var/lib/libvirt/swtpm/{}/tpm2/tpm2-00.permall", uuid(&vm.0))).unwrap();
 
+    // Autostart is part of the VM's desired state: it travels in the manifest.
+    ok(phyllome(&["autostart", &vm.0, "on"]));
     let file = TestFile::new("trip");
     let v: serde_json::Value = serde_json::from_str(&ok(export(&vm.0, &file))).unwrap();
     let names: Vec<_> = v["export"]["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -200,6 +202,7 @@ fn a_vm_exported_deleted_and_imported_keeps_its_disk_uefi_variables_and_tpm() {
     let tpm_now = std::fs::read(format!("/var/lib/libvirt/swtpm/{}/tpm2/tpm2-00.permall", uuid(&vm.0))).unwrap();
     assert_eq!(tpm_now, tpm, "TPM state differs from the exported one");
     assert_eq!(image_format(&volume_path(&vm.0)), "qcow2");
+    assert!(virsh_ok(&["dominfo", &vm.0]).lines().any(|l| l.starts_with("Autostart:") && l.contains("enable")));
 
     // The guest sees its marker, its EFI variable and its TPM NV index again.
     let log = boot(&vm.0, "state:two", "PHYLLOME-STATE-WRITTEN");
