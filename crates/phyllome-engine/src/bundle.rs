@@ -46,9 +46,12 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const STAGING_DIR: &str = "/var/lib/phyllome/import";
 /// The largest small part (bundle.json, manifest, NVRAM, TPM state, keys) read into memory.
 const SMALL_PART: u64 = 64 << 20;
-/// scrypt's work factor for the export passphrase: age's own choice is
-/// time-based (about a second here); an import accepts at most 2^20
-/// (1 GiB of memory, the bound on what a bundle can make this host do).
+/// scrypt's work factor for the export passphrase: 2^18 (256 MiB of memory,
+/// under a second of CPU here), fixed rather than age's time-based choice, so a
+/// bundle written on a fast host opens on a slow one, and an import's cost is
+/// known. An import accepts at most 2^20 (1 GiB): the bound on what a bundle
+/// can make this host do.
+const SCRYPT_LOG_N: u8 = 18;
 const MAX_SCRYPT_LOG_N: u8 = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -642,10 +645,13 @@ pub fn export(
             };
             let plain = serde_json::to_vec(&keys).expect("serializes");
             let sealed = {
-                let enc = age::Encryptor::with_user_passphrase(SecretString::from(
+                let mut recipient = age::scrypt::Recipient::new(SecretString::from(
                     String::from_utf8(passphrase.to_vec())
                         .map_err(|_| BundleError::Refused("the passphrase is not UTF-8 text".into()))?,
                 ));
+                recipient.set_work_factor(SCRYPT_LOG_N);
+                let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| BundleError::Io { path: "keys.age".into(), why: e.to_string() })?;
                 let mut sealed = vec![];
                 let mut wr = enc.wrap_output(&mut sealed).map_err(werr)?;
                 wr.write_all(&plain).map_err(werr)?;

@@ -121,7 +121,8 @@ fn write_parts(path: &str, parts: &[(String, Vec<u8>)]) {
 fn open_keys(bundle: &str) -> serde_json::Value {
     let sealed = parts(bundle).into_iter().find(|(n, _)| n == "keys.age").unwrap().1;
     let dec = age::Decryptor::new(sealed.as_slice()).unwrap();
-    let id = age::scrypt::Identity::new(PASS.to_string().into());
+    let mut id = age::scrypt::Identity::new(PASS.to_string().into());
+    id.set_max_work_factor(20);
     let mut r = dec.decrypt(std::iter::once(&id as &dyn age::Identity)).unwrap();
     let mut plain = vec![];
     r.read_to_end(&mut plain).unwrap();
@@ -188,6 +189,11 @@ fn a_vm_exported_deleted_and_imported_keeps_its_disk_uefi_variables_and_tpm() {
     ] {
         assert!(!contains(&bytes, needle), "the bundle holds {what} in the clear");
     }
+    // keys.age is sealed by age's scrypt recipient, with the fixed work factor 2^18.
+    let sealed = parts(file.path()).into_iter().find(|(n, _)| n == "keys.age").unwrap().1;
+    let header = String::from_utf8_lossy(&sealed[..sealed.len().min(200)]).into_owned();
+    assert!(header.starts_with("age-encryption.org/v1\n-> scrypt "), "{header}");
+    assert!(header.lines().nth(1).is_some_and(|l| l.ends_with(" 18")), "{header}");
     // The disk part is a LUKS qcow2 image.
     let disk = parts(file.path()).into_iter().find(|(n, _)| n == "disk.qcow2").unwrap().1;
     assert_eq!(&disk[..4], b"QFI\xfb");

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# second-host.sh start|stop|status|uri [NAME] - a second libvirt host on this
+# machine, for the tests of migration and of several hosts.
+#
+# A libvirtd (and its virtlogd) in a mount namespace of their own, with their
+# own /etc/libvirt, /var/lib/libvirt, /run/libvirt, /var/log/libvirt and
+# /var/cache/libvirt (bind mounts of folders under /var/lib/phyllome-test-hosts/NAME),
+# and a distinct host_uuid, as libvirt's migration docs describe for "two
+# containers on the same host". Its QEMU processes and swtpm run in that
+# namespace too, so a VM's disk, NVRAM and TPM paths name that host's files.
+# It is reached over its unix socket:
+#   qemu+unix:///system?socket=/var/lib/phyllome-test-hosts/NAME/run/libvirt-sock
+# (`uri` prints it). NAME defaults to phyllome-test-host2.
+#
+# `start` makes the folders (empty state: no VM, network, pool or secret of the
+# main host), starts the daemons and waits for the socket; `stop` destroys and
+# undefines what runs there, stops the daemons and removes the folders, so
+# nothing is left behind. Run as root after scripts/setup.sh.
+set -euo pipefail
+cmd=${1:-}
+NAME=${2:-phyllome-test-host2}
+case $NAME in phyllome-test-*) ;; *) echo "second-host: the name must start with phyllome-test-" >&2; exit 2 ;; esac
+BASE=/var/lib/phyllome-test-hosts/$NAME
+SOCK=$BASE/run/libvirt-sock
+URI="qemu+unix:///system?socket=$SOCK"
+log() { printf 'second-host: %s\n' "$*" >&2; }
+
+pid_of() { [ -f "$BASE/$1.pid" ] && cat "$BASE/$1.pid" 2>/dev/null || true; }
+running() {
+    local p
+    p=$(pid_of libvirtd)
+    [ -n "$p" ] && kill -0 "$p" 2>/dev/null
+}
+
+start() {
+    if running; then
+        log "$NAME runs already"
+        echo "$URI"
+        return 0
+    fi
+    rm -rf "$BASE"
+    mkdir -p "$BASE"/{etc,lib,run,log,cache}
+    chmod 700 "$BASE"
+    # Configuration: the main host's daemon and QEMU settings, none of its state.
+    for f in libvirt.conf libvirtd.conf qemu.conf virtlogd.conf libvirt-admin.conf network.conf; do
+        [ -f "/etc/libvirt/$f" ] && cp -p "/etc/libvirt/$f" "$BASE/etc/$f"
+    done
+    [ -d /etc/libvirt/nwfilter ] && cp -a /etc/libvirt/nwfilter "$BASE/etc/nwfilter"
+    mkdir -p "$BASE/etc/qemu" "$BASE/etc/storage" "$BASE/etc/secrets"
+    printf '\nhost_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >>"$BASE/etc/libvirtd.conf"
+    # libvirt's state folders, owned as the packages make them.
+    for d in qemu qemu/nvram qemu/ram qemu/save qemu/snapshot qemu/dump qemu/checkpoint images swtpm boot dnsmasq; do
+        mkdir -p "$BASE/lib/$d"
+    done
+    local qu qg
+    qu=$(stat -c %U /var/lib/libvirt/qemu)
+    qg=$(stat -c %G /var/lib/libvirt/qemu)
+    chown "$qu:$qg" "$BASE/lib/qemu" "$BASE/lib/qemu/nvram" "$BASE/lib/qemu/ram" "$BASE/lib/qemu/save" \
+        "$BASE/lib/qemu/snapshot" "$BASE/lib/qemu/dump" "$BASE/lib/qemu/checkpoint"
+    chmod 755 "$BASE/lib" "$BASE/lib/images"
+    chmod 711 "$BASE/lib/swtpm"
+    mkdir -p "$BASE/log/qemu" "$BASE/log/swtpm/libvirt/qemu"
+    chmod 755 "$BASE" "$BASE/run"
+    unshare --mount --propagation private /bin/sh -c '
+        set -e
+        B=$1
+        mount --bind "$B/etc" /etc/libvirt
+        mount --bind "$B/lib" /var/lib/libvirt
+        mount --bind "$B/run" /run/libvirt
+        mount --bind "$B/log" /var/log/libvirt
+        mkdir -p /var/cache/libvirt
+        mount --bind "$B/cache" /var/cache/libvirt
+        virtlogd -d -p "$B/virtlogd.pid"
+        libvirtd -d -p "$B/libvirtd.pid"
+    ' sh "$BASE"
+    for _ in $(seq 100); do
+        if [ -S "$SOCK" ] && virsh -c "$URI" version >/dev/null 2>&1; then
+            log "$NAME is up: $URI"
+            echo "$URI"
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "$NAME did not come up"
+    stop
+    return 1
+}
+
+stop() {
+    if running && [ -S "$SOCK" ]; then
+        for d in $(virsh -c "$URI" list --all --uuid 2>/dev/null); do
+            virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
+            virsh -c "$URI" undefine --nvram --tpm --snapshots-metadata "$d" >/dev/null 2>&1 || true
+        done
+        for s in $(virsh -c "$URI" secret-list 2>/dev/null | awk 'NR > 2 && $1 != "" {print $1}'); do
+            virsh -c "$URI" secret-undefine "$s" >/dev/null 2>&1 || true
+        done
+    fi
+    for d in libvirtd virtlogd; do
+        local p
+        p=$(pid_of "$d")
+        if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+            kill "$p" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$p" 2>/dev/null || true
+        fi
+    done
+    # QEMU or swtpm processes of that namespace that outlived their daemon.
+    for p in $(pgrep -f "$BASE|qemu-system.*phyllome-test-" 2>/dev/null || true); do
+        if [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" != "$(readlink /proc/self/ns/mnt)" ] &&
+            grep -q " /var/lib/libvirt " "/proc/$p/mountinfo" 2>/dev/null &&
+            grep -q "$BASE" "/proc/$p/mountinfo" 2>/dev/null; then
+            kill -9 "$p" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$BASE"
+    rmdir /var/lib/phyllome-test-hosts 2>/dev/null || true
+    log "$NAME stopped and removed"
+}
+
+case $cmd in
+    start) start ;;
+    stop) stop ;;
+    status) if running; then echo "running: $URI"; else echo "stopped"; exit 1; fi ;;
+    uri) echo "$URI" ;;
+    *) echo "usage: $0 start|stop|status|uri [NAME]" >&2; exit 2 ;;
+esac
