@@ -3,8 +3,8 @@
 # machine, for the tests of migration and of several hosts.
 #
 # A libvirtd (and its virtlogd) in a mount namespace of their own, with their
-# own /etc/libvirt, /var/lib/libvirt, /run/libvirt, /var/log/libvirt and
-# /var/cache/libvirt (bind mounts of folders under /var/lib/phyllome-test-hosts/NAME),
+# own /etc/libvirt, /var/lib/libvirt, /run/libvirt, /var/log/libvirt,
+# /var/cache/libvirt and /var/lib/phyllome/boot (bind mounts of folders under /var/lib/phyllome-test-hosts/NAME),
 # and a distinct host_uuid, as libvirt's migration docs describe for "two
 # containers on the same host". Its QEMU processes and swtpm run in that
 # namespace too, so a VM's disk, NVRAM and TPM paths name that host's files.
@@ -39,7 +39,7 @@ start() {
         return 0
     fi
     rm -rf "$BASE"
-    mkdir -p "$BASE"/{etc,lib,run,log,cache}
+    mkdir -p "$BASE"/{etc,lib,run,log,cache,boot}
     chmod 700 "$BASE"
     # Configuration: the main host's daemon and QEMU settings, none of its state.
     for f in libvirt.conf libvirtd.conf qemu.conf virtlogd.conf libvirt-admin.conf network.conf; do
@@ -70,6 +70,9 @@ start() {
         mount --bind "$B/log" /var/log/libvirt
         mkdir -p /var/cache/libvirt
         mount --bind "$B/cache" /var/cache/libvirt
+        # Phyllome'"'"'s copies of direct-boot kernels: each host has its own.
+        mkdir -p /var/lib/phyllome/boot
+        mount --bind "$B/boot" /var/lib/phyllome/boot
         virtlogd -d -p "$B/virtlogd.pid"
         libvirtd -d -p "$B/libvirtd.pid"
     ' sh "$BASE"
