@@ -10,7 +10,8 @@
 # namespace too, so a VM's disk, NVRAM and TPM paths name that host's files.
 # It is reached over its unix socket:
 #   qemu+unix:///system?socket=/var/lib/phyllome-test-hosts/NAME/run/libvirt-sock
-# (`uri` prints it). NAME defaults to phyllome-test-host2.
+# (`uri` prints it). NAME defaults to phyllome-test-host2; `start NAME --no-swtpm`
+# makes a host without swtpm.
 #
 # `start` makes the folders (empty state: no VM, network, pool or secret of the
 # main host), starts the daemons and waits for the socket; `stop` destroys and
@@ -19,6 +20,8 @@
 set -euo pipefail
 cmd=${1:-}
 NAME=${2:-phyllome-test-host2}
+# --no-swtpm (after NAME): that host has no swtpm (its binaries hidden in its namespace), for the refusal tests.
+NO_SWTPM=${3:-}
 case $NAME in phyllome-test-*) ;; *) echo "second-host: the name must start with phyllome-test-" >&2; exit 2 ;; esac
 BASE=/var/lib/phyllome-test-hosts/$NAME
 SOCK=$BASE/run/libvirt-sock
@@ -73,9 +76,14 @@ start() {
         # Phyllome'"'"'s copies of direct-boot kernels: each host has its own.
         mkdir -p /var/lib/phyllome/boot
         mount --bind "$B/boot" /var/lib/phyllome/boot
+        if [ "$2" = --no-swtpm ]; then
+            for f in /usr/bin/swtpm /usr/bin/swtpm_setup /usr/bin/swtpm_ioctl; do
+                [ -e "$f" ] && mount --bind /dev/null "$f"
+            done
+        fi
         virtlogd -d -p "$B/virtlogd.pid"
         libvirtd -d -p "$B/libvirtd.pid"
-    ' sh "$BASE"
+    ' sh "$BASE" "$NO_SWTPM"
     for _ in $(seq 100); do
         if [ -S "$SOCK" ] && virsh -c "$URI" version >/dev/null 2>&1; then
             log "$NAME is up: $URI"
@@ -126,5 +134,5 @@ case $cmd in
     stop) stop ;;
     status) if running; then echo "running: $URI"; else echo "stopped"; exit 1; fi ;;
     uri) echo "$URI" ;;
-    *) echo "usage: $0 start|stop|status|uri [NAME]" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|uri [NAME] [--no-swtpm]" >&2; exit 2 ;;
 esac

@@ -13,6 +13,7 @@ pub mod isodir;
 pub mod journal;
 pub mod manifest;
 pub mod media;
+pub mod migrate;
 pub mod progress;
 pub mod request;
 pub mod share;

@@ -92,7 +92,7 @@ impl Libvirt {
     /// virDomainGetJobStats, copied into owned values and freed by libvirt's own
     /// function (virt 0.5's `job_stats` builds a Vec from libvirt's allocation,
     /// and from a null pointer when there is no job).
-    fn job_stats(&self, name: &str, flags: u32) -> Result<(i32, Vec<(String, Value)>)> {
+    pub(crate) fn job_stats(&self, name: &str, flags: u32) -> Result<(i32, Vec<(String, Value)>)> {
         let dom = self.domain(name)?;
         let mut kind: std::os::raw::c_int = 0;
         let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();

@@ -5,6 +5,7 @@ mod console;
 mod events;
 mod hostdev;
 mod jobs;
+mod migrate;
 mod secret;
 mod stats;
 mod storage;
@@ -13,6 +14,7 @@ pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
 pub use hostdev::Applied;
 pub use jobs::Job;
+pub use migrate::{MigrateAsk, MigrationStats};
 pub use stats::{DomainStats, Value};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
@@ -98,6 +100,11 @@ pub struct Listed {
 }
 
 impl Listed {
+    /// The domain's UUID.
+    pub fn uuid(&self) -> String {
+        self.dom.uuid_string().unwrap_or_default()
+    }
+
     /// The virtual size of its disk `target` (`vda`...), read by libvirt from
     /// the image (one round trip; None when the image cannot be read).
     pub fn capacity(&self, target: &str) -> Option<u64> {
@@ -131,6 +138,11 @@ impl Libvirt {
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| Error::new(format!("cannot connect to {uri}"), e))?;
         Ok(Libvirt { conn })
+    }
+
+    /// The URI of this connection, as libvirt canonicalized it.
+    pub fn uri(&self) -> String {
+        self.conn.uri().unwrap_or_default()
     }
 
     /// Whether libvirtd runs on this host (a URI without a host name), so the

@@ -77,6 +77,8 @@ enum Command {
     Diff(cli::apply::DiffArgs),
     /// Make the host's VMs what the manifests say: create, change, and with --prune remove what apply made.
     Apply(cli::apply::ApplyArgs),
+    /// Move a VM to another libvirt host (live or stopped), its encrypted disk, TPM and UEFI variables with it.
+    Migrate(Box<cli::migrate::MigrateArgs>),
     /// Snapshots of a whole VM: disks, UEFI variables, TPM state, and with --memory its RAM.
     #[command(subcommand)]
     Snapshot(cli::snapshot::SnapshotCommand),
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
         Command::Iso(cmd) => cli::iso::run(uri, cmd),
         Command::Share(cmd) => cli::share::run(uri, cmd),
         Command::Snapshot(cmd) => cli::snapshot::run(uri, cmd),
+        Command::Migrate(args) => cli::migrate::run(uri, *args),
         Command::Export(args) => cli::bundle::export(uri, args),
         Command::Import(args) => cli::bundle::import(uri, *args),
         Command::Manifest { name, json } => cli::manifest::manifest(uri, &name, json),

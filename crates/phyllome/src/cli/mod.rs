@@ -10,6 +10,7 @@ pub mod host;
 pub mod image;
 pub mod iso;
 pub mod manifest;
+pub mod migrate;
 pub mod os;
 pub mod packaging;
 pub mod serve;

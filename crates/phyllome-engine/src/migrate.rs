@@ -1,0 +1,562 @@
+//! `phyllome migrate VM --to URI`: a VM moved to another libvirt host with
+//! libvirt's own migration, its encrypted disk, TPM and UEFI variables with it.
+//!
+//! - **Check first** ([`check`]): the VM's state fits the mode, nothing of the
+//!   same name or disk exists there, the destination's libvirt can give what the
+//!   VM has (accelerator, a swtpm TPM, secure-boot firmware), its free memory and
+//!   pool space are enough, and for a live move libvirt's CPU comparison passes.
+//! - **Pre-create there**, through the destination's libvirt only (it may be a
+//!   remote host): a secret with a **new** random key (key custody: a disk's key
+//!   never leaves its host; QEMU re-encrypts the disk as it copies it, see
+//!   ARCHITECTURE.md), the LUKS volume made by the destination's libvirt with
+//!   that secret, and the UEFI variable store and direct-boot files uploaded.
+//! - **Move**: peer to peer, persistent on the destination, with the disks copied
+//!   (`--copy-storage`); the TPM state travels in QEMU's migration stream. A
+//!   stopped VM (`--offline`) is started paused (no guest code runs) and moved
+//!   the same way, then powered off there: its disk is re-encrypted and its TPM
+//!   state carried alike.
+//! - **Afterwards** the source's domain, volume, key, NVRAM and TPM state go,
+//!   only once the destination has the VM. A failure leaves the VM where it was
+//!   and removes what was pre-created there (by secret UUID and volume key).
+
+use crate::progress::{note, Progress, Report};
+use crate::vm::{self, VmError};
+use phyllome_libvirt::{Libvirt, MigrateAsk, MigrationStats, State};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The destination's libvirt URI.
+    pub to: String,
+    /// `true`: the VM keeps running while it moves; `false` (`--offline`): a stopped VM.
+    pub live: bool,
+    /// Copy the disks (needed without shared storage; Phyllome's disks are pool volumes on each host).
+    pub copy_storage: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CheckItem {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Checked {
+    pub vm: String,
+    pub to: String,
+    /// `live` or `offline`.
+    pub mode: String,
+    pub ok: bool,
+    pub items: Vec<CheckItem>,
+}
+
+impl Checked {
+    fn push(&mut self, what: &str, ok: bool, detail: impl Into<String>) {
+        self.ok &= ok;
+        self.items.push(CheckItem { what: what.into(), ok, detail: detail.into() });
+    }
+
+    /// The failed items, in words.
+    pub fn failures(&self) -> String {
+        self.items.iter().filter(|i| !i.ok).map(|i| format!("{}: {}", i.what, i.detail)).collect::<Vec<_>>().join("; ")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stats {
+    pub data_total: u64,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    pub disk_total: u64,
+    pub disk_processed: u64,
+    pub memory_total: u64,
+    pub memory_processed: u64,
+    /// How long the guest was paused at the switch-over, in milliseconds.
+    pub downtime_ms: Option<u64>,
+    pub time_elapsed_ms: u64,
+}
+
+impl From<&MigrationStats> for Stats {
+    fn from(s: &MigrationStats) -> Self {
+        Stats {
+            data_total: s.data_total,
+            data_processed: s.data_processed,
+            data_remaining: s.data_remaining,
+            disk_total: s.disk_total,
+            disk_processed: s.disk_processed,
+            memory_total: s.memory_total,
+            memory_processed: s.memory_processed,
+            downtime_ms: s.downtime_ms,
+            time_elapsed_ms: s.time_elapsed_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Migrated {
+    pub name: String,
+    pub to: String,
+    pub mode: String,
+    pub check: Checked,
+    /// libvirt's statistics of the completed migration.
+    pub stats: Stats,
+    /// What was removed from the source afterwards.
+    pub removed_from_source: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot reach the destination {uri}: {why}")]
+    Unreachable { uri: String, why: String },
+    #[error("{vm} cannot move to {to}: {why}")]
+    Refused { vm: String, to: String, why: String },
+    #[error(
+        "the migration of {vm} failed ({why}); it stays on this host, and what was made on the destination was removed"
+    )]
+    Failed { vm: String, why: String },
+}
+
+impl MigrateError {
+    pub fn kind(&self) -> crate::errors::ErrorKind {
+        use crate::errors::ErrorKind;
+        match self {
+            MigrateError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
+            MigrateError::Unreachable { .. } => ErrorKind::Unavailable,
+            MigrateError::Refused { .. } => ErrorKind::Unsupported,
+            MigrateError::Failed { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+impl From<phyllome_libvirt::Error> for MigrateError {
+    fn from(e: phyllome_libvirt::Error) -> Self {
+        MigrateError::Vm(e.into())
+    }
+}
+
+type Result<T> = std::result::Result<T, MigrateError>;
+
+/// Connects to the destination, with a clear error.
+pub fn connect(uri: &str) -> Result<Libvirt> {
+    Libvirt::connect(uri).map_err(|e| MigrateError::Unreachable { uri: uri.into(), why: e.message })
+}
+
+/// The loader of a domain's definition asks for secure boot.
+fn wants_secure_boot(xml: &str) -> bool {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return false };
+    doc.descendants().any(|n| {
+        (n.has_tag_name("loader") && n.attribute("secure") == Some("yes"))
+            || (n.has_tag_name("feature")
+                && n.attribute("name") == Some("secure-boot")
+                && n.attribute("enabled") == Some("yes"))
+    })
+}
+
+/// The domain's type (`kvm` or `qemu`) and machine type.
+fn domain_type(xml: &str) -> (String, String) {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return ("qemu".into(), "q35".into()) };
+    let t = doc.root_element().attribute("type").unwrap_or("qemu").to_string();
+    let m = doc
+        .descendants()
+        .find(|n| n.has_tag_name("type") && n.parent().is_some_and(|p| p.has_tag_name("os")))
+        .and_then(|n| n.attribute("machine"))
+        .unwrap_or("q35")
+        .to_string();
+    (t, m)
+}
+
+/// The `<cpu>` element of a definition, and its mode.
+fn cpu_of(xml: &str) -> Option<(String, String)> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let cpu = doc.root_element().children().find(|n| n.has_tag_name("cpu"))?;
+    let mode = cpu.attribute("mode").unwrap_or("custom").to_string();
+    Some((xml[cpu.range()].to_string(), mode))
+}
+
+/// Whether a domain capabilities document offers a secure-boot loader.
+fn offers_secure_boot(domcaps: &str) -> bool {
+    let Ok(doc) = roxmltree::Document::parse(domcaps) else { return false };
+    doc.descendants().filter(|n| n.has_tag_name("loader")).any(|l| {
+        l.children().any(|e| {
+            e.has_tag_name("enum")
+                && e.attribute("name") == Some("secure")
+                && e.children().any(|v| v.has_tag_name("value") && v.text() == Some("yes"))
+        })
+    })
+}
+
+/// What a move of `name` to `dst` needs, item by item; changes nothing.
+pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<Checked> {
+    let mode = if req.live { "live" } else { "offline" };
+    let mut c = Checked { vm: name.into(), to: req.to.clone(), mode: mode.into(), ok: true, items: vec![] };
+    let state = vm::state(src, name)?;
+    match (req.live, state) {
+        (true, State::Running) => c.push("state", true, "running: moves live"),
+        (true, s) => {
+            c.push("state", false, format!("{s:?}: a live move needs it running (--offline moves a stopped VM)"))
+        }
+        (false, State::Shutoff) => c.push("state", true, "shut off: moves offline"),
+        (false, s) => c.push("state", false, format!("{s:?}: --offline moves a stopped VM (--live a running one)")),
+    }
+    let xml = src.xml(name)?;
+    let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    let shape = crate::snapshot::shape(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    if !shape.hostdevs.is_empty() {
+        c.push("devices", false, format!("passed-through {}: a device stays with its host", shape.hostdevs.join(", ")));
+    }
+    if s.encryption.as_deref() == Some("prompt") {
+        c.push("disk key", false, "a typed passphrase: moving it is not supported yet");
+    }
+    if !src.is_local() {
+        c.push("source", false, "the source must be this host's own libvirt (its NVRAM and boot files are read here)");
+    }
+    let disks: Vec<_> = s.disks.iter().filter(|d| d.device == "disk").collect();
+    let mut disk_alloc = 0;
+    match disks.as_slice() {
+        [d] => match (&d.pool, &d.volume) {
+            (Some(pool), Some(volume)) if pool == crate::POOL => {
+                let v = src.volume_info(pool, volume)?;
+                disk_alloc = v.as_ref().map(|v| v.allocation).unwrap_or(0);
+                let path_ok =
+                    v.as_ref().is_some_and(|v| Path::new(&v.path).parent() == Some(Path::new(crate::POOL_PATH)));
+                c.push("disk", path_ok, format!("{pool}/{volume}, {} MiB written", disk_alloc >> 20));
+                if !req.copy_storage {
+                    c.push(
+                        "storage",
+                        false,
+                        "Phyllome's disks are not shared between hosts: give --copy-storage to copy the disk",
+                    );
+                }
+            }
+            _ => c.push("disk", false, "not a volume of Phyllome's pool"),
+        },
+        other => c.push("disk", false, format!("{} disks: a move copies VMs with one", other.len())),
+    }
+    // The destination.
+    let (dl, dq) = dst.versions()?;
+    c.push("destination", true, format!("libvirt {dl}, QEMU {dq}"));
+    let uuid_taken = dst.list_all()?.into_iter().any(|l| l.name == name || l.uuid() == s.uuid);
+    c.push(
+        "name",
+        !uuid_taken,
+        if uuid_taken { "a VM of that name or UUID exists there".to_string() } else { "free there".to_string() },
+    );
+    let vol_path = format!("{}/{name}.qcow2", crate::POOL_PATH);
+    if let Some(p) = dst.pool_path(crate::POOL)? {
+        let same = p == crate::POOL_PATH;
+        c.push(
+            "pool",
+            same,
+            if same {
+                format!("{} at {p}", crate::POOL)
+            } else {
+                format!("{} is at {p} there, not {}", crate::POOL, crate::POOL_PATH)
+            },
+        );
+        if dst.volume_info(crate::POOL, &format!("{name}.qcow2"))?.is_some() || dst.volume_secret(&vol_path)?.is_some()
+        {
+            c.push("volume", false, format!("{vol_path} or its key exists there"));
+        }
+        if let Ok(Some(free)) = dst.pool_free(crate::POOL) {
+            c.push(
+                "space",
+                free > disk_alloc + (256 << 20),
+                format!("{} MiB free there for {} MiB", free >> 20, disk_alloc >> 20),
+            );
+        }
+    } else {
+        c.push("pool", true, format!("{} is made there at {}", crate::POOL, crate::POOL_PATH));
+    }
+    let free = dst.free_memory()?;
+    let need = s.memory_mib << 20;
+    c.push("memory", free > need + (128 << 20), format!("{} MiB free there for {} MiB", free >> 20, s.memory_mib));
+    let (virt, machine) = domain_type(&xml);
+    match dst.domain_capabilities(&virt, &machine) {
+        Ok(caps_xml) => {
+            c.push("accelerator", true, format!("{virt} there"));
+            let caps = phyllome_host::domcaps::parse_domcaps(&caps_xml).ok();
+            if shape.tpm_emulator {
+                let tpm = caps.as_ref().is_some_and(|k| k.supports("tpm") && k.has("tpm.backendModel", "emulator"));
+                c.push(
+                    "tpm",
+                    tpm,
+                    if tpm {
+                        "swtpm there".to_string()
+                    } else {
+                        "no swtpm there (Debian: apt install swtpm swtpm-tools; Fedora: dnf install swtpm swtpm-tools)"
+                            .to_string()
+                    },
+                );
+            }
+            if wants_secure_boot(&xml) {
+                let sb = offers_secure_boot(&caps_xml);
+                c.push(
+                    "secure boot",
+                    sb,
+                    if sb {
+                        "secure-boot OVMF there".to_string()
+                    } else {
+                        "no secure-boot OVMF there (Debian: apt install ovmf; Fedora: dnf install edk2-ovmf)"
+                            .to_string()
+                    },
+                );
+            }
+        }
+        Err(e) => c.push("accelerator", false, format!("{virt} is not available there: {}", e.message)),
+    }
+    if req.live {
+        if let Some((cpu, mode)) = cpu_of(&xml) {
+            if mode == "host-passthrough" {
+                c.push("cpu", false, "host-passthrough: a live move needs an identical host CPU; use host-model");
+            } else if mode == "maximum" || virt == "qemu" {
+                c.push("cpu", true, "emulated (TCG): any host runs it");
+            } else {
+                let ok = dst.cpu_compatible(&cpu).unwrap_or(false);
+                c.push("cpu", ok, if ok { "libvirt: compatible" } else { "libvirt: this CPU model cannot run there" });
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The migration and NBD URIs for a destination on this same machine (a unix
+/// socket URI): unix sockets both QEMUs can reach. None: libvirt's own (TCP).
+fn data_uris(to: &str) -> (Option<String>, Option<String>) {
+    if to.starts_with("qemu+unix://") {
+        let base = format!("/tmp/phyllome-migrate-{}", std::process::id());
+        (Some(format!("unix://{base}.sock")), Some(format!("unix://{base}-nbd.sock")))
+    } else {
+        (None, None)
+    }
+}
+
+/// What was made on the destination, removed on failure.
+#[derive(Default)]
+struct Made {
+    secret: Option<String>,
+    volume_key: Option<String>,
+    files: Vec<(String, String, String)>,
+    paused_source: Option<String>,
+}
+
+fn undo(src: &Libvirt, dst: &Libvirt, name: &str, uuid: &str, m: &Made) {
+    // A domain of this UUID that the failed migration left defined there, not running.
+    if let Ok(list) = dst.list_all() {
+        if list.iter().any(|l| l.uuid() == uuid && l.state != State::Running) {
+            let _ = dst.remove_domain_by_uuid(uuid);
+        }
+    }
+    if let Some(k) = &m.volume_key {
+        let _ = dst.delete_volume_by_key(crate::POOL, &format!("{name}.qcow2"), k);
+    }
+    if let Some(s) = &m.secret {
+        let _ = dst.undefine_secret_uuid(s);
+    }
+    for (dir, file, key) in &m.files {
+        let _ = dst.remove_uploaded(dir, file, key);
+    }
+    if let Some(u) = &m.paused_source {
+        let _ = src.destroy_paused_uuid(u);
+    }
+}
+
+/// Moves `name` to `req.to` (after [`check`] passed).
+pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
+    vm::recover(src);
+    let dst = connect(&req.to)?;
+    progress(Progress::Step { step: "check" });
+    let checked = check(src, &dst, name, req)?;
+    if !checked.ok {
+        return Err(MigrateError::Refused { vm: name.into(), to: req.to.clone(), why: checked.failures() });
+    }
+    let xml = src.inactive_xml(name)?;
+    let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    let d = s.main_disk().cloned().ok_or_else(|| VmError::Disk(format!("{name} has no disk")))?;
+    let vol = src
+        .volume_info(crate::POOL, d.volume.as_deref().unwrap_or_default())?
+        .ok_or_else(|| VmError::NoVolume(format!("{}/{name}.qcow2", crate::POOL)))?;
+    let mut made = Made::default();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        .iter()
+        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
+        .collect();
+    let mut notes = vec![];
+    let result = (|| -> Result<MigrationStats> {
+        let at = |st: &'static str| -> Result<()> {
+            progress(Progress::Step { step: st });
+            Ok(vm::step(st, &interrupted)?)
+        };
+        at("prepare")?;
+        if dst.ensure_dir_pool(crate::POOL, crate::POOL_PATH)? {
+            note(progress, &format!("made storage pool {} on the destination", crate::POOL));
+        }
+        if d.luks_secret.is_some() || s.encrypted() {
+            let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+            made.secret = Some(dst.define_volume_secret(
+                &vol.path,
+                &format!("phyllome: disk passphrase of VM {name}"),
+                false,
+                &key,
+            )?);
+            note(progress, "a new disk key on the destination: QEMU re-encrypts the disk as it copies it");
+            made.volume_key = Some(dst.create_encrypted_volume(
+                crate::POOL,
+                &format!("{name}.qcow2"),
+                vol.capacity,
+                made.secret.as_deref().expect("just made"),
+            )?);
+        } else {
+            return Err(MigrateError::Refused {
+                vm: name.into(),
+                to: req.to.clone(),
+                why: "its disk is not encrypted: moving unencrypted disks is not supported".into(),
+            });
+        }
+        if let Some(n) = s.nvram.as_ref().filter(|n| Path::new(&n.path).exists()) {
+            let p = Path::new(&n.path);
+            let (dir, file) = (
+                p.parent().expect("a folder").to_string_lossy().into_owned(),
+                p.file_name().expect("a file").to_string_lossy().into_owned(),
+            );
+            let bytes = std::fs::read(p).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
+            let key = dst.upload_file(&dir, &file, &bytes, 0o600)?;
+            made.files.push((dir, file, key));
+        }
+        for f in s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)) {
+            let p = Path::new(f);
+            let (dir, file) = (
+                p.parent().expect("a folder").to_string_lossy().into_owned(),
+                p.file_name().expect("a file").to_string_lossy().into_owned(),
+            );
+            let bytes = std::fs::read(p).map_err(|e| VmError::Disk(format!("{f}: {e}")))?;
+            let key = dst.upload_file(&dir, &file, &bytes, 0o644)?;
+            made.files.push((dir, file, key));
+        }
+        at("migrate")?;
+        if !req.live {
+            // No guest code runs: QEMU only carries the disk, TPM and device state across.
+            made.paused_source = Some(s.uuid.clone());
+            src.start_paused(name)?;
+        }
+        let (migrate_uri, disks_uri) = data_uris(&req.to);
+        let ask = MigrateAsk {
+            live: true,
+            copy_storage: true,
+            paused: !req.live,
+            migrate_uri,
+            disks_uri,
+            disks: vec![d.target.clone()],
+        };
+        // The migration runs on a connection of its own; this one reports its progress.
+        let mut last_active: Option<MigrationStats> = None;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let run = {
+            let uri = src.uri();
+            let name = name.to_string();
+            let to = req.to.clone();
+            std::thread::spawn(move || {
+                let r = Libvirt::connect(&uri).and_then(|lv| lv.migrate_p2p(&name, &to, &ask));
+                let _ = tx.send(());
+                r
+            })
+        };
+        loop {
+            if rx.recv_timeout(Duration::from_millis(300)).is_ok() {
+                break;
+            }
+            if interrupted.load(Ordering::Relaxed) {
+                let _ = src.abort_job(name);
+            }
+            if let Ok(st) = src.migration_stats(name) {
+                if st.active {
+                    progress(Progress::Bytes { done: st.data_processed, total: st.data_total });
+                    last_active = Some(st);
+                }
+            }
+        }
+        let migrated = run
+            .join()
+            .map_err(|_| MigrateError::Failed { vm: name.into(), why: "the migration thread failed".into() })?;
+        if let Err(e) = migrated {
+            if interrupted.load(Ordering::Relaxed) {
+                return Err(VmError::Interrupted.into());
+            }
+            return Err(MigrateError::Failed { vm: name.into(), why: e.message });
+        }
+        made.paused_source = None;
+        // The completed job's figures: the source's, else the destination's (libvirt keeps
+        // them on either side), else the last ones seen while it ran.
+        let complete = |s: &MigrationStats| s.data_total > 0 || s.downtime_ms.is_some();
+        let stats = [src.migration_stats(name).ok(), dst.migration_stats(name).ok()]
+            .into_iter()
+            .flatten()
+            .find(complete)
+            .or(last_active)
+            .unwrap_or_default();
+        Ok(stats)
+    })();
+    for h in hooks {
+        signal_hook::low_level::unregister(h);
+    }
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // The VM runs where it was; the destination gets back to what it had.
+            if dst
+                .list_all()
+                .map(|l| l.iter().any(|l| l.uuid() == s.uuid && l.state == State::Running))
+                .unwrap_or(false)
+            {
+                // The move itself completed: the VM runs there. Nothing is undone.
+                return Err(e);
+            }
+            undo(src, &dst, name, &s.uuid, &made);
+            return Err(e);
+        }
+    };
+    progress(Progress::Step { step: "finish" });
+    if !req.live {
+        // It arrived paused; powered off there, as it was here.
+        let _ = dst.destroy_paused_uuid(&s.uuid);
+    }
+    let there = dst.list_all()?.into_iter().find(|l| l.uuid() == s.uuid);
+    let Some(there) = there else {
+        return Err(MigrateError::Failed {
+            vm: name.into(),
+            why: "libvirt reported success, but the destination does not have the VM; nothing was removed here".into(),
+        });
+    };
+    notes.push(format!("{name} is {:?} on the destination", there.state));
+    // Only now: the source's copy goes (domain, volume, key, NVRAM, TPM state, snapshots).
+    let mut removed = vec![];
+    if vm::state(src, name)? == State::Shutoff {
+        let del = vm::delete(src, name, false)?;
+        removed.push(format!("domain {name}"));
+        removed.extend(del.volumes.iter().map(|v| format!("volume {v}")));
+        removed.push(format!("{} secret(s), its NVRAM and TPM state, {} snapshot(s)", del.secrets, del.snapshots));
+    } else {
+        notes.push(format!("{name} still runs here: it was not removed"));
+    }
+    Ok(Migrated {
+        name: name.into(),
+        to: req.to.clone(),
+        mode: if req.live { "live".into() } else { "offline".into() },
+        check: checked,
+        stats: Stats::from(&stats),
+        removed_from_source: removed,
+        notes,
+    })
+}

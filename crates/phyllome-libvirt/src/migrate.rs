@@ -1,0 +1,219 @@
+//! What a move to another libvirt host needs: files put on the destination
+//! through libvirt's own storage API (the destination may be a remote host:
+//! nothing here touches its file system directly), encrypted volumes made by
+//! the destination's libvirt, the destination's free memory and CPU
+//! comparison, and libvirt's peer-to-peer migration with its statistics.
+
+use crate::stats::Value;
+use crate::{Error, Libvirt, Result};
+use phyllome_model::xml::Element;
+use virt::sys;
+
+/// Statistics of a migration (running or completed), as libvirt reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationStats {
+    pub active: bool,
+    pub completed: bool,
+    pub data_total: u64,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    pub disk_total: u64,
+    pub disk_processed: u64,
+    pub memory_total: u64,
+    pub memory_processed: u64,
+    /// Milliseconds the guest was paused at the switch-over (completed migrations).
+    pub downtime_ms: Option<u64>,
+    pub time_elapsed_ms: u64,
+    pub error: Option<String>,
+}
+
+/// How a migration is asked.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateAsk {
+    pub live: bool,
+    /// Copy the disks (libvirt's NBD copy into volumes made beforehand on the destination).
+    pub copy_storage: bool,
+    /// Leave the domain paused on the destination.
+    pub paused: bool,
+    /// Where QEMU sends the migration stream (`unix:///path` between hosts on one machine), else libvirt's choice.
+    pub migrate_uri: Option<String>,
+    /// Where the destination's NBD server listens for the disks, likewise.
+    pub disks_uri: Option<String>,
+    /// The disks (targets) to copy.
+    pub disks: Vec<String>,
+}
+
+impl Libvirt {
+    /// Makes an encrypted qcow2 volume (LUKS, keyed by the secret `secret_uuid`) in `pool`; its key.
+    pub fn create_encrypted_volume(&self, pool: &str, name: &str, capacity: u64, secret_uuid: &str) -> Result<String> {
+        let p =
+            self.conn.lookup_storage_pool_by_name(pool).map_err(|e| Error::new(format!("storage pool {pool}"), e))?;
+        let xml = Element::new("volume")
+            .child(Element::leaf("name", name))
+            .child(Element::leaf("capacity", capacity.to_string()).attr("unit", "B"))
+            .child(
+                Element::new("target")
+                    .child(Element::new("format").attr("type", "qcow2"))
+                    .child(Element::new("permissions").child(Element::leaf("mode", "0600")))
+                    .child(
+                        Element::new("encryption")
+                            .attr("format", "luks")
+                            .child(Element::new("secret").attr("type", "passphrase").attr("uuid", secret_uuid)),
+                    ),
+            )
+            .render();
+        let v = virt::storage_vol::StorageVol::create_xml(&p, &xml, 0)
+            .map_err(|e| Error::new(format!("create volume {pool}/{name}"), e))?;
+        v.key().map_err(|e| Error::new("volume key", e))
+    }
+
+    /// Deletes the volume `name` of `pool` only if it still has `key`; whether it did.
+    pub fn delete_volume_by_key(&self, pool: &str, name: &str, key: &str) -> Result<bool> {
+        let Ok(p) = self.conn.lookup_storage_pool_by_name(pool) else { return Ok(false) };
+        let _ = p.refresh(0);
+        let Ok(v) = p.lookup_storage_vol_by_name(name) else { return Ok(false) };
+        if v.key().ok().as_deref() != Some(key) {
+            return Ok(false);
+        }
+        v.delete(0).map_err(|e| Error::new(format!("delete volume {pool}/{name}"), e))?;
+        Ok(true)
+    }
+
+    /// A transient directory pool at `dir` for one transfer (built, so the folder exists), removed by the caller.
+    fn transfer_pool(&self, dir: &str) -> Result<virt::storage_pool::StoragePool> {
+        let name = format!("phyllome-transfer-{}", std::process::id());
+        let xml = Element::new("pool")
+            .attr("type", "dir")
+            .child(Element::leaf("name", &name))
+            .child(Element::new("target").child(Element::leaf("path", dir)))
+            .render();
+        self.conn
+            .create_storage_pool_xml(&xml, sys::VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+            .map_err(|e| Error::new(format!("a transfer pool for {dir}"), e))
+    }
+
+    /// Writes a new file `dir/name` on the host of this connection (through a
+    /// transient pool and a volume upload); its volume key. Refuses an existing file.
+    pub fn upload_file(&self, dir: &str, name: &str, bytes: &[u8], mode: u32) -> Result<String> {
+        let pool = self.transfer_pool(dir)?;
+        let r = (|| {
+            if pool.lookup_storage_vol_by_name(name).is_ok() {
+                return Err(Error {
+                    op: format!("upload {dir}/{name}"),
+                    message: "the file exists there already".into(),
+                    code: 0,
+                });
+            }
+            let xml = Element::new("volume")
+                .child(Element::leaf("name", name))
+                .child(Element::leaf("capacity", bytes.len().max(1).to_string()).attr("unit", "B"))
+                .child(
+                    Element::new("target")
+                        .child(Element::new("format").attr("type", "raw"))
+                        .child(Element::new("permissions").child(Element::leaf("mode", format!("{mode:04o}")))),
+                )
+                .render();
+            let v = virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0)
+                .map_err(|e| Error::new(format!("create {dir}/{name}"), e))?;
+            let key = v.key().map_err(|e| Error::new("volume key", e))?;
+            let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
+            v.upload(&stream, 0, bytes.len() as u64, 0).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
+            let mut off = 0;
+            while off < bytes.len() {
+                let end = (off + (1 << 20)).min(bytes.len());
+                let n = stream.send(&bytes[off..end]).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
+                if n <= 0 {
+                    return Err(Error {
+                        op: format!("upload {dir}/{name}"),
+                        message: "the stream closed".into(),
+                        code: 0,
+                    });
+                }
+                off += n as usize;
+            }
+            stream.finish().map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
+            Ok(key)
+        })();
+        let _ = pool.destroy();
+        r
+    }
+
+    /// Removes a file [`Libvirt::upload_file`] made, only if it is still that volume (`key`).
+    pub fn remove_uploaded(&self, dir: &str, name: &str, key: &str) -> Result<bool> {
+        let pool = self.transfer_pool(dir)?;
+        let r = match pool.lookup_storage_vol_by_name(name) {
+            Ok(v) if v.key().ok().as_deref() == Some(key) => {
+                v.delete(0).map(|_| true).map_err(|e| Error::new(format!("delete {dir}/{name}"), e))
+            }
+            _ => Ok(false),
+        };
+        let _ = pool.destroy();
+        r
+    }
+
+    /// Free memory of this connection's host, in bytes.
+    pub fn free_memory(&self) -> Result<u64> {
+        self.conn.free_memory().map_err(|e| Error::new("free memory", e))
+    }
+
+    /// libvirt's comparison of a `<cpu>` definition with this host's CPU:
+    /// true when the host can run it (identical or superset).
+    pub fn cpu_compatible(&self, cpu_xml: &str) -> Result<bool> {
+        let r = self.conn.compare_cpu(cpu_xml, 0).map_err(|e| Error::new("compare CPU", e))?;
+        Ok(r == sys::VIR_CPU_COMPARE_IDENTICAL || r == sys::VIR_CPU_COMPARE_SUPERSET)
+    }
+
+    /// Migrates `name` peer to peer to `dest_uri` (the source's libvirtd talks
+    /// to the destination's), persistent there, the source kept defined (the
+    /// caller removes it once the destination runs the VM). Blocks until done.
+    pub fn migrate_p2p(&self, name: &str, dest_uri: &str, ask: &MigrateAsk) -> Result<()> {
+        let dom = self.domain(name)?;
+        let mut flags = sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST;
+        if ask.live {
+            flags |= sys::VIR_MIGRATE_LIVE;
+        }
+        if ask.copy_storage {
+            flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+        }
+        if ask.paused {
+            flags |= sys::VIR_MIGRATE_PAUSED;
+        }
+        let params = virt::domain::MigrateParameters {
+            uri: ask.migrate_uri.clone(),
+            disks_uri: ask.disks_uri.clone(),
+            migrate_disks: ask.disks.clone(),
+            ..Default::default()
+        };
+        dom.migrate_to_uri3(Some(dest_uri), params, flags).map_err(|e| Error::new(format!("migrate {name}"), e))
+    }
+
+    /// The statistics of `name`'s running migration, or of the last completed one.
+    pub fn migration_stats(&self, name: &str) -> Result<MigrationStats> {
+        let get = |f: &[(String, Value)], key: &str| f.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_u64());
+        let fill = |f: &[(String, Value)], active: bool, completed: bool| MigrationStats {
+            active,
+            completed,
+            data_total: get(f, "data_total").unwrap_or(0),
+            data_processed: get(f, "data_processed").unwrap_or(0),
+            data_remaining: get(f, "data_remaining").unwrap_or(0),
+            disk_total: get(f, "disk_total").unwrap_or(0),
+            disk_processed: get(f, "disk_processed").unwrap_or(0),
+            memory_total: get(f, "memory_total").unwrap_or(0),
+            memory_processed: get(f, "memory_processed").unwrap_or(0),
+            downtime_ms: get(f, "downtime"),
+            time_elapsed_ms: get(f, "time_elapsed").unwrap_or(0),
+            error: f.iter().find(|(k, _)| k == "errmsg").and_then(|(_, v)| match v {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            }),
+        };
+        let (kind, now) = self.job_stats(name, 0)?;
+        if kind == sys::VIR_DOMAIN_JOB_BOUNDED as i32 || kind == sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
+            return Ok(fill(&now, true, false));
+        }
+        // Kept: a progress poll must not take the figures the caller reads at the end.
+        let (kind, done) =
+            self.job_stats(name, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)?;
+        Ok(fill(&done, false, kind == sys::VIR_DOMAIN_JOB_COMPLETED as i32))
+    }
+}
