@@ -69,7 +69,7 @@ fn one_bundle_is_retuned_for_every_recorded_host() {
                 }
                 Err(e) => (vec![dir.join(format!("{host_name}.err"))], vec![format!("{e}\n")]),
             };
-            for (path, text) in files.iter().zip(&got) {
+            for path in &files {
                 if path.extension().is_some_and(|x| x == "xml") {
                     xmls.push(path.clone());
                 }
