@@ -924,13 +924,19 @@ try {
     assert(await page.isChecked('[data-testid=import-dry-run]'), 'the form forgot "dry run"');
     await page.fill('[data-testid=import-passphrase]', bundlePass);
     sent = page.waitForRequest((r) => r.url().includes('/api/v1/import?') && r.method() === 'POST');
-    const answered = page.waitForResponse((r) => r.url().includes('/api/v1/import?') && r.request().method() === 'POST' && r.status() === 200);
     await page.evaluate(() => { window.__phyllome_import.phases = []; });
     await page.click('[data-testid=import-submit]');
     request = await sent;
     assert(request.headers()['x-phyllome-passphrase'] === encodeURIComponent(bundlePass), 'the passphrase header is not the percent-encoded passphrase');
-    const want = await (await answered).json();
     await page.waitForSelector('[data-testid=import-result]', { timeout: 120000 });
+    // What the server answers for the same dry run (the inspector does not keep the dialog's answer: its request was 20 MiB).
+    const csrf = await page.evaluate(async () => (await (await fetch('/api/v1/session')).json()).csrf);
+    const again = await page.request.post(request.url(), {
+      headers: { 'X-CSRF-Token': csrf, 'X-Phyllome-Passphrase': encodeURIComponent(bundlePass), 'Content-Type': 'application/octet-stream' },
+      data: readFileSync(bundlePath),
+    });
+    assert(again.status() === 200, `the same dry run through the API answered ${again.status()}: ${await again.text()}`);
+    const want = await again.json();
     const seen = await page.evaluate(() => window.__phyllome_import);
     console.log(`  upload of ${(size / 1048576).toFixed(1)} MiB: phases ${seen.phases.join(' -> ')}`);
     assert(seen.phases[0] === 'uploading' && seen.phases[seen.phases.length - 1] === 'done', `the progress showed ${seen.phases}`);
