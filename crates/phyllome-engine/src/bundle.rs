@@ -416,19 +416,19 @@ fn append_part<W: Write>(
     Ok(())
 }
 
-/// Exports the stopped VM `name` into `out`, with the passphrase that will
-/// open the bundle. Constant memory: the disk streams from a staging copy.
-pub fn export(
-    lv: &Libvirt,
-    name: &str,
-    passphrase: &[u8],
-    out: &mut dyn Write,
-    progress: Report<'_>,
-) -> std::result::Result<Exported, BundleError> {
-    vm::recover(lv);
-    if passphrase.is_empty() {
-        return Err(VmError::EmptyPassphrase.into());
-    }
+/// Whether `name` can be exported now, as [`export`] would refuse it, without
+/// doing anything: it must exist, be shut off and have one disk, a pool volume
+/// keyed by Phyllome's secret (not a typed passphrase). For front ends that
+/// answer before the export starts (the web API's download ticket).
+pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
+    export_source(lv, name).map(|_| ())
+}
+
+/// The VM's definition, the index of its one disk and that disk's pool and
+/// volume, or why it cannot be exported.
+type Source = (crate::domxml::DomainSummary, usize, String, String);
+
+fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, BundleError> {
     match vm::state(lv, name)? {
         State::Shutoff => {}
         _ => {
@@ -444,13 +444,31 @@ pub fn export(
             "{name}'s disk key is a passphrase typed at each start: exporting it is not supported yet"
         )));
     }
-    let disks: Vec<_> = s.disks.iter().filter(|d| d.device == "disk").collect();
+    let disks: Vec<usize> = (0..s.disks.len()).filter(|&i| s.disks[i].device == "disk").collect();
     let [d] = disks.as_slice() else {
         return Err(BundleError::CannotHere(format!("{name} has {} disks: a bundle holds VMs with one", disks.len())));
     };
-    let (Some(pool), Some(volume)) = (d.pool.clone(), d.volume.clone()) else {
+    let (Some(pool), Some(volume)) = (s.disks[*d].pool.clone(), s.disks[*d].volume.clone()) else {
         return Err(BundleError::CannotHere(format!("{name}'s disk is not a pool volume")));
     };
+    Ok((s, *d, pool, volume))
+}
+
+/// Exports the stopped VM `name` into `out`, with the passphrase that will
+/// open the bundle. Constant memory: the disk streams from a staging copy.
+pub fn export(
+    lv: &Libvirt,
+    name: &str,
+    passphrase: &[u8],
+    out: &mut dyn Write,
+    progress: Report<'_>,
+) -> std::result::Result<Exported, BundleError> {
+    vm::recover(lv);
+    if passphrase.is_empty() {
+        return Err(VmError::EmptyPassphrase.into());
+    }
+    let (s, disk, pool, volume) = export_source(lv, name)?;
+    let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
     let pool_dir = lv.pool_path(&pool)?.ok_or_else(|| VmError::NoPool(pool.clone()))?;
     let (manifest, mut notes) = crate::manifest::of_vm(lv, name)?;

@@ -74,11 +74,13 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(clone_vm))
         .routes(routes!(set_autostart))
         .routes(routes!(vm_manifest))
+        .routes(routes!(crate::bundle::export_vm))
+        .routes(routes!(crate::bundle::download_export))
 }
 
-/// The routes whose bodies may be large (uploads): outside the 64 KiB body limit.
+/// The routes whose bodies may be large (uploads: media, bundles): outside the 64 KiB body limit.
 pub fn upload_routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(upload_media))
+    OpenApiRouter::new().routes(routes!(upload_media)).routes(routes!(crate::bundle::import_vm))
 }
 
 /// Runs `f` with the libvirt connection on the blocking pool.
@@ -95,7 +97,7 @@ pub async fn blocking<T: Send + 'static>(
     .map_err(|_| ApiError::internal("the request's worker failed"))?
 }
 
-fn who_did(who: &Principal, what: &str, name: &str) {
+pub(crate) fn who_did(who: &Principal, what: &str, name: &str) {
     tracing::info!("{}: {what} {}", shown(&who.user), shown(name));
 }
 
@@ -983,6 +985,18 @@ mod tests {
         assert_eq!(s(VmError::Running("x".into())), StatusCode::CONFLICT);
         assert_eq!(s(VmError::NetworkInactive("default".into())), StatusCode::CONFLICT);
         assert_eq!(s(VmError::EmptyPassphrase), StatusCode::BAD_REQUEST);
+        use phyllome_engine::bundle::BundleError as B;
+        let b = |e: B| ApiError::from(e);
+        assert_eq!(
+            (b(B::WrongPassphrase).status, b(B::WrongPassphrase).kind),
+            (StatusCode::BAD_REQUEST, "invalid-input")
+        );
+        assert_eq!(b(B::Truncated("disk.qcow2 ends early".into())).status, StatusCode::BAD_REQUEST);
+        assert_eq!(b(B::Refused("x is running".into())).status, StatusCode::CONFLICT);
+        assert_eq!(b(B::Vm(VmError::NameBusy("x".into()))).status, StatusCode::CONFLICT);
+        assert_eq!(b(B::Vm(VmError::NoSuchVm("x".into()))).status, StatusCode::NOT_FOUND);
+        assert_eq!(b(B::CannotHere("two disks".into())).status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(b(B::Io { path: "p".into(), why: "w".into() }).status, StatusCode::INTERNAL_SERVER_ERROR);
         let down =
             phyllome_libvirt::Error { op: "cannot connect to qemu:///system".into(), message: "x".into(), code: 38 };
         assert_eq!(ApiError::from(down).status, StatusCode::SERVICE_UNAVAILABLE);

@@ -125,6 +125,14 @@ impl From<phyllome_engine::snapshot::SnapshotError> for ApiError {
     }
 }
 
+/// A bundle's errors by their class (`BundleError::kind`): a bad or damaged bundle and a wrong
+/// passphrase 400, a running VM or a taken name 409, what this host cannot do 422.
+impl From<phyllome_engine::bundle::BundleError> for ApiError {
+    fn from(e: phyllome_engine::bundle::BundleError) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
 impl From<phyllome_libvirt::Error> for ApiError {
     fn from(e: phyllome_libvirt::Error) -> ApiError {
         ApiError::from_engine(&e)
@@ -418,6 +426,11 @@ mod tests {
         assert!(needs_csrf(&Method::GET, "/api/v1/vms/{name}/serial"));
         assert!(!needs_csrf(&Method::GET, "/api/v1/vms"));
         assert!(!needs_csrf(&Method::POST, "/api/v1/login"));
+        // Export: the ticket is a change; its download is a GET (the token is the credential, and
+        // only the same-origin POST's answer holds it). Import is a change.
+        assert!(needs_csrf(&Method::POST, "/api/v1/vms/{name}/export"));
+        assert!(!needs_csrf(&Method::GET, "/api/v1/exports/{token}"));
+        assert!(needs_csrf(&Method::POST, "/api/v1/import"));
     }
 
     #[test]

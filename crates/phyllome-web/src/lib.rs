@@ -5,6 +5,7 @@
 //! - [`api`]: the handlers, each with its OpenAPI entry (utoipa);
 //! - [`http`]: the request pipeline: Host and origin checks, authentication, CSRF;
 //! - [`openapi`]: what the document adds for every route;
+//! - [`bundle`]: export (a one-time download link, then a stream) and import of VM bundles;
 //! - [`auth`]: accounts, API tokens, sessions, login throttling, hashing slots;
 //! - [`inventory`]: the VM list, kept current by libvirt lifecycle events;
 //! - [`ws`]: the VNC and serial consoles over WebSockets;
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod bundle;
 pub mod crypto;
 pub mod http;
 pub mod inventory;
@@ -122,6 +124,10 @@ pub struct App {
     pub tls: bool,
     pub novnc: Option<PathBuf>,
     pub vendor: Option<PathBuf>,
+    /// Export download tickets (passphrases in memory only).
+    pub exports: bundle::Tickets,
+    /// One import at a time (the engine stages imports in a folder named by the process).
+    pub imports: Arc<tokio::sync::Semaphore>,
     lv: Mutex<Option<Arc<Libvirt>>>,
 }
 
@@ -364,6 +370,8 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
             tls: is_tls,
             novnc: novnc2,
             vendor,
+            exports: bundle::Tickets::default(),
+            imports: Arc::new(tokio::sync::Semaphore::new(1)),
             lv: Mutex::new(None),
             config,
             auth,

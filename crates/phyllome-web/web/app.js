@@ -2,7 +2,7 @@
 // Every piece of data (VM names above all) reaches the page as text nodes
 // or attribute values set by Preact, never parsed as HTML.
 //
-// Pages (hash routes): #/vms, #/vm/NAME[/usage|/shares|/snapshots|/manifest|/console|/serial], #/media, #/host, #/devices.
+// Pages (hash routes): #/vms (with Import), #/vm/NAME[/usage|/shares|/snapshots|/manifest|/console|/serial], #/media, #/host, #/devices.
 
 import {
   html, render, useState, useEffect, useRef, api, setCsrf, setUnauthorizedHandler, vmHash,

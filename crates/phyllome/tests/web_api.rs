@@ -2,7 +2,8 @@
 //! its security: every route in the OpenAPI document (so a new route cannot
 //! slip through) refuses unauthenticated, expired-session, cross-origin and
 //! CSRF-less requests; logins are throttled; names are data; TLS certificates
-//! are kept; secrets never reach argv, files in clear or the log.
+//! are kept; secrets never reach argv, files in clear or the log; a VM exported
+//! (a download ticket, then a stream) and imported under a new name.
 
 mod web_common;
 use serde_json::Value;
@@ -11,7 +12,7 @@ use web_common::*;
 
 /// Fills a route's path parameters.
 fn fill(path: &str, vm: &str) -> String {
-    path.replace("{name}", vm).replace("{id}", "linux")
+    path.replace("{name}", vm).replace("{id}", "linux").replace("{token}", &"0".repeat(64))
 }
 
 /// Every (method, path, needs CSRF) of the OpenAPI document.
@@ -670,4 +671,171 @@ fn clone_autostart_and_manifest_through_the_api() {
     // A taken name, an unknown field.
     assert_eq!(s.post(&format!("{base}/clone"), Some(&body)).status, 409);
     assert_eq!(s.post(&format!("{base}/clone"), Some(r#"{"name":"x","uuid":"y"}"#)).status, 400);
+}
+
+/// The names of a tar's entries, in order.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(bytes);
+    a.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn bundle_export_and_import_through_the_api() {
+    require_guest();
+    let server = Server::start(&[]);
+    let s = server.admin();
+    let vm = TestVm::new("web-bundle");
+    let copy = TestVm::new("web-bundle-imp");
+    let r = s.post("/api/v1/vms", Some(&guest_create_body(&vm.0, false)));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let export = format!("/api/v1/vms/{}/export", vm.url_name());
+    // Not ASCII, a space and a %: the import's header carries it percent-encoded.
+    let pass = "correct horse é 100% staple";
+    let body = serde_json::json!({ "passphrase": pass }).to_string();
+    let origin = format!("http://{}", server.addr);
+
+    // A change like any other: no CSRF token or a wrong one is refused, and so is an empty passphrase or no VM.
+    for token in [None, Some("0".repeat(64))] {
+        let mut h =
+            vec![("Cookie", s.cookie.as_str()), ("Origin", origin.as_str()), ("Content-Type", "application/json")];
+        if let Some(t) = &token {
+            h.push(("X-CSRF-Token", t));
+        }
+        assert_eq!(server.request("POST", &export, &h, Some(&body)).status, 403);
+    }
+    let r = s.post(&export, Some(r#"{"passphrase":""}"#));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("the passphrase is empty")), "{}", r.text());
+    assert_eq!(s.post("/api/v1/vms/phyllome-test-none/export", Some(&body)).status, 404);
+
+    // A paused or running VM: refused at once, with the engine's words.
+    virsh_ok(&["start", "--paused", &vm.0]);
+    let r = s.post(&export, Some(&body));
+    assert_eq!((r.status, r.json()["kind"].as_str()), (409, Some("conflict")), "paused: {}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("export a stopped VM"), "{}", r.text());
+    virsh_ok(&["resume", &vm.0]);
+    assert_eq!(s.post(&export, Some(&body)).status, 409, "running");
+    virsh_ok(&["destroy", &vm.0]);
+
+    // A ticket, and the VM started before the download: the download is the JSON 409, not a broken stream.
+    let r = s.post(&export, Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let early = r.json()["download"].as_str().unwrap().to_string();
+    virsh_ok(&["start", "--paused", &vm.0]);
+    let r = s.get(&early);
+    assert_eq!((r.status, r.json()["kind"].as_str()), (409, Some("conflict")), "{}", r.text());
+    virsh_ok(&["destroy", &vm.0]);
+
+    // The ticket, then the bundle: a tar of the parts in order, keys.age last, not the passphrase in it.
+    let r = s.post(&export, Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let ticket = r.json();
+    let url = ticket["download"].as_str().unwrap().to_string();
+    let token = url.strip_prefix("/api/v1/exports/").expect("a download under /api/v1/exports/").to_string();
+    assert_eq!((token.len(), ticket["expires_in_secs"].as_u64()), (64, Some(60)), "{ticket}");
+    // Another session of the same user, or with no session at all: not theirs.
+    assert_eq!(server.admin().get(&url).status, 404);
+    assert_eq!(server.request("GET", &url, &[], None).status, 401);
+    let r = s.get(&url);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.ended, "the download was cut off");
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.header("content-disposition"), Some(format!("attachment; filename=\"{}.phyllome\"", vm.0).as_str()));
+    let bundle = r.body;
+    let names = tar_names(&bundle);
+    assert_eq!(names[..3], ["bundle.json", "manifest.toml", "disk.qcow2"], "{names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("keys.age"), "{names:?}");
+    for n in &names[3..names.len() - 1] {
+        assert!(["nvram.age", "tpm.age", "boot.age"].contains(&n.as_str()), "unexpected part {n}: {names:?}");
+    }
+    assert!(!bundle.windows(pass.len()).any(|w| w == pass.as_bytes()), "the bundle holds the passphrase");
+    assert_eq!(vm.state(), "shut off", "the export left the VM running");
+    // One use only.
+    assert_eq!(s.get(&url).status, 404, "a ticket worked twice");
+
+    // Import: the passphrase percent-encoded in its header, the bundle as the body.
+    let import_body = |query: &str, pass: &str, csrf: &str, body: &[u8]| {
+        let enc = encode(pass);
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("X-CSRF-Token", csrf),
+            ("Origin", origin.as_str()),
+            ("Content-Type", "application/octet-stream"),
+            ("X-Phyllome-Passphrase", enc.as_str()),
+        ];
+        http_bytes(&server.addr, "POST", &format!("/api/v1/import?{query}"), &h, Some(body))
+    };
+    let import = |query: &str, pass: &str, csrf: &str| import_body(query, pass, csrf, &bundle);
+    let q = format!("name={}&dry_run=true", copy.url_name());
+    // (Refused before the body is read: a short one, or the server's close would cut the client's write.)
+    assert_eq!(import_body(&q, pass, &"0".repeat(64), b"x").status, 403, "an import without the CSRF token");
+    let r = import(&q, pass, &s.csrf);
+    assert_eq!(r.status, 200, "dry run: {}", r.text());
+    let v = r.json();
+    assert_eq!((v["name"].as_str(), v["dry_run"].as_bool()), (Some(copy.0.as_str()), Some(true)), "{v}");
+    assert!(v["changes"].is_array() && v["warnings"].is_array() && v["xml"].is_string(), "{v}");
+    for c in v["changes"].as_array().unwrap() {
+        assert!(c["item"].is_string() && c["why"].is_string(), "{c}");
+    }
+    assert!(!copy.exists(), "a dry run made the VM");
+    // A wrong passphrase: 400 and nothing made.
+    let wrong = "not the passphrase";
+    let r = import(&format!("name={}", copy.url_name()), wrong, &s.csrf);
+    assert_eq!((r.status, r.json()["kind"].as_str()), (400, Some("invalid-input")), "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("passphrase does not open"), "{}", r.text());
+    assert!(!r.text().contains(wrong));
+    assert!(!copy.exists(), "a refused import made the VM");
+    assert!(!std::path::Path::new(&volume_path(&copy.0)).exists(), "a refused import left a disk");
+    assert_eq!(import_body("dry_run=maybe", pass, &s.csrf, b"x").status, 400);
+    // For real, under the new name beside the original.
+    let r = import(&format!("name={}", copy.url_name()), pass, &s.csrf);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!((r.json()["name"].as_str(), r.json()["dry_run"].as_bool()), (Some(copy.0.as_str()), Some(false)));
+    assert!(virsh(&["dominfo", &copy.0]).status.success(), "virsh does not know the imported VM");
+    assert_eq!(copy.state(), "shut off");
+    let listed = s.get("/api/v1/vms").json();
+    assert!(listed.as_array().unwrap().iter().any(|r| r["name"] == copy.0.as_str()), "the list lacks the import");
+    // The name is taken now.
+    let r = import(&format!("name={}", copy.url_name()), pass, &s.csrf);
+    assert_eq!((r.status, r.json()["kind"].as_str()), (409, Some("conflict")), "{}", r.text());
+
+    let log = server.log_text();
+    assert!(log.contains(&format!("admin: export {}", vm.0)), "{log}");
+    assert!(log.contains(&format!("admin: imported {}", copy.0)), "{log}");
+    for secret in [pass, &encode(pass), &token, wrong] {
+        assert!(!log.contains(secret), "the log holds a secret ({secret}):\n{log}");
+    }
+}
+
+#[test]
+fn bundle_export_that_fails_is_an_error_before_the_first_byte_and_an_aborted_download_after() {
+    require_guest();
+    let state = temp_dir("state");
+    assert!(add_user(&state, USER, PASSWORD).status.success());
+    let vm = TestVm::new("web-bundle-fail");
+    // Sealing keys.age comes after the disk's bytes went out.
+    for (step, before_any_byte) in [("disk", true), ("keys", false)] {
+        let server =
+            Server::start_with_env(&state, std::path::Path::new(GUEST), &[], &[("PHYLLOME_TEST_FAIL_AT", step)]);
+        let s = server.admin();
+        if !vm.exists() {
+            let r = s.post("/api/v1/vms", Some(&guest_create_body(&vm.0, false)));
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+        let r = s.post(&format!("/api/v1/vms/{}/export", vm.url_name()), Some(r#"{"passphrase":"pass phrase"}"#));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let r = s.get(r.json()["download"].as_str().unwrap());
+        if before_any_byte {
+            assert_eq!(r.status, 500, "{}", r.text());
+            assert!(r.json()["error"].as_str().unwrap().contains("injected failure"), "{}", r.text());
+        } else {
+            assert_eq!((r.status, r.header("content-type")), (200, Some("application/octet-stream")));
+            assert!(!r.ended, "a failed export ended like a whole bundle ({} bytes)", r.body.len());
+            assert!(r.body.len() > 1 << 20, "the bytes before the failure did not come ({})", r.body.len());
+        }
+        // The export cleaned up after itself.
+        assert_eq!(vm.state(), "shut off");
+        assert!(!std::path::Path::new(&format!("{POOL_PATH}/.phyllome-export-{}.qcow2", vm.0)).exists());
+        assert!(!virsh_ok(&["secret-list"]).contains(&format!(".phyllome-export-{}.", vm.0)), "export key left");
+        assert!(!server.log_text().contains("pass phrase"));
+    }
 }

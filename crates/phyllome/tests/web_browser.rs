@@ -36,6 +36,9 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     // The clone the UI makes of it (the page deletes it; this guard, when the run ends early).
     let clone_vm = TestVm(format!("{}-clone", vm.0));
     clone_vm.clean();
+    // The name the import dialog's dry run is given (nothing is made; this guard, if something were).
+    let import_vm = TestVm(format!("{}-imp", vm.0));
+    import_vm.clean();
     // Made from an ISO uploaded through the UI.
     let iso_vm = TestVm::new("web-ui-iso");
     let xss = TestVm(format!(
@@ -87,11 +90,15 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "21-clone",
         "22-manifest",
         "23-vm-list-autostart",
+        "24-export",
+        "25-export-started",
+        "26-import-dry-run",
     ] {
         assert!(out_dir.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
     assert!(!vm.exists(), "the UI's delete left the VM");
     assert!(!clone_vm.exists(), "the UI's delete left the clone");
+    assert!(!import_vm.exists(), "the import dialog's dry run made a VM");
     assert!(!iso_vm.exists(), "the UI's delete left the VM made from the uploaded ISO");
     let left: Vec<String> = std::fs::read_dir(GUEST)
         .unwrap()

@@ -49,7 +49,7 @@ fn put_stream(addr: &str, path: &str, auth: &str, len: u64, mut fill: impl FnMut
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
-    Resp { status, headers: vec![], body }
+    Resp { status, headers: vec![], body, ended: true }
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

@@ -154,13 +154,14 @@ export function createVm(body, onProgress) {
 // onProgress({loaded: total, total, sent: true}) once all are sent (the server
 // still checks the image). Returns { promise, abort }: the promise resolves
 // to the JSON answer, or rejects with an ApiError (kind 'cancelled' after
-// abort(); status 0 when the connection broke).
-export function uploadFile(path, file, onProgress) {
+// abort(); status 0 when the connection broke). Options: `method` (PUT) and
+// more `headers`.
+export function uploadFile(path, file, onProgress, { method = 'PUT', headers: extra = {} } = {}) {
   const xhr = new XMLHttpRequest();
   const promise = new Promise((resolve, reject) => {
-    xhr.open('PUT', path);
+    xhr.open(method, path);
     // The browser sets Content-Length from the file.
-    const headers = headersFor('PUT', { 'Content-Type': 'application/octet-stream' });
+    const headers = headersFor(method, { 'Content-Type': 'application/octet-stream', ...extra });
     for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
     const total = file.size;
     xhr.upload.onprogress = (e) => onProgress({ loaded: e.loaded, total: e.lengthComputable ? e.total : total });

@@ -1,5 +1,5 @@
-// The VM list, a VM's page (overview, usage, shares, snapshots, manifest, console, serial) and the actions on a
-// VM (with, on its page, clone and autostart).
+// The VM list (with import), a VM's page (overview, usage, shares, snapshots, manifest, console, serial) and the
+// actions on a VM (with, on its page, clone, export and autostart).
 
 import {
   html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
@@ -10,6 +10,7 @@ import { UsagePanel } from './usage.js';
 import { SharesPanel } from './shares.js';
 import { SnapshotsPanel } from './snapshots.js';
 import { CloneDialog } from './clone.js';
+import { ExportDialog, ImportDialog } from './bundle.js';
 import { ManifestPanel } from './manifest.js';
 
 const QUESTIONS = {
@@ -25,8 +26,8 @@ const BUSY_LABELS = {
 const askPassphrase = (name) => passphraseDialog('Unlock the disk',
   `${name}'s disk is encrypted with a passphrase. It unlocks the disk for this start only and is not kept.`, 'Start');
 
-// Start, pause or resume, stop, force stop, delete (and, in the list, the console; on the VM's page, clone).
-export function VmActions({ vm, inList, onError, onDeleted, onClone }) {
+// Start, pause or resume, stop, force stop, delete (and, in the list, the console; on the VM's page, clone and export).
+export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport }) {
   const [busy, setBusy] = useState(null);
   const s = vm.state;
   const run = async (action) => {
@@ -73,6 +74,10 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone }) {
     ${onClone ? html`<button type="button" data-action="clone" data-testid="vm-clone" disabled=${!!busy || s !== 'shut off'}
         title=${s === 'shut off' ? `Make a full copy of ${vm.name}` : `Only a shut-off VM can be cloned (${vm.name} is ${s})`}
         onClick=${() => { onError(''); onClone(); }}>Clone</button>` : null}
+    ${onExport ? html`<button type="button" data-action="export" data-testid="vm-export" disabled=${!!busy || s !== 'shut off'}
+        title=${s === 'shut off' ? `Save ${vm.name} as one encrypted file, to import on another host`
+          : `Only a shut-off VM can be exported (${vm.name} is ${s})`}
+        onClick=${() => { onError(''); onExport(); }}>Export</button>` : null}
     ${button('delete', 'Delete', s === 'shut off', 'danger-text')}
     ${inList ? html`<a class="button" data-action="console" href=${vmHash(vm.name, 'console')}
         aria-label=${`Console of ${vm.name}`}>Console</a>` : null}
@@ -86,6 +91,7 @@ function StateBadge({ vm, id, loading }) {
 
 export function VmList({ vms, onNew }) {
   const [error, setError] = useState('');
+  const [importing, setImporting] = useState(false);
   let body;
   if (vms === null) {
     body = html`<p class="hint" id="vm-loading">Reading the VM list…</p>`;
@@ -121,10 +127,13 @@ export function VmList({ vms, onNew }) {
     <div class="toolbar">
       <h1 tabindex="-1">Virtual machines</h1>
       <span class="spacer"></span>
+      <button id="import-vm" data-testid="import-vm" type="button" title="Make a VM from a bundle (Export on a VM's page)"
+        onClick=${() => setImporting(true)}>Import…</button>
       <button id="new-vm" class="primary" type="button" onClick=${onNew}>New VM</button>
     </div>
     <p id="vm-error" class="error" role="alert">${error}</p>
     ${body}
+    ${importing ? html`<${ImportDialog} onClose=${() => setImporting(false)} />` : null}
   </section>`;
 }
 
@@ -230,6 +239,7 @@ function AutostartToggle({ vm, onError }) {
 export function VmDetail({ name, tab, vms }) {
   const [error, setError] = useState('');
   const [cloning, setCloning] = useState(false);
+  const [exporting, setExporting] = useState(false);
   const [details, setDetails] = useState(null);
   const [loadError, setLoadError] = useState(null);
   const row = vms ? vms.find((v) => v.name === name) || null : null;
@@ -270,7 +280,7 @@ export function VmDetail({ name, tab, vms }) {
       ${StateBadge({ vm, id: 'vm-state', loading: !loadError })}
       <span class="spacer"></span>
       ${vm ? html`<${VmActions} vm=${vm} onError=${setError} onDeleted=${() => { location.hash = '#/vms'; }}
-        onClone=${() => setCloning(true)} />` : null}
+        onClone=${() => setCloning(true)} onExport=${() => setExporting(true)} />` : null}
     </div>
     ${vm && vm.autostart !== undefined ? html`<div class="vm-options"><${AutostartToggle} vm=${vm} onError=${setError} /></div>` : null}
     <p id="vm-error" class="error" role="alert">${error}</p>
@@ -280,5 +290,6 @@ export function VmDetail({ name, tab, vms }) {
     </nav>
     <div class="panel" id=${`panel-${current}`}>${panel}</div>
     ${cloning && vm ? html`<${CloneDialog} vm=${vm} onClose=${() => setCloning(false)} />` : null}
+    ${exporting && vm ? html`<${ExportDialog} vm=${vm} onClose=${() => setExporting(false)} />` : null}
   </section>`;
 }

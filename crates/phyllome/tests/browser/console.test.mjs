@@ -17,7 +17,9 @@
 // disabled meanwhile), listed, refused under the same name (the server's words
 // shown), reverted to and deleted; autostart turned on and off on its page (the list and the API agree), its
 // manifest shown and downloaded as NAME.toml, a clone refused under the VM's own name (the server's words shown),
-// then made (its steps and progress shown), opened and deleted through the UI; delete with confirmation; installer media: upload an ISO of the test guest (built here
+// then made (its steps and progress shown), opened and deleted through the UI; exported (the passphrase twice, the
+// browser downloads NAME.phyllome) and that bundle imported as a dry run (a wrong passphrase refused, then what
+// would change and why, nothing made); delete with confirmation; installer media: upload an ISO of the test guest (built here
 // with scripts/build-test-iso.sh) on the Media page, watching its progress, and
 // see its SHA-256 and the OS read from it; create a VM from it leaving the OS
 // to the server's detection, and see it boot through the firmware to the
@@ -833,6 +835,129 @@ try {
     // The source's page again, for the steps after.
     await clickInRow(cfg.vm, 'td.name a');
     await page.waitForSelector('#vm-detail #overview');
+  });
+
+  // Export then import (a dry run) through the dialogs: the bundle the browser downloads is the one it uploads.
+  const bundlePass = 'browser passphrase é 100%';
+  let bundlePath = null;
+  await step('export the shut-off VM: the passphrase twice (empty and mismatched refused), then the browser downloads NAME.phyllome', async () => {
+    await page.click('[data-testid=overview-tab]');
+    await page.waitForSelector('#overview');
+    await page.waitForSelector('[data-testid=vm-export]:not([disabled])');
+    await page.click('[data-testid=vm-export]');
+    await page.waitForSelector('#export-dialog[open]');
+    const intro = await text('#export-intro');
+    assert(intro.includes('shut off') && intro.includes(`${cfg.vm}.phyllome`), `the export dialog says ${JSON.stringify(intro)}`);
+    assert((await text('#export-passphrase-note')).includes('opens the bundle'), 'the dialog does not say what the passphrase is for');
+    let posts = 0;
+    const countPosts = (r) => { if (r.url().endsWith('/export') && r.method() === 'POST') posts += 1; };
+    page.on('request', countPosts);
+    await page.click('[data-testid=export-submit]');
+    assert((await text('[data-testid=export-error]')).includes('Type a passphrase'), `empty: ${await text('[data-testid=export-error]')}`);
+    await page.fill('[data-testid=export-passphrase]', bundlePass);
+    await page.fill('[data-testid=export-passphrase-again]', `${bundlePass}x`);
+    await page.click('[data-testid=export-submit]');
+    assert((await text('[data-testid=export-error]')).includes('differ'), `mismatched: ${await text('[data-testid=export-error]')}`);
+    assert(posts === 0, `${posts} export requests for a form the page refused`);
+    await page.fill('[data-testid=export-passphrase-again]', bundlePass);
+    await shot('24-export');
+    const sent = page.waitForRequest((r) => r.url().endsWith('/export') && r.method() === 'POST');
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 180000 }), page.click('[data-testid=export-submit]')]);
+    const request = await sent;
+    page.off('request', countPosts);
+    assert(JSON.parse(request.postData() || '{}').passphrase === bundlePass && request.headers()['x-csrf-token'],
+      'the ticket request lacks the passphrase or the CSRF token');
+    await page.waitForSelector('[data-testid=export-started]');
+    assert(download.suggestedFilename() === `${cfg.vm}.phyllome`, `the download is named ${download.suggestedFilename()}`);
+    assert(new URL(download.url()).pathname.startsWith('/api/v1/exports/'), `the download came from ${download.url()}`);
+    const failure = await download.failure();
+    assert(!failure, `the download failed: ${failure}`);
+    bundlePath = await download.path();
+    const data = readFileSync(bundlePath);
+    // The tar's entries, from their 512-byte headers.
+    const names = [];
+    for (let at = 0; at + 512 <= data.length && data[at] !== 0;) {
+      const field = (from, len) => data.subarray(at + from, at + from + len).toString('latin1').replace(/\0.*$/s, '');
+      names.push(field(0, 100));
+      at += 512 + Math.ceil(parseInt(field(124, 12).trim(), 8) / 512) * 512;
+    }
+    console.log(`  ${download.suggestedFilename()}: ${(data.length / 1048576).toFixed(1)} MiB, ${names.join(' ')}`);
+    assert(names.slice(0, 3).join(' ') === 'bundle.json manifest.toml disk.qcow2' && names[names.length - 1] === 'keys.age',
+      `the bundle holds ${names.join(' ')}`);
+    assert(!data.includes(Buffer.from(bundlePass)), 'the bundle holds its passphrase');
+    await shot('25-export-started');
+    await page.click('#export-close');
+    await page.waitForSelector('#export-dialog', { state: 'detached' });
+    await waitUntil('the VM to show shut off after the export', 30, async () => (await page.getAttribute('#vm-state', 'data-state')) === 'shut off');
+  });
+
+  await step('import the bundle as a dry run: uploaded with progress, a wrong passphrase refused, then what would change and why; nothing made', async () => {
+    assert(bundlePath, 'no bundle from the export step');
+    const importName = `${cfg.vm}-imp`;
+    const size = statSync(bundlePath).size;
+    const vmApiStatus = async (n) => page.evaluate(async (x) => (await fetch(`/api/v1/vms/${encodeURIComponent(x)}`)).status, n);
+    await toList();
+    await page.click('[data-testid=import-vm]');
+    await page.waitForSelector('#import-dialog[open]');
+    await page.setInputFiles('[data-testid=import-file]', bundlePath);
+    await page.fill('[data-testid=import-passphrase]', 'not the passphrase');
+    await page.fill('[data-testid=import-name]', importName);
+    await page.setChecked('[data-testid=import-dry-run]', true);
+    await page.evaluate(() => {
+      const seen = { phases: [] };
+      window.__phyllome_import = seen;
+      new MutationObserver(() => {
+        const p = document.querySelector('[data-testid=import-progress]');
+        if (p && seen.phases[seen.phases.length - 1] !== p.dataset.phase) seen.phases.push(p.dataset.phase);
+      }).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
+    let sent = page.waitForRequest((r) => r.url().includes('/api/v1/import?') && r.method() === 'POST');
+    await page.click('[data-testid=import-submit]');
+    let request = await sent;
+    const q = new URL(request.url()).searchParams;
+    assert(q.get('name') === importName && q.get('dry_run') === 'true', `the import request: ${request.url()}`);
+    assert(request.headers()['x-phyllome-passphrase'] === encodeURIComponent('not the passphrase'), 'the passphrase header is not the percent-encoded passphrase');
+    const refusal = await waitUntil('the refusal', 120, async () => (await text('[data-testid=import-error]')) || null);
+    console.log(`  wrong passphrase: ${refusal}`);
+    assert(refusal.includes('passphrase does not open'), `the refusal reads ${JSON.stringify(refusal)}`);
+    await page.click('#import-back');
+    assert(await page.isChecked('[data-testid=import-dry-run]'), 'the form forgot "dry run"');
+    await page.fill('[data-testid=import-passphrase]', bundlePass);
+    sent = page.waitForRequest((r) => r.url().includes('/api/v1/import?') && r.method() === 'POST');
+    await page.evaluate(() => { window.__phyllome_import.phases = []; });
+    await page.click('[data-testid=import-submit]');
+    request = await sent;
+    assert(request.headers()['x-phyllome-passphrase'] === encodeURIComponent(bundlePass), 'the passphrase header is not the percent-encoded passphrase');
+    await page.waitForSelector('[data-testid=import-result]', { timeout: 120000 });
+    // What the server answers for the same dry run (the inspector does not keep the dialog's answer: its request was 20 MiB).
+    const csrf = await page.evaluate(async () => (await (await fetch('/api/v1/session')).json()).csrf);
+    const again = await page.request.post(request.url(), {
+      headers: { 'X-CSRF-Token': csrf, 'X-Phyllome-Passphrase': encodeURIComponent(bundlePass), 'Content-Type': 'application/octet-stream' },
+      data: readFileSync(bundlePath),
+    });
+    assert(again.status() === 200, `the same dry run through the API answered ${again.status()}: ${await again.text()}`);
+    const want = await again.json();
+    const seen = await page.evaluate(() => window.__phyllome_import);
+    console.log(`  upload of ${(size / 1048576).toFixed(1)} MiB: phases ${seen.phases.join(' -> ')}`);
+    assert(seen.phases[0] === 'uploading' && seen.phases[seen.phases.length - 1] === 'done', `the progress showed ${seen.phases}`);
+    const bar = await page.$eval('[data-testid=import-progress] progress', (b) => ({ value: b.value, max: b.max }));
+    assert(bar.max === size && bar.value === size, `the progress bar ends at ${bar.value} of ${bar.max} (the bundle has ${size} bytes)`);
+    assert((await page.getAttribute('[data-testid=import-result]', 'data-dry-run')) === 'true', 'the result is not a dry run');
+    const summary = await text('#import-summary');
+    assert(summary.includes(importName) && summary.includes('Nothing was made'), `the summary reads ${JSON.stringify(summary)}`);
+    const rows = await page.$$eval('[data-testid=import-changes] tbody tr', (trs) => trs.map((tr) => ({
+      item: tr.dataset.item, why: tr.querySelector('td.why').textContent.trim(),
+    })));
+    assert(rows.length === want.changes.length, `${rows.length} changes shown, the server answered ${want.changes.length}`);
+    rows.forEach((r, i) => assert(r.item === want.changes[i].item && r.why === want.changes[i].why, `change ${i}: ${JSON.stringify(r)}`));
+    if (!rows.length) assert(await page.$('[data-testid=import-no-changes]'), 'no changes, and the dialog does not say so');
+    console.log(`  changes: ${rows.map((r) => r.item).join(', ') || 'none'}; warnings: ${want.warnings.length}`);
+    assert((await page.$$('[data-testid=import-warnings] li')).length === want.warnings.length, 'the warnings shown differ from the answer');
+    await shot('26-import-dry-run');
+    assert((await vmApiStatus(importName)) === 404, `a dry run made ${importName}`);
+    await page.click('#import-close');
+    await page.waitForSelector('#import-dialog', { state: 'detached' });
+    assert((await rowState(importName)) === null, `${importName} is listed`);
   });
 
   await step('delete, with confirmation; cancelling keeps it', async () => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 // Each test binary uses a different part of these.
 #[allow(unused_imports)]
-pub use common::{serial_log, virsh, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
+pub use common::{serial_log, virsh, virsh_ok, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -74,7 +74,13 @@ impl Server {
 
     /// A server whose ISO folder is `media`.
     pub fn start_with_media(state: &Path, media: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(state, media, extra, &[])
+    }
+
+    /// A server with more environment (the engine's test hooks, PHYLLOME_TEST_FAIL_AT...).
+    pub fn start_with_env(state: &Path, media: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = phyllome();
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--iso-dir"])
             .arg(media)
             .arg("--state-dir")
@@ -206,6 +212,8 @@ pub struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Whether the body ended properly (for a chunked one: its last chunk came; false when the server aborted it).
+    pub ended: bool,
 }
 
 impl Resp {
@@ -233,13 +241,14 @@ fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     (status, headers)
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+/// The body of a chunked answer, and whether it ended properly (the last, empty chunk came).
+fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     loop {
-        let Some(pos) = data.windows(2).position(|w| w == b"\r\n") else { return out };
+        let Some(pos) = data.windows(2).position(|w| w == b"\r\n") else { return (out, false) };
         let size = usize::from_str_radix(std::str::from_utf8(&data[..pos]).unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
-            return out;
+            return (out, pos > 0);
         }
         data = &data[pos + 2..];
         out.extend_from_slice(&data[..size.min(data.len())]);
@@ -249,6 +258,11 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// One HTTP/1.1 request on a new connection (`Connection: close`).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    http_bytes(addr, method, path, headers, body.map(str::as_bytes))
+}
+
+/// [`http`] with a body of any bytes (a bundle, an image).
+pub fn http_bytes(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -259,10 +273,11 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         req.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
+    let mut req = req.into_bytes();
     if let Some(b) = body {
-        req.push_str(b);
+        req.extend_from_slice(b);
     }
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(&req).unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let split = raw
@@ -271,10 +286,11 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         .unwrap_or_else(|| panic!("no HTTP response head for {method} {path}: {:?}", String::from_utf8_lossy(&raw)));
     let (status, headers) = parse_head(&String::from_utf8_lossy(&raw[..split]));
     let mut body = raw[split + 4..].to_vec();
+    let mut ended = true;
     if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        body = dechunk(&body);
+        (body, ended) = dechunk(&body);
     }
-    Resp { status, headers, body }
+    Resp { status, headers, body, ended }
 }
 
 /// Opens a WebSocket: Ok(stream) after a 101, Err(response) otherwise.
@@ -300,13 +316,13 @@ pub fn ws_connect(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<(T
     }
     let (status, headers) = parse_head(&String::from_utf8_lossy(&head));
     if status == 101 {
-        return Ok((s, Resp { status, headers, body: vec![] }));
+        return Ok((s, Resp { status, headers, body: vec![], ended: true }));
     }
     // The connection stays open (keep-alive): read exactly the body.
     let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = vec![0u8; len];
     let _ = s.read_exact(&mut body);
-    Err(Resp { status, headers, body })
+    Err(Resp { status, headers, body, ended: true })
 }
 
 /// Reads one server frame: (opcode, payload).
