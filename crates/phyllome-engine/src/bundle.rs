@@ -762,7 +762,10 @@ impl Staging {
     fn new() -> std::result::Result<Staging, BundleError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::create_dir_all(STAGING_DIR).map_err(|e| io(STAGING_DIR, e))?;
-        let dir = Path::new(STAGING_DIR).join(format!("{}", std::process::id()));
+        // PID-N: one process (a server) may run several imports.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = Path::new(STAGING_DIR).join(format!("{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
         Ok(Staging(dir))
@@ -779,8 +782,9 @@ impl Drop for Staging {
 fn sweep_staging() {
     let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
     for e in rd.flatten() {
-        if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-            if !crate::journal::phyllome_alive(pid) || pid == std::process::id() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(pid) = name.split('-').next().unwrap_or_default().parse::<u32>() {
+            if pid != std::process::id() && !crate::journal::phyllome_alive(pid) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

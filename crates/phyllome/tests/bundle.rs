@@ -141,7 +141,8 @@ fn nothing_made(name: &str) {
     if let Ok(rd) = std::fs::read_dir("/var/lib/phyllome/import") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            assert!(Path::new(&format!("/proc/{n}")).exists(), "staging folder {n} of a finished import is left");
+            let pid = n.split('-').next().unwrap_or_default();
+            assert!(Path::new(&format!("/proc/{pid}")).exists(), "staging folder {n} of a finished import is left");
         }
     }
     assert!(!Path::new(&format!("/var/lib/phyllome/pending/{name}.json")).exists(), "a journal entry is left");
