@@ -21,9 +21,8 @@
 //! every checksum before anything is made; then create's journal makes the VM
 //! all or nothing.
 
-use crate::journal::{Entry, FileId, Journal};
+use crate::journal::{Entry, Journal};
 use crate::progress::{note, Progress, Report};
-use crate::snapshot::backup_xml;
 use crate::vm::{self, Result, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
@@ -520,35 +519,18 @@ pub fn export(
             progress,
             &format!("re-encrypting {name}'s disk under the export key (QEMU copies it with {name} paused)"),
         );
-        entry.made.paused_source = Some(s.uuid.clone());
-        journal.record(&entry)?;
-        lv.start_paused(name)?;
-        let copied = (|| -> std::result::Result<(), BundleError> {
-            lv.backup_begin(name, &backup_xml(&[(d.target.clone(), staging.clone(), Some(secret.clone()))], &[]))?;
-            entry.made.volume_file = FileId::of(&staging).ok();
-            journal.record(&entry)?;
-            loop {
-                if interrupted.load(Ordering::Relaxed) {
-                    let _ = lv.abort_job(name);
-                    return Err(VmError::Interrupted.into());
-                }
-                let j = lv.job(name)?;
-                if !j.active {
-                    if j.completed {
-                        return Ok(());
-                    }
-                    return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())).into());
-                }
-                progress(Progress::Bytes { done: j.processed, total: j.total });
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })();
-        let _ = lv.destroy_paused_uuid(&s.uuid);
-        entry.made.paused_source = None;
-        journal.record(&entry)?;
-        copied?;
-        entry.made.volume_file = Some(FileId::of(&staging).map_err(|e| io(&staging, e))?);
-        journal.record(&entry)?;
+        crate::clone::reencrypt_stopped(
+            lv,
+            name,
+            &s.uuid,
+            &d.target,
+            &staging,
+            &secret,
+            &journal,
+            &mut entry,
+            &interrupted,
+            progress,
+        )?;
         // The key is now in the bundle's hands only; libvirt need not keep it.
         let _ = lv.undefine_secret_uuid(&secret);
         entry.made.secret_uuid = None;

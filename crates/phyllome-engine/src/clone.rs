@@ -71,6 +71,60 @@ pub fn clone_xml(
     out.replace(&format!("/var/log/libvirt/qemu/{from}-"), &format!("/var/log/libvirt/qemu/{to}-"))
 }
 
+/// Re-encrypts the stopped VM `vm`'s disk `target` through QEMU (the one
+/// holder of its key): starts it paused, copies the disk with libvirt's push
+/// backup into the new file `dest`, LUKS-encrypted under the secret `secret`,
+/// and powers it off again. The paused source and the copy are recorded in
+/// `entry` as they happen, so a rollback (or the next command after a kill -9)
+/// undoes them. Clone and export share it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reencrypt_stopped(
+    lv: &Libvirt,
+    vm_name: &str,
+    vm_uuid: &str,
+    target: &str,
+    dest: &str,
+    secret: &str,
+    journal: &Journal,
+    entry: &mut Entry,
+    interrupted: &AtomicBool,
+    progress: Report<'_>,
+) -> Result<()> {
+    entry.made.paused_source = Some(vm_uuid.to_string());
+    journal.record(entry)?;
+    lv.start_paused(vm_name)?;
+    let copied = (|| -> Result<()> {
+        lv.backup_begin(
+            vm_name,
+            &backup_xml(&[(target.to_string(), dest.to_string(), Some(secret.to_string()))], &[]),
+        )?;
+        entry.made.volume_file = FileId::of(dest).ok();
+        journal.record(entry)?;
+        loop {
+            if interrupted.load(Ordering::Relaxed) {
+                let _ = lv.abort_job(vm_name);
+                return Err(VmError::Interrupted);
+            }
+            let j = lv.job(vm_name)?;
+            if !j.active {
+                if j.completed {
+                    return Ok(());
+                }
+                return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())));
+            }
+            progress(Progress::Bytes { done: j.processed, total: j.total });
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })();
+    let _ = lv.destroy_paused_uuid(vm_uuid);
+    entry.made.paused_source = None;
+    journal.record(entry)?;
+    copied?;
+    entry.made.volume_file = Some(FileId::of(dest).map_err(|e| VmError::Disk(format!("{dest}: {e}")))?);
+    journal.record(entry)?;
+    Ok(())
+}
+
 /// Clones the stopped VM `from` as `to`.
 pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
     vm::recover(lv);
@@ -146,35 +200,18 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
             entry.made.secret_uuid = Some(secret.clone());
             journal.record(&entry)?;
             note(progress, &format!("re-encrypting {from}'s disk under a new key (QEMU copies it with {from} paused)"));
-            entry.made.paused_source = Some(s.uuid.clone());
-            journal.record(&entry)?;
-            lv.start_paused(from)?;
-            let copied = (|| -> Result<()> {
-                lv.backup_begin(from, &backup_xml(&[(d.target.clone(), new_path.clone(), Some(secret))], &[]))?;
-                entry.made.volume_file = FileId::of(&new_path).ok();
-                journal.record(&entry)?;
-                loop {
-                    if interrupted.load(Ordering::Relaxed) {
-                        let _ = lv.abort_job(from);
-                        return Err(VmError::Interrupted);
-                    }
-                    let j = lv.job(from)?;
-                    if !j.active {
-                        if j.completed {
-                            return Ok(());
-                        }
-                        return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())));
-                    }
-                    progress(Progress::Bytes { done: j.processed, total: j.total });
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })();
-            let _ = lv.destroy_paused_uuid(&s.uuid);
-            entry.made.paused_source = None;
-            journal.record(&entry)?;
-            copied?;
-            entry.made.volume_file = Some(FileId::of(&new_path).map_err(|e| VmError::Disk(e.to_string()))?);
-            journal.record(&entry)?;
+            reencrypt_stopped(
+                lv,
+                from,
+                &s.uuid,
+                &d.target,
+                &new_path,
+                &secret,
+                &journal,
+                &mut entry,
+                &interrupted,
+                progress,
+            )?;
         } else {
             copy_sparse(Path::new(&src_path), Path::new(&new_path), progress, &interrupted).map_err(snap_err)?;
             entry.made.volume_file = Some(FileId::of(&new_path).map_err(|e| VmError::Disk(e.to_string()))?);
