@@ -91,11 +91,6 @@ fn manifest(name: &str, boot: &BootFiles) -> String {
     )
 }
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }

@@ -13,41 +13,11 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 const PASS: &str = "correct horse battery staple";
-
-fn phyllome_stdin(args: &[&str], input: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Exit code and the `--json` error's kind and message.
-fn refused(out: Output) -> (i32, String, String) {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let v: serde_json::Value = serde_json::from_str(err.trim().lines().last().unwrap_or("")).unwrap_or_default();
-    (
-        out.status.code().unwrap_or(-1),
-        v["kind"].as_str().unwrap_or("").into(),
-        v["error"].as_str().unwrap_or(&err).into(),
-    )
-}
 
 /// A bundle file under the test's own name, removed on drop.
 struct TestFile(PathBuf);
@@ -149,7 +119,7 @@ fn nothing_made(name: &str) {
 }
 
 fn export(name: &str, file: &TestFile) -> Output {
-    phyllome_stdin(&["export", name, "-o", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[])
+    phyllome_stdin_env(&["export", name, "-o", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[])
 }
 
 #[test]
@@ -201,7 +171,7 @@ fn a_vm_exported_deleted_and_imported_keeps_its_disk_uefi_variables_and_tpm() {
     assert!(contains(&disk[..1 << 20], b"LUKS\xba\xbe"), "the disk part is not LUKS-encrypted");
 
     ok(phyllome(&["delete", &vm.0]));
-    let out = phyllome_stdin(&["import", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[]);
+    let out = phyllome_stdin_env(&["import", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[]);
     let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
     assert_eq!((v["name"].as_str(), v["dry_run"].as_bool()), (Some(vm.0.as_str()), Some(false)));
     assert_eq!(v["changes"].as_array().map(Vec::len), Some(0), "same host, same choices: {v}");
@@ -216,7 +186,7 @@ fn a_vm_exported_deleted_and_imported_keeps_its_disk_uefi_variables_and_tpm() {
     assert!(state_line(&log).contains("marker=one efivar=one tpm=present"), "after import: {log}");
 
     // The same bundle again, under another name: refused while the name is taken; a new name works.
-    let out = phyllome_stdin(&["import", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[]);
+    let out = phyllome_stdin_env(&["import", file.path(), "--passphrase-stdin", "--json"], &format!("{PASS}\n"), &[]);
     let (code, kind, _) = refused(out);
     assert_eq!((code, kind.as_str()), (5, "conflict"));
 }
@@ -231,7 +201,7 @@ fn bad_bundles_are_refused_before_anything_is_made() {
     ok(export(&vm.0, &file));
     let target = TestVm::new("bundle-bad-import");
     let import = |path: &str, pass: &str| {
-        phyllome_stdin(
+        phyllome_stdin_env(
             &["import", path, "--name", &target.0, "--passphrase-stdin", "--json"],
             &format!("{pass}\n"),
             &[],
@@ -322,7 +292,7 @@ fn an_injected_failure_in_export_or_import_leaves_nothing() {
     wait_for_serial(&vm.0, "PHYLLOME-WROTE", 240);
     wait_state(&vm.0, "shut off", 120);
     let file = TestFile::new("fail");
-    let out = phyllome_stdin(
+    let out = phyllome_stdin_env(
         &["export", &vm.0, "-o", file.path(), "--passphrase-stdin", "--json"],
         &format!("{PASS}\n"),
         &[("PHYLLOME_TEST_FAIL_AT", "keys")],
@@ -338,7 +308,7 @@ fn an_injected_failure_in_export_or_import_leaves_nothing() {
     ok(export(&vm.0, &file));
     let target = TestVm::new("bundle-fail-import");
     for step in ["volume", "define", "nvram", "finish"] {
-        let out = phyllome_stdin(
+        let out = phyllome_stdin_env(
             &["import", file.path(), "--name", &target.0, "--passphrase-stdin", "--json"],
             &format!("{PASS}\n"),
             &[("PHYLLOME_TEST_FAIL_AT", step)],
@@ -347,7 +317,7 @@ fn an_injected_failure_in_export_or_import_leaves_nothing() {
         nothing_made(&target.0);
     }
     // The VM exported is untouched, and the same bundle imports.
-    ok(phyllome_stdin(
+    ok(phyllome_stdin_env(
         &["import", file.path(), "--name", &target.0, "--passphrase-stdin", "--json"],
         &format!("{PASS}\n"),
         &[],
@@ -371,7 +341,7 @@ fn a_dry_run_retunes_one_bundle_for_each_recorded_host_and_makes_nothing() {
     let target = TestVm::new("bundle-retune-import");
     let dry = |host: &str| {
         let dir = fixtures().join(host);
-        phyllome_stdin(
+        phyllome_stdin_env(
             &["import", file.path(), "--name", &target.0, "--dry-run", "--host-facts", dir.to_str().unwrap(), "--json"],
             &format!("{PASS}\n"),
             &[],
@@ -388,7 +358,7 @@ fn a_dry_run_retunes_one_bundle_for_each_recorded_host_and_makes_nothing() {
     nothing_made(&target.0);
     // Text form: what changed, and with --explain every choice.
     let dir = fixtures().join("amd-kvm");
-    let text = ok(phyllome_stdin(
+    let text = ok(phyllome_stdin_env(
         &["import", file.path(), "--name", &target.0, "--dry-run", "--explain", "--host-facts", dir.to_str().unwrap()],
         &format!("{PASS}\n"),
         &[],
@@ -407,7 +377,7 @@ fn a_windows11_bundle_is_refused_on_a_host_without_secure_boot_firmware() {
     ok(export(&vm.0, &file));
     let target = TestVm::new("bundle-w11-import");
     let dir = fixtures().join("intel-kvm-no-secboot-no-swtpm");
-    let out = phyllome_stdin(
+    let out = phyllome_stdin_env(
         &["import", file.path(), "--name", &target.0, "--dry-run", "--host-facts", dir.to_str().unwrap(), "--json"],
         &format!("{PASS}\n"),
         &[],

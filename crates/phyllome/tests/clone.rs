@@ -8,11 +8,6 @@ use common::*;
 use std::path::Path;
 use std::process::Output;
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }

@@ -164,11 +164,6 @@ fn delete_refuses_a_disk_another_vm_uses() {
     assert!(!vm.exists() && !Path::new(&volume_path(&vm.0)).exists());
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn a_build_without_the_test_feature_ignores_the_test_hooks() {
     require_libvirt();

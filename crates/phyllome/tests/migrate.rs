@@ -82,21 +82,6 @@ fn regex_lite_cmdline(xml: &str, cmdline: &str) -> String {
     format!("{a}<cmdline>{cmdline}</cmdline>{b}")
 }
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refused(out: Output) -> (i32, String, String) {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let v: serde_json::Value = serde_json::from_str(err.trim().lines().last().unwrap_or("")).unwrap_or_default();
-    (
-        out.status.code().unwrap_or(-1),
-        v["kind"].as_str().unwrap_or("").into(),
-        v["error"].as_str().unwrap_or(&err).into(),
-    )
-}
-
 fn last_count(log: &str) -> u64 {
     log.lines()
         .rev()

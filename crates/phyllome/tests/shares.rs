@@ -20,11 +20,6 @@ impl Drop for Dirs {
     }
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn virtiofsd_for(dir: &Path) -> usize {
     let out = Command::new("pgrep").args(["-af", "virtiofsd"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*dir.to_string_lossy())).count()

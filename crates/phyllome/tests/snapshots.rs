@@ -27,11 +27,6 @@ fn memory_test() -> std::sync::MutexGuard<'static, ()> {
     MEMORY_TESTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
@@ -392,20 +387,6 @@ fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
     nothing_half_made(&id);
     let secrets_after = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
     assert_eq!(secrets_after, secrets_before, "the memory key of the dead snapshot is left");
-}
-
-fn phyllome_stdin(args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

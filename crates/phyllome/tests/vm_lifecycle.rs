@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,11 +22,6 @@ fn create(name: &str, cmdline: &str, extra: &[&str]) -> std::process::Output {
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     phyllome(&refs)
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(out.status.success(), "phyllome failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Everything `name` could leave behind, as a list of what is still there.
@@ -236,19 +230,6 @@ fn processes_holding(needle: &[u8]) -> Vec<String> {
         }
     }
     hits
-}
-
-fn phyllome_stdin(args: &[&str], input: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

@@ -84,6 +84,45 @@ pub fn virsh_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The output of a command that must succeed: its standard output.
+pub fn ok(out: Output) -> String {
+    assert!(out.status.success(), "phyllome failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A refused command's exit code, and its `--json` error's kind and message (the whole standard error when it is not JSON).
+pub fn refused(out: Output) -> (i32, String, String) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v: serde_json::Value = serde_json::from_str(err.trim().lines().last().unwrap_or("")).unwrap_or_default();
+    (
+        out.status.code().unwrap_or(-1),
+        v["kind"].as_str().unwrap_or("").into(),
+        v["error"].as_str().unwrap_or(&err).into(),
+    )
+}
+
+/// `phyllome ARGS` with `input` on its standard input.
+pub fn phyllome_stdin(args: &[&str], input: &str) -> Output {
+    phyllome_stdin_env(args, input, &[])
+}
+
+/// [`phyllome_stdin`] with extra environment variables (the test hooks).
+pub fn phyllome_stdin_env(args: &[&str], input: &str, env: &[(&str, &str)]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn phyllome(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_phyllome")).env("PHYLLOME_CONNECT", URI).args(args).output().unwrap()
 }
