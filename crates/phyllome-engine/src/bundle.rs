@@ -282,8 +282,7 @@ pub fn changes(from: &[SavedChoice], to: &[Choice]) -> Vec<Change> {
 }
 
 /// The explanation an import prints: the exporting host, what changed and why.
-pub fn render_changes(source: &SourceHost, host: &Host, changes: &[Change]) -> String {
-    let here = SourceHost::of(host);
+pub fn render_changes(source: &SourceHost, here: &SourceHost, changes: &[Change]) -> String {
     let mut out = format!(
         "exported on: {} ({} {}), libvirt {}, QEMU {}\nimported on: {} ({} {}), libvirt {}, QEMU {}\n",
         source.virt_type,
@@ -702,6 +701,8 @@ pub struct Imported {
     pub os: String,
     pub dry_run: bool,
     pub source: SourceHost,
+    /// The host it was planned for (this one, or the recorded one of `--host-facts`).
+    pub here: SourceHost,
     /// What this host decides differently from the exporting one, and why.
     pub changes: Vec<Change>,
     /// Every choice for this host (`--explain`).
@@ -1047,6 +1048,7 @@ fn import_inner(
         os: manifest.os.clone(),
         dry_run: opts.dry_run,
         source: info.source.clone(),
+        here: SourceHost::of(&host),
         changes: changes.clone(),
         choices: plan.choices.clone(),
         warnings,

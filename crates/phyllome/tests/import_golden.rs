@@ -57,7 +57,7 @@ fn one_bundle_is_retuned_for_every_recorded_host() {
             let (files, got): (Vec<PathBuf>, Vec<String>) = match plan_on(&m.name, &spec, host, vec![]) {
                 Ok(plan) => {
                     let c = changes(&exported, &plan.choices);
-                    let mut explain = render_changes(&source, host, &c);
+                    let mut explain = render_changes(&source, &phyllome_engine::bundle::SourceHost::of(host), &c);
                     for w in &plan.warnings {
                         explain.push_str(&format!("warning: {w}\n"));
                     }

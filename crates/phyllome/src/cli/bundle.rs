@@ -194,7 +194,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
     };
     let steps = Steps::new(&format!("import {}", a.bundle));
     let report = reporter(&steps);
-    let opts = ImportOptions { name: a.name.clone(), passphrase: &pass, dry_run: a.dry_run, host: host.clone() };
+    let opts = ImportOptions { name: a.name.clone(), passphrase: &pass, dry_run: a.dry_run, host };
     let imported = bundle::import(&lv, &mut input, total, &opts, &report)?;
     drop(report);
     drop(steps);
@@ -202,11 +202,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&imported)?);
         return Ok(());
     }
-    let here = match host {
-        Some(h) => h,
-        None => phyllome_engine::hostinfo::gather(&lv, true)?.0,
-    };
-    print!("{}", bundle::render_changes(&imported.source, &here, &imported.changes));
+    print!("{}", bundle::render_changes(&imported.source, &imported.here, &imported.changes));
     if a.explain {
         println!("every choice on this host:");
         for c in &imported.choices {
