@@ -156,6 +156,8 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         e.kind()
     } else if let Some(e) = e.downcast_ref::<crate::migrate::MigrateError>() {
         e.kind()
+    } else if let Some(e) = e.downcast_ref::<crate::hosts::HostsError>() {
+        e.kind()
     } else if let Some(e) = e.downcast_ref::<BuildError>() {
         build(e)
     } else if let Some(e) = e.downcast_ref::<FileError>() {

@@ -7,6 +7,7 @@ pub mod clone;
 pub mod domxml;
 pub mod errors;
 pub mod hostinfo;
+pub mod hosts;
 pub mod image;
 pub mod iso;
 pub mod isodir;

@@ -1,0 +1,287 @@
+//! Several hosts in one place: `phyllome host add NAME URI`, `host list`,
+//! `host remove NAME`, and `--host NAME` on every command.
+//!
+//! A host is only a name for a libvirt URI (`qemu+ssh://…`, `qemu+tls://…`,
+//! `qemu+unix://…?socket=…`): there is no cluster, no agent and no copy of a
+//! host's VMs here. Everything about a host's VMs is asked of its own libvirt
+//! when it is needed. The list lives in one small TOML file in Phyllome's state
+//! directory (`/var/lib/phyllome/hosts.toml`), written whole and renamed into
+//! place, so a reader never sees half of it.
+//!
+//! The name `local` is this host's own connection (`--connect`, by default
+//! `qemu:///system`) and cannot be added.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the list lives.
+pub const HOSTS_FILE: &str = "/var/lib/phyllome/hosts.toml";
+/// The name of this host's own connection.
+pub const LOCAL: &str = "local";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Host {
+    pub name: String,
+    pub uri: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HostsFile {
+    #[serde(default)]
+    host: Vec<Host>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error(
+        "{0:?} is not a host name: use 1 to 63 lowercase letters, digits and '-' (starting with a letter or digit)"
+    )]
+    BadName(String),
+    #[error("{0:?} is this host's own connection (--connect); it needs no entry")]
+    Reserved(String),
+    #[error("{0}")]
+    BadUri(String),
+    #[error("no host named {0:?} (phyllome host list shows them; phyllome host add NAME URI adds one)")]
+    Unknown(String),
+    #[error("a host named {0:?} exists already (with {1})")]
+    Exists(String, String),
+    #[error("{0} is host {1:?} already")]
+    UriExists(String, String),
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+}
+
+impl HostsError {
+    pub fn kind(&self) -> crate::errors::ErrorKind {
+        use crate::errors::ErrorKind;
+        match self {
+            HostsError::BadName(_) | HostsError::Reserved(_) | HostsError::BadUri(_) => ErrorKind::InvalidInput,
+            HostsError::Unknown(_) => ErrorKind::NotFound,
+            HostsError::Exists(..) | HostsError::UriExists(..) => ErrorKind::Conflict,
+            HostsError::File { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, HostsError>;
+
+/// A host name: what a user types after `--host`, and what a list shows.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0] != b'-';
+    if !ok {
+        return Err(HostsError::BadName(name.into()));
+    }
+    if name == LOCAL {
+        return Err(HostsError::Reserved(name.into()));
+    }
+    Ok(())
+}
+
+/// A libvirt URI of a QEMU driver: `qemu[+transport]://[user@]host[:port]/system|session[?…]`.
+/// Checked before it is stored, so a typo is told at `host add`, not at first use.
+pub fn check_uri(uri: &str) -> Result<()> {
+    let bad = |why: &str| Err(HostsError::BadUri(format!("{uri:?} is not a libvirt QEMU URI: {why}")));
+    if uri.len() > 1024 {
+        return Err(HostsError::BadUri("the URI is longer than 1024 bytes".into()));
+    }
+    if uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return bad("it holds spaces or control characters");
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return bad("no scheme (e.g. qemu+ssh://root@server/system)");
+    };
+    let (driver, transport) = scheme.split_once('+').unwrap_or((scheme, ""));
+    if driver != "qemu" {
+        return bad("only QEMU's driver (qemu://, qemu+ssh://, qemu+tls://…) runs Phyllome's VMs");
+    }
+    if !matches!(transport, "" | "ssh" | "tls" | "tcp" | "unix" | "libssh" | "libssh2" | "ext") {
+        return bad(&format!("unknown transport {transport:?} (ssh, tls, tcp, unix, libssh)"));
+    }
+    let path = rest.split('?').next().unwrap_or_default();
+    let path = &path[path.find('/').unwrap_or(path.len())..];
+    if path != "/system" && path != "/session" {
+        return bad("the path is /system (or /session)");
+    }
+    Ok(())
+}
+
+/// The list of hosts, in its file.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    path: PathBuf,
+}
+
+impl Hosts {
+    /// The state directory's list (in the tests' own build, `PHYLLOME_TEST_HOSTS_FILE` if set,
+    /// so tests never touch the host's real list).
+    pub fn open() -> Hosts {
+        #[cfg(feature = "test-hooks")]
+        if let Ok(p) = std::env::var("PHYLLOME_TEST_HOSTS_FILE") {
+            return Hosts::at(Path::new(&p));
+        }
+        Hosts::at(Path::new(HOSTS_FILE))
+    }
+
+    pub fn at(path: &Path) -> Hosts {
+        Hosts { path: path.to_path_buf() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, why: impl std::fmt::Display) -> HostsError {
+        HostsError::File { path: self.path.display().to_string(), why: why.to_string() }
+    }
+
+    /// The hosts, in the order they were added. No file: none.
+    pub fn list(&self) -> Result<Vec<Host>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.err(e)),
+        };
+        let file: HostsFile = toml::from_str(&text).map_err(|e| self.err(e.message()))?;
+        Ok(file.host)
+    }
+
+    fn write(&self, hosts: &[Host]) -> Result<()> {
+        let text = toml::to_string(&HostsFile { host: hosts.to_vec() }).map_err(|e| self.err(e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let tmp = self.path.with_extension(format!("toml.{}", std::process::id()));
+        let header = "# Phyllome's hosts (phyllome host add|list|remove): a name for each libvirt URI.\n";
+        std::fs::write(&tmp, format!("{header}{text}")).map_err(|e| self.err(e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.err(e)
+        })
+    }
+
+    /// Adds a host. Its name and URI are checked; neither may be there already.
+    pub fn add(&self, name: &str, uri: &str) -> Result<Host> {
+        check_name(name)?;
+        check_uri(uri)?;
+        let mut hosts = self.list()?;
+        if let Some(h) = hosts.iter().find(|h| h.name == name) {
+            return Err(HostsError::Exists(name.into(), h.uri.clone()));
+        }
+        if let Some(h) = hosts.iter().find(|h| h.uri == uri) {
+            return Err(HostsError::UriExists(uri.into(), h.name.clone()));
+        }
+        let host = Host { name: name.into(), uri: uri.into() };
+        hosts.push(host.clone());
+        self.write(&hosts)?;
+        Ok(host)
+    }
+
+    /// Removes a host from the list (nothing on the host itself changes).
+    pub fn remove(&self, name: &str) -> Result<Host> {
+        let mut hosts = self.list()?;
+        let Some(i) = hosts.iter().position(|h| h.name == name) else {
+            return Err(HostsError::Unknown(name.into()));
+        };
+        let host = hosts.remove(i);
+        self.write(&hosts)?;
+        Ok(host)
+    }
+
+    /// The URI of a host by name.
+    pub fn uri(&self, name: &str) -> Result<String> {
+        self.list()?.into_iter().find(|h| h.name == name).map(|h| h.uri).ok_or_else(|| HostsError::Unknown(name.into()))
+    }
+
+    /// Every host to show in one list: this host's own connection first (as `local`),
+    /// then the added ones (one whose URI is the local one is not repeated).
+    pub fn all(&self, local_uri: &str) -> Result<Vec<Host>> {
+        let mut all = vec![Host { name: LOCAL.into(), uri: local_uri.into() }];
+        all.extend(self.list()?.into_iter().filter(|h| h.uri != local_uri));
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> (PathBuf, Hosts) {
+        let dir = std::env::temp_dir().join(format!(
+            "phyllome-test-hosts-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let h = Hosts::at(&dir.join("hosts.toml"));
+        (dir, h)
+    }
+
+    #[test]
+    fn add_list_remove_round_trip() {
+        let (dir, h) = temp();
+        assert!(h.list().unwrap().is_empty(), "no file: no hosts");
+        h.add("b", "qemu+ssh://root@b.example/system").unwrap();
+        h.add("a", "qemu+unix:///system?socket=/run/x/libvirt-sock").unwrap();
+        let names: Vec<_> = h.list().unwrap().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["b", "a"], "the order they were added");
+        assert_eq!(h.uri("a").unwrap(), "qemu+unix:///system?socket=/run/x/libvirt-sock");
+        assert!(matches!(h.add("a", "qemu+tls://other/system"), Err(HostsError::Exists(..))));
+        assert!(matches!(h.add("c", "qemu+ssh://root@b.example/system"), Err(HostsError::UriExists(..))));
+        assert_eq!(h.remove("b").unwrap().name, "b");
+        assert!(matches!(h.remove("b"), Err(HostsError::Unknown(_))));
+        assert!(matches!(h.uri("b"), Err(HostsError::Unknown(_))));
+        let all: Vec<_> = h.all("qemu:///system").unwrap().into_iter().map(|h| h.name).collect();
+        assert_eq!(all, ["local", "a"]);
+        // No temporary file stays beside it.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["a", "lab-2", "0x"] {
+            check_name(good).unwrap();
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", "ä", &"x".repeat(64)] {
+            assert!(matches!(check_name(bad), Err(HostsError::BadName(_))), "{bad:?}");
+        }
+        assert!(matches!(check_name("local"), Err(HostsError::Reserved(_))));
+    }
+
+    #[test]
+    fn uris_are_checked() {
+        for good in [
+            "qemu:///system",
+            "qemu+ssh://root@host/system",
+            "qemu+tls://host.example:16514/system",
+            "qemu+unix:///system?socket=/run/phyllome-test/libvirt-sock",
+            "qemu+ssh://u@h/session?keyfile=/k",
+        ] {
+            check_uri(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "server",
+            "xen+ssh://h/system",
+            "qemu+ftp://h/system",
+            "qemu+ssh://h/",
+            "qemu+ssh://h",
+            "qemu+ssh://h/system x",
+            "qemu+ssh://h/system\n",
+        ] {
+            assert!(matches!(check_uri(bad), Err(HostsError::BadUri(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_naming_it() {
+        let (dir, h) = temp();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(h.path(), "[[host]]\nname = 1\n").unwrap();
+        let e = h.list().unwrap_err().to_string();
+        assert!(e.contains("hosts.toml"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
