@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that drive the real libvirtd.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -371,4 +371,75 @@ pub fn create_guest_args(name: &str, cmdline: &str, extra: &[&str]) -> Vec<Strin
     args.extend(["--network", "none"].map(String::from));
     args.extend(extra.iter().map(|a| a.to_string()));
     args
+}
+
+/// A second libvirt host, stopped and removed (with everything on it) on drop.
+pub struct SecondHost {
+    pub name: String,
+    pub uri: String,
+}
+
+impl SecondHost {
+    pub fn start(suffix: &str, extra: &[&str]) -> SecondHost {
+        let name = format!("{PREFIX}h2-{suffix}-{}", std::process::id());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/second-host.sh");
+        let out = Command::new(&script).arg("start").arg(&name).args(extra).output().unwrap();
+        assert!(out.status.success(), "second host: {}", String::from_utf8_lossy(&out.stderr));
+        let uri = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        SecondHost { name, uri }
+    }
+    pub fn base(&self) -> PathBuf {
+        PathBuf::from(format!("/var/lib/phyllome-test-hosts/{}", self.name))
+    }
+    pub fn virsh(&self, args: &[&str]) -> Output {
+        Command::new("virsh").arg("-c").arg(&self.uri).args(args).output().unwrap()
+    }
+    pub fn virsh_ok(&self, args: &[&str]) -> String {
+        let out = self.virsh(args);
+        assert!(out.status.success(), "virsh {args:?} there: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    pub fn serial(&self, vm: &str) -> String {
+        let raw = std::fs::read(self.base().join(format!("log/qemu/{vm}-serial.log"))).unwrap_or_default();
+        String::from_utf8_lossy(&raw).replace('\r', "")
+    }
+    pub fn wait_serial(&self, vm: &str, needle: &str, secs: u64) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let log = self.serial(vm);
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(std::time::Instant::now() < until, "{needle} not seen there within {secs} s:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    pub fn state(&self, vm: &str) -> String {
+        String::from_utf8_lossy(&self.virsh(&["domstate", vm]).stdout).trim().to_string()
+    }
+    /// Boots the VM there with another test action (its inactive definition edited there).
+    pub fn boot_with(&self, vm: &str, action: &str) {
+        let xml = self.virsh_ok(&["dumpxml", "--inactive", vm]);
+        let re = with_cmdline(&xml, &format!("console=ttyS0 panic=-1 phyllome.test={action}"));
+        let f = std::env::temp_dir().join(format!("{vm}-there.xml"));
+        std::fs::write(&f, re).unwrap();
+        self.virsh_ok(&["define", f.to_str().unwrap()]);
+        let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(self.base().join(format!("log/qemu/{vm}-serial.log")));
+        self.virsh_ok(&["start", vm]);
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/second-host.sh");
+        let _ = Command::new(script).arg("stop").arg(&self.name).output();
+    }
+}
+
+/// A direct-boot definition with another kernel command line.
+pub fn with_cmdline(xml: &str, cmdline: &str) -> String {
+    let (a, rest) = xml.split_once("<cmdline>").expect("a direct-boot domain");
+    let (_, b) = rest.split_once("</cmdline>").unwrap();
+    format!("{a}<cmdline>{cmdline}</cmdline>{b}")
 }
