@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# second-host.sh start|stop|status|uri [NAME] - a second libvirt host on this
+# second-host.sh start|stop|status|uri|crash|restart [NAME] - a second libvirt host on this
 # machine, for the tests of migration and of several hosts.
 #
 # A libvirtd (and its virtlogd) in a mount namespace of their own, with their
@@ -16,7 +16,9 @@
 # `start` makes the folders (empty state: no VM, network, pool or secret of the
 # main host), starts the daemons and waits for the socket; `stop` destroys and
 # undefines what runs there, stops the daemons and removes the folders, so
-# nothing is left behind. Run as root after scripts/setup.sh.
+# nothing is left behind. `crash` kills its libvirtd with SIGKILL (its QEMUs and
+# state stay, as after a daemon crash) and `restart` starts it again over that
+# state. Run as root after scripts/setup.sh.
 set -euo pipefail
 cmd=${1:-}
 NAME=${2:-phyllome-test-host2}
@@ -64,6 +66,19 @@ start() {
     chmod 711 "$BASE/lib/swtpm"
     mkdir -p "$BASE/log/qemu" "$BASE/log/swtpm/libvirt/qemu"
     chmod 755 "$BASE" "$BASE/run"
+    if [ "$NO_SWTPM" = --no-swtpm ]; then touch "$BASE/no-swtpm"; fi
+    launch
+    if wait_up; then
+        echo "$URI"
+        return 0
+    fi
+    stop
+    return 1
+}
+
+# The daemons, in a mount namespace of their own over the folders under $BASE.
+launch() {
+    [ -f "$BASE/no-swtpm" ] && NO_SWTPM=--no-swtpm
     unshare --mount --propagation private /bin/sh -c '
         set -e
         B=$1
@@ -81,20 +96,50 @@ start() {
                 [ -e "$f" ] && mount --bind /dev/null "$f"
             done
         fi
-        virtlogd -d -p "$B/virtlogd.pid"
+        [ -n "$3" ] || virtlogd -d -p "$B/virtlogd.pid"
         libvirtd -d -p "$B/libvirtd.pid"
-    ' sh "$BASE" "$NO_SWTPM"
+    ' sh "$BASE" "$NO_SWTPM" "$(running_pid virtlogd)"
+}
+
+wait_up() {
     for _ in $(seq 100); do
         if [ -S "$SOCK" ] && virsh -c "$URI" version >/dev/null 2>&1; then
             log "$NAME is up: $URI"
-            echo "$URI"
             return 0
         fi
         sleep 0.2
     done
     log "$NAME did not come up"
-    stop
     return 1
+}
+
+# The pid of a daemon when it runs.
+running_pid() {
+    local p
+    p=$(pid_of "$1")
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo "$p"; fi
+}
+
+# A crash: libvirtd killed at once (SIGKILL), its state, QEMUs and virtlogd left as they are.
+crash() {
+    local p
+    p=$(running_pid libvirtd)
+    [ -n "$p" ] || { log "$NAME does not run"; return 1; }
+    kill -9 "$p"
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$SOCK" "$BASE/run/libvirt-sock-ro" "$BASE/run/libvirt-admin-sock"
+    log "$NAME: libvirtd killed"
+}
+
+# libvirtd started again over the state it had (after crash), as after a daemon restart.
+restart() {
+    [ -d "$BASE/lib" ] || { log "$NAME has no state to restart (start it)"; return 1; }
+    if running; then
+        echo "$URI"
+        return 0
+    fi
+    launch
+    if wait_up; then echo "$URI"; else return 1; fi
 }
 
 stop() {
@@ -134,5 +179,7 @@ case $cmd in
     stop) stop ;;
     status) if running; then echo "running: $URI"; else echo "stopped"; exit 1; fi ;;
     uri) echo "$URI" ;;
-    *) echo "usage: $0 start|stop|status|uri [NAME] [--no-swtpm]" >&2; exit 2 ;;
+    crash) crash ;;
+    restart) restart ;;
+    *) echo "usage: $0 start|stop|status|uri|crash|restart [NAME] [--no-swtpm]" >&2; exit 2 ;;
 esac
