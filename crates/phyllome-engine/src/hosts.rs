@@ -230,7 +230,8 @@ impl Hosts {
 /// Connects to a host (no time bound: an ssh URI may ask for a password on the terminal).
 /// Any failure is [`HostsError::Unreachable`].
 pub fn connect(host: &Host) -> Result<Libvirt> {
-    Libvirt::connect(&host.uri).map_err(|e| unreachable(host, e))
+    // libvirt's own words (the URI is in the error already).
+    Libvirt::connect(&host.uri).map_err(|e| unreachable(host, e.message))
 }
 
 fn unreachable(host: &Host, why: impl std::fmt::Display) -> HostsError {
@@ -269,11 +270,7 @@ where
         }
     }
     let late = format!("no answer within {} s", within.as_secs());
-    hosts
-        .iter()
-        .zip(results)
-        .map(|(h, r)| (h.clone(), r.unwrap_or_else(|| Err(unreachable(h, &late)))))
-        .collect()
+    hosts.iter().zip(results).map(|(h, r)| (h.clone(), r.unwrap_or_else(|| Err(unreachable(h, &late))))).collect()
 }
 
 #[cfg(test)]
