@@ -338,10 +338,13 @@ fn list_all_hosts(local_uri: &str, json: bool) -> Fallible {
     let all = Hosts::open().all(local_uri)?;
     let results = hosts::on_each(&all, hosts::REACH_WITHIN, vm::list);
     if results.iter().all(|(_, r)| r.is_err()) {
-        if let Some((_, Err(first))) = results.into_iter().next() {
-            return Err(first.into());
+        // None answered: the first host's error is the command's, the others are warnings.
+        let mut errors = results.into_iter().filter_map(|(_, r)| r.err());
+        let first = errors.next();
+        for e in errors {
+            eprintln!("phyllome: warning: {e}");
         }
-        return Ok(());
+        return first.map_or(Ok(()), |e| Err(e.into()));
     }
     let mut rows: Vec<(&str, &vm::VmRow)> = Vec::new();
     let mut status = Vec::new();
