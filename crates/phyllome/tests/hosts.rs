@@ -120,6 +120,15 @@ fn add_remove_and_their_refusals() {
     assert!(text.lines().any(|l| l.starts_with("local") && l.contains("reached")), "{text}");
     assert!(stderr(&out).contains("warning: host \"gone\""), "{}", stderr(&out));
 
+    // migrate --to takes a host's name: an unknown one is not found, a dead one unreachable.
+    let (code, kind, msg) =
+        refused(hf.run(&["migrate", "any", "--to", "nope", "--copy-storage", "--dry-run", "--json"]));
+    assert_eq!((code, kind.as_str()), (4, "not-found"), "{msg}");
+    let (code, kind, msg) =
+        refused(hf.run(&["migrate", "any", "--to", "gone", "--live", "--copy-storage", "--dry-run", "--json"]));
+    assert_eq!((code, kind.as_str()), (7, "unavailable"), "{msg}");
+    assert!(msg.contains(&dead), "{msg}");
+
     // --host: unknown names are not found (naming host list); --host with --connect is a usage error.
     let (code, kind, msg) = refused(hf.run(&["--host", "nope", "list", "--json"]));
     assert_eq!((code, kind.as_str()), (4, "not-found"), "{msg}");
