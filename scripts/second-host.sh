@@ -53,6 +53,14 @@ start() {
     [ -d /etc/libvirt/nwfilter ] && cp -a /etc/libvirt/nwfilter "$BASE/etc/nwfilter"
     mkdir -p "$BASE/etc/qemu" "$BASE/etc/storage" "$BASE/etc/secrets"
     printf '\nhost_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >>"$BASE/etc/libvirtd.conf"
+    # Both daemons share this machine's ports: this one's VNC/SPICE and websocket ports come from
+    # a range of its own (by its name), so its guests never race the main host's for a display port.
+    local slot
+    slot=$(( $(printf '%s' "$NAME" | cksum | cut -d' ' -f1) % 400 ))
+    printf '\nremote_display_port_min = %d\nremote_display_port_max = %d\n' \
+        $((20000 + slot * 100)) $((20000 + slot * 100 + 99)) >>"$BASE/etc/qemu.conf"
+    printf 'remote_websocket_port_min = %d\nremote_websocket_port_max = %d\n' \
+        $((60000 + slot * 10)) $((60000 + slot * 10 + 9)) >>"$BASE/etc/qemu.conf"
     # libvirt's state folders, owned as the packages make them.
     for d in qemu qemu/nvram qemu/ram qemu/save qemu/snapshot qemu/dump qemu/checkpoint images swtpm boot dnsmasq; do
         mkdir -p "$BASE/lib/$d"

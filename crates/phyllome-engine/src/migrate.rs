@@ -111,6 +111,12 @@ pub struct Migrated {
     pub stats: Stats,
     /// What was removed from the source afterwards.
     pub removed_from_source: Vec<String>,
+    /// An offline move: whether the definition was rebuilt for the destination.
+    pub retuned: bool,
+    /// What the destination chooses differently from this host, item by item, and why:
+    /// applied on an offline move (`retuned`); after a live move, what its next cold boot
+    /// there would change (`phyllome apply` or a re-import makes it so).
+    pub changes: Vec<crate::bundle::Change>,
     pub notes: Vec<String>,
 }
 
@@ -560,6 +566,101 @@ fn recover_pending(dst: &Libvirt, to: &str, dir: &Path) -> Vec<String> {
     notes
 }
 
+/// The VM as Phyllome would make it, and what this host chooses for it: what the
+/// destination's choices are compared with, and rebuilt from.
+struct Tuning {
+    spec: vm::VmSpec,
+    from: Vec<crate::bundle::SavedChoice>,
+}
+
+fn tuning_here(src: &Libvirt, name: &str, capacity: u64) -> Option<Tuning> {
+    let (manifest, _) = crate::manifest::of_vm(src, name).ok()?;
+    let (host, _) = crate::hostinfo::gather(src, true).ok()?;
+    let spec = crate::bundle::request_for(&manifest, capacity, None);
+    let from = crate::bundle::plan_on(name, &spec, &host, vec![])
+        .ok()?
+        .choices
+        .iter()
+        .map(crate::bundle::SavedChoice::from)
+        .collect();
+    Some(Tuning { spec, from })
+}
+
+/// `xml` with the domain's UUID, and the MAC addresses of `old`'s interfaces in order
+/// (the guest keeps its identity, its TPM state folder and its network configuration).
+fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
+    let macs: Vec<String> = roxmltree::Document::parse(old)
+        .map(|d| {
+            d.descendants()
+                .filter(|n| n.has_tag_name("mac") && n.parent().is_some_and(|p| p.has_tag_name("interface")))
+                .filter_map(|n| n.attribute("address").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::with_capacity(xml.len() + 128);
+    let mut rest = xml;
+    if let Some(i) = rest.find("</name>") {
+        let end = i + "</name>".len();
+        out.push_str(&rest[..end]);
+        out.push_str(&format!("<uuid>{uuid}</uuid>"));
+        rest = &rest[end..];
+    }
+    let mut macs = macs.into_iter();
+    while let Some(i) = rest.find("<interface ") {
+        let Some(close) = rest[i..].find('>') else { break };
+        let end = i + close + 1;
+        out.push_str(&rest[..end]);
+        if let Some(mac) = macs.next() {
+            out.push_str(&format!("<mac address='{mac}'/>"));
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The destination's plan for the VM: its definition and choices.
+fn plan_there(dst: &Libvirt, name: &str, t: &Tuning) -> std::result::Result<phyllome_model::build::Plan, String> {
+    let host = crate::hostinfo::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
+    crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())
+}
+
+/// After an offline move: the definition rebuilt for the destination, as import does,
+/// keeping the UUID, MAC addresses, disk, key, UEFI variable store and TPM state that
+/// moved. On any doubt the moved definition stays (and the reason is returned).
+fn retune(
+    dst: &Libvirt,
+    name: &str,
+    uuid: &str,
+    t: &Tuning,
+) -> std::result::Result<Vec<crate::bundle::Change>, String> {
+    let arrived = dst.inactive_xml(name).map_err(|e| e.message)?;
+    let plan = plan_there(dst, name, t)?;
+    let xml = keep_identity(&plan.domain.to_xml(), uuid, &arrived);
+    let (old, new) = (
+        crate::domxml::parse(&arrived).map_err(|e| e.to_string())?,
+        crate::domxml::parse(&xml).map_err(|e| e.to_string())?,
+    );
+    let nv = |s: &crate::domxml::DomainSummary| s.nvram.as_ref().map(|n| n.path.clone());
+    if nv(&old) != nv(&new) {
+        return Err(format!(
+            "its UEFI variable store is {:?} there, the rebuilt definition names {:?}",
+            nv(&old).unwrap_or_default(),
+            nv(&new).unwrap_or_default()
+        ));
+    }
+    let disk =
+        |s: &crate::domxml::DomainSummary| s.main_disk().map(|d| (d.pool.clone(), d.volume.clone(), d.file.clone()));
+    if disk(&old) != disk(&new) {
+        return Err("the rebuilt definition names another disk".into());
+    }
+    if let Err(e) = dst.define(&xml) {
+        let _ = dst.define(&arrived);
+        return Err(e.message);
+    }
+    Ok(crate::bundle::changes(&t.from, &plan.choices))
+}
+
 /// Moves `name` to `req.to` (after [`check`] passed).
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
     vm::recover(src);
@@ -580,6 +681,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     let vol = src
         .volume_info(crate::POOL, d.volume.as_deref().unwrap_or_default())?
         .ok_or_else(|| VmError::NoVolume(format!("{}/{name}.qcow2", crate::POOL)))?;
+    let tuning = tuning_here(src, name, vol.capacity);
     let mut made = Made {
         vm: name.into(),
         uuid: s.uuid.clone(),
@@ -761,6 +863,40 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     };
     made.forget(&pending);
     notes.push(format!("{name} is {:?} on the destination", there.state));
+    // Re-tuning: rebuilt there when it arrived stopped; after a live move, only said.
+    let mut retuned = false;
+    let mut changes = vec![];
+    match (&tuning, req.live) {
+        (None, _) => notes.push("its manifest could not be read here: the definition was not re-tuned".into()),
+        (Some(t), false) => match retune(&dst, name, &s.uuid, t) {
+            Ok(c) => {
+                progress(Progress::Step { step: "retune" });
+                retuned = true;
+                notes.push(if c.is_empty() {
+                    "re-tuned for the destination: it chooses as this host did".into()
+                } else {
+                    format!("re-tuned for the destination: {} item(s) changed", c.len())
+                });
+                changes = c;
+            }
+            Err(why) => notes.push(format!("kept the moved definition, not re-tuned: {why}")),
+        },
+        (Some(t), true) => match plan_there(&dst, name, t) {
+            Ok(plan) => {
+                changes = crate::bundle::changes(&t.from, &plan.choices);
+                if !changes.is_empty() {
+                    notes.push(format!(
+                        "it runs there as defined here; the destination would choose {} item(s) differently at a cold boot (changes)",
+                        changes.len()
+                    ));
+                }
+            }
+            Err(why) => notes.push(format!("what the destination would choose is not known: {why}")),
+        },
+    }
+    if tuning.as_ref().is_some_and(|t| !t.spec.shares.is_empty()) {
+        notes.push("its shared folders stay with this host: add them there with phyllome share add".into());
+    }
     // Only now: the source's copy goes (domain, volume, key, NVRAM, TPM state, snapshots).
     let mut removed = vec![];
     if vm::state(src, name)? == State::Shutoff {
@@ -778,6 +914,8 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         check: checked,
         stats: Stats::from(&stats),
         removed_from_source: removed,
+        retuned,
+        changes,
         notes,
     })
 }
@@ -785,6 +923,24 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rebuilt_definition_keeps_the_uuid_and_the_mac_addresses_in_order() {
+        let old =
+            "<domain><name>v</name><devices><interface type='network'><mac address='52:54:00:00:00:01'/></interface>\
+                   <interface type='user'><mac address='52:54:00:00:00:02'/></interface></devices></domain>";
+        let new = "<domain type='qemu'>\n  <name>v</name>\n  <devices>\n    <interface type='network'>\n      <model type='virtio'/>\n    </interface>\n    <interface type='user'>\n    </interface>\n  </devices>\n</domain>";
+        let out = keep_identity(new, "0b6c1a4e-0000-4000-8000-000000000001", old);
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let uuid = doc.descendants().find(|n| n.has_tag_name("uuid")).and_then(|n| n.text());
+        assert_eq!(uuid, Some("0b6c1a4e-0000-4000-8000-000000000001"));
+        let macs: Vec<_> =
+            doc.descendants().filter(|n| n.has_tag_name("mac")).filter_map(|n| n.attribute("address")).collect();
+        assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+        // Without interfaces there, only the UUID is added.
+        let plain = keep_identity("<domain><name>v</name></domain>", "u", old);
+        assert_eq!(plain, "<domain><name>v</name><uuid>u</uuid></domain>");
+    }
 
     #[test]
     fn a_record_is_an_orphan_only_for_its_destination_once_its_process_is_gone() {

@@ -138,7 +138,9 @@ fn main() -> ExitCode {
         Command::Xml(args) => xml::run(uri, *args),
         Command::Vm(cmd) => vm::run(uri, cmd),
         Command::Volume(cmd) => cli::volume::run(uri, cmd),
-        Command::Host(host::HostCommand::Facts { json, record }) => host::facts(uri, json, record),
+        Command::Host(host::HostCommand::Facts { json, record, via_libvirt }) => {
+            host::facts(uri, json, record, via_libvirt)
+        }
         Command::Host(host::HostCommand::Setup { dry_run, root }) => setup::run(uri, dry_run, &root),
         Command::Host(host::HostCommand::Add { name, uri, no_check, json }) => host::add(&name, &uri, no_check, json),
         Command::Host(host::HostCommand::List { offline, json }) => host::list(uri, offline, json),

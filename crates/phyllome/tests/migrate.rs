@@ -57,6 +57,7 @@ fn a_running_vm_moves_live_with_its_disk_tpm_and_uefi_variables() {
     let out = ok(phyllome(&["migrate", &vm.0, "--to", &host.uri, "--live", "--copy-storage", "--json"]));
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(m["mode"], "live");
+    assert_eq!(m["retuned"], false, "a live move keeps the running definition: {m}");
     assert!(m["stats"]["data_processed"].as_u64().unwrap_or(0) > 0, "{m}");
     assert!(m["stats"]["downtime_ms"].as_u64().is_some(), "{m}");
     let before = last_count(&serial_log(&vm.0));
@@ -89,10 +90,20 @@ fn a_stopped_vm_moves_offline_and_boots_there() {
     wait_for_serial(&vm.0, "PHYLLOME-WROTE", 240);
     wait_state(&vm.0, "shut off", 120);
     let uuid = virsh_ok(&["domuuid", &vm.0]).trim().to_string();
+    let mac = virsh_ok(&["domiflist", &vm.0]);
+    // A hand-made touch Phyllome's model never writes: gone once the definition is rebuilt there.
+    virsh_ok(&["desc", &vm.0, "--config", "phyllome-test-handmade"]);
+    assert!(virsh_ok(&["dumpxml", "--inactive", &vm.0]).contains("phyllome-test-handmade"));
     let out = ok(phyllome(&["migrate", &vm.0, "--to", &host.uri, "--offline", "--copy-storage", "--json"]));
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(m["mode"], "offline");
+    assert_eq!(m["retuned"], true, "{m}");
+    assert!(m["changes"].is_array(), "{m}");
     assert_eq!(host.state(&vm.0), "shut off", "it stays off there, as it was");
+    let there = host.virsh_ok(&["dumpxml", "--inactive", &vm.0]);
+    assert!(!there.contains("phyllome-test-handmade"), "not rebuilt from the manifest there:\n{there}");
+    assert!(there.contains(&format!("<uuid>{uuid}</uuid>")), "the UUID changed:\n{there}");
+    assert_eq!(host.virsh_ok(&["domiflist", &vm.0]), mac, "the MAC addresses changed");
     gone_from_source(&vm, &uuid);
     host.boot_with(&vm.0, "read-marker");
     let log = host.wait_serial(&vm.0, "PHYLLOME-MARKER", 240);
@@ -245,4 +256,45 @@ fn killing_the_destination_libvirtd_mid_migration_leaves_the_vm_running_here_and
     host.wait_serial(&vm.0, &format!("PHYLLOME-COUNT: {}", before + 2), 120);
     assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "the record was removed");
     let _ = std::fs::remove_dir_all(&records);
+}
+
+#[test]
+fn a_host_read_over_libvirt_only_matches_the_local_reading() {
+    require_libvirt();
+    let host = SecondHost::start("facts", &[]);
+    let here: serde_json::Value = serde_json::from_str(&ok(phyllome(&["host", "facts", "--json"]))).unwrap();
+    let out = ok(phyllome(&["--connect", &host.uri, "host", "facts", "--via-libvirt", "--json"]));
+    let there: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The same machine, read through its files and through the second libvirtd alone.
+    for key in ["firmware", "cpus", "swtpm", "kvm", "cpu_vendor"] {
+        assert_eq!(there["facts"][key], here["facts"][key], "{key}");
+    }
+    // libvirt's node memory (what its own placement uses) may be below /proc/meminfo's total.
+    let (m_there, m_here) =
+        (there["facts"]["memory_mib"].as_u64().unwrap(), here["facts"]["memory_mib"].as_u64().unwrap());
+    assert!(m_there > 0 && m_there <= m_here, "memory: {m_there} MiB over libvirt, {m_here} MiB here");
+    assert!(!there["facts"]["firmware"].as_array().unwrap().is_empty(), "no firmware descriptor read over libvirt");
+    for key in ["libvirt", "qemu", "external_snapshot"] {
+        assert_eq!(there["facts"]["platform"][key], here["facts"]["platform"][key], "{key}");
+    }
+    assert_eq!(there["domcaps"], here["domcaps"]);
+    // The capability record decides alike, but for the virtiofs daemon: a program on that host,
+    // which libvirt neither names nor runs for a reader (taken as absent, and said).
+    let by_feature = |v: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        v["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["feature"].as_str().unwrap().to_string(), f["supported"].clone()))
+            .collect()
+    };
+    for ((name, t), (_, h)) in by_feature(&there).into_iter().zip(by_feature(&here)) {
+        if name.contains("virtiofs") {
+            assert_eq!(t, false, "{name} over libvirt");
+        } else {
+            assert_eq!(t, h, "{name}");
+        }
+    }
+    // The transient pools it read through are gone.
+    assert!(!host.virsh_ok(&["pool-list", "--all", "--name"]).contains("phyllome-read"));
 }

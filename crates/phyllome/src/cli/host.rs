@@ -18,6 +18,9 @@ pub enum HostCommand {
         /// Write host.json and domcaps.xml into DIR (a recorded-host fixture).
         #[arg(long, value_name = "DIR")]
         record: Option<String>,
+        /// Read the host through its libvirt only, as a remote host (`--host`, `migrate --to`) is read.
+        #[arg(long)]
+        via_libvirt: bool,
     },
     /// Configure this host for virtualization (IOMMU, vfio, nested, libvirt, storage pool), idempotently.
     /// Shows every change before making it.
@@ -152,9 +155,10 @@ pub fn list(local_uri: &str, offline: bool, json: bool) -> Fallible {
     Ok(())
 }
 
-pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
+pub fn facts(uri: &str, json: bool, record: Option<String>, via_libvirt: bool) -> Fallible {
     let lv = Libvirt::connect(uri)?;
-    let (host, kvm_detail) = hostinfo::gather(&lv, true)?;
+    let (host, kvm_detail) =
+        if via_libvirt { (hostinfo::gather_remote(&lv)?, None) } else { hostinfo::gather(&lv, true)? };
     if let Some(dir) = record {
         std::fs::create_dir_all(&dir)?;
         let virttype = &host.caps.virt_type;

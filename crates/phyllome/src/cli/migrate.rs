@@ -96,5 +96,16 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
         mib(m.stats.data_processed),
         m.removed_from_source.join(", ")
     );
+    if !m.changes.is_empty() {
+        println!(
+            "{}",
+            if m.retuned { "re-tuned there:" } else { "at a cold boot there, the destination would change:" }
+        );
+        for c in &m.changes {
+            let side =
+                |v: &Option<String>| v.as_deref().map(|t| printable(t).into_owned()).unwrap_or_else(|| "none".into());
+            println!("  {}: {} -> {} ({})", c.item, side(&c.from), side(&c.to), printable(&c.why));
+        }
+    }
     Ok(())
 }
