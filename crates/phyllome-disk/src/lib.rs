@@ -299,6 +299,18 @@ pub fn os_random(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
 }
 
+/// The whole image in memory: about 2 MiB (the LUKS key area) whatever `size` is (no data cluster is
+/// allocated), for a volume written through libvirt's upload API on another host.
+pub fn bytes(size: u64, passphrase: &[u8], cost: Cost) -> Result<Vec<u8>, Error> {
+    let image = layout(size, passphrase, cost, &mut os_random)?;
+    let mut out = vec![0u8; image.len as usize];
+    for (offset, piece) in &image.pieces {
+        let at = *offset as usize;
+        out[at..at + piece.len()].copy_from_slice(piece);
+    }
+    Ok(out)
+}
+
 /// Creates the image file at `path` (which must not exist), mode 0600.
 pub fn create(path: &Path, size: u64, passphrase: &[u8], cost: Cost) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -324,6 +336,19 @@ pub fn write(f: &mut std::fs::File, size: u64, passphrase: &[u8], cost: Cost) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_in_memory_is_the_laid_out_one() {
+        let b = bytes(4 << 30, b"k", Cost::RANDOM_KEY).unwrap();
+        let img = layout(4 << 30, b"k", Cost::RANDOM_KEY, &mut os_random).unwrap();
+        assert_eq!(b.len() as u64, img.len);
+        assert!(b.len() <= 4 << 20, "{} bytes for an empty 4 GiB image", b.len());
+        // Everything but the LUKS area (random salts and key material) is the same.
+        for (offset, piece) in img.pieces.iter().take(3) {
+            assert_eq!(&b[*offset as usize..*offset as usize + piece.len()], piece.as_slice());
+        }
+        assert_eq!(&b[..4], b"QFI\xfb");
+    }
 
     fn counter() -> impl FnMut(&mut [u8]) {
         let mut n = 0u8;

@@ -8,8 +8,9 @@
 //! - **Pre-create there**, through the destination's libvirt only (it may be a
 //!   remote host): a secret with a **new** random key (key custody: a disk's key
 //!   never leaves its host; QEMU re-encrypts the disk as it copies it, see
-//!   ARCHITECTURE.md), the LUKS volume made by the destination's libvirt with
-//!   that secret, and the UEFI variable store and direct-boot files uploaded.
+//!   ARCHITECTURE.md), the empty LUKS volume made here under that key and
+//!   uploaded into the destination's pool, and the UEFI variable store and
+//!   direct-boot files uploaded.
 //! - **Move**: peer to peer, persistent on the destination, with the disks copied
 //!   (`--copy-storage`); the TPM state travels in QEMU's migration stream. A
 //!   stopped VM (`--offline`) is started paused (no guest code runs) and moved
@@ -718,12 +719,13 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             )?);
             made.save(&pending)?;
             note(progress, "a new disk key on the destination: QEMU re-encrypts the disk as it copies it");
-            made.volume_key = Some(dst.create_encrypted_volume(
-                crate::POOL,
-                &format!("{name}.qcow2"),
-                vol.capacity,
-                made.secret.as_deref().expect("just made"),
-            )?);
+            // The empty LUKS qcow2 is made here and uploaded, as `create` makes its disks: the key
+            // is random, so the LUKS slot needs no passphrase stretching. libvirt's own volume
+            // creation (qemu-img's 2 s default) cost 4.9 s, and as much again when QEMU opens it
+            // there (docs/benchmarks.md, "Migration").
+            let image = phyllome_disk::bytes(vol.capacity, &key, phyllome_disk::Cost::RANDOM_KEY)
+                .map_err(|e| VmError::Disk(e.to_string()))?;
+            made.volume_key = Some(dst.upload_volume(crate::POOL, &format!("{name}.qcow2"), &image, 0o600)?);
             made.save(&pending)?;
         } else {
             return Err(MigrateError::Refused {

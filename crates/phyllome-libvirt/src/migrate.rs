@@ -44,29 +44,6 @@ pub struct MigrateAsk {
 }
 
 impl Libvirt {
-    /// Makes an encrypted qcow2 volume (LUKS, keyed by the secret `secret_uuid`) in `pool`; its key.
-    pub fn create_encrypted_volume(&self, pool: &str, name: &str, capacity: u64, secret_uuid: &str) -> Result<String> {
-        let p =
-            self.conn.lookup_storage_pool_by_name(pool).map_err(|e| Error::new(format!("storage pool {pool}"), e))?;
-        let xml = Element::new("volume")
-            .child(Element::leaf("name", name))
-            .child(Element::leaf("capacity", capacity.to_string()).attr("unit", "B"))
-            .child(
-                Element::new("target")
-                    .child(Element::new("format").attr("type", "qcow2"))
-                    .child(Element::new("permissions").child(Element::leaf("mode", "0600")))
-                    .child(
-                        Element::new("encryption")
-                            .attr("format", "luks")
-                            .child(Element::new("secret").attr("type", "passphrase").attr("uuid", secret_uuid)),
-                    ),
-            )
-            .render();
-        let v = virt::storage_vol::StorageVol::create_xml(&p, &xml, 0)
-            .map_err(|e| Error::new(format!("create volume {pool}/{name}"), e))?;
-        v.key().map_err(|e| Error::new("volume key", e))
-    }
-
     /// Deletes the volume `name` of `pool` only if it still has `key`; whether it did.
     pub fn delete_volume_by_key(&self, pool: &str, name: &str, key: &str) -> Result<bool> {
         let Ok(p) = self.conn.lookup_storage_pool_by_name(pool) else { return Ok(false) };
@@ -96,33 +73,57 @@ impl Libvirt {
     /// transient pool and a volume upload); its volume key. Refuses an existing file.
     pub fn upload_file(&self, dir: &str, name: &str, bytes: &[u8], mode: u32) -> Result<String> {
         let pool = self.transfer_pool(dir)?;
+        let r = self.upload_into(&pool, dir, name, bytes, mode);
+        let _ = pool.destroy();
+        r
+    }
+
+    /// Writes a new volume `name` of `pool` holding `bytes` (a disk image made here, such
+    /// as an empty LUKS qcow2), through libvirt's upload API; its key. libvirt then reads
+    /// the image's format from the file, as for any file in a directory pool.
+    pub fn upload_volume(&self, pool: &str, name: &str, bytes: &[u8], mode: u32) -> Result<String> {
+        let p =
+            self.conn.lookup_storage_pool_by_name(pool).map_err(|e| Error::new(format!("storage pool {pool}"), e))?;
+        let key = self.upload_into(&p, pool, name, bytes, mode)?;
+        let _ = p.refresh(0);
+        Ok(key)
+    }
+
+    fn upload_into(
+        &self,
+        pool: &virt::storage_pool::StoragePool,
+        dir: &str,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<String> {
+        if pool.lookup_storage_vol_by_name(name).is_ok() {
+            return Err(Error {
+                op: format!("upload {dir}/{name}"),
+                message: "the file exists there already".into(),
+                code: 0,
+            });
+        }
+        let xml = Element::new("volume")
+            .child(Element::leaf("name", name))
+            .child(Element::leaf("capacity", bytes.len().max(1).to_string()).attr("unit", "B"))
+            .child(
+                Element::new("target")
+                    .child(Element::new("format").attr("type", "raw"))
+                    .child(Element::new("permissions").child(Element::leaf("mode", format!("{mode:04o}")))),
+            )
+            .render();
+        let v = virt::storage_vol::StorageVol::create_xml(pool, &xml, 0)
+            .map_err(|e| Error::new(format!("create {dir}/{name}"), e))?;
+        let key = v.key().map_err(|e| Error::new("volume key", e))?;
         let r = (|| {
-            if pool.lookup_storage_vol_by_name(name).is_ok() {
-                return Err(Error {
-                    op: format!("upload {dir}/{name}"),
-                    message: "the file exists there already".into(),
-                    code: 0,
-                });
-            }
-            let xml = Element::new("volume")
-                .child(Element::leaf("name", name))
-                .child(Element::leaf("capacity", bytes.len().max(1).to_string()).attr("unit", "B"))
-                .child(
-                    Element::new("target")
-                        .child(Element::new("format").attr("type", "raw"))
-                        .child(Element::new("permissions").child(Element::leaf("mode", format!("{mode:04o}")))),
-                )
-                .render();
-            let v = virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0)
-                .map_err(|e| Error::new(format!("create {dir}/{name}"), e))?;
-            let key = v.key().map_err(|e| Error::new("volume key", e))?;
             let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
             v.upload(&stream, 0, bytes.len() as u64, 0).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
             let mut off = 0;
             while off < bytes.len() {
                 let end = (off + (1 << 20)).min(bytes.len());
                 let n = stream.send(&bytes[off..end]).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
-                if n <= 0 {
+                if n == 0 {
                     return Err(Error {
                         op: format!("upload {dir}/{name}"),
                         message: "the stream closed".into(),
@@ -131,11 +132,14 @@ impl Libvirt {
                 }
                 off += n as usize;
             }
-            stream.finish().map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
-            Ok(key)
+            stream.finish().map_err(|e| Error::new(format!("upload {dir}/{name}"), e))
         })();
-        let _ = pool.destroy();
-        r
+        if let Err(e) = r {
+            // Not left half-written: the volume this call made goes (it is still that key).
+            let _ = v.delete(0);
+            return Err(e);
+        }
+        Ok(key)
     }
 
     /// Removes a file [`Libvirt::upload_file`] made, only if it is still that volume (`key`).
