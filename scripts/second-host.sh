@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# second-host.sh start|stop|status|uri [NAME] - a second libvirt host on this
+# second-host.sh start|stop|pause|resume|status|uri [NAME] - a second libvirt host on this
 # machine, for the tests of migration and of several hosts.
 #
 # A libvirtd (and its virtlogd) in a mount namespace of their own, with their
@@ -16,7 +16,11 @@
 # `start` makes the folders (empty state: no VM, network, pool or secret of the
 # main host), starts the daemons and waits for the socket; `stop` destroys and
 # undefines what runs there, stops the daemons and removes the folders, so
-# nothing is left behind. Run as root after scripts/setup.sh.
+# nothing is left behind. `pause` stops only its daemons (and what QEMU runs
+# there), keeping its folders, so the host is unreachable as if it went away;
+# `resume` starts the daemons again on the same folders: the domains, pools
+# and secrets defined there are back. `stop` after `pause` still removes all.
+# Run as root after scripts/setup.sh.
 set -euo pipefail
 cmd=${1:-}
 NAME=${2:-phyllome-test-host2}
@@ -64,6 +68,11 @@ start() {
     chmod 711 "$BASE/lib/swtpm"
     mkdir -p "$BASE/log/qemu" "$BASE/log/swtpm/libvirt/qemu"
     chmod 755 "$BASE" "$BASE/run"
+    daemons || { log "$NAME did not come up"; stop; return 1; }
+}
+
+# Starts virtlogd and libvirtd in a mount namespace of their own over the folders of $BASE, and waits for the socket.
+daemons() {
     unshare --mount --propagation private /bin/sh -c '
         set -e
         B=$1
@@ -92,21 +101,11 @@ start() {
         fi
         sleep 0.2
     done
-    log "$NAME did not come up"
-    stop
     return 1
 }
 
-stop() {
-    if running && [ -S "$SOCK" ]; then
-        for d in $(virsh -c "$URI" list --all --uuid 2>/dev/null); do
-            virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
-            virsh -c "$URI" undefine --nvram --tpm --snapshots-metadata "$d" >/dev/null 2>&1 || true
-        done
-        for s in $(virsh -c "$URI" secret-list 2>/dev/null | awk 'NR > 2 && $1 != "" {print $1}'); do
-            virsh -c "$URI" secret-undefine "$s" >/dev/null 2>&1 || true
-        done
-    fi
+# Stops the daemons (and QEMU and swtpm processes of that namespace); the folders stay.
+kill_daemons() {
     for d in libvirtd virtlogd; do
         local p
         p=$(pid_of "$d")
@@ -124,6 +123,35 @@ stop() {
             kill -9 "$p" 2>/dev/null || true
         fi
     done
+    rm -f "$BASE/libvirtd.pid" "$BASE/virtlogd.pid"
+}
+
+pause() {
+    [ -d "$BASE" ] || { log "$NAME does not exist"; return 1; }
+    kill_daemons
+    log "$NAME paused (its daemons stopped, its folders kept)"
+}
+
+resume() {
+    [ -d "$BASE" ] || { log "$NAME does not exist (start makes it)"; return 1; }
+    if running; then
+        echo "$URI"
+        return 0
+    fi
+    daemons || { log "$NAME did not come back"; return 1; }
+}
+
+stop() {
+    if running && [ -S "$SOCK" ]; then
+        for d in $(virsh -c "$URI" list --all --uuid 2>/dev/null); do
+            virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
+            virsh -c "$URI" undefine --nvram --tpm --snapshots-metadata "$d" >/dev/null 2>&1 || true
+        done
+        for s in $(virsh -c "$URI" secret-list 2>/dev/null | awk 'NR > 2 && $1 != "" {print $1}'); do
+            virsh -c "$URI" secret-undefine "$s" >/dev/null 2>&1 || true
+        done
+    fi
+    kill_daemons
     rm -rf "$BASE"
     rmdir /var/lib/phyllome-test-hosts 2>/dev/null || true
     log "$NAME stopped and removed"
@@ -132,7 +160,9 @@ stop() {
 case $cmd in
     start) start ;;
     stop) stop ;;
+    pause) pause ;;
+    resume) resume ;;
     status) if running; then echo "running: $URI"; else echo "stopped"; exit 1; fi ;;
     uri) echo "$URI" ;;
-    *) echo "usage: $0 start|stop|status|uri [NAME] [--no-swtpm]" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|pause|resume|status|uri [NAME] [--no-swtpm]" >&2; exit 2 ;;
 esac
