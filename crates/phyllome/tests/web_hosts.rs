@@ -3,7 +3,9 @@
 //! server lists the VMs of both, each with its host, from each host's own
 //! connection and events; a host whose libvirtd goes away marks only its own
 //! VMs unreachable, and they come back with it. The migration check through
-//! the API names hosts, never URIs.
+//! the API names hosts, never URIs. The same in a real browser
+//! (tests/browser/hosts.test.mjs): the list with hosts, the migrate dialog's
+//! check, and a host going away and coming back.
 
 mod web_common;
 use serde_json::Value;
@@ -219,6 +221,51 @@ fn migrate_check_through_the_api_names_hosts_and_shows_the_items() {
     assert!(!r.text().contains(&h2.uri), "{}", r.text());
     let log = server.log_text();
     assert!(log.contains(&format!("admin: migrate {} to host h2", vm.0)), "{log}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(hosts_dir);
+}
+
+#[test]
+fn web_ui_shows_hosts_the_migration_check_and_an_unreachable_host_in_chromium() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/setup.sh (npm ci in {})",
+        dir.display()
+    );
+    let h2 = SecondHost::start("serveui", &[]);
+    let here = TestVm::new("web-hosts-ui");
+    define_foreign_domain(&here);
+    let there = format!("{PREFIX}web-hosts-ui-there-{}", std::process::id());
+    define_there(&h2, &there);
+    let (server, hosts_dir) = server_with(&h2);
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("artifacts/web-ui-hosts");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    let config = serde_json::json!({
+        "url": server.url, "user": USER, "password": PASSWORD, "here": here.0, "there": there,
+        "host": H2, "hostName": h2.name, "artifacts": artifacts,
+    });
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("hosts.test.mjs"))
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node must be installed: run scripts/setup.sh");
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
+    assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
+    assert!(summary.ends_with(" 0 failed"), "{summary}");
+    for shot in ["h1-two-hosts", "h2-migrate-check", "h3-host-unreachable"] {
+        assert!(artifacts.join(format!("{shot}.png")).is_file(), "no screenshot {shot}");
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(hosts_dir);
 }
