@@ -1359,7 +1359,7 @@ async fn snapshot_job<T: Serialize + Send + 'static>(
                 }
                 Progress::Bytes { done, total } => {
                     // At most four byte counts a second reach the page.
-                    if last_bytes.get().elapsed() < Duration::from_millis(250) && done < total {
+                    if last_bytes.get().elapsed() < Duration::from_millis(250) && (done < total || total == 0) {
                         return;
                     }
                     last_bytes.set(std::time::Instant::now());

@@ -33,6 +33,24 @@ fn define_there(h: &SecondHost, name: &str) {
     h.virsh_ok(&["define", file.to_str().unwrap()]);
 }
 
+/// Takes the VNC display out of a VM's definition. Both test hosts share this
+/// machine's network, and each libvirtd hands out VNC ports on its own, so a
+/// display there may be given a port the source's QEMU holds (real hosts have
+/// a network each).
+fn without_display(vm: &str) {
+    let xml = virsh_ok(&["dumpxml", "--inactive", vm]);
+    let (a, rest) = xml.split_once("<graphics").expect("a display");
+    let open_end = rest.find('>').expect("a whole tag");
+    let b = if rest[..open_end].ends_with('/') {
+        &rest[open_end + 1..]
+    } else {
+        rest.split_once("</graphics>").expect("a closed <graphics>").1
+    };
+    let file = temp_dir("nodisplay").join("d.xml");
+    std::fs::write(&file, format!("{a}{b}")).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+}
+
 /// A server whose hosts file names the second host as `h2`.
 fn server_with(h: &SecondHost) -> (Server, PathBuf) {
     let dir = temp_dir("hosts");
@@ -266,6 +284,59 @@ fn web_ui_shows_hosts_the_migration_check_and_an_unreachable_host_in_chromium() 
     for shot in ["h1-two-hosts", "h2-migrate-check", "h3-host-unreachable"] {
         assert!(artifacts.join(format!("{shot}.png")).is_file(), "no screenshot {shot}");
     }
+    drop(server);
+    let _ = std::fs::remove_dir_all(hosts_dir);
+}
+
+#[test]
+fn a_vm_moves_to_the_other_host_through_the_api_with_progress_and_the_list_follows() {
+    require_guest();
+    let h2 = SecondHost::start("servemove", &[]);
+    let vm = TestVm::new("web-hosts-move");
+    let (server, hosts_dir) = server_with(&h2);
+    let s = server.admin();
+    let r = s.post("/api/v1/vms", Some(&guest_create_body(&vm.0, true)));
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Booted once (its UEFI variables made), then off: an offline move.
+    let kill = s.post(&format!("/api/v1/vms/{}/kill", vm.url_name()), None);
+    assert_eq!(kill.status, 200, "{}", kill.text());
+    wait_for("the VM shut off", 30, || vm.state() == "shut off");
+    without_display(&vm.0);
+    let check = s.post(&format!("/api/v1/vms/{}/migrate/check", vm.url_name()), Some(r#"{"to":"h2"}"#));
+    let c = check.json();
+    assert_eq!((c["ok"].as_bool(), c["mode"].as_str()), (Some(true), Some("offline")), "{c}");
+    // The move, as the UI asks for it: progress events, then done.
+    let origin = format!("http://{}", server.addr);
+    let r = http(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/vms/{}/migrate", vm.url_name()),
+        &[
+            ("Cookie", &s.cookie),
+            ("X-CSRF-Token", &s.csrf),
+            ("Origin", &origin),
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream"),
+        ],
+        Some(r#"{"to":"h2"}"#),
+    );
+    assert_eq!(r.status, 200);
+    let text = r.text().replace("\r\n", "\n");
+    for step in ["check", "prepare", "migrate", "finish"] {
+        assert!(text.contains(&format!("\"step\":\"{step}\"")), "no {step} step: {text}");
+    }
+    let done = text.split("event: done\n").nth(1).unwrap_or_else(|| panic!("no done event: {text}"));
+    let m: Value = serde_json::from_str(done.lines().next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!((m["mode"].as_str(), m["to"].as_str()), (Some("offline"), Some(H2)), "{m}");
+    assert!(!text.contains(&h2.uri), "the events name the host, not its URI: {text}");
+    // It is there, not here, and the list says so at once.
+    assert_eq!(h2.state(&vm.0), "shut off");
+    assert!(!vm.exists(), "it is still here");
+    let list = s.get("/api/v1/vms").json();
+    assert!(row(&list, "local", &vm.0).is_none(), "{list}");
+    assert_eq!(row(&list, H2, &vm.0).unwrap_or_else(|| panic!("{list}"))["state"], "shut off");
+    let log = server.log_text();
+    assert!(log.contains(&format!("admin: migrate {} to host h2", vm.0)), "{log}");
     drop(server);
     let _ = std::fs::remove_dir_all(hosts_dir);
 }
