@@ -688,7 +688,7 @@ async fn stop_vm(
     let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(60).min(600));
     let force = body.force.unwrap_or(false);
     let host = h.name();
-    who_did(&who, "stop", &on_host(&name, &host));
+    who_did_on(&who, "stop", &name, &host);
     let a = blocking_on(&app, host.clone(), move |app, lv| {
         let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::progress::quiet);
         app.inventory.refresh_on(&host, &name);
@@ -704,12 +704,12 @@ async fn stop_vm(
     Ok(Json(a))
 }
 
-/// `NAME` on this host, `NAME on HOST` on another (for the log).
-fn on_host(name: &str, host: &str) -> String {
+/// [`who_did`] on host `host` (named in the log unless it is `local`).
+fn who_did_on(who: &Principal, what: &str, name: &str, host: &str) {
     if host == LOCAL {
-        name.to_string()
+        who_did(who, what, name);
     } else {
-        format!("{name} on {host}")
+        tracing::info!("{}: {what} {} on host {}", shown(&who.user), shown(name), shown(host));
     }
 }
 
@@ -720,7 +720,7 @@ async fn simple(
     host: String,
     what: &'static str,
 ) -> ApiResult<Json<Action>> {
-    who_did(&who, what, &on_host(&name, &host));
+    who_did_on(&who, what, &name, &host);
     let a = blocking_on(&app, host.clone(), move |app, lv| {
         let (r, done) = match what {
             "kill" => (vm::kill(lv, &name), "powered off"),

@@ -261,7 +261,8 @@ impl Watcher {
                         next_full = Instant::now();
                     }
                     Err(e) => {
-                        self.set_up(false, Some(e.to_string()));
+                        // libvirt's words, without the URI (the list names hosts, not their URIs).
+                        self.set_up(false, Some(e.message.clone()));
                         if let Some(r) = ready.take() {
                             let _ = r.send(Err(e.to_string()));
                             // This host's libvirtd must answer at start; another host may come later.

@@ -170,10 +170,11 @@ impl App {
                 format!("no host named {} (GET /api/v1/hosts lists them)", http::shown(name)),
             ));
         };
-        let mut conns = self.remote.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lv) = conns.get(name).filter(|l| l.is_alive()) {
+        let conns = || self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lv) = conns().get(name).filter(|l| l.is_alive()) {
             return Ok(Arc::clone(lv));
         }
+        // Not under the lock: a host slow to answer holds up no request to another.
         let lv = Libvirt::connect(uri).map_err(|e| {
             http::ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -181,7 +182,7 @@ impl App {
             )
         })?;
         let lv = Arc::new(lv);
-        conns.insert(name.to_string(), Arc::clone(&lv));
+        conns().insert(name.to_string(), Arc::clone(&lv));
         Ok(lv)
     }
 

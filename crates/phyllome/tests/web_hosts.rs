@@ -137,6 +137,7 @@ fn one_server_lists_both_hosts_and_an_unreachable_host_marks_only_its_vms() {
     assert_eq!(s.get(&format!("/api/v1/vms/{}", encode(&there))).status, 404, "without host= it is this host's VM");
     let kill = s.post(&format!("/api/v1/vms/{}/kill?host={H2}", encode(&there)), None);
     assert_eq!(kill.status, 409, "kill of a shut-off VM there: {}", kill.text());
+    assert!(server.log_text().contains(&format!("admin: kill {there} on host h2")), "{}", server.log_text());
     let start = s.post(&format!("/api/v1/vms/{}/start?host={H2}", encode(&there)), None);
     assert_eq!(start.status, 422, "start there reads this host's files: {}", start.text());
     assert!(start.text().contains("host=local"), "{}", start.text());
@@ -171,6 +172,10 @@ fn one_server_lists_both_hosts_and_an_unreachable_host_marks_only_its_vms() {
     assert_eq!(row(&list, H2, &there).unwrap()["unreachable"], true, "{list}");
     assert_eq!(row(&list, "local", &here.0).unwrap()["unreachable"], false, "{list}");
     assert_eq!(host_state(&s, H2), "down");
+    let hosts = s.get("/api/v1/hosts").json();
+    let down_h2 = hosts.as_array().unwrap().iter().find(|h| h["name"] == H2).unwrap();
+    assert!(down_h2["since"].as_u64().is_some() && down_h2["error"].is_string(), "{hosts}");
+    assert!(!hosts.to_string().contains(&h2.uri), "the hosts list shows no URI: {hosts}");
     let down = s.get(&q);
     assert_eq!(down.status, 503, "{}", down.text());
     assert!(down.text().contains("host h2 cannot be reached"), "{}", down.text());
