@@ -55,6 +55,14 @@ start() {
     [ -d /etc/libvirt/nwfilter ] && cp -a /etc/libvirt/nwfilter "$BASE/etc/nwfilter"
     mkdir -p "$BASE/etc/qemu" "$BASE/etc/storage" "$BASE/etc/secrets"
     printf '\nhost_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >>"$BASE/etc/libvirtd.conf"
+    # VNC ports of its own (a range from the name): the hosts share this machine's network, and a libvirtd
+    # hands out display ports knowing only its own QEMUs, so a start or an incoming migration could be given
+    # a port another host's QEMU holds.
+    if ! grep -Eq '^[[:space:]]*remote_display_port_(min|max)' "$BASE/etc/qemu.conf" 2>/dev/null; then
+        local port
+        port=$((6000 + ($(printf '%s' "$NAME" | cksum | cut -d' ' -f1) % 400) * 100))
+        printf '\nremote_display_port_min = %d\nremote_display_port_max = %d\n' "$port" "$((port + 99))" >>"$BASE/etc/qemu.conf"
+    fi
     # libvirt's state folders, owned as the packages make them.
     for d in qemu qemu/nvram qemu/ram qemu/save qemu/snapshot qemu/dump qemu/checkpoint images swtpm boot dnsmasq; do
         mkdir -p "$BASE/lib/$d"
