@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# second-host.sh start|stop|pause|resume|status|uri [NAME] - a second libvirt host on this
+# second-host.sh start|stop|status|uri|crash|restart [NAME] - a second libvirt host on this
 # machine, for the tests of migration and of several hosts.
 #
 # A libvirtd (and its virtlogd) in a mount namespace of their own, with their
@@ -16,11 +16,9 @@
 # `start` makes the folders (empty state: no VM, network, pool or secret of the
 # main host), starts the daemons and waits for the socket; `stop` destroys and
 # undefines what runs there, stops the daemons and removes the folders, so
-# nothing is left behind. `pause` stops only its daemons (and what QEMU runs
-# there), keeping its folders, so the host is unreachable as if it went away;
-# `resume` starts the daemons again on the same folders: the domains, pools
-# and secrets defined there are back. `stop` after `pause` still removes all.
-# Run as root after scripts/setup.sh.
+# nothing is left behind. `crash` kills its libvirtd with SIGKILL (its QEMUs and
+# state stay, as after a daemon crash) and `restart` starts it again over that
+# state. Run as root after scripts/setup.sh.
 set -euo pipefail
 cmd=${1:-}
 NAME=${2:-phyllome-test-host2}
@@ -55,14 +53,14 @@ start() {
     [ -d /etc/libvirt/nwfilter ] && cp -a /etc/libvirt/nwfilter "$BASE/etc/nwfilter"
     mkdir -p "$BASE/etc/qemu" "$BASE/etc/storage" "$BASE/etc/secrets"
     printf '\nhost_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >>"$BASE/etc/libvirtd.conf"
-    # VNC ports of its own (a range from the name): the hosts share this machine's network, and a libvirtd
-    # hands out display ports knowing only its own QEMUs, so a start or an incoming migration could be given
-    # a port another host's QEMU holds.
-    if ! grep -Eq '^[[:space:]]*remote_display_port_(min|max)' "$BASE/etc/qemu.conf" 2>/dev/null; then
-        local port
-        port=$((6000 + ($(printf '%s' "$NAME" | cksum | cut -d' ' -f1) % 400) * 100))
-        printf '\nremote_display_port_min = %d\nremote_display_port_max = %d\n' "$port" "$((port + 99))" >>"$BASE/etc/qemu.conf"
-    fi
+    # Both daemons share this machine's ports: this one's VNC/SPICE and websocket ports come from
+    # a range of its own (by its name), so its guests never race the main host's for a display port.
+    local slot
+    slot=$(( $(printf '%s' "$NAME" | cksum | cut -d' ' -f1) % 400 ))
+    printf '\nremote_display_port_min = %d\nremote_display_port_max = %d\n' \
+        $((20000 + slot * 100)) $((20000 + slot * 100 + 99)) >>"$BASE/etc/qemu.conf"
+    printf 'remote_websocket_port_min = %d\nremote_websocket_port_max = %d\n' \
+        $((60000 + slot * 10)) $((60000 + slot * 10 + 9)) >>"$BASE/etc/qemu.conf"
     # libvirt's state folders, owned as the packages make them.
     for d in qemu qemu/nvram qemu/ram qemu/save qemu/snapshot qemu/dump qemu/checkpoint images swtpm boot dnsmasq; do
         mkdir -p "$BASE/lib/$d"
@@ -76,11 +74,19 @@ start() {
     chmod 711 "$BASE/lib/swtpm"
     mkdir -p "$BASE/log/qemu" "$BASE/log/swtpm/libvirt/qemu"
     chmod 755 "$BASE" "$BASE/run"
-    daemons || { log "$NAME did not come up"; stop; return 1; }
+    if [ "$NO_SWTPM" = --no-swtpm ]; then touch "$BASE/no-swtpm"; fi
+    launch
+    if wait_up; then
+        echo "$URI"
+        return 0
+    fi
+    stop
+    return 1
 }
 
-# Starts virtlogd and libvirtd in a mount namespace of their own over the folders of $BASE, and waits for the socket.
-daemons() {
+# The daemons, in a mount namespace of their own over the folders under $BASE.
+launch() {
+    [ -f "$BASE/no-swtpm" ] && NO_SWTPM=--no-swtpm
     unshare --mount --propagation private /bin/sh -c '
         set -e
         B=$1
@@ -98,22 +104,62 @@ daemons() {
                 [ -e "$f" ] && mount --bind /dev/null "$f"
             done
         fi
-        virtlogd -d -p "$B/virtlogd.pid"
+        [ -n "$3" ] || virtlogd -d -p "$B/virtlogd.pid"
         libvirtd -d -p "$B/libvirtd.pid"
-    ' sh "$BASE" "$NO_SWTPM"
+    ' sh "$BASE" "$NO_SWTPM" "$(running_pid virtlogd)"
+}
+
+wait_up() {
     for _ in $(seq 100); do
         if [ -S "$SOCK" ] && virsh -c "$URI" version >/dev/null 2>&1; then
             log "$NAME is up: $URI"
-            echo "$URI"
             return 0
         fi
         sleep 0.2
     done
+    log "$NAME did not come up"
     return 1
 }
 
-# Stops the daemons (and QEMU and swtpm processes of that namespace); the folders stay.
-kill_daemons() {
+# The pid of a daemon when it runs.
+running_pid() {
+    local p
+    p=$(pid_of "$1")
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo "$p"; fi
+}
+
+# A crash: libvirtd killed at once (SIGKILL), its state, QEMUs and virtlogd left as they are.
+crash() {
+    local p
+    p=$(running_pid libvirtd)
+    [ -n "$p" ] || { log "$NAME does not run"; return 1; }
+    kill -9 "$p"
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$SOCK" "$BASE/run/libvirt-sock-ro" "$BASE/run/libvirt-admin-sock"
+    log "$NAME: libvirtd killed"
+}
+
+# libvirtd started again over the state it had (after crash), as after a daemon restart.
+restart() {
+    [ -d "$BASE/lib" ] || { log "$NAME has no state to restart (start it)"; return 1; }
+    if running; then
+        echo "$URI"
+        return 0
+    fi
+    launch
+    if wait_up; then echo "$URI"; else return 1; fi
+}
+
+stop() {
+    if running && [ -S "$SOCK" ]; then
+        for d in $(virsh -c "$URI" list --all --uuid 2>/dev/null); do
+            virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
+            virsh -c "$URI" undefine --nvram --tpm --snapshots-metadata "$d" >/dev/null 2>&1 || true
+        done
+        for s in $(virsh -c "$URI" secret-list 2>/dev/null | awk 'NR > 2 && $1 != "" {print $1}'); do
+            virsh -c "$URI" secret-undefine "$s" >/dev/null 2>&1 || true
+        done
+    fi
     for d in libvirtd virtlogd; do
         local p
         p=$(pid_of "$d")
@@ -131,35 +177,6 @@ kill_daemons() {
             kill -9 "$p" 2>/dev/null || true
         fi
     done
-    rm -f "$BASE/libvirtd.pid" "$BASE/virtlogd.pid"
-}
-
-pause() {
-    [ -d "$BASE" ] || { log "$NAME does not exist"; return 1; }
-    kill_daemons
-    log "$NAME paused (its daemons stopped, its folders kept)"
-}
-
-resume() {
-    [ -d "$BASE" ] || { log "$NAME does not exist (start makes it)"; return 1; }
-    if running; then
-        echo "$URI"
-        return 0
-    fi
-    daemons || { log "$NAME did not come back"; return 1; }
-}
-
-stop() {
-    if running && [ -S "$SOCK" ]; then
-        for d in $(virsh -c "$URI" list --all --uuid 2>/dev/null); do
-            virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
-            virsh -c "$URI" undefine --nvram --tpm --snapshots-metadata "$d" >/dev/null 2>&1 || true
-        done
-        for s in $(virsh -c "$URI" secret-list 2>/dev/null | awk 'NR > 2 && $1 != "" {print $1}'); do
-            virsh -c "$URI" secret-undefine "$s" >/dev/null 2>&1 || true
-        done
-    fi
-    kill_daemons
     rm -rf "$BASE"
     rmdir /var/lib/phyllome-test-hosts 2>/dev/null || true
     log "$NAME stopped and removed"
@@ -168,9 +185,9 @@ stop() {
 case $cmd in
     start) start ;;
     stop) stop ;;
-    pause) pause ;;
-    resume) resume ;;
     status) if running; then echo "running: $URI"; else echo "stopped"; exit 1; fi ;;
     uri) echo "$URI" ;;
-    *) echo "usage: $0 start|stop|pause|resume|status|uri [NAME] [--no-swtpm]" >&2; exit 2 ;;
+    crash) crash ;;
+    restart) restart ;;
+    *) echo "usage: $0 start|stop|status|uri|crash|restart [NAME] [--no-swtpm]" >&2; exit 2 ;;
 esac

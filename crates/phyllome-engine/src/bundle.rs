@@ -491,7 +491,8 @@ pub fn export(
     // The journal: a claim in a name no VM can have, with the paused source,
     // the temporary secret and the staging copy recorded by identity.
     let claim = format!("+export+{name}");
-    let mut entry = Entry::new(&claim, &pool, &format!(".phyllome-export-{name}.qcow2"), &staging);
+    let mut entry =
+        Entry { uri: Some(lv.uri()), ..Entry::new(&claim, &pool, &format!(".phyllome-export-{name}.qcow2"), &staging) };
     let journal = Journal::open();
     journal.begin(&entry)?;
     let interrupted = Arc::new(AtomicBool::new(false));

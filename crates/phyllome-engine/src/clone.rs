@@ -162,7 +162,7 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         (n.path.clone(), format!("{}/{to}_VARS.{ext}", phyllome_model::domain::NVRAM_DIR))
     });
 
-    let mut entry = Entry::new(to, &pool, &new_volume, &new_path);
+    let mut entry = Entry { uri: Some(lv.uri()), ..Entry::new(to, &pool, &new_volume, &new_path) };
     let journal = Journal::open();
     progress(Progress::Step { step: "claim" });
     journal.begin(&entry)?;

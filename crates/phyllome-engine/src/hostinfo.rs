@@ -27,6 +27,10 @@ pub fn qemu_binary() -> Option<PathBuf> {
 /// Reads the live host. `probe_kvm` runs (or reuses this boot's) KVM probe
 /// when `/dev/kvm` exists.
 pub fn gather(lv: &Libvirt, probe_kvm: bool) -> Result<(Host, Option<String>), HostError> {
+    if !lv.is_local() {
+        // Another machine's libvirt: its facts, not this machine's files.
+        return Ok((gather_remote(lv)?, None));
+    }
     let root = Path::new("/");
     let mut facts = read_facts(root);
     let (libvirt, qemu) = lv.versions()?;
@@ -87,4 +91,76 @@ pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::c
         user: check::current_user(),
         not_live: None,
     }
+}
+
+/// Firmware descriptors larger than this are not firmware descriptors (they are a few hundred bytes).
+const DESCRIPTOR_MAX: u64 = 64 << 10;
+
+/// Reads another host, through its libvirt only (it may be remote; nothing of
+/// this machine is read): the facts the VM models are tuned to, as [`gather`]
+/// reads them here. What libvirt answers directly: its and QEMU's versions, host
+/// and domain capabilities (KVM when it offers `kvm` domains, swtpm when it offers
+/// the emulator TPM backend), logical CPUs and memory. The firmware descriptors
+/// are that host's own files, read through libvirt's storage API. Not known over
+/// libvirt, and taken as absent: render nodes (no GL display), virgl, a
+/// virtio-win ISO, the virtiofs daemon, swtpm's own feature list, and the KVM
+/// probe (libvirt's answer is trusted).
+pub fn gather_remote(lv: &Libvirt) -> Result<Host, HostError> {
+    use phyllome_model::host::{CpuVendor, HostFacts};
+    let (libvirt, qemu) = lv.versions()?;
+    let caps = lv.capabilities()?;
+    let (cpus, memory_mib) = lv.node_cpus_memory()?;
+    let (vendor, model) = host_cpu(&caps);
+    let (kvm, xml) = match lv.domain_capabilities("kvm", "q35") {
+        Ok(xml) => (KvmState::Usable, xml),
+        Err(_) => (KvmState::Absent, lv.domain_capabilities("qemu", "q35")?),
+    };
+    let domcaps = parse_domcaps(&xml)?;
+    let swtpm = domcaps.supports("tpm") && domcaps.has("tpm.backendModel", "emulator");
+    let mut files = vec![];
+    for dir in phyllome_host::facts::FIRMWARE_DIRS {
+        for (name, bytes) in lv.read_files(&format!("/{dir}"), ".json", 256, DESCRIPTOR_MAX)? {
+            files.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    let facts = HostFacts {
+        description: format!("{} (read over libvirt)", lv.uri()),
+        cpu_vendor: match vendor.as_str() {
+            "Intel" => CpuVendor::Intel,
+            "AMD" => CpuVendor::Amd,
+            _ => CpuVendor::Other,
+        },
+        cpu_model: model,
+        cpus: cpus.max(1),
+        memory_mib,
+        render_nodes: vec![],
+        kvm,
+        swtpm,
+        virgl: false,
+        firmware: phyllome_host::facts::firmware_from(files),
+        virtio_win_iso: None,
+        platform: Platform {
+            libvirt,
+            libvirt_library: Libvirt::library_version().unwrap_or_default(),
+            qemu,
+            external_snapshot: platform::parse_external_snapshot(&caps),
+            swtpm: swtpm.then(phyllome_model::capability::Swtpm::default),
+            virtiofsd: None,
+        },
+    };
+    Ok(Host { facts, caps: domcaps })
+}
+
+/// The host CPU's vendor and model in libvirt's host capabilities.
+fn host_cpu(caps: &str) -> (String, String) {
+    let Ok(doc) = roxmltree::Document::parse(caps) else { return Default::default() };
+    let Some(cpu) =
+        doc.descendants().find(|n| n.has_tag_name("cpu") && n.parent().is_some_and(|p| p.has_tag_name("host")))
+    else {
+        return Default::default();
+    };
+    let text = |tag: &str| {
+        cpu.children().find(|n| n.has_tag_name(tag)).and_then(|n| n.text()).unwrap_or_default().trim().to_string()
+    };
+    (text("vendor"), text("model"))
 }

@@ -11,13 +11,19 @@
 //! The name `local` is this host's own connection (`--connect`, by default
 //! `qemu:///system`) and cannot be added.
 
+use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the list lives.
 pub const HOSTS_FILE: &str = "/var/lib/phyllome/hosts.toml";
 /// The name of this host's own connection.
 pub const LOCAL: &str = "local";
+/// How long [`on_each`] waits for one host (connection and work) before calling it unreachable.
+/// A dead unix socket or a refused TCP port fails at once; this bounds a silent network or an ssh
+/// that waits for a password.
+pub const REACH_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -50,6 +56,10 @@ pub enum HostsError {
     UriExists(String, String),
     #[error("{path}: {why}")]
     File { path: String, why: String },
+    #[error("host {name:?} ({uri}) cannot be reached: {why}")]
+    Unreachable { name: String, uri: String, why: String },
+    #[error("on host {name:?}: {why}")]
+    OnHost { name: String, why: String },
 }
 
 impl HostsError {
@@ -59,7 +69,8 @@ impl HostsError {
             HostsError::BadName(_) | HostsError::Reserved(_) | HostsError::BadUri(_) => ErrorKind::InvalidInput,
             HostsError::Unknown(_) => ErrorKind::NotFound,
             HostsError::Exists(..) | HostsError::UriExists(..) => ErrorKind::Conflict,
-            HostsError::File { .. } => ErrorKind::Failed,
+            HostsError::Unreachable { .. } => ErrorKind::Unavailable,
+            HostsError::File { .. } | HostsError::OnHost { .. } => ErrorKind::Failed,
         }
     }
 }
@@ -163,17 +174,28 @@ impl Hosts {
         })
     }
 
-    /// Adds a host. Its name and URI are checked; neither may be there already.
-    pub fn add(&self, name: &str, uri: &str) -> Result<Host> {
+    /// What [`Hosts::add`] would refuse, without adding (so a front end can tell it before
+    /// connecting to the URI): a bad name or URI, a name or URI there already.
+    pub fn check_add(&self, name: &str, uri: &str) -> Result<()> {
+        self.checked(name, uri).map(drop)
+    }
+
+    fn checked(&self, name: &str, uri: &str) -> Result<Vec<Host>> {
         check_name(name)?;
         check_uri(uri)?;
-        let mut hosts = self.list()?;
+        let hosts = self.list()?;
         if let Some(h) = hosts.iter().find(|h| h.name == name) {
             return Err(HostsError::Exists(name.into(), h.uri.clone()));
         }
         if let Some(h) = hosts.iter().find(|h| h.uri == uri) {
             return Err(HostsError::UriExists(uri.into(), h.name.clone()));
         }
+        Ok(hosts)
+    }
+
+    /// Adds a host. Its name and URI are checked; neither may be there already.
+    pub fn add(&self, name: &str, uri: &str) -> Result<Host> {
+        let mut hosts = self.checked(name, uri)?;
         let host = Host { name: name.into(), uri: uri.into() };
         hosts.push(host.clone());
         self.write(&hosts)?;
@@ -203,6 +225,52 @@ impl Hosts {
         all.extend(self.list()?.into_iter().filter(|h| h.uri != local_uri));
         Ok(all)
     }
+}
+
+/// Connects to a host (no time bound: an ssh URI may ask for a password on the terminal).
+/// Any failure is [`HostsError::Unreachable`].
+pub fn connect(host: &Host) -> Result<Libvirt> {
+    // libvirt's own words (the URI is in the error already).
+    Libvirt::connect(&host.uri).map_err(|e| unreachable(host, e.message))
+}
+
+fn unreachable(host: &Host, why: impl std::fmt::Display) -> HostsError {
+    HostsError::Unreachable { name: host.name.clone(), uri: host.uri.clone(), why: why.to_string() }
+}
+
+/// `f` on every host at once, each host's connection and work bounded by `within`: one host that
+/// does not answer (or fails) does not hold back or fail the others. Results come in the hosts'
+/// order: [`HostsError::Unreachable`] when the host could not be connected to in time,
+/// [`HostsError::OnHost`] when `f` failed there. A host that never answers leaves its thread
+/// waiting in libvirt; it ends with the process.
+pub fn on_each<T, E, F>(hosts: &[Host], within: Duration, f: F) -> Vec<(Host, Result<T>)>
+where
+    T: Send + 'static,
+    E: std::fmt::Display,
+    F: Fn(&Libvirt) -> std::result::Result<T, E> + Send + Sync + 'static,
+{
+    let f = std::sync::Arc::new(f);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, host) in hosts.iter().enumerate() {
+        let (f, tx, host) = (f.clone(), tx.clone(), host.clone());
+        std::thread::spawn(move || {
+            let r = connect(&host)
+                .and_then(|lv| f(&lv).map_err(|e| HostsError::OnHost { name: host.name.clone(), why: e.to_string() }));
+            let _ = tx.send((i, r));
+        });
+    }
+    drop(tx);
+    let mut results: Vec<Option<Result<T>>> = hosts.iter().map(|_| None).collect();
+    let deadline = std::time::Instant::now() + within;
+    while results.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, r)) => results[i] = Some(r),
+            Err(_) => break,
+        }
+    }
+    let late = format!("no answer within {} s", within.as_secs());
+    hosts.iter().zip(results).map(|(h, r)| (h.clone(), r.unwrap_or_else(|| Err(unreachable(h, &late))))).collect()
 }
 
 #[cfg(test)]
@@ -272,6 +340,25 @@ mod tests {
             "qemu+ssh://h/system\n",
         ] {
             assert!(matches!(check_uri(bad), Err(HostsError::BadUri(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_host_is_unreachable_at_once_and_in_order() {
+        let dead = |n: &str| Host {
+            name: n.into(),
+            uri: format!("qemu+unix:///system?socket=/nonexistent/phyllome-test-{n}/libvirt-sock"),
+        };
+        let hosts = [dead("a"), dead("b")];
+        let t = std::time::Instant::now();
+        let got = on_each(&hosts, REACH_WITHIN, |lv| lv.versions());
+        assert!(t.elapsed() < REACH_WITHIN, "a dead socket fails at once");
+        let names: Vec<_> = got.iter().map(|(h, _)| h.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        for (_, r) in got {
+            let e = r.unwrap_err();
+            assert!(matches!(e, HostsError::Unreachable { .. }), "{e}");
+            assert_eq!(e.kind(), crate::errors::ErrorKind::Unavailable);
         }
     }
 

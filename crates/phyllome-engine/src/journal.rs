@@ -24,6 +24,10 @@ pub struct Entry {
     pub nvram: Option<String>,
     pub pid: u32,
     pub boot_id: String,
+    /// The libvirt connection the objects were made through (none in entries of
+    /// older versions: this host's own libvirt).
+    #[serde(default)]
+    pub uri: Option<String>,
     /// What this create has made so far.
     #[serde(default)]
     pub made: Made,
@@ -66,6 +70,16 @@ pub struct Made {
     pub paused_source: Option<String>,
 }
 
+/// Whether a record made through `recorded` (None: an older record, made through this
+/// host's own libvirt) belongs to the connection `lv`: recovery acts on each record only
+/// through the connection that made its objects, never another host's.
+pub fn same_connection(recorded: Option<&str>, lv: &phyllome_libvirt::Libvirt) -> bool {
+    match recorded {
+        Some(u) => u == lv.uri(),
+        None => lv.is_local(),
+    }
+}
+
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
@@ -78,6 +92,7 @@ impl Entry {
             volume: volume.into(),
             volume_path: volume_path.into(),
             nvram: None,
+            uri: None,
             pid: std::process::id(),
             boot_id: boot_id(),
             made: Made::default(),

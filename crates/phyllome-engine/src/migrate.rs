@@ -111,6 +111,12 @@ pub struct Migrated {
     pub stats: Stats,
     /// What was removed from the source afterwards.
     pub removed_from_source: Vec<String>,
+    /// An offline move: whether the definition was rebuilt for the destination.
+    pub retuned: bool,
+    /// What the destination chooses differently from this host, item by item, and why:
+    /// applied on an offline move (`retuned`); after a live move, what its next cold boot
+    /// there would change (`phyllome apply` or a re-import makes it so).
+    pub changes: Vec<crate::bundle::Change>,
     pub notes: Vec<String>,
 }
 
@@ -126,6 +132,11 @@ pub enum MigrateError {
         "the migration of {vm} failed ({why}); it stays on this host, and what was made on the destination was removed"
     )]
     Failed { vm: String, why: String },
+    #[error(
+        "the migration of {vm} failed ({why}); it stays on this host. The destination did not answer, so {} stay there: the next phyllome migrate to it removes them (recorded in {record})",
+        left.join(", ")
+    )]
+    LeftThere { vm: String, why: String, left: Vec<String>, record: String },
 }
 
 impl MigrateError {
@@ -135,7 +146,7 @@ impl MigrateError {
             MigrateError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
             MigrateError::Unreachable { .. } => ErrorKind::Unavailable,
             MigrateError::Refused { .. } => ErrorKind::Unsupported,
-            MigrateError::Failed { .. } => ErrorKind::Failed,
+            MigrateError::Failed { .. } | MigrateError::LeftThere { .. } => ErrorKind::Failed,
         }
     }
 }
@@ -267,7 +278,18 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
         );
         if dst.volume_info(crate::POOL, &format!("{name}.qcow2"))?.is_some() || dst.volume_secret(&vol_path)?.is_some()
         {
-            c.push("volume", false, format!("{vol_path} or its key exists there"));
+            let leftover = Made::orphans(&pending_dir(), &req.to)
+                .iter()
+                .any(|m| m.volume == format!("{name}.qcow2") && m.volume_key.is_some());
+            if leftover {
+                c.push(
+                    "volume",
+                    true,
+                    format!("{vol_path} was left there by an interrupted migration: it is removed before the move"),
+                );
+            } else {
+                c.push("volume", false, format!("{vol_path} or its key exists there"));
+            }
         }
         if let Ok(Some(free)) = dst.pool_free(crate::POOL) {
             c.push(
@@ -342,40 +364,312 @@ fn data_uris(to: &str) -> (Option<String>, Option<String>) {
     }
 }
 
-/// What was made on the destination, removed on failure.
-#[derive(Default)]
+/// Where a migration records what it made on its destination while it runs
+/// (one JSON file per VM UUID), so that what a failure could not remove there
+/// (the destination's libvirtd died, the network went) is removed later.
+pub const PENDING_DIR: &str = "/var/lib/phyllome/pending-migrations";
+
+/// What a migration made on the destination, by identity, on disk from before the
+/// first object is made until the move completed or all of it was removed.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 struct Made {
+    vm: String,
+    /// The domain's UUID: the record's file name, and how the VM is known there.
+    uuid: String,
+    to: String,
+    pid: u32,
+    boot_id: String,
+    /// The pool (its UUID), when this migration made it there.
+    pool: Option<String>,
     secret: Option<String>,
+    volume: String,
     volume_key: Option<String>,
+    /// Uploaded files: folder, name, and the key libvirt gave the upload.
     files: Vec<(String, String, String)>,
+    /// A stopped source started paused for the move (this process only).
+    #[serde(skip)]
     paused_source: Option<String>,
 }
 
-fn undo(src: &Libvirt, dst: &Libvirt, name: &str, uuid: &str, m: &Made) {
-    // A domain of this UUID that the failed migration left defined there, not running.
+impl Made {
+    fn file(dir: &Path, uuid: &str) -> std::path::PathBuf {
+        dir.join(format!("{uuid}.json"))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let fail = |e: std::io::Error| VmError::Disk(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let path = Made::file(dir, &self.uuid);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("plain data");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(fail)?;
+            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(fail)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(fail)?;
+        Ok(())
+    }
+
+    fn forget(&self, dir: &Path) {
+        let _ = std::fs::remove_file(Made::file(dir, &self.uuid));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pool.is_none() && self.secret.is_none() && self.volume_key.is_none() && self.files.is_empty()
+    }
+
+    /// What is still there, in words.
+    fn left(&self) -> Vec<String> {
+        let mut left = vec![];
+        if self.volume_key.is_some() {
+            left.push(format!("volume {}/{}", crate::POOL, self.volume));
+        }
+        if let Some(s) = &self.secret {
+            left.push(format!("secret {s}"));
+        }
+        left.extend(self.files.iter().map(|(d, f, _)| format!("{d}/{f}")));
+        if self.pool.is_some() {
+            left.push(format!("storage pool {}", crate::POOL));
+        }
+        left
+    }
+
+    /// Records of migrations whose process is gone, to a destination.
+    fn orphans(dir: &Path, to: &str) -> Vec<Made> {
+        let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+        rd.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice::<Made>(&std::fs::read(e.path()).ok()?).ok())
+            .filter(|m| {
+                m.to == to && (m.boot_id != crate::journal::boot_id() || !crate::journal::phyllome_alive(m.pid))
+            })
+            .collect()
+    }
+}
+
+fn pending_dir() -> std::path::PathBuf {
+    #[cfg(feature = "test-hooks")]
+    if let Ok(p) = std::env::var("PHYLLOME_TEST_PENDING_MIGRATIONS") {
+        return p.into();
+    }
+    PENDING_DIR.into()
+}
+
+/// Removes from `dst` what `m` made there, each object by identity (volume key,
+/// secret UUID, upload key, pool UUID), clearing from `m` what is gone. A domain of
+/// the VM's UUID that the failed migration left there, not running, goes first.
+fn undo_there(dst: &Libvirt, m: &mut Made) {
     if let Ok(list) = dst.list_all() {
-        if list.iter().any(|l| l.uuid() == uuid && l.state != State::Running) {
-            let _ = dst.remove_domain_by_uuid(uuid);
+        if list.iter().any(|l| l.uuid() == m.uuid && l.state != State::Running) {
+            let _ = dst.remove_domain_by_uuid(&m.uuid);
         }
     }
-    if let Some(k) = &m.volume_key {
-        let _ = dst.delete_volume_by_key(crate::POOL, &format!("{name}.qcow2"), k);
+    if let Some(k) = m.volume_key.clone() {
+        if dst.delete_volume_by_key(crate::POOL, &m.volume, &k).is_ok() {
+            m.volume_key = None;
+        }
     }
-    if let Some(s) = &m.secret {
-        let _ = dst.undefine_secret_uuid(s);
+    if let Some(s) = m.secret.clone() {
+        if dst.undefine_secret_uuid(&s).is_ok() {
+            m.secret = None;
+        }
     }
-    for (dir, file, key) in &m.files {
-        let _ = dst.remove_uploaded(dir, file, key);
+    m.files.retain(|(dir, file, key)| dst.remove_uploaded(dir, file, key).is_err());
+    if let Some(p) = m.pool.clone() {
+        if m.volume_key.is_none() && dst.remove_empty_pool(&p).is_ok() {
+            m.pool = None;
+        }
     }
+}
+
+/// How long a failed migration waits for its destination to answer again, to remove
+/// what it made there: a libvirtd that died is back within it under systemd
+/// (`Restart=on-failure`, or socket activation at the first connection).
+const UNDO_WAIT: Duration = Duration::from_secs(20);
+
+/// After a failure: the paused source stopped again, and what was made on the
+/// destination removed, over a new connection (the old one may have died with its
+/// daemon; it is tried again for [`UNDO_WAIT`]). What could not be removed stays
+/// recorded; returns it, in words.
+fn undo(src: &Libvirt, m: &mut Made, dir: &Path, progress: Report<'_>) -> Vec<String> {
     if let Some(u) = &m.paused_source {
         let _ = src.destroy_paused_uuid(u);
     }
+    let until = std::time::Instant::now() + UNDO_WAIT;
+    let mut told = false;
+    let dst = loop {
+        match connect(&m.to) {
+            Ok(d) => break Some(d),
+            Err(_) if std::time::Instant::now() < until => {
+                if !told && !m.is_empty() {
+                    note(progress, "the destination does not answer: waiting for it, to remove what was made there");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(_) => break None,
+        }
+    };
+    if let Some(dst) = dst {
+        undo_there(&dst, m);
+    }
+    if m.is_empty() {
+        m.forget(dir);
+        vec![]
+    } else {
+        let _ = m.save(dir);
+        m.left()
+    }
+}
+
+/// What migrations that died (or whose destination did not answer) left on `dst`,
+/// removed now; in words, for the notes. A record whose VM is defined there is only
+/// dropped: the move got there, and what it made belongs to that VM now.
+fn recover_pending(dst: &Libvirt, to: &str, dir: &Path) -> Vec<String> {
+    let mut notes = vec![];
+    for mut m in Made::orphans(dir, to) {
+        let there = dst.list_all().map(|l| l.iter().any(|l| l.uuid() == m.uuid));
+        match there {
+            Ok(true) => {
+                notes.push(format!("an earlier migration of {} reached the destination; its record was dropped", m.vm));
+                m.forget(dir);
+            }
+            Ok(false) => {
+                let before = m.left();
+                undo_there(dst, &mut m);
+                let after = m.left();
+                let removed: Vec<_> = before.iter().filter(|b| !after.contains(b)).cloned().collect();
+                if !removed.is_empty() {
+                    notes.push(format!(
+                        "removed what an interrupted migration of {} left there: {}",
+                        m.vm,
+                        removed.join(", ")
+                    ));
+                }
+                if m.is_empty() {
+                    m.forget(dir);
+                } else {
+                    let _ = m.save(dir);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    notes
+}
+
+/// The VM as Phyllome would make it, and what this host chooses for it: what the
+/// destination's choices are compared with, and rebuilt from.
+struct Tuning {
+    spec: vm::VmSpec,
+    from: Vec<crate::bundle::SavedChoice>,
+}
+
+fn tuning_here(src: &Libvirt, name: &str, capacity: u64) -> Option<Tuning> {
+    let (manifest, _) = crate::manifest::of_vm(src, name).ok()?;
+    let (host, _) = crate::hostinfo::gather(src, true).ok()?;
+    let spec = crate::bundle::request_for(&manifest, capacity, None);
+    let from = crate::bundle::plan_on(name, &spec, &host, vec![])
+        .ok()?
+        .choices
+        .iter()
+        .map(crate::bundle::SavedChoice::from)
+        .collect();
+    Some(Tuning { spec, from })
+}
+
+/// `xml` with the domain's UUID, and the MAC addresses of `old`'s interfaces in order
+/// (the guest keeps its identity, its TPM state folder and its network configuration).
+fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
+    let macs: Vec<String> = roxmltree::Document::parse(old)
+        .map(|d| {
+            d.descendants()
+                .filter(|n| n.has_tag_name("mac") && n.parent().is_some_and(|p| p.has_tag_name("interface")))
+                .filter_map(|n| n.attribute("address").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::with_capacity(xml.len() + 128);
+    let mut rest = xml;
+    if let Some(i) = rest.find("</name>") {
+        let end = i + "</name>".len();
+        out.push_str(&rest[..end]);
+        out.push_str(&format!("<uuid>{uuid}</uuid>"));
+        rest = &rest[end..];
+    }
+    let mut macs = macs.into_iter();
+    while let Some(i) = rest.find("<interface ") {
+        let Some(close) = rest[i..].find('>') else { break };
+        let end = i + close + 1;
+        out.push_str(&rest[..end]);
+        if let Some(mac) = macs.next() {
+            out.push_str(&format!("<mac address='{mac}'/>"));
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The destination's plan for the VM: its definition and choices.
+fn plan_there(dst: &Libvirt, name: &str, t: &Tuning) -> std::result::Result<phyllome_model::build::Plan, String> {
+    let host = crate::hostinfo::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
+    crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())
+}
+
+/// After an offline move: the definition rebuilt for the destination, as import does,
+/// keeping the UUID, MAC addresses, disk, key, UEFI variable store and TPM state that
+/// moved. On any doubt the moved definition stays (and the reason is returned).
+fn retune(
+    dst: &Libvirt,
+    name: &str,
+    uuid: &str,
+    t: &Tuning,
+) -> std::result::Result<Vec<crate::bundle::Change>, String> {
+    let arrived = dst.inactive_xml(name).map_err(|e| e.message)?;
+    let plan = plan_there(dst, name, t)?;
+    let xml = keep_identity(&plan.domain.to_xml(), uuid, &arrived);
+    let (old, new) = (
+        crate::domxml::parse(&arrived).map_err(|e| e.to_string())?,
+        crate::domxml::parse(&xml).map_err(|e| e.to_string())?,
+    );
+    let nv = |s: &crate::domxml::DomainSummary| s.nvram.as_ref().map(|n| n.path.clone());
+    if nv(&old) != nv(&new) {
+        return Err(format!(
+            "its UEFI variable store is {:?} there, the rebuilt definition names {:?}",
+            nv(&old).unwrap_or_default(),
+            nv(&new).unwrap_or_default()
+        ));
+    }
+    let disk =
+        |s: &crate::domxml::DomainSummary| s.main_disk().map(|d| (d.pool.clone(), d.volume.clone(), d.file.clone()));
+    if disk(&old) != disk(&new) {
+        return Err("the rebuilt definition names another disk".into());
+    }
+    if let Err(e) = dst.define(&xml) {
+        let _ = dst.define(&arrived);
+        return Err(e.message);
+    }
+    Ok(crate::bundle::changes(&t.from, &plan.choices))
 }
 
 /// Moves `name` to `req.to` (after [`check`] passed).
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
     vm::recover(src);
     let dst = connect(&req.to)?;
+    let pending = pending_dir();
+    let mut notes = recover_pending(&dst, &req.to, &pending);
+    for n in &notes {
+        note(progress, n);
+    }
     progress(Progress::Step { step: "check" });
     let checked = check(src, &dst, name, req)?;
     if !checked.ok {
@@ -387,20 +681,31 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     let vol = src
         .volume_info(crate::POOL, d.volume.as_deref().unwrap_or_default())?
         .ok_or_else(|| VmError::NoVolume(format!("{}/{name}.qcow2", crate::POOL)))?;
-    let mut made = Made::default();
+    let tuning = tuning_here(src, name, vol.capacity);
+    let mut made = Made {
+        vm: name.into(),
+        uuid: s.uuid.clone(),
+        to: req.to.clone(),
+        pid: std::process::id(),
+        boot_id: crate::journal::boot_id(),
+        volume: format!("{name}.qcow2"),
+        ..Made::default()
+    };
     let interrupted = Arc::new(AtomicBool::new(false));
     let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
         .iter()
         .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
         .collect();
-    let mut notes = vec![];
     let result = (|| -> Result<MigrationStats> {
         let at = |st: &'static str| -> Result<()> {
             progress(Progress::Step { step: st });
             Ok(vm::step(st, &interrupted)?)
         };
         at("prepare")?;
+        made.save(&pending)?;
         if dst.ensure_dir_pool(crate::POOL, crate::POOL_PATH)? {
+            made.pool = dst.pool_uuid(crate::POOL)?;
+            made.save(&pending)?;
             note(progress, &format!("made storage pool {} on the destination", crate::POOL));
         }
         if d.luks_secret.is_some() || s.encrypted() {
@@ -411,6 +716,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 false,
                 &key,
             )?);
+            made.save(&pending)?;
             note(progress, "a new disk key on the destination: QEMU re-encrypts the disk as it copies it");
             made.volume_key = Some(dst.create_encrypted_volume(
                 crate::POOL,
@@ -418,6 +724,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 vol.capacity,
                 made.secret.as_deref().expect("just made"),
             )?);
+            made.save(&pending)?;
         } else {
             return Err(MigrateError::Refused {
                 vm: name.into(),
@@ -434,6 +741,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             let bytes = std::fs::read(p).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
             let key = dst.upload_file(&dir, &file, &bytes, 0o600)?;
             made.files.push((dir, file, key));
+            made.save(&pending)?;
         }
         for f in s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)) {
             let p = Path::new(f);
@@ -444,6 +752,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             let bytes = std::fs::read(p).map_err(|e| VmError::Disk(format!("{f}: {e}")))?;
             let key = dst.upload_file(&dir, &file, &bytes, 0o644)?;
             made.files.push((dir, file, key));
+            made.save(&pending)?;
         }
         at("migrate")?;
         if !req.live {
@@ -521,10 +830,23 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 .unwrap_or(false)
             {
                 // The move itself completed: the VM runs there. Nothing is undone.
+                made.forget(&pending);
                 return Err(e);
             }
-            undo(src, &dst, name, &s.uuid, &made);
-            return Err(e);
+            let left = undo(src, &mut made, &pending, progress);
+            if left.is_empty() {
+                return Err(e);
+            }
+            let why = match e {
+                MigrateError::Failed { why, .. } => why,
+                other => other.to_string(),
+            };
+            return Err(MigrateError::LeftThere {
+                vm: name.into(),
+                why,
+                left,
+                record: Made::file(&pending, &s.uuid).display().to_string(),
+            });
         }
     };
     progress(Progress::Step { step: "finish" });
@@ -539,7 +861,42 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             why: "libvirt reported success, but the destination does not have the VM; nothing was removed here".into(),
         });
     };
+    made.forget(&pending);
     notes.push(format!("{name} is {:?} on the destination", there.state));
+    // Re-tuning: rebuilt there when it arrived stopped; after a live move, only said.
+    let mut retuned = false;
+    let mut changes = vec![];
+    match (&tuning, req.live) {
+        (None, _) => notes.push("its manifest could not be read here: the definition was not re-tuned".into()),
+        (Some(t), false) => match retune(&dst, name, &s.uuid, t) {
+            Ok(c) => {
+                progress(Progress::Step { step: "retune" });
+                retuned = true;
+                notes.push(if c.is_empty() {
+                    "re-tuned for the destination: it chooses as this host did".into()
+                } else {
+                    format!("re-tuned for the destination: {} item(s) changed", c.len())
+                });
+                changes = c;
+            }
+            Err(why) => notes.push(format!("kept the moved definition, not re-tuned: {why}")),
+        },
+        (Some(t), true) => match plan_there(&dst, name, t) {
+            Ok(plan) => {
+                changes = crate::bundle::changes(&t.from, &plan.choices);
+                if !changes.is_empty() {
+                    notes.push(format!(
+                        "it runs there as defined here; the destination would choose {} item(s) differently at a cold boot (changes)",
+                        changes.len()
+                    ));
+                }
+            }
+            Err(why) => notes.push(format!("what the destination would choose is not known: {why}")),
+        },
+    }
+    if tuning.as_ref().is_some_and(|t| !t.spec.shares.is_empty()) {
+        notes.push("its shared folders stay with this host: add them there with phyllome share add".into());
+    }
     // Only now: the source's copy goes (domain, volume, key, NVRAM, TPM state, snapshots).
     let mut removed = vec![];
     if vm::state(src, name)? == State::Shutoff {
@@ -557,6 +914,63 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         check: checked,
         stats: Stats::from(&stats),
         removed_from_source: removed,
+        retuned,
+        changes,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuilt_definition_keeps_the_uuid_and_the_mac_addresses_in_order() {
+        let old =
+            "<domain><name>v</name><devices><interface type='network'><mac address='52:54:00:00:00:01'/></interface>\
+                   <interface type='user'><mac address='52:54:00:00:00:02'/></interface></devices></domain>";
+        let new = "<domain type='qemu'>\n  <name>v</name>\n  <devices>\n    <interface type='network'>\n      <model type='virtio'/>\n    </interface>\n    <interface type='user'>\n    </interface>\n  </devices>\n</domain>";
+        let out = keep_identity(new, "0b6c1a4e-0000-4000-8000-000000000001", old);
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let uuid = doc.descendants().find(|n| n.has_tag_name("uuid")).and_then(|n| n.text());
+        assert_eq!(uuid, Some("0b6c1a4e-0000-4000-8000-000000000001"));
+        let macs: Vec<_> =
+            doc.descendants().filter(|n| n.has_tag_name("mac")).filter_map(|n| n.attribute("address")).collect();
+        assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+        // Without interfaces there, only the UUID is added.
+        let plain = keep_identity("<domain><name>v</name></domain>", "u", old);
+        assert_eq!(plain, "<domain><name>v</name><uuid>u</uuid></domain>");
+    }
+
+    #[test]
+    fn a_record_is_an_orphan_only_for_its_destination_once_its_process_is_gone() {
+        let dir = std::env::temp_dir().join(format!("phyllome-test-pending-{}", std::process::id()));
+        let mut m = Made {
+            vm: "v".into(),
+            uuid: "0b6c1a4e-0000-4000-8000-000000000001".into(),
+            to: "qemu+ssh://root@b/system".into(),
+            pid: std::process::id(),
+            boot_id: crate::journal::boot_id(),
+            volume: "v.qcow2".into(),
+            secret: Some("s-uuid".into()),
+            volume_key: Some("/pool/v.qcow2".into()),
+            files: vec![("/nv".into(), "v_VARS.qcow2".into(), "/nv/v_VARS.qcow2".into())],
+            ..Made::default()
+        };
+        m.save(&dir).unwrap();
+        // Written 0600: it names a secret's UUID and paths.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(Made::file(&dir, &m.uuid)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A record of a process that is gone (no pid is u32::MAX).
+        m.pid = u32::MAX;
+        m.save(&dir).unwrap();
+        assert_eq!(Made::orphans(&dir, "qemu+ssh://root@b/system").len(), 1);
+        assert!(Made::orphans(&dir, "qemu+ssh://root@c/system").is_empty(), "another host's record");
+        assert_eq!(m.left(), ["volume phyllome/v.qcow2", "secret s-uuid", "/nv/v_VARS.qcow2"]);
+        assert!(!m.is_empty());
+        m.forget(&dir);
+        assert!(Made::orphans(&dir, "qemu+ssh://root@b/system").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -308,6 +308,9 @@ struct Pending {
     vm_uuid: String,
     pid: u32,
     boot_id: String,
+    /// The connection it was made through (none: an older record, this host's own libvirt).
+    #[serde(default)]
+    uri: Option<String>,
     /// The `.NAME.part` folder being built.
     part: Option<FileId>,
     memory_secret: Option<String>,
@@ -346,6 +349,7 @@ impl<'a> Op<'a> {
             vm_uuid: uuid.into(),
             pid: std::process::id(),
             boot_id: boot_id(),
+            uri: Some(lv.uri()),
             ..Default::default()
         };
         let path = pending_path(uuid);
@@ -496,7 +500,7 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
         let Ok(text) = std::fs::read(&path) else { continue };
         let Ok(mut p) = serde_json::from_slice::<Pending>(&text) else { continue };
         let stale = p.boot_id != boot_id() || !phyllome_alive(p.pid);
-        if !stale || p.pid == std::process::id() {
+        if !stale || p.pid == std::process::id() || !crate::journal::same_connection(p.uri.as_deref(), lv) {
             continue;
         }
         if p.boot_id != boot_id() {

@@ -494,7 +494,7 @@ pub(crate) fn preflight(
 pub fn recover(lv: &Libvirt) -> Vec<String> {
     let journal = Journal::open();
     let mut cleaned = Vec::new();
-    for e in journal.orphans() {
+    for e in journal.orphans().into_iter().filter(|e| crate::journal::same_connection(e.uri.as_deref(), lv)) {
         rollback(lv, &e);
         journal.finish(&e.name);
         cleaned.push(e.name);
@@ -617,7 +617,7 @@ pub fn create_with(
     };
     // Claim the name before looking at what exists: of two creates of one name,
     // the second stops here, so no check can go stale before this create makes its objects.
-    let mut entry = Entry { nvram, ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
+    let mut entry = Entry { nvram, uri: Some(lv.uri()), ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
     let journal = Journal::open();
     progress(Progress::Step { step: "claim" });
     step("claim", &AtomicBool::new(false))?;

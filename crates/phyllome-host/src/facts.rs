@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Where QEMU firmware descriptors live, lowest priority first; a file in a
 /// later directory overrides one of the same name in an earlier one (as libvirt does).
-const FIRMWARE_DIRS: [&str; 2] = ["usr/share/qemu/firmware", "etc/qemu/firmware"];
+pub const FIRMWARE_DIRS: [&str; 2] = ["usr/share/qemu/firmware", "etc/qemu/firmware"];
 /// Where distributions put QEMU's loadable modules.
 const QEMU_MODULE_DIRS: [&str; 3] = ["usr/lib/x86_64-linux-gnu/qemu", "usr/lib64/qemu", "usr/lib/qemu"];
 /// Where a virtio-win ISO is looked for (Fedora's virtio-win package, then the usual image folders).
@@ -86,7 +86,7 @@ pub fn parse_firmware_descriptor(name: &str, json: &str) -> Option<FirmwareDescr
 
 /// Firmware descriptors sorted by file name (libvirt's priority order).
 pub fn read_firmware(root: &Path) -> Vec<FirmwareDescriptor> {
-    let mut by_name = std::collections::BTreeMap::new();
+    let mut files = vec![];
     for dir in FIRMWARE_DIRS {
         let Ok(entries) = fs::read_dir(at(root, dir)) else {
             continue;
@@ -99,12 +99,22 @@ pub fn read_firmware(root: &Path) -> Vec<FirmwareDescriptor> {
             let Ok(text) = fs::read_to_string(e.path()) else {
                 continue;
             };
-            match parse_firmware_descriptor(&name, &text) {
-                Some(d) => by_name.insert(name, Some(d)),
-                // An empty or invalid file masks one of the same name (libvirt's convention).
-                None => by_name.insert(name, None),
-            };
+            files.push((name, text));
         }
+    }
+    firmware_from(files)
+}
+
+/// The descriptors of `(file name, text)` pairs, in the order of [`FIRMWARE_DIRS`]
+/// (a later folder's file replaces an earlier one of the same name), sorted by name.
+pub fn firmware_from(files: impl IntoIterator<Item = (String, String)>) -> Vec<FirmwareDescriptor> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (name, text) in files {
+        match parse_firmware_descriptor(&name, &text) {
+            Some(d) => by_name.insert(name, Some(d)),
+            // An empty or invalid file masks one of the same name (libvirt's convention).
+            None => by_name.insert(name, None),
+        };
     }
     by_name.into_values().flatten().collect()
 }

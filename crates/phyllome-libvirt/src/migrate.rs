@@ -151,6 +151,71 @@ impl Libvirt {
         r
     }
 
+    /// The files of `dir` on the host of this connection whose names end with `suffix`
+    /// (a transient directory pool over it, never built, so the folder is not changed;
+    /// each file read by a volume download). At most `max_files` files of `max_bytes`
+    /// each: larger ones are skipped. A folder that does not exist there: none.
+    pub fn read_files(
+        &self,
+        dir: &str,
+        suffix: &str,
+        max_files: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let name = format!("phyllome-read-{}", std::process::id());
+        let xml = Element::new("pool")
+            .attr("type", "dir")
+            .child(Element::leaf("name", &name))
+            .child(Element::new("target").child(Element::leaf("path", dir)))
+            .render();
+        let pool = match self.conn.create_storage_pool_xml(&xml, 0) {
+            Ok(p) => p,
+            // No such folder there (libvirt cannot start the pool).
+            Err(_) => return Ok(vec![]),
+        };
+        let r = (|| {
+            let mut names = pool.list_volumes().map_err(|e| Error::new(format!("list {dir}"), e))?;
+            names.retain(|n| n.ends_with(suffix));
+            names.sort();
+            names.truncate(max_files);
+            let mut out = vec![];
+            for n in names {
+                let Ok(v) = pool.lookup_storage_vol_by_name(&n) else { continue };
+                let Ok(info) = v.info() else { continue };
+                if info.capacity > max_bytes {
+                    continue;
+                }
+                let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
+                v.download(&stream, 0, info.capacity, 0).map_err(|e| Error::new(format!("read {dir}/{n}"), e))?;
+                let mut bytes = vec![];
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let got = stream.recv(&mut buf).map_err(|e| Error::new(format!("read {dir}/{n}"), e))?;
+                    if got <= 0 {
+                        break;
+                    }
+                    bytes.extend_from_slice(&buf[..got as usize]);
+                    if bytes.len() as u64 > max_bytes {
+                        break;
+                    }
+                }
+                let _ = stream.finish();
+                if bytes.len() as u64 <= max_bytes {
+                    out.push((n, bytes));
+                }
+            }
+            Ok(out)
+        })();
+        let _ = pool.destroy();
+        r
+    }
+
+    /// Logical CPUs and memory (MiB) of this connection's host.
+    pub fn node_cpus_memory(&self) -> Result<(u32, u64)> {
+        let n = self.conn.node_info().map_err(|e| Error::new("node info", e))?;
+        Ok((n.cpus, n.memory / 1024))
+    }
+
     /// Free memory of this connection's host, in bytes.
     pub fn free_memory(&self) -> Result<u64> {
         self.conn.free_memory().map_err(|e| Error::new("free memory", e))

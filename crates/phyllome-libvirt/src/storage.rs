@@ -105,6 +105,36 @@ impl Libvirt {
         v.resize(capacity, 0).map_err(|e| Error::new(format!("resize volume {pool}/{volume}"), e))
     }
 
+    /// A pool's UUID (None when there is no such pool).
+    pub fn pool_uuid(&self, name: &str) -> Result<Option<String>> {
+        match self.conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => Ok(Some(p.uuid_string().map_err(|e| Error::new(format!("storage pool {name}"), e))?)),
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => Ok(None),
+            Err(e) => Err(Error::new(format!("storage pool {name}"), e)),
+        }
+    }
+
+    /// Removes the pool of this UUID (stopped, its empty folder deleted, undefined) only
+    /// while it holds no volume. Ok(false): not there, or not empty.
+    pub fn remove_empty_pool(&self, uuid: &str) -> Result<bool> {
+        let p = match self.conn.lookup_storage_pool_by_uuid_string(uuid) {
+            Ok(p) => p,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => return Ok(false),
+            Err(e) => return Err(Error::new(format!("storage pool {uuid}"), e)),
+        };
+        let _ = p.refresh(0);
+        if p.num_of_volumes().unwrap_or(1) != 0 {
+            return Ok(false);
+        }
+        if p.is_active().unwrap_or(false) {
+            p.destroy().map_err(|e| Error::new(format!("stop storage pool {uuid}"), e))?;
+        }
+        // The folder goes only when empty (rmdir), so nothing else in it is touched.
+        let _ = p.delete(0);
+        p.undefine().map_err(|e| Error::new(format!("undefine storage pool {uuid}"), e))?;
+        Ok(true)
+    }
+
     /// Deletes a volume; a missing one is not an error.
     pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<bool> {
         let p = match self.conn.lookup_storage_pool_by_name(pool) {

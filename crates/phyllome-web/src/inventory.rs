@@ -217,17 +217,11 @@ impl Watcher {
         j.publish();
     }
 
-    /// Re-reads every VM; a VM that cannot be read is left out. This host's
-    /// own list goes through the engine's bulk list (which also finishes what
-    /// dead phyllome processes left here); another host's, VM by VM, so
-    /// nothing of this host's journal is ever applied there.
+    /// Re-reads every VM through the engine's bulk list (which also finishes,
+    /// through this connection only, what dead phyllome processes left on
+    /// this host); a VM that cannot be read is left out.
     fn full(&mut self, lv: &Libvirt) -> Result<(), VmError> {
-        self.rows = if self.host == LOCAL {
-            vm::list(lv)?.into_iter().map(|r| (r.name.clone(), r)).collect()
-        } else {
-            let names: Vec<String> = lv.list_all()?.into_iter().map(|d| d.name).collect();
-            names.into_iter().filter_map(|n| vm::row(lv, &n).ok().map(|r| (n, r))).collect()
-        };
+        self.rows = vm::list(lv)?.into_iter().map(|r| (r.name.clone(), r)).collect();
         Ok(())
     }
 

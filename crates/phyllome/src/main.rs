@@ -2,7 +2,8 @@
 
 mod cli;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cli::{host, image, os, packaging, setup, vm, xml};
 use std::process::ExitCode;
 
@@ -12,6 +13,9 @@ struct Cli {
     /// libvirt connection URI.
     #[arg(long, global = true, env = "PHYLLOME_CONNECT", default_value = "qemu:///system")]
     connect: String,
+    /// Work on a host added with `phyllome host add` (its URI instead of --connect's; `local` is --connect's).
+    #[arg(long, global = true, env = "PHYLLOME_HOST", value_name = "NAME")]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,8 +116,9 @@ fn quiet_on_closed_pipe() {
 fn main() -> ExitCode {
     // With --json anywhere, errors are JSON too: {"error": ..., "kind": ...} on stderr.
     let json = std::env::args().any(|a| a == "--json");
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if json && e.use_stderr() => {
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ");
@@ -122,15 +127,24 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     quiet_on_closed_pipe();
-    let uri = cli.connect.as_str();
+    let uri = match connection(&cli, &matches) {
+        Ok(uri) => uri,
+        Err(e) => return report(json, &e.to_string(), kind(e.as_ref())),
+    };
+    let uri = uri.as_str();
     let result = match cli.command {
         Command::Os(os::OsCommand::List { json }) => os::list(json),
         Command::Os(os::OsCommand::Show { id, json }) => os::show(&id, json),
         Command::Xml(args) => xml::run(uri, *args),
         Command::Vm(cmd) => vm::run(uri, cmd),
         Command::Volume(cmd) => cli::volume::run(uri, cmd),
-        Command::Host(host::HostCommand::Facts { json, record }) => host::facts(uri, json, record),
+        Command::Host(host::HostCommand::Facts { json, record, via_libvirt }) => {
+            host::facts(uri, json, record, via_libvirt)
+        }
         Command::Host(host::HostCommand::Setup { dry_run, root }) => setup::run(uri, dry_run, &root),
+        Command::Host(host::HostCommand::Add { name, uri, no_check, json }) => host::add(&name, &uri, no_check, json),
+        Command::Host(host::HostCommand::List { offline, json }) => host::list(uri, offline, json),
+        Command::Host(host::HostCommand::Remove { name, json }) => host::remove(&name, json),
         Command::Image(image::ImageCommand::Kickstart(args)) => image::kickstart(args),
         Command::Completions { shell } => packaging::completions(Cli::command(), shell),
         Command::Manpage { dir } => packaging::manpage(Cli::command(), dir),
@@ -154,8 +168,47 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(json, &e.to_string(), phyllome_engine::errors::classify(e.as_ref())),
+        Err(e) => report(json, &e.to_string(), kind(e.as_ref())),
     }
+}
+
+fn kind(e: &(dyn std::error::Error + 'static)) -> phyllome_engine::errors::ErrorKind {
+    if e.downcast_ref::<Usage>().is_some() {
+        phyllome_engine::errors::ErrorKind::Usage
+    } else {
+        phyllome_engine::errors::classify(e)
+    }
+}
+
+/// A usage error found after parsing (exit 2, as clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The libvirt URI the command works on: `--connect`'s, or with `--host NAME` that host's
+/// (`local` is `--connect`'s). `--host` and `--connect` both on the command line is a usage
+/// error; one on the command line beats the other's environment variable. `host add|list|remove`
+/// manage the names and `list --all-hosts` reaches every host, so for them `--host` picks nothing.
+fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, Box<dyn std::error::Error>> {
+    let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let Some(name) = &cli.host else { return Ok(cli.connect.clone()) };
+    if typed("host") && typed("connect") {
+        return Err(Usage("--host NAME and --connect URI both say where to connect: give one".into()).into());
+    }
+    let all_hosts = matches!(cli.command, Command::Vm(vm::VmCommand::List { all_hosts: true, .. }));
+    if all_hosts && typed("host") {
+        return Err(Usage("list --all-hosts lists every host; --host picks one: give one".into()).into());
+    }
+    let manages = matches!(
+        cli.command,
+        Command::Host(
+            host::HostCommand::Add { .. } | host::HostCommand::List { .. } | host::HostCommand::Remove { .. }
+        )
+    );
+    if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::hosts::LOCAL {
+        return Ok(cli.connect.clone());
+    }
+    Ok(phyllome_engine::hosts::Hosts::open().uri(name)?)
 }
 
 /// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").

@@ -15,7 +15,7 @@ use web_common::*;
 
 const H2: &str = "h2";
 
-/// The second host's `pause`/`resume` (second-host.sh): its daemons stop or start, its domains stay.
+/// The second host's `crash`/`restart` (second-host.sh): its libvirtd killed or started again, its domains kept.
 fn second_host(cmd: &str, h: &SecondHost) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/second-host.sh");
     let out = std::process::Command::new(script).arg(cmd).arg(&h.name).output().unwrap();
@@ -140,7 +140,7 @@ fn one_server_lists_both_hosts_and_an_unreachable_host_marks_only_its_vms() {
     wait_event(&mut stream, &mut buf, "hosts", 10, h2_is("up"));
 
     // The second host's libvirtd goes away: its VM stays, marked unreachable; this host's is untouched.
-    second_host("pause", &h2);
+    second_host("crash", &h2);
     let t = Instant::now();
     wait_event(&mut stream, &mut buf, "vms", 20, |v| {
         row(v, H2, &there).is_some_and(|r| r["unreachable"] == true)
@@ -167,7 +167,7 @@ fn one_server_lists_both_hosts_and_an_unreachable_host_marks_only_its_vms() {
     wait_event(&mut stream, &mut buf, "vms", 10, |v| row(v, "local", &new_here.0).is_some());
 
     // It comes back: its VM is reachable again, read afresh.
-    second_host("resume", &h2);
+    second_host("restart", &h2);
     wait_event(&mut stream, &mut buf, "vms", 20, |v| row(v, H2, &there).is_some_and(|r| r["unreachable"] == false));
     wait_for("h2 up in GET /api/v1/hosts", 10, || host_state(&s, H2) == "up");
     assert_eq!(s.get(&q).status, 200);

@@ -1,8 +1,11 @@
-//! `phyllome host`: the facts the VM models are tuned to.
+//! `phyllome host`: the facts the VM models are tuned to, and the named hosts
+//! (`host add|list|remove`, used by `--host NAME` and `list --all-hosts`).
 
 use super::Fallible;
 use clap::Subcommand;
 use phyllome_engine::hostinfo;
+use phyllome_engine::hosts::{self, Host, Hosts};
+use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
 
@@ -15,6 +18,9 @@ pub enum HostCommand {
         /// Write host.json and domcaps.xml into DIR (a recorded-host fixture).
         #[arg(long, value_name = "DIR")]
         record: Option<String>,
+        /// Read the host through its libvirt only, as a remote host (`--host`, `migrate --to`) is read.
+        #[arg(long)]
+        via_libvirt: bool,
     },
     /// Configure this host for virtualization (IOMMU, vfio, nested, libvirt, storage pool), idempotently.
     /// Shows every change before making it.
@@ -26,11 +32,133 @@ pub enum HostCommand {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: std::path::PathBuf,
     },
+    /// Name a libvirt host (qemu+ssh://root@server/system...) for --host NAME and list --all-hosts.
+    /// Checks that it answers first, unless --no-check.
+    Add {
+        /// 1 to 63 lowercase letters, digits and '-'.
+        name: String,
+        /// Its libvirt URI: qemu+ssh://user@server/system, qemu+tls://server/system, qemu+unix:///system?socket=...
+        uri: String,
+        /// Store it without connecting to it.
+        #[arg(long)]
+        no_check: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The named hosts (this host's own connection as `local`), with their libvirt and QEMU versions.
+    List {
+        /// Do not connect to the hosts: names and URIs only.
+        #[arg(long)]
+        offline: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a named host (nothing on the host itself changes).
+    Remove {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub fn facts(uri: &str, json: bool, record: Option<String>) -> Fallible {
+pub fn add(name: &str, uri: &str, no_check: bool, json: bool) -> Fallible {
+    let list = Hosts::open();
+    // Name, URI and duplicates are told before anything is connected to.
+    list.check_add(name, uri)?;
+    let versions = if no_check {
+        None
+    } else {
+        let unreachable = |why: String| hosts::HostsError::Unreachable {
+            name: name.into(),
+            uri: uri.into(),
+            why: format!("{why} (nothing stored; --no-check stores it without connecting)"),
+        };
+        let lv = hosts::connect(&Host { name: name.into(), uri: uri.into() }).map_err(|e| match e {
+            hosts::HostsError::Unreachable { why, .. } => unreachable(why),
+            e => e,
+        })?;
+        Some(lv.versions().map_err(|e| unreachable(e.to_string()))?)
+    };
+    let host = list.add(name, uri)?;
+    if json {
+        let (libvirt, qemu) = versions.as_ref().map(|(l, q)| (Some(l), Some(q))).unwrap_or_default();
+        let v = json!({"name": host.name, "uri": host.uri, "checked": !no_check, "libvirt": libvirt, "qemu": qemu});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match versions {
+        Some((l, q)) => println!("added host {}: {} (libvirt {l}, QEMU {q})", host.name, host.uri),
+        None => println!("added host {}: {} (not connected to: --no-check)", host.name, host.uri),
+    }
+    println!("use it with `phyllome --host {} list`; `phyllome list --all-hosts` shows every host's VMs", host.name);
+    Ok(())
+}
+
+pub fn remove(name: &str, json: bool) -> Fallible {
+    let host = Hosts::open().remove(name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({"name": host.name, "uri": host.uri}))?);
+    } else {
+        println!("removed host {} ({}); nothing on that host changed", host.name, host.uri);
+    }
+    Ok(())
+}
+
+pub fn list(local_uri: &str, offline: bool, json: bool) -> Fallible {
+    let all = Hosts::open().all(local_uri)?;
+    let reached: Vec<Option<Result<(String, String), hosts::HostsError>>> = if offline {
+        all.iter().map(|_| None).collect()
+    } else {
+        hosts::on_each(&all, hosts::REACH_WITHIN, |lv| lv.versions()).into_iter().map(|(_, r)| Some(r)).collect()
+    };
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .zip(&reached)
+            .map(|(h, r)| {
+                let (reached, libvirt, qemu, error) = match r {
+                    None => (None, None, None, None),
+                    Some(Ok((l, q))) => (Some(true), Some(l.as_str()), Some(q.as_str()), None),
+                    Some(Err(e)) => (Some(false), None, None, Some(e.to_string())),
+                };
+                json!({"name": h.name, "uri": h.uri, "reached": reached, "libvirt": libvirt, "qemu": qemu, "error": error})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let w = all.iter().map(|h| h.name.len()).max().unwrap_or(4).max(4);
+    if offline {
+        println!("{:w$}  URI", "NAME");
+        for h in &all {
+            println!("{:w$}  {}", h.name, printable(&h.uri));
+        }
+        return Ok(());
+    }
+    let versions: Vec<(String, String)> = reached
+        .iter()
+        .map(|r| match r {
+            Some(Ok((l, q))) => (l.clone(), q.clone()),
+            _ => ("-".into(), "-".into()),
+        })
+        .collect();
+    let lw = versions.iter().map(|v| v.0.len()).max().unwrap_or(7).max(7);
+    let qw = versions.iter().map(|v| v.1.len()).max().unwrap_or(4).max(4);
+    println!("{:w$}  {:11}  {:lw$}  {:qw$}  URI", "NAME", "STATE", "LIBVIRT", "QEMU");
+    for ((h, r), (l, q)) in all.iter().zip(&reached).zip(&versions) {
+        let state = if matches!(r, Some(Ok(_))) { "reached" } else { "unreachable" };
+        println!("{:w$}  {state:11}  {l:lw$}  {q:qw$}  {}", h.name, printable(&h.uri));
+    }
+    for e in reached.iter().flatten().filter_map(|r| r.as_ref().err()) {
+        eprintln!("phyllome: warning: {e}");
+    }
+    Ok(())
+}
+
+pub fn facts(uri: &str, json: bool, record: Option<String>, via_libvirt: bool) -> Fallible {
     let lv = Libvirt::connect(uri)?;
-    let (host, kvm_detail) = hostinfo::gather(&lv, true)?;
+    let (host, kvm_detail) =
+        if via_libvirt { (hostinfo::gather_remote(&lv)?, None) } else { hostinfo::gather(&lv, true)? };
     if let Some(dir) = record {
         std::fs::create_dir_all(&dir)?;
         let virttype = &host.caps.virt_type;

@@ -11,8 +11,9 @@ use phyllome_libvirt::{Libvirt, State};
 #[derive(Args)]
 pub struct MigrateArgs {
     pub name: String,
-    /// The destination's libvirt URI (qemu+ssh://host/system, qemu+tls://..., qemu+unix:///system?socket=...).
-    #[arg(long, value_name = "URI")]
+    /// The destination: a libvirt URI (qemu+ssh://host/system, qemu+tls://..., qemu+unix:///system?socket=...)
+    /// or the name of a host added with `phyllome host add`.
+    #[arg(long, value_name = "URI|HOST")]
     pub to: String,
     /// Move it running (the default for a running VM).
     #[arg(long, conflicts_with = "offline")]
@@ -34,7 +35,11 @@ fn mib(b: u64) -> String {
     super::stats::human(b as f64)
 }
 
-pub fn run(uri: &str, a: MigrateArgs) -> Fallible {
+pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
+    if !a.to.contains("://") {
+        // A host's name: its URI from the list (an unknown name is a not-found error naming `host list`).
+        a.to = phyllome_engine::hosts::Hosts::open().uri(&a.to)?;
+    }
     let lv = Libvirt::connect(uri)?;
     let live = if a.live || a.offline {
         a.live
@@ -91,5 +96,16 @@ pub fn run(uri: &str, a: MigrateArgs) -> Fallible {
         mib(m.stats.data_processed),
         m.removed_from_source.join(", ")
     );
+    if !m.changes.is_empty() {
+        println!(
+            "{}",
+            if m.retuned { "re-tuned there:" } else { "at a cold boot there, the destination would change:" }
+        );
+        for c in &m.changes {
+            let side =
+                |v: &Option<String>| v.as_deref().map(|t| printable(t).into_owned()).unwrap_or_else(|| "none".into());
+            println!("  {}: {} -> {} ({})", c.item, side(&c.from), side(&c.to), printable(&c.why));
+        }
+    }
     Ok(())
 }

@@ -68,6 +68,10 @@ pub enum VmCommand {
     },
     /// List VMs.
     List {
+        /// The VMs of this host (--connect) and of every host of `phyllome host list`, with a HOST column;
+        /// a host that cannot be reached is reported and does not fail the others.
+        #[arg(long)]
+        all_hosts: bool,
         #[arg(long)]
         json: bool,
     },
@@ -168,6 +172,9 @@ fn encryption_text(e: Encryption) -> &'static str {
 }
 
 pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
+    if let VmCommand::List { all_hosts: true, json } = cmd {
+        return list_all_hosts(uri, json);
+    }
     let lv = Libvirt::connect(uri)?;
     match cmd {
         VmCommand::Create(a) => create(&lv, *a),
@@ -260,7 +267,7 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             progress(&format!("deleted {name} (domain, NVRAM, TPM state{snaps}; {disk})"));
             Ok(())
         }
-        VmCommand::List { json } => list(&lv, json),
+        VmCommand::List { json, .. } => list(&lv, json),
         VmCommand::Info { name, json } => info(&lv, &name, json),
         VmCommand::Console { name } => {
             vm::summary(&lv, &name)?;
@@ -318,6 +325,66 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    print_rows(None, &rows.iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+/// `list --all-hosts`: this host's (`local`) and every named host's VMs, each host asked at once
+/// through the engine's list, within a bound. A host not reached is a warning (and in JSON a
+/// `hosts` entry with `reached: false` and its name in `unreachable`), not a failure: the exit is 0
+/// when at least one host answered, and the first host's error's code when none did.
+fn list_all_hosts(local_uri: &str, json: bool) -> Fallible {
+    use phyllome_engine::hosts::{self, Hosts};
+    let all = Hosts::open().all(local_uri)?;
+    let results = hosts::on_each(&all, hosts::REACH_WITHIN, vm::list);
+    if results.iter().all(|(_, r)| r.is_err()) {
+        // None answered: the first host's error is the command's, the others are warnings.
+        let mut errors = results.into_iter().filter_map(|(_, r)| r.err());
+        let first = errors.next();
+        for e in errors {
+            eprintln!("phyllome: warning: {e}");
+        }
+        return first.map_or(Ok(()), |e| Err(e.into()));
+    }
+    let mut rows: Vec<(&str, &vm::VmRow)> = Vec::new();
+    let mut status = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut errors = Vec::new();
+    for (host, r) in &results {
+        match r {
+            Ok(vms) => {
+                rows.extend(vms.iter().map(|v| (host.name.as_str(), v)));
+                status.push(serde_json::json!({"name": host.name, "uri": host.uri, "reached": true, "vms": vms.len(), "error": null}));
+            }
+            Err(e) => {
+                unreachable.push(host.name.as_str());
+                status.push(serde_json::json!({"name": host.name, "uri": host.uri, "reached": false, "vms": null, "error": e.to_string()}));
+                errors.push(e);
+            }
+        }
+    }
+    if json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            host: &'a str,
+            #[serde(flatten)]
+            vm: &'a vm::VmRow,
+        }
+        let vms: Vec<_> = rows.iter().map(|(host, vm)| Row { host, vm }).collect();
+        let v = serde_json::json!({"vms": vms, "hosts": status, "unreachable": unreachable});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let (hosts, vms): (Vec<&str>, Vec<&vm::VmRow>) = rows.into_iter().unzip();
+        print_rows(Some(&hosts), &vms);
+    }
+    for e in errors {
+        eprintln!("phyllome: warning: {e}; its VMs are not listed");
+    }
+    Ok(())
+}
+
+/// The VM table, with a HOST column first when `hosts` is given (one per row).
+fn print_rows(hosts: Option<&[&str]>, rows: &[&vm::VmRow]) {
     let names: Vec<_> = rows.iter().map(|r| printable(&r.name)).collect();
     let states: Vec<String> = rows
         .iter()
@@ -328,13 +395,24 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
         .collect();
     let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
     let sw = states.iter().map(|s| s.len()).max().unwrap_or(8).max(8);
+    let hw = hosts.map(|h| h.iter().map(|n| n.len()).max().unwrap_or(4).max(4));
+    let host_cell = |h: &str| hw.map(|hw| format!("{h:hw$}  ")).unwrap_or_default();
     println!(
-        "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  AUTOSTART",
-        "NAME", "OS", "STATE", "VCPUS", "MEMORY", "DISK", "ENCRYPTED", "SNAPSHOTS"
+        "{}{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  AUTOSTART",
+        host_cell("HOST"),
+        "NAME",
+        "OS",
+        "STATE",
+        "VCPUS",
+        "MEMORY",
+        "DISK",
+        "ENCRYPTED",
+        "SNAPSHOTS"
     );
-    for ((r, name), state) in rows.iter().zip(&names).zip(&states) {
+    for (i, ((r, name), state)) in rows.iter().zip(&names).zip(&states).enumerate() {
         println!(
-            "{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  {}",
+            "{}{:w$}  {:14}  {:sw$}  {:5}  {:>8}  {:>8}  {:9}  {:9}  {}",
+            host_cell(hosts.map(|h| h[i]).unwrap_or_default()),
             name,
             r.os.as_deref().unwrap_or("-"),
             state,
@@ -346,7 +424,6 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
             if r.autostart { "on" } else { "off" }
         );
     }
-    Ok(())
 }
 
 fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {

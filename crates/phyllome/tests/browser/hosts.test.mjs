@@ -8,9 +8,9 @@
 // host's row offers only its libvirt actions; Migrate on this host's VM's page opens
 // the dialog, which names the destination host, runs the check and shows its
 // items, and keeps "Move" disabled while the check fails (a shut-off VM asked
-// to move live); the second host's libvirtd paused: a banner names it, its
+// to move live); the second host's libvirtd killed: a banner names it, its
 // row says unreachable and its actions are disabled while this host's row is
-// untouched; resumed: the row is reachable again. Screenshots go to the
+// untouched; started again: the row is reachable again. Screenshots go to the
 // artifacts folder. Prints one line per step and "browser: N passed, M failed".
 
 import { chromium } from 'playwright-core';
@@ -149,7 +149,7 @@ try {
   });
 
   await step('the second host goes away: a banner, its row unreachable and its actions off; this host\'s untouched', async () => {
-    secondHost('pause');
+    secondHost('crash');
     await waitUntil('the unreachable row', 20, async () => (await row(cfg.host, cfg.there) || {}).unreachable);
     const there = await row(cfg.host, cfg.there);
     assert(there.badge === 'unreachable', `its state shows ${there.badge}`);
@@ -162,7 +162,7 @@ try {
   });
 
   await step('it comes back: the row is reachable again and the banner goes', async () => {
-    secondHost('resume');
+    secondHost('restart');
     await waitUntil('the reachable row', 30, async () => {
       const r = await row(cfg.host, cfg.there);
       return r && !r.unreachable;
