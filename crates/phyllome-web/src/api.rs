@@ -19,8 +19,9 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use phyllome_engine::hostinfo;
+use phyllome_engine::hosts::LOCAL;
 use phyllome_engine::progress::Progress;
-use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmRow, VmSpec};
+use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmSpec};
 use phyllome_host::check;
 use phyllome_libvirt::Libvirt;
 use phyllome_model::build::Encryption;
@@ -76,6 +77,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(vm_manifest))
         .routes(routes!(crate::bundle::export_vm))
         .routes(routes!(crate::bundle::download_export))
+        .routes(routes!(list_hosts))
+        .routes(routes!(migrate_check))
+        .routes(routes!(migrate_vm))
 }
 
 /// The routes whose bodies may be large (uploads: media, bundles): outside the 64 KiB body limit.
@@ -88,13 +92,85 @@ pub async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&App, &Libvirt) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    blocking_on(app, LOCAL.to_string(), f).await
+}
+
+/// [`blocking`] with the connection to host `host` (`local`: this host's).
+pub async fn blocking_on<T: Send + 'static>(
+    app: &Arc<App>,
+    host: String,
+    f: impl FnOnce(&App, &Libvirt) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let app = Arc::clone(app);
     tokio::task::spawn_blocking(move || {
-        let lv = app.libvirt()?;
+        let lv = app.libvirt_on(&host)?;
         f(&app, &lv)
     })
     .await
     .map_err(|_| ApiError::internal("the request's worker failed"))?
+}
+
+/// `?host=NAME`: which host's VM a route acts on.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct HostQuery {
+    /// The VM's host: `local` (the default) or a name from GET /api/v1/hosts.
+    host: Option<String>,
+}
+
+impl HostQuery {
+    pub fn name(&self) -> String {
+        self.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| LOCAL.to_string())
+    }
+}
+
+/// The VM routes that act on another host's VM too (`?host=NAME`): the ones
+/// that are libvirt calls only. The others read or write this host's files
+/// (NVRAM, boot files, the journal, the ISO folder) and stay `local`.
+pub const ON_ANY_HOST: &[(&str, &str)] = &[
+    ("GET", "/api/v1/vms/{name}"),
+    ("POST", "/api/v1/vms/{name}/stop"),
+    ("POST", "/api/v1/vms/{name}/kill"),
+    ("POST", "/api/v1/vms/{name}/pause"),
+    ("POST", "/api/v1/vms/{name}/resume"),
+];
+
+/// A route layer: `?host=` names a configured host (else 404), and a VM
+/// route not in [`ON_ANY_HOST`] refuses any host but `local` (422).
+pub async fn host_param(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.get("host").cloned())
+        .filter(|h| !h.is_empty() && h != LOCAL);
+    let Some(host) = host else { return next.run(req).await };
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
+    let route = route.unwrap_or_default();
+    if !route.starts_with("/api/v1/vms/{name}") {
+        return next.run(req).await;
+    }
+    if app.host_uri(&host).is_none() {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no host named {} (GET /api/v1/hosts lists them)", shown(&host)),
+        )
+        .into_response();
+    }
+    if !ON_ANY_HOST.iter().any(|(m, p)| req.method().as_str() == *m && route == *p) {
+        return ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "this acts on this host's VMs only (host=local): on host {} the API offers the VM's page, stop, \
+                 kill, pause and resume; migrate a VM here to do more",
+                shown(&host)
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 pub(crate) fn who_did(who: &Principal, what: &str, name: &str) {
@@ -238,13 +314,14 @@ pub struct StaleList {
     stale: bool,
     /// Since when libvirtd is unreachable (UNIX seconds).
     since: Option<u64>,
-    vms: Vec<VmRow>,
+    vms: Vec<crate::inventory::ListedVm>,
 }
 
-/// List VMs with their state.
+/// List the VMs of every host (this one, `local`, first), each with its host; the VMs of a host that does
+/// not answer are its last rows read, marked `unreachable`.
 #[utoipa::path(get, operation_id = "listVms", path = "/api/v1/vms", tag = "vms",
-    responses((status = 200, body = Vec<VmRow>), (status = 503, body = StaleList,
-        description = "libvirtd cannot be reached: the last list read, marked stale")))]
+    responses((status = 200, body = Vec<crate::inventory::ListedVm>), (status = 503, body = StaleList,
+        description = "this host's libvirtd cannot be reached: the last list read, marked stale")))]
 async fn list_vms(State(app): State<Arc<App>>) -> Response {
     let status = app.inventory.status();
     let list = app.inventory.current();
@@ -483,11 +560,17 @@ pub struct VmPage {
 }
 
 /// Details of one VM.
-#[utoipa::path(get, operation_id = "getVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path)),
+#[utoipa::path(get, operation_id = "getVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = VmPage)))]
-async fn get_vm(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<VmPage>> {
-    let page = blocking(&app, move |_, lv| {
+async fn get_vm(State(app): State<Arc<App>>, Name(name): Name, Query(h): Query<HostQuery>) -> ApiResult<Json<VmPage>> {
+    let host = h.name();
+    let local = host == LOCAL;
+    let page = blocking_on(&app, host, move |_, lv| {
         let details = vm::details(lv, &name)?;
+        if !local {
+            // Another host's display and host facts are not this server's to open or read.
+            return Ok(VmPage { details, console: false, choices: vec![] });
+        }
         let console = lv.xml(&name).ok().is_some_and(|x| ws::vnc_target(&x).is_ok());
         // An explanation that cannot be made (host facts unreadable) leaves the page without it.
         let choices = vm::explain(lv, &name)
@@ -555,8 +638,16 @@ pub struct Action {
 }
 
 fn action(app: &App, name: &str, result: &str) -> Action {
+    action_on(app, LOCAL, name, result)
+}
+
+fn action_on(app: &App, host: &str, name: &str, result: &str) -> Action {
     let list: Vec<serde_json::Value> = serde_json::from_slice(&app.inventory.current()).unwrap_or_default();
-    let state = list.iter().find(|r| r["name"] == name).and_then(|r| r["state"].as_str()).map(str::to_string);
+    let state = list
+        .iter()
+        .find(|r| r["name"] == name && r["host"] == host)
+        .and_then(|r| r["state"].as_str())
+        .map(str::to_string);
     Action { name: name.to_string(), result: result.to_string(), state }
 }
 
@@ -585,79 +676,99 @@ async fn start_vm(
 }
 
 /// Shut a VM down gracefully (ACPI, then the guest agent); `force` powers off at the timeout.
-#[utoipa::path(post, operation_id = "stopVm", path = "/api/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path)),
+#[utoipa::path(post, operation_id = "stopVm", path = "/api/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path), HostQuery),
     request_body(content = StopBody, description = "optional"), responses((status = 200, body = Action)))]
 async fn stop_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
+    Query(h): Query<HostQuery>,
     JsonBody(body): JsonBody<StopBody>,
 ) -> ApiResult<Json<Action>> {
     let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(60).min(600));
     let force = body.force.unwrap_or(false);
-    who_did(&who, "stop", &name);
-    let a = blocking(&app, move |app, lv| {
+    let host = h.name();
+    who_did_on(&who, "stop", &name, &host);
+    let a = blocking_on(&app, host.clone(), move |app, lv| {
         let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::progress::quiet);
-        app.inventory.refresh(&name);
+        app.inventory.refresh_on(&host, &name);
         let how = match r? {
             vm::Stopped::AlreadyOff => "already shut off",
             vm::Stopped::PowerButton => "shut down (ACPI power button)",
             vm::Stopped::GuestAgent => "shut down (guest agent)",
             vm::Stopped::Forced => "powered off after the timeout (force)",
         };
-        Ok(action(app, &name, how))
+        Ok(action_on(app, &host, &name, how))
     })
     .await?;
     Ok(Json(a))
 }
 
-async fn simple(app: Arc<App>, who: Principal, name: String, what: &'static str) -> ApiResult<Json<Action>> {
-    who_did(&who, what, &name);
-    let a = blocking(&app, move |app, lv| {
+/// [`who_did`] on host `host` (named in the log unless it is `local`).
+fn who_did_on(who: &Principal, what: &str, name: &str, host: &str) {
+    if host == LOCAL {
+        who_did(who, what, name);
+    } else {
+        tracing::info!("{}: {what} {} on host {}", shown(&who.user), shown(name), shown(host));
+    }
+}
+
+async fn simple(
+    app: Arc<App>,
+    who: Principal,
+    name: String,
+    host: String,
+    what: &'static str,
+) -> ApiResult<Json<Action>> {
+    who_did_on(&who, what, &name, &host);
+    let a = blocking_on(&app, host.clone(), move |app, lv| {
         let (r, done) = match what {
             "kill" => (vm::kill(lv, &name), "powered off"),
             "pause" => (vm::pause(lv, &name), "paused"),
             _ => (vm::resume(lv, &name), "resumed"),
         };
-        app.inventory.refresh(&name);
+        app.inventory.refresh_on(&host, &name);
         r?;
-        Ok(action(app, &name, done))
+        Ok(action_on(app, &host, &name, done))
     })
     .await?;
     Ok(Json(a))
 }
 
 /// Power a VM off at once.
-#[utoipa::path(post, operation_id = "killVm", path = "/api/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path)),
+#[utoipa::path(post, operation_id = "killVm", path = "/api/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
 async fn kill_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
+    Query(h): Query<HostQuery>,
 ) -> ApiResult<Json<Action>> {
-    simple(app, who, name, "kill").await
+    simple(app, who, name, h.name(), "kill").await
 }
 
 /// Pause a running VM.
-#[utoipa::path(post, operation_id = "pauseVm", path = "/api/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path)),
+#[utoipa::path(post, operation_id = "pauseVm", path = "/api/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
 async fn pause_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
+    Query(h): Query<HostQuery>,
 ) -> ApiResult<Json<Action>> {
-    simple(app, who, name, "pause").await
+    simple(app, who, name, h.name(), "pause").await
 }
 
 /// Resume a paused VM.
-#[utoipa::path(post, operation_id = "resumeVm", path = "/api/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path)),
+#[utoipa::path(post, operation_id = "resumeVm", path = "/api/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
 async fn resume_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
+    Query(h): Query<HostQuery>,
 ) -> ApiResult<Json<Action>> {
-    simple(app, who, name, "resume").await
+    simple(app, who, name, h.name(), "resume").await
 }
 
 /// Whether the principal's session or token still holds; `touch` restarts a session's idle time.
@@ -669,21 +780,26 @@ pub fn still_valid(app: &App, who: &Principal, touch: bool) -> bool {
     }
 }
 
-/// Server-sent events: `vms` with the whole VM list whenever a VM changes
-/// (libvirt lifecycle events), `status` (Status) when libvirtd goes away or
-/// comes back, and `logout` when the session ends.
+/// Server-sent events: `vms` with the whole VM list (every host's) whenever a
+/// VM changes (each host's libvirt lifecycle events), `status` (Status) when
+/// this host's libvirtd goes away or comes back, `hosts` (HostState list) when
+/// any host does, and `logout` when the session ends.
 #[utoipa::path(get, operation_id = "events", path = "/api/v1/events", tag = "vms",
     responses((status = 200, description = "an event stream", content_type = "text/event-stream", body = String)))]
 async fn events(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     let mut list = app.inventory.subscribe();
     let mut status = app.inventory.subscribe_status();
+    let mut hosts = app.inventory.subscribe_hosts();
     tokio::spawn(async move {
         let vms = |b: &bytes::Bytes| Event::default().event("vms").data(String::from_utf8_lossy(b));
+        let hs = |b: &bytes::Bytes| Event::default().event("hosts").data(String::from_utf8_lossy(b));
         let st = |s: &crate::inventory::Status| Event::default().event("status").json_data(s).unwrap_or_default();
         let first = vms(&list.borrow_and_update());
         let first_status = st(&status.borrow_and_update());
-        if tx.send(first).await.is_err() || tx.send(first_status).await.is_err() {
+        let first_hosts = hs(&hosts.borrow_and_update());
+        if tx.send(first).await.is_err() || tx.send(first_status).await.is_err() || tx.send(first_hosts).await.is_err()
+        {
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -696,6 +812,10 @@ async fn events(State(app): State<Arc<App>>, Extension(who): Extension<Principal
                 },
                 changed = status.changed() => match changed {
                     Ok(()) => st(&status.borrow_and_update()),
+                    Err(_) => return,
+                },
+                changed = hosts.changed() => match changed {
+                    Ok(()) => hs(&hosts.borrow_and_update()),
                     Err(_) => return,
                 },
                 _ = tick.tick() => {
@@ -1239,7 +1359,7 @@ async fn snapshot_job<T: Serialize + Send + 'static>(
                 }
                 Progress::Bytes { done, total } => {
                     // At most four byte counts a second reach the page.
-                    if last_bytes.get().elapsed() < Duration::from_millis(250) && done < total {
+                    if last_bytes.get().elapsed() < Duration::from_millis(250) && (done < total || total == 0) {
                         return;
                     }
                     last_bytes.set(std::time::Instant::now());
@@ -1433,4 +1553,121 @@ pub struct ManifestOut {
 async fn vm_manifest(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<ManifestOut>> {
     let (m, notes) = blocking(&app, move |_, lv| Ok(phyllome_engine::manifest::of_vm(lv, &name)?)).await?;
     Ok(Json(ManifestOut { toml: m.to_toml(&notes), notes }))
+}
+
+// ---- hosts and migration ------------------------------------------------------
+
+/// The hosts whose VMs the list shows (`local` first, then `phyllome host list`'s, as they were when the server
+/// started) and whether each answers now.
+#[utoipa::path(get, operation_id = "listHosts", path = "/api/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Vec<crate::inventory::HostState>)))]
+async fn list_hosts(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], app.inventory.hosts()).into_response()
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateBody {
+    /// The destination: a host's name from GET /api/v1/hosts (not `local`).
+    to: String,
+    /// Move it running (true) or stopped (false); default: running VMs live, shut-off ones offline.
+    live: Option<bool>,
+}
+
+/// The destination's URI and the move's request for a VM of this host; the mode follows its state unless given.
+fn migrate_request(
+    app: &App,
+    lv: &Libvirt,
+    name: &str,
+    b: &MigrateBody,
+) -> Result<phyllome_engine::migrate::Request, ApiError> {
+    let uri = destination(app, &b.to)?;
+    let live = match b.live {
+        Some(l) => l,
+        None => {
+            let st = lv.state(name).map_err(|e| {
+                if e.is_no_domain() {
+                    ApiError::from(VmError::NoSuchVm(name.to_string()))
+                } else {
+                    ApiError::from(e)
+                }
+            })?;
+            st != phyllome_libvirt::State::Shutoff
+        }
+    };
+    // Phyllome's disks are volumes of each host's own pool: a move always copies the disk.
+    Ok(phyllome_engine::migrate::Request { to: uri, live, copy_storage: true })
+}
+
+/// A configured host other than this one, by name (the browser never gives a URI).
+fn destination(app: &App, to: &str) -> Result<String, ApiError> {
+    if to == LOCAL {
+        return Err(ApiError::bad("the VM is on this host (local) already: choose another host as the destination"));
+    }
+    app.host_uri(to).map(str::to_string).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no host named {} (GET /api/v1/hosts lists them)", shown(to)))
+    })
+}
+
+/// What a move of this host's VM to another host needs, item by item (`phyllome migrate --dry-run`); changes
+/// nothing. `ok` says whether it can move.
+#[utoipa::path(post, operation_id = "checkMigration", path = "/api/v1/vms/{name}/migrate/check", tag = "hosts",
+    params(("name" = String, Path)), request_body = MigrateBody,
+    responses((status = 200, body = phyllome_engine::migrate::Checked)))]
+async fn migrate_check(
+    State(app): State<Arc<App>>,
+    Name(name): Name,
+    JsonBody(b): JsonBody<MigrateBody>,
+) -> ApiResult<Json<phyllome_engine::migrate::Checked>> {
+    destination(&app, &b.to)?;
+    let c = blocking(&app, move |app, lv| {
+        let req = migrate_request(app, lv, &name, &b)?;
+        let dst = app.libvirt_on(&b.to)?;
+        let mut c = phyllome_engine::migrate::check(lv, &dst, &name, &req)?;
+        c.to = b.to.clone();
+        Ok(c)
+    })
+    .await?;
+    Ok(Json(c))
+}
+
+/// Move a VM of this host to another host with libvirt's migration (checked first; the disk copied and
+/// re-encrypted there under a new key; TPM and UEFI variables with it; removed here once it is there).
+/// With `Accept: text/event-stream`: `progress` events (SnapshotProgress: steps, bytes), then `done` (Migrated)
+/// or `error`.
+#[utoipa::path(post, operation_id = "migrateVm", path = "/api/v1/vms/{name}/migrate", tag = "hosts",
+    params(("name" = String, Path)), request_body = MigrateBody,
+    responses((status = 200, body = phyllome_engine::migrate::Migrated),
+        (status = 422, body = ErrorBody, description = "the check failed: the error names the failed items")))]
+async fn migrate_vm(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    Name(name): Name,
+    JsonBody(b): JsonBody<MigrateBody>,
+) -> ApiResult<Response> {
+    destination(&app, &b.to)?;
+    let Ok(permit) = Arc::clone(&app.migrations).try_acquire_owned() else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "another migration runs: one at a time"));
+    };
+    tracing::info!("{}: migrate {} to host {}", shown(&who.user), shown(&name), shown(&b.to));
+    let vm = name.clone();
+    let app2 = Arc::clone(&app);
+    snapshot_job(&app, &headers, name, StatusCode::OK, move |lv, report| {
+        let _permit = permit;
+        let req = migrate_request(&app2, lv, &vm, &b)?;
+        use phyllome_engine::migrate::MigrateError as E;
+        // The answer names the destination by its host name, as the request did.
+        let r = phyllome_engine::migrate::migrate(lv, &vm, &req, report).map_err(|e| match e {
+            E::Refused { vm, why, .. } => E::Refused { vm, to: b.to.clone(), why },
+            E::Unreachable { why, .. } => E::Unreachable { uri: format!("host {}", b.to), why },
+            e => e,
+        });
+        app2.inventory.refresh_on(&b.to, &vm);
+        let mut m = r?;
+        m.to = b.to.clone();
+        m.check.to = b.to.clone();
+        Ok(m)
+    })
+    .await
 }

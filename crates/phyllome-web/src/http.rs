@@ -133,6 +133,12 @@ impl From<phyllome_engine::bundle::BundleError> for ApiError {
     }
 }
 
+impl From<phyllome_engine::migrate::MigrateError> for ApiError {
+    fn from(e: phyllome_engine::migrate::MigrateError) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
 impl From<phyllome_libvirt::Error> for ApiError {
     fn from(e: phyllome_libvirt::Error) -> ApiError {
         ApiError::from_engine(&e)

@@ -1,17 +1,24 @@
-//! The VM list as the server shows it, kept current by libvirt's lifecycle
-//! events: one thread owns a libvirt connection that watches events, reads
-//! the changed VM's row through the core (`vm::row`) and publishes the whole
-//! list as JSON. `GET /api/v1/vms` answers from it without a libvirt round
+//! The VM list as the server shows it: the VMs of every host (`local`, then
+//! the hosts of `phyllome host add`), each row with its host, kept current by
+//! libvirt's lifecycle events. Each host has a thread of its own that owns a
+//! libvirt connection to it, watches its events, reads a changed VM's row
+//! through the core (`vm::row`) and publishes its part; the parts make one
+//! list, as JSON. `GET /api/v1/vms` answers from it without a libvirt round
 //! trip, and `GET /api/v1/events` streams it to open pages.
 //!
+//! A host that goes away leaves its VMs in the list, marked `unreachable`
+//! (their last known rows), and touches no other host's part; its thread
+//! reconnects every second and re-reads the host in full when it is back.
 //! A full re-read every `resync` catches anything an event could not say
 //! (a disk resized behind our back, a libvirtd restart).
 
 use bytes::Bytes;
+use phyllome_engine::hosts::{Host, LOCAL};
 use phyllome_engine::vm::{self, VmError, VmRow};
 use phyllome_libvirt::Libvirt;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -25,11 +32,13 @@ enum Cmd {
 pub struct Inventory {
     list: watch::Receiver<Bytes>,
     status: watch::Receiver<Status>,
-    cmd: Sender<Cmd>,
+    hosts: watch::Receiver<Bytes>,
+    /// Each host's watcher, by host name.
+    cmds: HashMap<String, Sender<Cmd>>,
 }
 
-/// Whether the list is live: while libvirtd cannot be reached it is the last
-/// one read, and says so.
+/// Whether this host's (`local`) list is live: while its libvirtd cannot be
+/// reached it is the last one read, and says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Status {
     /// `up` or `down`.
@@ -44,6 +53,34 @@ impl Status {
     const UP: Status = Status { libvirt: "up", stale: false, since: None };
 }
 
+/// One host of the list and whether its libvirt answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct HostState {
+    /// `local` (this host's own connection) or a name of `phyllome host list`.
+    pub name: String,
+    /// `up`, `down` (its VMs are shown as last read, marked unreachable) or
+    /// `connecting` (not read yet).
+    pub state: &'static str,
+    /// Since when it is unreachable (UNIX seconds).
+    pub since: Option<u64>,
+    /// Its VMs in the list.
+    pub vms: usize,
+    /// The last error connecting to it (libvirt's words).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A row of the list: the VM's row and the host it is on.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ListedVm {
+    #[serde(flatten)]
+    pub row: VmRow,
+    /// The host's name (`local` or one of GET /api/v1/hosts).
+    pub host: String,
+    /// Its host does not answer now: the row is the last one read.
+    pub unreachable: bool,
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -56,12 +93,74 @@ pub enum InventoryError {
     Start(String),
 }
 
+/// One host's part of the list.
+struct Part {
+    host: String,
+    /// Read at least once.
+    read: bool,
+    up: bool,
+    since: Option<u64>,
+    error: Option<String>,
+    rows: Vec<VmRow>,
+}
+
+/// Every host's part, in the hosts' order, and where the joined list goes.
+struct Joined {
+    parts: Vec<Part>,
+    out: watch::Sender<Bytes>,
+    hosts: watch::Sender<Bytes>,
+}
+
+impl Joined {
+    fn publish(&self) {
+        let mut rows = Vec::new();
+        for p in &self.parts {
+            for r in &p.rows {
+                rows.push(ListedVm { row: r.clone(), host: p.host.clone(), unreachable: !p.up });
+            }
+        }
+        let json = Bytes::from(serde_json::to_vec(&rows).expect("rows serialize"));
+        let states: Vec<HostState> = self
+            .parts
+            .iter()
+            .map(|p| HostState {
+                name: p.host.clone(),
+                state: if p.up {
+                    "up"
+                } else if p.read || p.since.is_some() {
+                    "down"
+                } else {
+                    "connecting"
+                },
+                since: if p.up { None } else { p.since },
+                vms: p.rows.len(),
+                error: if p.up { None } else { p.error.clone() },
+            })
+            .collect();
+        let hosts = Bytes::from(serde_json::to_vec(&states).expect("hosts serialize"));
+        for (tx, new) in [(&self.out, json), (&self.hosts, hosts)] {
+            tx.send_if_modified(|cur| {
+                if *cur == new {
+                    false
+                } else {
+                    *cur = new;
+                    true
+                }
+            });
+        }
+    }
+}
+
 struct Watcher {
+    host: String,
     uri: String,
+    /// Which part of `joined` is this host's.
+    index: usize,
     resync: Duration,
     rows: BTreeMap<String, VmRow>,
-    out: watch::Sender<Bytes>,
-    status: watch::Sender<Status>,
+    joined: Arc<Mutex<Joined>>,
+    /// This host's status (`local` only: the list's `stale` and the `status` event).
+    status: Option<watch::Sender<Status>>,
     me: Sender<Cmd>,
 }
 
@@ -75,35 +174,52 @@ impl Watcher {
         Ok(lv)
     }
 
-    fn set_up(&self, up: bool) {
-        self.status.send_if_modified(|cur| {
-            let next = if up {
-                Status::UP
-            } else if cur.stale {
-                *cur
-            } else {
-                Status { libvirt: "down", stale: true, since: Some(now_secs()) }
-            };
-            let changed = *cur != next;
-            *cur = next;
-            changed
-        });
+    fn joined(&self) -> std::sync::MutexGuard<'_, Joined> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_up(&self, up: bool, error: Option<String>) {
+        if let Some(status) = &self.status {
+            status.send_if_modified(|cur| {
+                let next = if up {
+                    Status::UP
+                } else if cur.stale {
+                    *cur
+                } else {
+                    Status { libvirt: "down", stale: true, since: Some(now_secs()) }
+                };
+                let changed = *cur != next;
+                *cur = next;
+                changed
+            });
+        }
+        let mut j = self.joined();
+        let p = &mut j.parts[self.index];
+        if up {
+            (p.up, p.since, p.error) = (true, None, None);
+        } else {
+            if p.up || p.since.is_none() {
+                p.since = Some(now_secs());
+            }
+            p.up = false;
+            if error.is_some() {
+                p.error = error;
+            }
+        }
+        j.publish();
     }
 
     fn publish(&self) {
-        let rows: Vec<&VmRow> = self.rows.values().collect();
-        let json = Bytes::from(serde_json::to_vec(&rows).expect("rows serialize"));
-        self.out.send_if_modified(|cur| {
-            if *cur == json {
-                false
-            } else {
-                *cur = json;
-                true
-            }
-        });
+        let mut j = self.joined();
+        let p = &mut j.parts[self.index];
+        p.rows = self.rows.values().cloned().collect();
+        p.read = true;
+        j.publish();
     }
 
-    /// Re-reads every VM (the engine's bulk list); a VM that cannot be read is left out.
+    /// Re-reads every VM through the engine's bulk list (which also finishes,
+    /// through this connection only, what dead phyllome processes left on
+    /// this host); a VM that cannot be read is left out.
     fn full(&mut self, lv: &Libvirt) -> Result<(), VmError> {
         self.rows = vm::list(lv)?.into_iter().map(|r| (r.name.clone(), r)).collect();
         Ok(())
@@ -122,23 +238,31 @@ impl Watcher {
         }
     }
 
+    /// `ready` gets the first full read's result (or the first failure to connect).
     fn run(mut self, rx: Receiver<Cmd>, ready: mpsc::SyncSender<Result<(), String>>) {
         let mut ready = Some(ready);
+        let fatal = self.host == LOCAL;
         let mut lv: Option<Libvirt> = None;
         let mut next_full = Instant::now();
         loop {
             if lv.as_ref().is_none_or(|l| !l.is_alive()) {
+                if lv.take().is_some() {
+                    self.set_up(false, None);
+                }
                 match self.connect() {
                     Ok(l) => {
                         lv = Some(l);
                         next_full = Instant::now();
                     }
                     Err(e) => {
-                        lv = None;
-                        self.set_up(false);
+                        // libvirt's words, without the URI (the list names hosts, not their URIs).
+                        self.set_up(false, Some(e.message.clone()));
                         if let Some(r) = ready.take() {
                             let _ = r.send(Err(e.to_string()));
-                            return;
+                            // This host's libvirtd must answer at start; another host may come later.
+                            if fatal {
+                                return;
+                            }
                         }
                     }
                 }
@@ -149,7 +273,8 @@ impl Watcher {
                     if r.is_ok() {
                         self.publish();
                     }
-                    self.set_up(r.is_ok() && l.is_alive());
+                    let err = r.as_ref().err().map(|e| e.to_string());
+                    self.set_up(r.is_ok() && l.is_alive(), err);
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(r.map_err(|e| e.to_string()));
                     }
@@ -187,7 +312,7 @@ impl Watcher {
                 }
                 self.publish();
                 if !l.is_alive() {
-                    self.set_up(false);
+                    self.set_up(false, None);
                 }
             }
             for a in acks {
@@ -197,28 +322,65 @@ impl Watcher {
     }
 }
 
+/// How long the start waits for the other hosts' first read (one that takes
+/// longer comes into the list when it answers).
+const OTHERS_WAIT: Duration = Duration::from_secs(10);
+
 impl Inventory {
-    /// Starts the watcher and waits for its first full read (so the list is
-    /// right from the first request on). Needs libvirt's event loop
+    /// Starts a watcher per host (`local` on `uri`, then `others`) and waits
+    /// for the first full read of this host (so the list is right from the
+    /// first request on) and, for a few seconds, of the others. Fails only
+    /// when this host's libvirtd does not answer. Needs libvirt's event loop
     /// (`phyllome_libvirt::start_event_loop`) to be running.
-    pub fn start(uri: &str, resync: Duration) -> Result<Inventory, InventoryError> {
+    pub fn start(uri: &str, others: &[Host], resync: Duration) -> Result<Inventory, InventoryError> {
         let (out, list) = watch::channel(Bytes::from_static(b"[]"));
+        let (hosts_tx, hosts) = watch::channel(Bytes::from_static(b"[]"));
         let (status_tx, status) = watch::channel(Status::UP);
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let w = Watcher { uri: uri.to_string(), resync, rows: BTreeMap::new(), out, status: status_tx, me: tx.clone() };
-        std::thread::Builder::new()
-            .name("vm-watcher".into())
-            .spawn(move || w.run(rx, ready_tx))
-            .map_err(|e| InventoryError::Start(e.to_string()))?;
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => Ok(Inventory { list, status, cmd: tx }),
-            Ok(Err(e)) => Err(InventoryError::Start(e)),
-            Err(_) => Err(InventoryError::Start("no answer from libvirtd within 60 s".into())),
+        let mut all = vec![Host { name: LOCAL.into(), uri: uri.into() }];
+        all.extend(others.iter().filter(|h| h.name != LOCAL).cloned());
+        let parts = all
+            .iter()
+            .map(|h| Part { host: h.name.clone(), read: false, up: false, since: None, error: None, rows: vec![] })
+            .collect();
+        let joined = Arc::new(Mutex::new(Joined { parts, out, hosts: hosts_tx }));
+        joined.lock().unwrap_or_else(|e| e.into_inner()).publish();
+        let mut cmds = HashMap::new();
+        let mut readies = Vec::new();
+        let mut status_tx = Some(status_tx);
+        for (index, h) in all.iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+            let w = Watcher {
+                host: h.name.clone(),
+                uri: h.uri.clone(),
+                index,
+                resync,
+                rows: BTreeMap::new(),
+                joined: Arc::clone(&joined),
+                status: if index == 0 { status_tx.take() } else { None },
+                me: tx.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("vm-watcher-{index}"))
+                .spawn(move || w.run(rx, ready_tx))
+                .map_err(|e| InventoryError::Start(e.to_string()))?;
+            cmds.insert(h.name.clone(), tx);
+            readies.push(ready_rx);
         }
+        let mut readies = readies.into_iter();
+        match readies.next().map(|r| r.recv_timeout(Duration::from_secs(60))) {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return Err(InventoryError::Start(e)),
+            _ => return Err(InventoryError::Start("no answer from libvirtd within 60 s".into())),
+        }
+        let until = Instant::now() + OTHERS_WAIT;
+        for r in readies {
+            let _ = r.recv_timeout(until.saturating_duration_since(Instant::now()));
+        }
+        Ok(Inventory { list, status, hosts, cmds })
     }
 
-    /// The VM list as JSON (an array of `VmRow`).
+    /// The VM list as JSON (an array of [`ListedVm`]).
     pub fn current(&self) -> Bytes {
         self.list.borrow().clone()
     }
@@ -227,6 +389,7 @@ impl Inventory {
         self.list.clone()
     }
 
+    /// This host's (`local`) status.
     pub fn status(&self) -> Status {
         *self.status.borrow()
     }
@@ -235,11 +398,26 @@ impl Inventory {
         self.status.clone()
     }
 
-    /// Re-reads one VM now and waits (a little) until the list shows it;
-    /// for request handlers, which run on blocking threads.
+    /// Every host and whether it answers, as JSON (an array of [`HostState`]).
+    pub fn hosts(&self) -> Bytes {
+        self.hosts.borrow().clone()
+    }
+
+    pub fn subscribe_hosts(&self) -> watch::Receiver<Bytes> {
+        self.hosts.clone()
+    }
+
+    /// Re-reads one VM of this host now and waits (a little) until the list
+    /// shows it; for request handlers, which run on blocking threads.
     pub fn refresh(&self, name: &str) {
+        self.refresh_on(LOCAL, name)
+    }
+
+    /// [`Inventory::refresh`] on host `host`.
+    pub fn refresh_on(&self, host: &str, name: &str) {
+        let Some(cmd) = self.cmds.get(host) else { return };
         let (tx, rx) = mpsc::sync_channel(1);
-        if self.cmd.send(Cmd::Refresh(name.to_string(), tx)).is_ok() {
+        if cmd.send(Cmd::Refresh(name.to_string(), tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
     }

@@ -7,7 +7,7 @@
 //! - [`openapi`]: what the document adds for every route;
 //! - [`bundle`]: export (a one-time download link, then a stream) and import of VM bundles;
 //! - [`auth`]: accounts, API tokens, sessions, login throttling, hashing slots;
-//! - [`inventory`]: the VM list, kept current by libvirt lifecycle events;
+//! - [`inventory`]: the VM list of every host, kept current by each host's libvirt lifecycle events;
 //! - [`ws`]: the VNC and serial consoles over WebSockets;
 //! - [`stats`]: a sample of every running VM a second, for charts and `/metrics`;
 //! - [`tls`]: rustls, with a kept self-signed certificate by default;
@@ -15,8 +15,9 @@
 //!
 //! axum routes on hyper, on a current-thread tokio runtime (the host has
 //! few cores and the VM list is answered from memory); libvirt calls, which
-//! block, run on its blocking pool over one shared connection; more threads
-//! run libvirt's event loop, the VM list watcher and the password checks.
+//! block, run on its blocking pool over one shared connection per host; more
+//! threads run libvirt's event loop, one VM list watcher per host and the
+//! password checks.
 
 pub mod api;
 pub mod assets;
@@ -45,8 +46,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7440";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// libvirt URI.
+    /// libvirt URI: this host's own connection (the host named `local`).
     pub uri: String,
+    /// The other hosts whose VMs the list shows too (`phyllome host add`; read at start), each
+    /// with a connection and a watcher of its own. Actions on their VMs: the cheap ones only.
+    pub hosts: Vec<phyllome_engine::hosts::Host>,
     pub state_dir: PathBuf,
     pub tls: tls::TlsMode,
     /// The ISO folder (installer ISOs, kernels and initrds create may use).
@@ -72,6 +76,7 @@ impl Config {
         Config {
             listen,
             uri: uri.to_string(),
+            hosts: Vec::new(),
             state_dir: DEFAULT_STATE_DIR.into(),
             tls: tls::TlsMode::Off,
             media_dir: DEFAULT_MEDIA_DIR.into(),
@@ -128,7 +133,11 @@ pub struct App {
     pub exports: bundle::Tickets,
     /// One import at a time (the engine stages imports in a folder named by the process).
     pub imports: Arc<tokio::sync::Semaphore>,
+    /// One migration at a time per server.
+    pub migrations: Arc<tokio::sync::Semaphore>,
     lv: Mutex<Option<Arc<Libvirt>>>,
+    /// The other hosts' connections, by host name, opened when first needed.
+    remote: Mutex<std::collections::HashMap<String, Arc<Libvirt>>>,
 }
 
 impl App {
@@ -141,6 +150,39 @@ impl App {
         }
         let lv = Arc::new(Libvirt::connect(&self.config.uri)?);
         *slot = Some(Arc::clone(&lv));
+        Ok(lv)
+    }
+
+    /// The URI of a configured host other than `local`, by name (never a URI from a request).
+    pub fn host_uri(&self, name: &str) -> Option<&str> {
+        self.config.hosts.iter().find(|h| h.name == name).map(|h| h.uri.as_str())
+    }
+
+    /// The connection to host `name` (`local`: [`App::libvirt`]), kept and
+    /// reopened like the local one. Blocking: call from blocking threads.
+    pub fn libvirt_on(&self, name: &str) -> Result<Arc<Libvirt>, http::ApiError> {
+        if name == phyllome_engine::hosts::LOCAL {
+            return Ok(self.libvirt()?);
+        }
+        let Some(uri) = self.host_uri(name) else {
+            return Err(http::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!("no host named {} (GET /api/v1/hosts lists them)", http::shown(name)),
+            ));
+        };
+        let conns = || self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lv) = conns().get(name).filter(|l| l.is_alive()) {
+            return Ok(Arc::clone(lv));
+        }
+        // Not under the lock: a host slow to answer holds up no request to another.
+        let lv = Libvirt::connect(uri).map_err(|e| {
+            http::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("host {name} cannot be reached now: {}", e.message),
+            )
+        })?;
+        let lv = Arc::new(lv);
+        conns().insert(name.to_string(), Arc::clone(&lv));
         Ok(lv)
     }
 
@@ -201,7 +243,9 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
     doc.merge(upload_doc);
     let doc = openapi::finish(doc);
     let app = app_state(bytes::Bytes::from(serde_json::to_vec_pretty(&doc).expect("serializable")));
-    let api = api.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
+    let api = api
+        .route_layer(from_fn_with_state(Arc::clone(&app), api::host_param))
+        .route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
     let upload = upload.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
     let files = axum::Router::new()
         .route("/vendor/novnc/{*rel}", get(novnc))
@@ -352,7 +396,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
     let tls = tls::load(&mode, &config.state_dir, &config.listen)?;
     // Before any libvirt connection, so the watcher's connection gets events.
     phyllome_libvirt::start_event_loop()?;
-    let inventory = inventory::Inventory::start(&config.uri, config.resync)?;
+    let inventory = inventory::Inventory::start(&config.uri, &config.hosts, config.resync)?;
     let stats = stats::Hub::start(&config.uri, config.stats_interval);
     let auth = auth::Auth::new(store, config.session_idle, config.session_max);
     let novnc = assets::find_novnc(config.novnc_dir.as_deref());
@@ -372,7 +416,9 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
             vendor,
             exports: bundle::Tickets::default(),
             imports: Arc::new(tokio::sync::Semaphore::new(1)),
+            migrations: Arc::new(tokio::sync::Semaphore::new(1)),
             lv: Mutex::new(None),
+            remote: Mutex::new(std::collections::HashMap::new()),
             config,
             auth,
             inventory,

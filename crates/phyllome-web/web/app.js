@@ -95,11 +95,12 @@ function Header({ user, live, route, onLogout }) {
   </header>`;
 }
 
-// The VM list and libvirt's status, as the server pushes them.
+// The VM list (every host's), libvirt's status and the hosts', as the server pushes them.
 function useEvents(session, endSession) {
   const [vms, setVms] = useState(null);
   const [live, setLive] = useState(false);
   const [status, setStatus] = useState(null);
+  const [hosts, setHosts] = useState([]);
   useEffect(() => {
     if (!session) return undefined;
     let es = null;
@@ -112,6 +113,7 @@ function useEvents(session, endSession) {
         setLive(true);
       });
       es.addEventListener('status', (e) => setStatus(JSON.parse(e.data)));
+      es.addEventListener('hosts', (e) => setHosts(JSON.parse(e.data)));
       es.addEventListener('logout', () => {
         es.close();
         endSession('Your session ended.');
@@ -135,9 +137,10 @@ function useEvents(session, endSession) {
       setLive(false);
       setVms(null);
       setStatus(null);
+      setHosts([]);
     };
   }, [session]);
-  return { vms, live, status };
+  return { vms, live, status, hosts };
 }
 
 function App() {
@@ -163,7 +166,7 @@ function App() {
     api('GET', '/api/v1/session').then(enter).catch((e) => endSession(e.status === 401 ? '' : e.message));
   }, []);
 
-  const { vms, live, status } = useEvents(session, endSession);
+  const { vms, live, status, hosts } = useEvents(session, endSession);
 
   if (session === undefined) return null;
   if (!session) return html`<${Login} message=${loginMessage} onLogin=${enter} />`;
@@ -177,13 +180,17 @@ function App() {
   if (route.view === 'host') page = html`<${HostCheck} />`;
   else if (route.view === 'media') page = html`<${MediaPage} />`;
   else if (route.view === 'devices') page = html`<${Devices} />`;
-  else if (route.view === 'vm') page = html`<${VmDetail} key=${route.name} name=${route.name} tab=${route.tab} vms=${vms} />`;
-  else page = html`<${VmList} vms=${vms} onNew=${() => setCreating(true)} />`;
+  else if (route.view === 'vm') page = html`<${VmDetail} key=${route.name} name=${route.name} tab=${route.tab} vms=${vms} hosts=${hosts} />`;
+  else page = html`<${VmList} vms=${vms} hosts=${hosts} onNew=${() => setCreating(true)} />`;
+  // Other hosts that do not answer: their VMs show as last read.
+  const down = hosts.filter((h) => h.name !== 'local' && h.state === 'down');
 
   return html`
     <${Header} user=${session.user} live=${live} route=${route} onLogout=${logout} />
     ${status && status.stale ? html`<div id="stale-banner" class="banner" role="alert">
       libvirtd is unreachable; the list may be out of date${since(status.since)}.</div>` : null}
+    ${down.map((h) => html`<div class="banner hosts-banner" role="status" data-host=${h.name} key=${h.name}>
+      Host ${h.name} is unreachable${since(h.since)}: its VMs show as last read.</div>`)}
     <main id="view">${page}</main>
     ${creating ? html`<${CreateDialog} onClose=${() => setCreating(false)}
       onOpenVm=${(name) => { setCreating(false); location.hash = vmHash(name); }} />` : null}

@@ -196,6 +196,14 @@ export function bootText(boot) {
 
 
 export const vmPath = (name) => `/api/v1/vms/${encodeURIComponent(name)}`;
+
+// The host a row of the list is on ('local': this host's own libvirt).
+export const LOCAL = 'local';
+export const isRemote = (vm) => !!vm && !!vm.host && vm.host !== LOCAL;
+// `?host=NAME` for a VM of another host (the API's libvirt-only routes take it), '' for this host's.
+export const hostQuery = (vm) => (isRemote(vm) ? `?host=${encodeURIComponent(vm.host)}` : '');
+// A row's key in the list: the same name may be on two hosts.
+export const vmKey = (vm) => `${vm.host || LOCAL}/${vm.name}`;
 export const vmHash = (name, tab) => `#/vm/${encodeURIComponent(name)}${tab && tab !== 'overview' ? `/${tab}` : ''}`;
 
 export function wsUrl(path) {
@@ -228,6 +236,7 @@ export const isActive = (vm) => !!vm && (vm.state === 'running' || vm.state === 
 // "running", "paused: I/O error".
 export function stateText(vm) {
   if (!vm) return 'gone';
+  if (vm.unreachable) return `unreachable (was ${vm.state})`;
   return vm.state_reason ? `${vm.state}: ${vm.state_reason}` : vm.state;
 }
 

@@ -2,7 +2,7 @@
 // actions on a VM (with, on its page, clone, export and autostart).
 
 import {
-  html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive,
+  html, useState, useEffect, api, vmPath, vmHash, mib, gib, stateText, stateClass, isActive, isRemote, hostQuery, vmKey,
 } from './lib.js';
 import { confirmDialog, passphraseDialog } from './dialogs.js';
 import { VncConsole, SerialConsole } from './consoles.js';
@@ -12,6 +12,7 @@ import { SnapshotsPanel } from './snapshots.js';
 import { CloneDialog } from './clone.js';
 import { ExportDialog, ImportDialog } from './bundle.js';
 import { ManifestPanel } from './manifest.js';
+import { MigrateDialog } from './migrate.js';
 
 const QUESTIONS = {
   stop: (n) => ['Stop', `Shut down ${n}? Its guest gets the ACPI power button and up to a minute to power off.`, 'Stop'],
@@ -26,10 +27,13 @@ const BUSY_LABELS = {
 const askPassphrase = (name) => passphraseDialog('Unlock the disk',
   `${name}'s disk is encrypted with a passphrase. It unlocks the disk for this start only and is not kept.`, 'Start');
 
-// Start, pause or resume, stop, force stop, delete (and, in the list, the console; on the VM's page, clone and export).
-export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport }) {
+// Start, pause or resume, stop, force stop, delete (and, in the list, the console; on the VM's page, clone,
+// export, and migrate when there are other hosts). A VM of another host: pause or resume, stop and force stop only
+// (libvirt calls there); none while its host does not answer.
+export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport, onMigrate }) {
   const [busy, setBusy] = useState(null);
-  const s = vm.state;
+  const remote = isRemote(vm);
+  const s = vm.unreachable ? 'unreachable' : vm.state;
   const run = async (action) => {
     onError('');
     const q = QUESTIONS[action];
@@ -55,7 +59,7 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport })
   // A start that turns out to need the disk's passphrase asks for it once.
   const startOr = async (action, body) => {
     try {
-      await api('POST', `${vmPath(vm.name)}/${action}`, body);
+      await api('POST', `${vmPath(vm.name)}/${action}${hostQuery(vm)}`, body);
     } catch (e) {
       if (action !== 'start' || body || !/passphrase/i.test(e.message) || e.status >= 500) throw e;
       const passphrase = await askPassphrase(vm.name);
@@ -66,6 +70,13 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport })
   const button = (action, label, enabled, cls) => html`<button type="button" class=${cls || ''} data-action=${action}
       disabled=${!!busy || !enabled} aria-label=${inList ? `${label} ${vm.name}` : null}
       onClick=${() => run(action)}>${busy === action ? BUSY_LABELS[action] : label}</button>`;
+  if (remote) {
+    return html`<div class="actions" role="group" aria-label=${`Actions on ${vm.name} (host ${vm.host})`}>
+      ${s === 'paused' ? button('resume', 'Resume', true) : button('pause', 'Pause', s === 'running')}
+      ${button('stop', 'Stop', s === 'running')}
+      ${button('kill', 'Force stop', s === 'running' || s === 'paused', 'danger-text')}
+    </div>`;
+  }
   return html`<div class="actions" role="group" aria-label=${`Actions on ${vm.name}`}>
     ${button('start', 'Start', s === 'shut off')}
     ${s === 'paused' ? button('resume', 'Resume', true) : button('pause', 'Pause', s === 'running')}
@@ -78,6 +89,9 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport })
         title=${s === 'shut off' ? `Save ${vm.name} as one encrypted file, to import on another host`
           : `Only a shut-off VM can be exported (${vm.name} is ${s})`}
         onClick=${() => { onError(''); onExport(); }}>Export</button>` : null}
+    ${onMigrate ? html`<button type="button" data-action="migrate" data-testid="vm-migrate" disabled=${!!busy}
+        title=${`Move ${vm.name} to another host (the check comes first)`}
+        onClick=${() => { onError(''); onMigrate(); }}>Migrate</button>` : null}
     ${button('delete', 'Delete', s === 'shut off', 'danger-text')}
     ${inList ? html`<a class="button" data-action="console" href=${vmHash(vm.name, 'console')}
         aria-label=${`Console of ${vm.name}`}>Console</a>` : null}
@@ -86,12 +100,18 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport })
 
 function StateBadge({ vm, id, loading }) {
   if (!vm && loading) return html`<span id=${id} class="state" data-state="">…</span>`;
-  return html`<span id=${id} class=${stateClass(vm && vm.state)} data-state=${vm ? vm.state : 'gone'}>${stateText(vm)}</span>`;
+  const state = vm && vm.unreachable ? 'unreachable' : vm && vm.state;
+  return html`<span id=${id} class=${stateClass(state)} data-state=${vm ? state : 'gone'}
+    title=${vm && vm.unreachable ? `host ${vm.host} does not answer: this is its last known state` : null}>${stateText(vm)}</span>`;
 }
 
-export function VmList({ vms, onNew }) {
+// Whether the page shows hosts: other hosts are configured, or the list has their VMs.
+const manyHosts = (vms, hosts) => (hosts || []).length > 1 || (vms || []).some(isRemote);
+
+export function VmList({ vms, hosts, onNew }) {
   const [error, setError] = useState('');
   const [importing, setImporting] = useState(false);
+  const many = manyHosts(vms, hosts);
   let body;
   if (vms === null) {
     body = html`<p class="hint" id="vm-loading">Reading the VM list…</p>`;
@@ -102,11 +122,14 @@ export function VmList({ vms, onNew }) {
       <button type="button" class="primary" id="empty-new-vm" onClick=${onNew}>Create a VM</button>
     </div>`;
   } else {
+    const heads = ['Name', many ? 'Host' : null, 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encryption', 'Snapshots', 'Actions'];
     body = html`<table id="vm-table" class="list">
-      <thead><tr>${['Name', 'OS', 'State', 'vCPUs', 'Memory', 'Disk', 'Encryption', 'Snapshots', 'Actions'].map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
+      <thead><tr>${heads.filter(Boolean).map((t) => html`<th scope="col">${t}</th>`)}</tr></thead>
       <tbody id="vm-rows">
-        ${vms.map((vm) => html`<tr key=${vm.name} data-vm=${vm.name} data-state=${vm.state}>
-          <td class="name"><a href=${vmHash(vm.name)}>${vm.name}</a></td>
+        ${vms.map((vm) => html`<tr key=${vmKey(vm)} data-vm=${vm.name} data-host=${vm.host || 'local'}
+            data-state=${vm.state} data-unreachable=${vm.unreachable ? 'true' : 'false'} class=${vm.unreachable ? 'unreachable' : ''}>
+          <td class="name">${isRemote(vm) ? html`<span>${vm.name}</span>` : html`<a href=${vmHash(vm.name)}>${vm.name}</a>`}</td>
+          ${many ? html`<td class="host" data-field="host">${vm.host || 'local'}</td>` : null}
           <td>${vm.os || '—'}</td>
           <td class="state-cell">${StateBadge({ vm })}${vm.autostart ? html` <span class="badge autostart" data-field="autostart"
             title="libvirt starts it when the host boots">autostart</span>` : null}</td>
@@ -114,7 +137,7 @@ export function VmList({ vms, onNew }) {
           <td class="num">${mib(vm.memory_mib)}</td>
           <td class="num">${gib(vm.disk_gib)}</td>
           <td>${vm.encrypted ? 'encrypted' : 'none'}</td>
-          <td class="num" data-field="snapshots" data-count=${vm.snapshots === undefined ? '' : vm.snapshots}>${vm.snapshots
+          <td class="num" data-field="snapshots" data-count=${vm.snapshots === undefined ? '' : vm.snapshots}>${vm.snapshots && !isRemote(vm)
             ? html`<a class="badge snapshots" href=${vmHash(vm.name, 'snapshots')}
                 aria-label=${`${vm.snapshots} snapshot${vm.snapshots === 1 ? '' : 's'} of ${vm.name}`}>${vm.snapshots}</a>`
             : html`<span class="hint">${vm.snapshots === 0 ? 'none' : '—'}</span>`}</td>
@@ -236,13 +259,15 @@ function AutostartToggle({ vm, onError }) {
       : checked ? '(on: libvirt starts it with the host)' : '(off)'}</span></label>`;
 }
 
-export function VmDetail({ name, tab, vms }) {
+export function VmDetail({ name, tab, vms, hosts }) {
   const [error, setError] = useState('');
   const [cloning, setCloning] = useState(false);
   const [exporting, setExporting] = useState(false);
+  const [migrating, setMigrating] = useState(false);
   const [details, setDetails] = useState(null);
   const [loadError, setLoadError] = useState(null);
-  const row = vms ? vms.find((v) => v.name === name) || null : null;
+  // A VM's page is this host's VM of that name.
+  const row = vms ? vms.find((v) => v.name === name && !isRemote(v)) || null : null;
   // Read the details again whenever the live list shows a change to this VM.
   const rowKey = row ? JSON.stringify(row) : vms === null ? 'loading' : 'gone';
   useEffect(() => {
@@ -280,7 +305,8 @@ export function VmDetail({ name, tab, vms }) {
       ${StateBadge({ vm, id: 'vm-state', loading: !loadError })}
       <span class="spacer"></span>
       ${vm ? html`<${VmActions} vm=${vm} onError=${setError} onDeleted=${() => { location.hash = '#/vms'; }}
-        onClone=${() => setCloning(true)} onExport=${() => setExporting(true)} />` : null}
+        onClone=${() => setCloning(true)} onExport=${() => setExporting(true)}
+        onMigrate=${manyHosts(vms, hosts) ? () => setMigrating(true) : null} />` : null}
     </div>
     ${vm && vm.autostart !== undefined ? html`<div class="vm-options"><${AutostartToggle} vm=${vm} onError=${setError} /></div>` : null}
     <p id="vm-error" class="error" role="alert">${error}</p>
@@ -291,5 +317,6 @@ export function VmDetail({ name, tab, vms }) {
     <div class="panel" id=${`panel-${current}`}>${panel}</div>
     ${cloning && vm ? html`<${CloneDialog} vm=${vm} onClose=${() => setCloning(false)} />` : null}
     ${exporting && vm ? html`<${ExportDialog} vm=${vm} onClose=${() => setExporting(false)} />` : null}
+    ${migrating && vm ? html`<${MigrateDialog} vm=${vm} hosts=${hosts} onClose=${() => setMigrating(false)} />` : null}
   </section>`;
 }

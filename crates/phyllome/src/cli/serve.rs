@@ -115,6 +115,13 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
     config.console_override = a.bench_console_target;
     config.stats_interval = Duration::from_millis(a.bench_stats_interval_ms.clamp(10, 60_000));
     config.vendor_dir = a.vendor_dir;
+    // The other hosts of `phyllome host add`: their VMs are listed too (each host watched on its own connection).
+    config.hosts = phyllome_engine::hosts::Hosts::open()
+        .all(uri)?
+        .into_iter()
+        .filter(|h| h.name != phyllome_engine::hosts::LOCAL)
+        .collect();
+    let hosts: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
     let format = if a.log_format == "json" { web::LogFormat::Json } else { web::LogFormat::Text };
     web::init_logging(format, &a.log_level)?;
     web::serve(config, |s| {
@@ -124,6 +131,9 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
             let made = if t.generated { ", made now" } else { "" };
             println!("phyllome serve: certificate {}{made}", t.cert_path.display());
             println!("phyllome serve: certificate SHA-256 fingerprint {}", t.fingerprint);
+        }
+        if !hosts.is_empty() {
+            println!("phyllome serve: VMs of this host (local) and of {}", hosts.join(", "));
         }
         if s.users == 0 {
             println!("phyllome serve: no accounts yet: add one with `phyllome user add NAME`");

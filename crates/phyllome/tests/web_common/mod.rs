@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 // Each test binary uses a different part of these.
 #[allow(unused_imports)]
-pub use common::{serial_log, virsh, virsh_ok, volume_path, TestVm, GUEST, POOL_PATH, PREFIX, URI};
+pub use common::{serial_log, virsh, virsh_ok, volume_path, SecondHost, TestVm, GUEST, POOL_PATH, PREFIX, URI};
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "correct horse battery staple";
 
