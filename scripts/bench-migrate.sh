@@ -379,7 +379,7 @@ two interleaved in each; a fresh VM per round and per side; the median, and ever
 | \`virsh vol-create-as\` + \`virsh migrate --live --copy-storage-all\` | $B s | $(sec "$(median b elapsed)") | $(median b down) ms | $(runs b) | $(runs b down) |
 
 - phyllome's wall time by phase (medians): connecting, the check and the new secret $(median a check) s; preparing the destination (the LUKS
-  volume made by the destination's libvirt, the NVRAM and kernel/initrd uploaded) $(median a prepare) s;
+  volume made here and uploaded, the NVRAM and kernel/initrd uploaded) $(median a prepare) s;
   libvirt's job $(sec "$(median a elapsed)"); then deleting the source's domain, volume, key, NVRAM and TPM state
   $(median a finish) s. (Phases from the time-stamped note that follows the check and the moment the source's QEMU
   stopped.)
@@ -392,18 +392,20 @@ two interleaved in each; a fresh VM per round and per side; the median, and ever
 What the figures mean. Both sides use the same machinery (libvirt's NBD mirror of the disk, QEMU's pre-copy of
 memory, over the same sockets), so the difference is what Phyllome adds around it and what encryption costs:
 
-- Before libvirt's job, the destination's LUKS volume: libvirt makes it with \`qemu-img create\`, whose key
-  derivation (PBKDF2, calibrated to 2 s of this CPU for the key slot, plus the master key's digest) is most of
-  the preparation: alone, making a 4 GiB LUKS qcow2 took $LUKS_CREATE s here, against $AV s for the plain
-  \`vol-create-as\`. Defining the secret and uploading the NVRAM and the kernel and initrd (16 MiB, through
-  libvirt's storage streams, since the destination may be remote) add the rest; the check (domain capabilities,
-  free memory and space) is the first figure of the phases.
-- Inside libvirt's job, the destination's QEMU opens the new LUKS volume, deriving the key again ($LUKS_OPEN s
-  alone here, with \`qemu-io\`), every cluster the guest wrote is decrypted on the source and encrypted with the
-  new key on the destination (QEMU re-encrypts as it copies: the disk's key never leaves its host), and the
-  destination starts its swtpm and takes the TPM state from the migration stream. These were not timed apart;
-  together they are the gap between the two "libvirt elapsed" figures. On these 2 shared cores under TCG, the
-  ciphers compete with the guest's emulation and with the other work on the machine.
+- Before libvirt's job, the destination's empty LUKS volume: Phyllome makes it here (\`phyllome-disk\`, one key
+  slot at the random-key cost, as \`create\` makes disks: the key is 32 random bytes, so stretching it adds nothing)
+  and uploads it into the destination's pool, about 2 MiB whatever the disk's size. libvirt's own way,
+  \`qemu-img create\` with PBKDF2 calibrated to 2 s of this CPU, took $LUKS_CREATE s alone here (against $AV s for the
+  plain \`vol-create-as\`), and the destination's QEMU derives that key again when it opens the volume ($LUKS_OPEN s
+  alone, with \`qemu-io\`). The first \`phyllome migrate\` used it: 17.07 s wall time and 10.1 s of libvirt's job
+  in this same benchmark earlier on 2026-12-02. Defining the secret and uploading the NVRAM and the kernel and
+  initrd (16 MiB, through libvirt's storage streams, since the destination may be remote) make most of the
+  preparation now; the check (domain capabilities, free memory and space) is the first figure of the phases.
+- Inside libvirt's job, every cluster the guest wrote is decrypted on the source and encrypted with the new key
+  on the destination (QEMU re-encrypts as it copies: the disk's key never leaves its host), and the destination
+  starts its swtpm and takes the TPM state from the migration stream. These were not timed apart; together they
+  are the gap between the two "libvirt elapsed" figures. On these 2 shared cores under TCG, the ciphers compete
+  with the guest's emulation and with the other work on the machine.
 - Downtime stays small on both sides: the switch-over pauses the guest for its last dirty pages and the device
   state (phyllome's also carries the TPM's). Phyllome's median was $(awk -v a="$(median a down)" -v b="$(median b down)" \
   'BEGIN {print (a > b ? "the higher" : "not the higher")}') here ($(median a down) against $(median b down) ms), but with
