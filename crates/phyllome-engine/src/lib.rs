@@ -21,6 +21,7 @@ pub mod share;
 pub mod snapshot;
 pub mod stats;
 pub mod text;
+pub mod tuned;
 pub mod vm;
 pub mod volume;
 

@@ -571,6 +571,8 @@ fn recover_pending(dst: &Libvirt, to: &str, dir: &Path) -> Vec<String> {
 /// destination's choices are compared with, and rebuilt from.
 struct Tuning {
     spec: vm::VmSpec,
+    /// This host, and what it chooses.
+    here: crate::bundle::SourceHost,
     from: Vec<crate::bundle::SavedChoice>,
 }
 
@@ -584,12 +586,12 @@ fn tuning_here(src: &Libvirt, name: &str, capacity: u64) -> Option<Tuning> {
         .iter()
         .map(crate::bundle::SavedChoice::from)
         .collect();
-    Some(Tuning { spec, from })
+    Some(Tuning { spec, here: crate::bundle::SourceHost::of(&host), from })
 }
 
 /// `xml` with the domain's UUID, and the MAC addresses of `old`'s interfaces in order
 /// (the guest keeps its identity, its TPM state folder and its network configuration).
-fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
+pub(crate) fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
     let macs: Vec<String> = roxmltree::Document::parse(old)
         .map(|d| {
             d.descendants()
@@ -620,10 +622,15 @@ fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
     out
 }
 
-/// The destination's plan for the VM: its definition and choices.
-fn plan_there(dst: &Libvirt, name: &str, t: &Tuning) -> std::result::Result<phyllome_model::build::Plan, String> {
+/// The destination's plan for the VM: its definition and choices, and the destination.
+fn plan_there(
+    dst: &Libvirt,
+    name: &str,
+    t: &Tuning,
+) -> std::result::Result<(phyllome_model::build::Plan, crate::bundle::SourceHost), String> {
     let host = crate::hostinfo::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
-    crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())
+    let plan = crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())?;
+    Ok((plan, crate::bundle::SourceHost::of(&host)))
 }
 
 /// After an offline move: the definition rebuilt for the destination, as import does,
@@ -636,7 +643,7 @@ fn retune(
     t: &Tuning,
 ) -> std::result::Result<Vec<crate::bundle::Change>, String> {
     let arrived = dst.inactive_xml(name).map_err(|e| e.message)?;
-    let plan = plan_there(dst, name, t)?;
+    let (plan, there) = plan_there(dst, name, t)?;
     let xml = keep_identity(&plan.domain.to_xml(), uuid, &arrived);
     let (old, new) = (
         crate::domxml::parse(&arrived).map_err(|e| e.to_string())?,
@@ -659,6 +666,9 @@ fn retune(
         let _ = dst.define(&arrived);
         return Err(e.message);
     }
+    // Tuned there now: what `phyllome xml --vm` compares with later.
+    let chosen: Vec<_> = plan.choices.iter().map(crate::bundle::SavedChoice::from).collect();
+    let _ = crate::tuned::record(dst, name, &there, &chosen);
     Ok(crate::bundle::changes(&t.from, &plan.choices))
 }
 
@@ -884,11 +894,15 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             Err(why) => notes.push(format!("kept the moved definition, not re-tuned: {why}")),
         },
         (Some(t), true) => match plan_there(&dst, name, t) {
-            Ok(plan) => {
+            Ok((plan, _)) => {
+                // It runs as tuned here: recorded so `phyllome xml --vm` there can say what a cold boot changes.
+                if let Err(e) = crate::tuned::record(&dst, name, &t.here, &t.from) {
+                    notes.push(format!("what it was tuned to here could not be recorded there: {e}"));
+                }
                 changes = crate::bundle::changes(&t.from, &plan.choices);
                 if !changes.is_empty() {
                     notes.push(format!(
-                        "it runs there as defined here; the destination would choose {} item(s) differently at a cold boot (changes)",
+                        "it runs there as defined here; the destination would choose {} item(s) differently at a cold boot (changes; phyllome xml --vm {name} --explain there)",
                         changes.len()
                     ));
                 }

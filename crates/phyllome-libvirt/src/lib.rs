@@ -326,6 +326,20 @@ impl Libvirt {
     }
 
     /// The inactive (persistent) XML, with secure info such as VNC passwords left out.
+    /// Sets this domain's metadata element of namespace `uri` (stored under the prefix `key`)
+    /// in its persistent definition only: what its next start reads; a running one is not changed.
+    pub fn set_config_metadata(&self, name: &str, uri: &str, key: &str, xml: &str) -> Result<()> {
+        self.domain(name)?
+            .set_metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(xml),
+                Some(key),
+                Some(uri),
+                sys::VIR_DOMAIN_AFFECT_CONFIG,
+            )
+            .map_err(|e| Error::new(format!("metadata of {name}"), e))
+    }
+
     pub fn inactive_xml(&self, name: &str) -> Result<String> {
         self.domain(name)?.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(|e| Error::new(format!("XML of {name}"), e))
     }

@@ -183,7 +183,7 @@ fn kind(e: &(dyn std::error::Error + 'static)) -> phyllome_engine::errors::Error
 /// A usage error found after parsing (exit 2, as clap's own).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Usage(String);
+pub(crate) struct Usage(pub(crate) String);
 
 /// The libvirt URI the command works on: `--connect`'s, or with `--host NAME` that host's
 /// (`local` is `--connect`'s). `--host` and `--connect` both on the command line is a usage

@@ -42,6 +42,20 @@ fn unknown_os_fails_with_the_known_ids() {
 }
 
 #[test]
+fn an_os_or_an_iso_is_needed_and_vm_excludes_name() {
+    for args in [&["xml", "--name", "x"][..], &["create", "x"][..]] {
+        let out = phyllome(args);
+        assert_eq!(out.status.code(), Some(2), "usage: {}", stderr(&out));
+        assert!(stderr(&out).contains("--os <OS>"), "{}", stderr(&out));
+    }
+    let out = phyllome(&["xml", "--name", "x", "--json"]);
+    let e: serde_json::Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(e["kind"], "usage", "{e}");
+    let out = phyllome(&["xml", "--vm", "a", "--name", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn bad_names_and_missing_files_are_refused_before_anything_runs() {
     let long = "x".repeat(200);
     for (name, want) in [("a<b>&c", "contains '<'"), ("a/b", "contains '/'"), (long.as_str(), "200 characters")] {

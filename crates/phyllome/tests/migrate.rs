@@ -67,6 +67,14 @@ fn a_running_vm_moves_live_with_its_disk_tpm_and_uefi_variables() {
     let log = host.wait_serial(&vm.0, &format!("PHYLLOME-COUNT: {}", before + 3), 120);
     assert!(!log.contains("Linux version"), "the guest rebooted there:\n{log}");
     gone_from_source(&vm, &uuid);
+    // There, what it was tuned to is recorded, and `xml --vm` says what a cold boot would change.
+    let nb = ok(phyllome(&["--connect", &host.uri, "xml", "--vm", &vm.0, "--json"]));
+    let nb: serde_json::Value = serde_json::from_str(&nb).unwrap();
+    assert!(nb["tuned_on"]["libvirt"].as_str().is_some_and(|v| !v.is_empty()), "{nb}");
+    assert!(nb["changes"].is_array() && !nb["choices"].as_array().unwrap().is_empty(), "{nb}");
+    assert!(nb["xml"].as_str().unwrap().contains(&format!("<uuid>{uuid}</uuid>")), "{nb}");
+    let text = ok(phyllome(&["--connect", &host.uri, "xml", "--vm", &vm.0, "--explain"]));
+    assert!(text.contains("tuned on:") && text.contains("changes:"), "{text}");
     // The disk there is LUKS-encrypted under the destination's own new key.
     let there = host.base().join(format!("lib/images/phyllome/{}.qcow2", vm.0));
     let head = std::fs::read(&there).unwrap();
@@ -94,6 +102,11 @@ fn a_stopped_vm_moves_offline_and_boots_there() {
     // A hand-made touch Phyllome's model never writes: gone once the definition is rebuilt there.
     virsh_ok(&["desc", &vm.0, "--config", "phyllome-test-handmade"]);
     assert!(virsh_ok(&["dumpxml", "--inactive", &vm.0]).contains("phyllome-test-handmade"));
+    // Never moved: nothing recorded; `xml --vm` shows what this host chooses.
+    let nb: serde_json::Value = serde_json::from_str(&ok(phyllome(&["xml", "--vm", &vm.0, "--json"]))).unwrap();
+    assert!(nb["tuned_on"].is_null() && nb["changes"].as_array().unwrap().is_empty(), "{nb}");
+    let (code, kind, msg) = refused(phyllome(&["xml", "--vm", "phyllome-test-nosuch", "--json"]));
+    assert_eq!((code, kind.as_str()), (4, "not-found"), "{msg}");
     let out = ok(phyllome(&["migrate", &vm.0, "--to", &host.uri, "--offline", "--copy-storage", "--json"]));
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(m["mode"], "offline");
@@ -104,6 +117,10 @@ fn a_stopped_vm_moves_offline_and_boots_there() {
     assert!(!there.contains("phyllome-test-handmade"), "not rebuilt from the manifest there:\n{there}");
     assert!(there.contains(&format!("<uuid>{uuid}</uuid>")), "the UUID changed:\n{there}");
     assert_eq!(host.virsh_ok(&["domiflist", &vm.0]), mac, "the MAC addresses changed");
+    let nb = ok(phyllome(&["--connect", &host.uri, "xml", "--vm", &vm.0, "--json"]));
+    let nb: serde_json::Value = serde_json::from_str(&nb).unwrap();
+    assert!(nb["tuned_on"].is_object(), "re-tuned there, and recorded: {nb}");
+    assert_eq!(nb["changes"], serde_json::json!([]), "just re-tuned there: nothing changes at a cold boot");
     gone_from_source(&vm, &uuid);
     host.boot_with(&vm.0, "read-marker");
     let log = host.wait_serial(&vm.0, "PHYLLOME-MARKER", 240);

@@ -279,6 +279,7 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
 }
 
 fn create(lv: &Libvirt, a: CreateArgs) -> Fallible {
+    a.vm.require_os()?;
     let spec = a.vm.spec();
     let passphrase = if spec.encryption == Some(Encryption::Prompt) {
         // Check everything that can be checked before asking for a passphrase.

@@ -20,8 +20,8 @@ pub enum DiskBusArg {
 /// What a VM is made of: the options `xml` and `create` share.
 #[derive(Args)]
 pub struct VmArgs {
-    /// Guest OS id (see `phyllome os list`); default: detected from the --iso image.
-    #[arg(long, required_unless_present = "iso")]
+    /// Guest OS id (see `phyllome os list`); default: detected from the --iso image (one of the two is needed).
+    #[arg(long)]
     pub os: Option<String>,
     /// Memory with its unit, e.g. 4G or 2048M; G/M are GiB/MiB, GB/MB powers of 1000 (default: sized from the host).
     #[arg(long)]
@@ -78,6 +78,16 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
+    /// `--os` or `--iso` is needed to know what to make (a usage error otherwise, as clap's own).
+    pub fn require_os(&self) -> Result<(), crate::Usage> {
+        if self.os.is_none() && self.iso.is_none() {
+            return Err(crate::Usage(
+                "the following required arguments were not provided: --os <OS> (or --iso <ISO>, to detect it)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn spec(&self) -> VmSpec {
         VmSpec {
             request: Request {
@@ -120,8 +130,12 @@ impl VmArgs {
 #[derive(Args)]
 pub struct XmlArgs {
     /// VM name: letters, digits, '.', '_' and '-', at most 64.
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "existing")]
+    name: Option<String>,
+    /// An existing VM instead: what Phyllome would make of it on this host at its next cold boot
+    /// (from its manifest), and with --explain what that changes from what it was tuned to.
+    #[arg(long = "vm", id = "existing", value_name = "VM", conflicts_with = "name")]
+    existing: Option<String>,
     #[command(flatten)]
     vm: VmArgs,
     /// Say why each device was chosen instead of printing the XML.
@@ -133,19 +147,24 @@ pub struct XmlArgs {
 }
 
 pub fn run(uri: &str, a: XmlArgs) -> Fallible {
+    if let Some(vm) = &a.existing {
+        return next_boot(uri, vm, a.explain, a.json);
+    }
+    a.vm.require_os()?;
     let spec = a.vm.spec();
+    let name = a.name.clone().unwrap_or_default();
     // Refuse a bad name or OS id before connecting anywhere.
-    phyllome_engine::model::input::validate_name(&a.name)?;
+    phyllome_engine::model::input::validate_name(&name)?;
     if !spec.request.os.is_empty() && phyllome_engine::model::catalog::profile(&spec.request.os).is_none() {
         return Err(super::os::unknown_os(&spec.request.os).into());
     }
     phyllome_engine::request::check_files(&spec.request)?;
 
     let lv = Libvirt::connect(uri)?;
-    let plan = vm::plan(&lv, &a.name, &spec)?;
+    let plan = vm::plan(&lv, &name, &spec)?;
     let xml = plan.domain.to_xml();
     if a.json {
-        let v = json!({"name": a.name, "os": plan.profile.id, "memory_mib": plan.domain.memory_mib,
+        let v = json!({"name": name, "os": plan.profile.id, "memory_mib": plan.domain.memory_mib,
                        "vcpus": plan.domain.vcpus, "disk_gib": plan.disk_gib, "choices": plan.choices,
                        "warnings": plan.warnings, "xml": xml});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -155,10 +174,51 @@ pub fn run(uri: &str, a: XmlArgs) -> Fallible {
         eprintln!("phyllome: warning: {w}");
     }
     if a.explain {
-        println!("{} for {} on this host ({} GiB disk)\n", plan.profile.name, a.name, plan.disk_gib);
+        println!("{} for {} on this host ({} GiB disk)\n", plan.profile.name, name, plan.disk_gib);
         print_rows(plan.choices.iter().map(|c| (c.item, c.choice.as_str(), c.why.as_str())));
     } else {
         print!("{xml}");
+    }
+    Ok(())
+}
+
+/// `phyllome xml --vm VM [--explain] [--json]`: the definition an existing VM would get on this
+/// host at its next cold boot, and what that changes from what it was tuned to.
+fn next_boot(uri: &str, name: &str, explain: bool, json: bool) -> Fallible {
+    use phyllome_engine::text::printable;
+    let lv = Libvirt::connect(uri)?;
+    let n = phyllome_engine::tuned::next_boot(&lv, name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&n)?);
+        return Ok(());
+    }
+    if !explain {
+        print!("{}", n.xml);
+        return Ok(());
+    }
+    let host = |h: &phyllome_engine::bundle::SourceHost| {
+        format!("{} ({} {}), libvirt {}, QEMU {}", h.virt_type, h.cpu_vendor, h.cpu_model, h.libvirt, h.qemu)
+    };
+    println!("{name} at its next cold boot on this host: {}", host(&n.here));
+    match &n.tuned_on {
+        Some(t) => {
+            println!("tuned on:  {}", host(t));
+            if n.changes.is_empty() {
+                println!("changes:   nothing (this host chooses as that one did)");
+            } else {
+                println!("changes:");
+                for c in &n.changes {
+                    let side = |v: &Option<String>| {
+                        v.as_deref().map(|t| printable(t).into_owned()).unwrap_or_else(|| "none".into())
+                    };
+                    println!("  {}: {} -> {} ({})", c.item, side(&c.from), side(&c.to), printable(&c.why));
+                }
+            }
+        }
+        None => println!("tuned on:  not recorded (Phyllome records it when a VM moves); what this host chooses:\n"),
+    }
+    if n.tuned_on.is_none() {
+        print_rows(n.choices.iter().map(|c| (c.item, c.choice.as_str(), c.why.as_str())));
     }
     Ok(())
 }
