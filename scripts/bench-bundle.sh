@@ -28,6 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
 . scripts/lib/bench-section.sh
+. scripts/lib/bench-mem.sh
 
 P=$(realpath -m -- "${PHYLLOME:-target/release/phyllome}")
 URI=qemu:///system
@@ -68,18 +69,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# peak PID OUT: samples PID's smaps_rollup every 100 ms until it exits; writes "USS PSS" (KiB, largest seen).
-peak() {
-    local pid=$1 out=$2 uss=0 pss=0 u p
-    while [ -r "/proc/$pid/smaps_rollup" ]; do
-        read -r u p < <(awk '/^Pss:/ {p=$2} /^Private_Clean:/ {c=$2} /^Private_Dirty:/ {d=$2} END {print c + d, p}' \
-            "/proc/$pid/smaps_rollup" 2>/dev/null || echo "0 0")
-        [ "${u:-0}" -gt "$uss" ] && uss=$u
-        [ "${p:-0}" -gt "$pss" ] && pss=$p
-        sleep 0.1
-    done
-    echo "$uss $pss" >"$out"
-}
 # timed KEY CMD...: runs CMD (standard input from $WORK/stdin), records wall seconds and peak memory.
 timed() {
     local key=$1 t0 t1 pid
