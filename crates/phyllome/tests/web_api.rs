@@ -330,32 +330,6 @@ fn vm_lifecycle_through_the_api() {
     assert!(!log.contains(&token) && !log.contains(&s.csrf) && !log.contains(s.cookie.split('=').nth(1).unwrap()));
 }
 
-/// Reads server-sent events until one satisfies `want`.
-fn wait_event(stream: &mut std::net::TcpStream, buf: &mut String, secs: u64, want: impl Fn(&Value) -> bool) -> Value {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if event.contains("event: vms") {
-                    let v: Value = serde_json::from_str(data).unwrap();
-                    if want(&v) {
-                        return v;
-                    }
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no matching event within {secs} s; have {buf:?}");
-        let mut chunk = [0u8; 4096];
-        if let Ok(n) = stream.read(&mut chunk) {
-            // Chunked encoding: the size lines are harmless to the event parser as they hold no "data: ".
-            buf.push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
-        }
-    }
-}
-
 #[test]
 fn events_follow_changes_made_outside_phyllome() {
     use std::io::Write;
@@ -364,14 +338,15 @@ fn events_follow_changes_made_outside_phyllome() {
     let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
     write!(stream, "GET /api/v1/events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n", server.addr, s.cookie).unwrap();
     let mut buf = String::new();
-    wait_event(&mut stream, &mut buf, 10, |_| true);
+    wait_event(&mut stream, &mut buf, "vms", 10, |_| true);
     assert!(buf.is_empty() || !buf.contains("401"));
     // virsh defines a domain: libvirt's lifecycle event reaches the stream.
     let vm = TestVm::new("web-events");
     define_foreign_domain(&vm);
     let t = Instant::now();
-    let list =
-        wait_event(&mut stream, &mut buf, 10, |v| v.as_array().unwrap().iter().any(|r| r["name"] == vm.0.as_str()));
+    let list = wait_event(&mut stream, &mut buf, "vms", 10, |v| {
+        v.as_array().unwrap().iter().any(|r| r["name"] == vm.0.as_str())
+    });
     let row = list.as_array().unwrap().iter().find(|r| r["name"] == vm.0.as_str()).unwrap().clone();
     assert_eq!((row["state"].as_str(), row["os"].is_null()), (Some("shut off"), true));
     let took = t.elapsed();
@@ -379,7 +354,7 @@ fn events_follow_changes_made_outside_phyllome() {
     // The cached list agrees, and so does undefine.
     assert!(s.get("/api/v1/vms").text().contains(&vm.0));
     assert!(virsh(&["undefine", &vm.0]).status.success());
-    wait_event(&mut stream, &mut buf, 10, |v| !v.as_array().unwrap().iter().any(|r| r["name"] == vm.0.as_str()));
+    wait_event(&mut stream, &mut buf, "vms", 10, |v| !v.as_array().unwrap().iter().any(|r| r["name"] == vm.0.as_str()));
     assert!(!s.get("/api/v1/vms").text().contains(&vm.0));
     // The stream ends when the session does.
     assert_eq!(s.post("/api/v1/logout", None).status, 200);

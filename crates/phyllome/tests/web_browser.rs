@@ -4,14 +4,8 @@
 //! target/artifacts/web-ui/. The test VMs are removed however the run ends.
 
 mod web_common;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use web_common::*;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
 
 fn artifacts() -> PathBuf {
     // CARGO_TARGET_TMPDIR is TARGET/tmp.
@@ -21,16 +15,7 @@ fn artifacts() -> PathBuf {
 #[test]
 fn web_ui_in_chromium_login_create_console_stop_delete() {
     require_guest();
-    let dir = browser_dir();
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is missing: run scripts/setup.sh (npm ci in {})",
-        dir.display()
-    );
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Chromium is missing: run scripts/setup.sh (apt-get install chromium)"
-    );
+    browser_dir();
     let server = Server::start(&[]);
     let vm = TestVm::new("web-ui");
     // The clone the UI makes of it (the page deletes it; this guard, when the run ends early).
@@ -53,22 +38,7 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
         "url": server.url, "user": USER, "password": PASSWORD, "vm": vm.0, "isoVm": iso_vm.0, "xssName": xss.0,
         "artifacts": out_dir, "serialLog": format!("/var/log/libvirt/qemu/{}-serial.log", vm.0),
     });
-    let mut child = Command::new("node")
-        .arg(dir.join("console.test.mjs"))
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node must be installed: run scripts/setup.sh");
-    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // Shown by cargo test when the test fails (and with --nocapture).
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
-    assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
-    assert!(summary.ends_with(" 0 failed"), "{summary}");
+    run_browser(&server, "console.test.mjs", &config);
     for page in [
         "01-login",
         "02-vm-list",

@@ -56,34 +56,6 @@ fn host_state(s: &Session, name: &str) -> String {
     h["state"].as_str().unwrap().to_string()
 }
 
-/// Reads server-sent events until one named `name` satisfies `want`.
-fn wait_event(
-    stream: &mut std::net::TcpStream,
-    buf: &mut String,
-    name: &str,
-    secs: u64,
-    want: impl Fn(&Value) -> bool,
-) {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if event.contains(&format!("event: {name}\n")) && want(&serde_json::from_str(data).unwrap()) {
-                    return;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no matching {name} event within {secs} s; have {buf:?}");
-        let mut chunk = [0u8; 4096];
-        if let Ok(n) = stream.read(&mut chunk) {
-            buf.push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
-        }
-    }
-}
-
 #[test]
 fn one_server_lists_both_hosts_and_an_unreachable_host_marks_only_its_vms() {
     let h2 = SecondHost::start("serve", &[]);
@@ -232,12 +204,7 @@ fn migrate_check_through_the_api_names_hosts_and_shows_the_items() {
 
 #[test]
 fn web_ui_shows_hosts_the_migration_check_and_an_unreachable_host_in_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is missing: run scripts/setup.sh (npm ci in {})",
-        dir.display()
-    );
+    browser_dir();
     let h2 = SecondHost::start("serveui", &[]);
     let here = TestVm::new("web-hosts-ui");
     define_foreign_domain(&here);
@@ -250,24 +217,7 @@ fn web_ui_shows_hosts_the_migration_check_and_an_unreachable_host_in_chromium() 
         "url": server.url, "user": USER, "password": PASSWORD, "here": here.0, "there": there,
         "host": H2, "hostName": h2.name, "artifacts": artifacts,
     });
-    let mut child = std::process::Command::new("node")
-        .arg(dir.join("hosts.test.mjs"))
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("node must be installed: run scripts/setup.sh");
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
-    assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
-    assert!(summary.ends_with(" 0 failed"), "{summary}");
+    run_browser(&server, "hosts.test.mjs", &config);
     for shot in ["h1-two-hosts", "h2-migrate-check", "h3-host-unreachable"] {
         assert!(artifacts.join(format!("{shot}.png")).is_file(), "no screenshot {shot}");
     }

@@ -412,3 +412,71 @@ pub fn guest_create_body(name: &str, start: bool) -> String {
     })
     .to_string()
 }
+
+/// Reads server-sent events from `stream` (into `buf`) until one named `name` satisfies `want`; its data.
+pub fn wait_event(
+    stream: &mut TcpStream,
+    buf: &mut String,
+    name: &str,
+    secs: u64,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                if event.contains(&format!("event: {name}\n")) {
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                    if want(&v) {
+                        return v;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no matching {name} event within {secs} s; have {buf:?}");
+        let mut chunk = [0u8; 4096];
+        if let Ok(n) = stream.read(&mut chunk) {
+            // Chunked encoding: the size lines are harmless to the event parser as they hold no "data: ".
+            buf.push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
+        }
+    }
+}
+
+/// The browser tests' folder (tests/browser), with playwright-core and Chromium there.
+pub fn browser_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/setup.sh (npm ci in {})",
+        dir.display()
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: run scripts/setup.sh (apt-get install chromium)"
+    );
+    dir
+}
+
+/// Runs tests/browser/SCRIPT in node with `config` (JSON) on its standard input, and asserts
+/// that every check of it passed (its output and the server's log are shown when one did not).
+pub fn run_browser(server: &Server, script: &str, config: &serde_json::Value) {
+    let dir = browser_dir();
+    let mut child = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed: run scripts/setup.sh");
+    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Shown by cargo test when the test fails (and with --nocapture).
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout.lines().find(|l| l.starts_with("browser: ")).unwrap_or("browser: no summary");
+    assert!(out.status.success(), "{summary}; server log:\n{}", server.log_text());
+    assert!(summary.ends_with(" 0 failed"), "{summary}");
+}
