@@ -30,53 +30,20 @@
 // Prints one line per step and a closing "browser: N passed, M failed" line;
 // exits non-zero when a step failed.
 
-import { chromium, request } from 'playwright-core';
+import { request } from 'playwright-core';
+import { assert, finish, openBrowser, readConfig, step, waitUntil } from './harness.mjs';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, existsSync, mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync,
+  chmodSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const cfg = JSON.parse(readFileSync(0, 'utf8'));
-mkdirSync(cfg.artifacts, { recursive: true });
-
-const results = [];
+const cfg = readConfig();
 const dialogs = [];
-const cspViolations = [];
 
-async function step(name, fn) {
-  if (results.some((r) => !r.ok)) {
-    results.push({ name, ok: false, skipped: true });
-    console.log(`skip - ${name}`);
-    return;
-  }
-  const t = Date.now();
-  try {
-    await fn();
-    results.push({ name, ok: true });
-    console.log(`ok - ${name} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
-  } catch (e) {
-    results.push({ name, ok: false });
-    console.log(`not ok - ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-async function waitUntil(what, secs, fn) {
-  const deadline = Date.now() + secs * 1000;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${secs} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 const serialLog = (file = cfg.serialLog) => {
   try { return readFileSync(file, 'utf8'); } catch (e) { return ''; }
@@ -154,25 +121,8 @@ async function cleanupClone() {
   }
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'phyllome-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: cfg.chromium || '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1280, height: 860 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-const page = context.pages()[0] || (await context.newPage());
-page.setDefaultTimeout(30000);
+const { context, page, shot, cspViolations, close } = await openBrowser(cfg);
 page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
-page.on('console', (m) => {
-  if (m.type() !== 'error') return;
-  if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
-  console.log(`  (page console: ${m.text()})`);
-});
-page.on('pageerror', (e) => console.log(`  (page error: ${e.message})`));
-
-const shot = (name) => page.screenshot({ path: join(cfg.artifacts, `${name}.png`) });
 // The row of a VM, found by comparing names as strings (no selector escaping of odd names).
 const rowState = (name) => page.evaluate((n) => {
   const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
@@ -1165,13 +1115,9 @@ try {
     assert((await page.$$('#vm-table')).length === 0, 'the VM list shows after logout');
   });
 } finally {
-  await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  await close();
   await cleanupClone().catch((e) => console.log(`  (cleanup: ${e.message})`));
   await cleanupMedia().catch((e) => console.log(`  (cleanup: ${e.message})`));
 }
 
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`browser: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();

@@ -13,71 +13,19 @@
 // untouched; started again: the row is reachable again. Screenshots go to the
 // artifacts folder. Prints one line per step and "browser: N passed, M failed".
 
-import { chromium } from 'playwright-core';
+import { assert, finish, openBrowser, readConfig, step, waitUntil } from './harness.mjs';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const cfg = JSON.parse(readFileSync(0, 'utf8'));
-mkdirSync(cfg.artifacts, { recursive: true });
-const results = [];
-const cspViolations = [];
+const cfg = readConfig();
 
-async function step(name, fn) {
-  if (results.some((r) => !r.ok)) {
-    results.push({ name, ok: false, skipped: true });
-    console.log(`skip - ${name}`);
-    return;
-  }
-  const t = Date.now();
-  try {
-    await fn();
-    results.push({ name, ok: true });
-    console.log(`ok - ${name} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
-  } catch (e) {
-    results.push({ name, ok: false });
-    console.log(`not ok - ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-async function waitUntil(what, secs, fn) {
-  const deadline = Date.now() + secs * 1000;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${secs} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 const secondHost = (cmd) => {
   const script = fileURLToPath(new URL('../../../../scripts/second-host.sh', import.meta.url));
   execFileSync('bash', [script, cmd, cfg.hostName], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60000 });
 };
 
-const profile = mkdtempSync(join(tmpdir(), 'phyllome-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: cfg.chromium || '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1280, height: 860 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-const page = context.pages()[0] || (await context.newPage());
-page.setDefaultTimeout(30000);
-page.on('console', (m) => {
-  if (m.type() !== 'error') return;
-  if (/Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
-  console.log(`  (page console: ${m.text()})`);
-});
-page.on('pageerror', (e) => console.log(`  (page error: ${e.message})`));
-const shot = (name) => page.screenshot({ path: join(cfg.artifacts, `${name}.png`) });
+const { page, shot, cspViolations, close } = await openBrowser(cfg);
 
 // A row by host and name, compared as strings (no selector escaping).
 const row = (host, name) => page.evaluate(([h, n]) => {
@@ -175,11 +123,7 @@ try {
     assert(cspViolations.length === 0, `CSP violations:\n${cspViolations.join('\n')}`);
   });
 } finally {
-  await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`browser: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();
