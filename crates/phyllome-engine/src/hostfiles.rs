@@ -258,8 +258,8 @@ fn write_new_here(
     owner: Owner,
     made: &mut dyn FnMut(&FileId) -> Result<()>,
 ) -> Result<FileId> {
-    let (dir, _) = split(path)?;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let (dir, _) = split(path)?;
     let tmp = partial(path);
     // A partial file of an earlier, interrupted write of this very file.
     let _ = std::fs::remove_file(&tmp);
@@ -292,7 +292,7 @@ fn write_new_here(
 
 /// Refuses `what` when `lv` reaches another host: it needs that host's files directly
 /// (copies of disk images, TPM state, a folder to share...), which its libvirt does not give.
-pub fn here_only(lv: &Libvirt, what: &str) -> Result2<()> {
+pub fn here_only(lv: &Libvirt, what: &str) -> crate::vm::Result<()> {
     if lv.is_local() {
         Ok(())
     } else {
@@ -301,15 +301,13 @@ pub fn here_only(lv: &Libvirt, what: &str) -> Result2<()> {
 }
 
 /// [`here_only`] for a command that works on this machine alone, before it connects.
-pub fn here_only_uri(uri: &str, what: &str) -> Result2<()> {
+pub fn here_only_uri(uri: &str, what: &str) -> crate::vm::Result<()> {
     if phyllome_libvirt::uri_is_local(uri) {
         Ok(())
     } else {
         Err(VmError::NotHere { what: what.to_string(), uri: uri.to_string() })
     }
 }
-
-type Result2<T> = std::result::Result<T, VmError>;
 
 /// A private folder here (0700, removed on drop) for what is made here and then
 /// uploaded to another host: a disk image qemu-img writes, a converted variable store.
@@ -356,7 +354,7 @@ mod tests {
         };
         let id = write_new_here(&path, b"\0\0abc", 0o640, Owner::Writer, &mut made).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"\0\0abc");
-        assert_eq!(seen, [id.clone()]);
+        assert_eq!(seen, std::slice::from_ref(&id));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         assert!(!Path::new(&partial(&path)).exists(), "the partial name stays");

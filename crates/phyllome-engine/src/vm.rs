@@ -235,9 +235,9 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     }
     if let Some(b) = &mut plan.domain.direct_boot {
         let dir = boot_dir(name);
-        b.kernel = format!("{dir}/vmlinuz");
+        b.kernel = format!("{dir}/{KERNEL_COPY}");
         if let Some(i) = &mut b.initrd {
-            *i = format!("{dir}/initrd.img");
+            *i = format!("{dir}/{INITRD_COPY}");
         }
         plan.choices.push(build::Choice {
             item: "boot-files",
@@ -247,6 +247,10 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     }
     Ok(plan)
 }
+
+/// The names of the kernel's and initrd's copies in [`boot_dir`].
+const KERNEL_COPY: &str = "vmlinuz";
+const INITRD_COPY: &str = "initrd.img";
 
 /// The folder holding the copies of VM `name`'s kernel and initrd.
 pub fn boot_dir(name: &str) -> String {
@@ -458,6 +462,10 @@ pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
     }
     if let Some(uuid) = &m.secret_uuid {
         let _ = lv.undefine_secret_uuid(uuid);
+    }
+    // A copy cut short carries its temporary name, in this name's own boot folder.
+    for f in [KERNEL_COPY, INITRD_COPY] {
+        files.discard_partial(&format!("{}/{f}", boot_dir(&e.name)));
     }
     remove_boot_files(&files, &m.boot_files);
 }

@@ -44,11 +44,22 @@ impl Libvirt {
             .child(Element::new("target").child(Element::leaf("path", dir)))
             .render();
         let flags = if build { sys::VIR_STORAGE_POOL_CREATE_WITH_BUILD } else { 0 };
-        match self.conn.create_storage_pool_xml(&xml, flags) {
-            Ok(p) => Ok(Some(p)),
-            // Not built, and no such folder there: libvirt cannot start the pool.
-            Err(e) if !build && e.message().contains("No such file or directory") => Ok(None),
-            Err(e) => Err(Error::new(format!("open {dir} there"), e)),
+        // libvirt allows one pool over a folder: another command's transient pool over the
+        // same folder is gone within moments, so it is waited for (up to 10 s).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.conn.create_storage_pool_xml(&xml, flags) {
+                Ok(p) => return Ok(Some(p)),
+                // Not built, and no such folder there: libvirt cannot start the pool.
+                Err(e) if !build && e.message().contains("No such file or directory") => return Ok(None),
+                Err(e)
+                    if e.message().contains("conflict with pool: 'phyllome-files-")
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => return Err(Error::new(format!("open {dir} there"), e)),
+            }
         }
     }
 
@@ -110,7 +121,7 @@ impl Libvirt {
         Ok(self
             .in_folder(parent, false, |p| {
                 let Ok(v) = p.lookup_storage_vol_by_name(name) else { return Ok(false) };
-                let is_dir = v.info().is_ok_and(|i| i.kind == sys::VIR_STORAGE_VOL_DIR as u32);
+                let is_dir = v.info().is_ok_and(|i| i.kind == sys::VIR_STORAGE_VOL_DIR);
                 Ok(is_dir && v.delete(0).is_ok())
             })?
             .unwrap_or(false))

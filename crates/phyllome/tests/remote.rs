@@ -80,6 +80,67 @@ fn a_create_aimed_at_another_host_makes_its_disk_boot_files_and_uefi_variables_t
     assert!(h.virsh_ok(&["list", "--all", "--name"]).contains(&vm.0), "the one there is gone");
 }
 
+/// What a create made there, by name: a domain, a key, a disk, boot copies, a variable store.
+fn left_there(h: &SecondHost, vm: &str) -> Vec<String> {
+    let mut left: Vec<String> = there(h, vm).iter().filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
+    if h.virsh_ok(&["list", "--all", "--name"]).contains(vm) {
+        left.push("domain".into());
+    }
+    if h.virsh_ok(&["secret-list"]).contains(&volume_path(vm)) {
+        left.push("key".into());
+    }
+    left
+}
+
+#[test]
+fn a_create_aimed_at_another_host_that_fails_or_is_killed_leaves_nothing_there_or_here() {
+    require_libvirt();
+    let h = SecondHost::start("rfail", &[]);
+    // A failure at each step that makes something: what was made there is removed there, by its key.
+    for step in ["volume", "boot-files", "define", "nvram", "finish"] {
+        let vm = TestVm::new(&format!("remote-fail-{step}"));
+        let mut args = vec!["--connect".to_string(), h.uri.clone()];
+        args.extend(create_args(&vm.0, "phyllome.test=poweroff", &[]));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_TEST_FAIL_AT", step)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("injected failure at step {step}")), "{step}: {err}");
+        assert_eq!(left_there(&h, &vm.0), Vec::<String>::new(), "there, after a failure at {step}");
+        nothing_here(&vm.0);
+    }
+    // kill -9 once everything is made: the next command through that connection removes it there.
+    let vm = TestVm::new("remote-kill9");
+    let mut args = vec!["--connect".to_string(), h.uri.clone()];
+    args.extend(create_args(&vm.0, "phyllome.test=poweroff", &[]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_TEST_PAUSE_AT", "finish")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while left_there(&h, &vm.0).len() < 5 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the create never made everything there: {:?}",
+            left_there(&h, &vm.0)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // This host's own libvirt leaves another host's record alone.
+    ok(phyllome(&["list"]));
+    assert_eq!(left_there(&h, &vm.0).len(), 5, "recovered through the wrong connection");
+    ok(on(&h.uri, &["list"]));
+    assert_eq!(left_there(&h, &vm.0), Vec::<String>::new(), "there, after kill -9 and a list there");
+    nothing_here(&vm.0);
+}
+
 #[test]
 fn a_delete_aimed_at_another_host_removes_its_files_there_and_leaves_this_hosts_vm() {
     require_libvirt();
