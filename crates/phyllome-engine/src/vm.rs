@@ -349,7 +349,7 @@ fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<(
 /// builds with the threaded benchmark (Debian's 7.2 among them) sometimes
 /// measure 0 ms of CPU for the first round on a fast or busy host and fail with
 /// "Unable to get accurate CPU usage" (fixed upstream in 2025). Each attempt
-/// truncates the same (recorded) file, so it keeps its inode and mode.
+/// truncates the same scratch file.
 fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
     let mut attempt = 0;
     loop {
