@@ -427,6 +427,7 @@ pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), Bun
 type Source = (crate::domxml::DomainSummary, usize, String, String);
 
 fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, BundleError> {
+    crate::hostfiles::here_only(lv, "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)")?;
     match vm::state(lv, name)? {
         State::Shutoff => {}
         _ => {
@@ -834,6 +835,10 @@ pub fn import(
     opts: &ImportOptions<'_>,
     progress: Report<'_>,
 ) -> std::result::Result<Imported, BundleError> {
+    crate::hostfiles::here_only(
+        lv,
+        "import (the bundle is staged here and its disk and state move into this host's folders)",
+    )?;
     vm::recover(lv);
     sweep_staging();
     if opts.passphrase.is_empty() {

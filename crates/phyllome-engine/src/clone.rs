@@ -127,6 +127,7 @@ pub(crate) fn reencrypt_stopped(
 
 /// Clones the stopped VM `from` as `to`.
 pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
+    crate::hostfiles::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")?;
     vm::recover(lv);
     phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
     if vm::state(lv, from)? != State::Shutoff {

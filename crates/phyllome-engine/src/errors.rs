@@ -114,6 +114,7 @@ fn vm(e: &VmError) -> ErrorKind {
         | VmError::UnknownMedia { .. }
         | VmError::IsoFirmware { .. } => ErrorKind::InvalidInput,
         VmError::Interrupted => ErrorKind::Interrupted,
+        VmError::NotHere { .. } => ErrorKind::Unsupported,
         _ => ErrorKind::Failed,
     }
 }

@@ -33,25 +33,34 @@ pub struct Entry {
     pub made: Made,
 }
 
-/// A file by identity: its path, and the device and inode it had when made.
+/// A file by identity: its path, and the device and inode it had when made on this
+/// machine, or the volume key libvirt gave it when it was made on another host through
+/// its libvirt (`hostfiles.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileId {
     pub path: String,
     pub dev: u64,
     pub ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl FileId {
-    /// The identity of the file now at `path`.
+    /// The identity of the file now at `path` on this machine.
     pub fn of(path: &str) -> std::io::Result<FileId> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(path)?;
-        Ok(FileId { path: path.to_string(), dev: m.dev(), ino: m.ino() })
+        Ok(FileId { path: path.to_string(), dev: m.dev(), ino: m.ino(), key: None })
     }
 
-    /// Whether the file at the path is still the one recorded (not replaced, not gone).
+    /// A file made on another host through its libvirt, known there by its volume key.
+    pub fn through(path: &str, key: &str) -> FileId {
+        FileId { path: path.to_string(), dev: 0, ino: 0, key: Some(key.to_string()) }
+    }
+
+    /// Whether the file at the path on this machine is still the one recorded (not replaced, not gone).
     pub fn still_there(&self) -> bool {
-        FileId::of(&self.path).is_ok_and(|now| now == *self)
+        self.key.is_none() && FileId::of(&self.path).is_ok_and(|now| now == *self)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod clone;
 pub mod domxml;
 pub mod errors;
+pub mod hostfiles;
 pub mod hostinfo;
 pub mod hosts;
 pub mod image;

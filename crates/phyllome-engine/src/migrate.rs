@@ -231,9 +231,6 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
     if s.encryption.as_deref() == Some("prompt") {
         c.push("disk key", false, "a typed passphrase: moving it is not supported yet");
     }
-    if !src.is_local() {
-        c.push("source", false, "the source must be this host's own libvirt (its NVRAM and boot files are read here)");
-    }
     let disks: Vec<_> = s.disks.iter().filter(|d| d.device == "disk").collect();
     let mut disk_alloc = 0;
     match disks.as_slice() {
@@ -672,6 +669,19 @@ fn retune(
     Ok(crate::bundle::changes(&t.from, &plan.choices))
 }
 
+/// The largest UEFI variable store or direct-boot file a move carries (they go through memory).
+const CARRIED_MAX: u64 = 512 << 20;
+
+/// A file of the source host (None when it does not exist there), read where it is: through
+/// the source's libvirt when that is another host, never from this machine's disk.
+fn on_source(src: &Libvirt, path: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let files = crate::hostfiles::HostFiles::of(src);
+    if !files.exists(path)? {
+        return Ok(None);
+    }
+    files.read(path, CARRIED_MAX).map(Some)
+}
+
 /// Moves `name` to `req.to` (after [`check`] passed).
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
     vm::recover(src);
@@ -744,16 +754,17 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 why: "its disk is not encrypted: moving unencrypted disks is not supported".into(),
             });
         }
-        if let Some(n) = s.nvram.as_ref().filter(|n| Path::new(&n.path).exists()) {
-            let p = Path::new(&n.path);
-            let (dir, file) = (
-                p.parent().expect("a folder").to_string_lossy().into_owned(),
-                p.file_name().expect("a file").to_string_lossy().into_owned(),
-            );
-            let bytes = std::fs::read(p).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
-            let key = dst.upload_file(&dir, &file, &bytes, 0o600)?;
-            made.files.push((dir, file, key));
-            made.save(&pending)?;
+        if let Some(n) = &s.nvram {
+            if let Some(bytes) = on_source(src, &n.path).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))? {
+                let p = Path::new(&n.path);
+                let (dir, file) = (
+                    p.parent().expect("a folder").to_string_lossy().into_owned(),
+                    p.file_name().expect("a file").to_string_lossy().into_owned(),
+                );
+                let key = dst.upload_file(&dir, &file, &bytes, 0o600)?;
+                made.files.push((dir, file, key));
+                made.save(&pending)?;
+            }
         }
         for f in s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)) {
             let p = Path::new(f);
@@ -761,7 +772,9 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 p.parent().expect("a folder").to_string_lossy().into_owned(),
                 p.file_name().expect("a file").to_string_lossy().into_owned(),
             );
-            let bytes = std::fs::read(p).map_err(|e| VmError::Disk(format!("{f}: {e}")))?;
+            let bytes = on_source(src, f)
+                .and_then(|b| b.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)))
+                .map_err(|e| VmError::Disk(format!("{f}: {e}")))?;
             let key = dst.upload_file(&dir, &file, &bytes, 0o644)?;
             made.files.push((dir, file, key));
             made.save(&pending)?;

@@ -77,6 +77,7 @@ pub fn parse_spec(spec: &str) -> Result<(String, Option<String>, bool)> {
 /// The checked share for `dir`: an existing absolute folder, not critical
 /// unless `force`, with a valid tag.
 pub fn resolve(lv: &Libvirt, dir: &str, tag: Option<&str>, writable: bool, force: bool) -> Result<Share> {
+    crate::hostfiles::here_only(lv, "sharing a folder (the folder is checked on this machine)")?;
     if !dir.starts_with('/') {
         return Err(VmError::BadShare(format!("{dir:?}: give the folder's absolute path")));
     }

@@ -610,6 +610,7 @@ pub fn count(uuid: &str) -> usize {
 }
 
 pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
+    here(lv)?;
     recover(lv);
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let current = current_of(&uuid);
@@ -745,8 +746,15 @@ fn memory_mount(p: &mut Pending, bytes: u64) -> Result<String> {
 // ---------------------------------------------------------------------------
 // Create.
 
+/// Snapshots are folders of this machine holding copies of the VM's disk images, UEFI
+/// variables and TPM state: refused, before anything is made, for a VM of another host.
+fn here(lv: &Libvirt) -> Result<()> {
+    Ok(crate::hostfiles::here_only(lv, "snapshots (they copy the VM's disk images, UEFI variables and TPM state)")?)
+}
+
 /// Takes a snapshot of the VM `vm_name`.
 pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) -> Result<SnapshotInfo> {
+    here(lv)?;
     vm::recover(lv);
     recover(lv);
     report(Progress::Step { step: "check" });
@@ -1109,6 +1117,7 @@ pub fn revert(
     ask: &dyn Fn() -> vm::Result<Vec<u8>>,
     report: Report<'_>,
 ) -> Result<Reverted> {
+    here(lv)?;
     vm::recover(lv);
     recover(lv);
     report(Progress::Step { step: "check" });
@@ -1156,7 +1165,7 @@ pub fn revert(
             let staged = dst.with_file_name(format!(".{}.phyllome-revert", file_name(dst)));
             let like = std::fs::metadata(dst).map_err(|e| io(dst, e))?;
             let _ = std::fs::remove_file(&staged);
-            op.p.staged.push(FileId { path: staged.to_string_lossy().into(), dev: 0, ino: 0 });
+            op.p.staged.push(FileId { path: staged.to_string_lossy().into(), dev: 0, ino: 0, key: None });
             copy_sparse(&sdir.join(&d.file), &staged, report, &op.interrupted)?;
             same_owner(&staged, &like)?;
             *op.p.staged.last_mut().expect("pushed") =
@@ -1269,6 +1278,7 @@ fn file_name(p: &Path) -> String {
 
 /// Deletes one snapshot: its folder and its memory key. Its children get its parent.
 pub fn delete(lv: &Libvirt, vm_name: &str, snap: &str) -> Result<()> {
+    here(lv)?;
     recover(lv);
     check_name(snap).map_err(|_| SnapshotError::NoSnapshot {
         vm: vm_name.into(),

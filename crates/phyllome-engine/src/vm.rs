@@ -3,6 +3,7 @@
 //! both call these; nothing here prints.
 
 use crate::domxml::{self, DomainSummary};
+use crate::hostfiles::{here_only, HostFiles, Owner};
 use crate::hostinfo::{self, HostError};
 use crate::journal::{Entry, FileId, Journal, JournalError};
 use crate::progress::{note, Progress, Report};
@@ -103,6 +104,8 @@ pub enum VmError {
     UnknownMedia { path: String, ids: String, choices: String },
     #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
     IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
+    #[error("{what}: not over a connection to another host ({uri}), whose files Phyllome reaches through its libvirt only; run phyllome on that host")]
+    NotHere { what: String, uri: String },
     #[error("cannot remove the VM's snapshots: {0}")]
     Snapshots(String),
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
@@ -116,7 +119,7 @@ pub type Result<T> = std::result::Result<T, VmError>;
 /// What the install ISO decides: the OS when none is given (from its volume
 /// descriptor), whether it boots on the profile's firmware, and for Windows
 /// the virtio-win disc of the ISO folder, found by its content.
-fn media_checks(req: &mut Request) -> Result<Option<phyllome_model::detect::Detected>> {
+fn media_checks(req: &mut Request, local: bool) -> Result<Option<phyllome_model::detect::Detected>> {
     use crate::iso;
     use phyllome_model::catalog::{self, Family, FirmwarePolicy};
     let info = match &req.iso {
@@ -165,7 +168,8 @@ fn media_checks(req: &mut Request) -> Result<Option<phyllome_model::detect::Dete
             });
         }
     }
-    if profile.drivers_iso && req.drivers.is_none() {
+    // This machine's ISO folder is no place for another host's VM to read from.
+    if profile.drivers_iso && req.drivers.is_none() && local {
         req.drivers = iso::find_virtio_win(Path::new(crate::ISO_DIR)).map(|p| p.to_string_lossy().into_owned());
     }
     Ok(detected)
@@ -189,8 +193,20 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
         version: crate::VERSION.to_string(),
         ..spec.request.clone()
     };
+    // Media are given to QEMU where they are: on another host they would have to be that
+    // host's files, which are not checked (nor read for the OS) from here.
+    for (what, named) in [
+        ("an install ISO (--iso)", &req.iso),
+        ("a driver ISO (--drivers)", &req.drivers),
+        ("an OpenCore image (--opencore)", &req.opencore),
+    ] {
+        if named.is_some() {
+            here_only(lv, what)?;
+        }
+    }
+    // A direct-boot kernel and initrd are this machine's files, copied to the VM's host.
     check_files(&req)?;
-    let detected = media_checks(&mut req)?;
+    let detected = media_checks(&mut req, lv.is_local())?;
     for spec in &spec.shares {
         let (dir, tag, writable) = crate::share::parse_spec(spec)?;
         let s = crate::share::resolve(lv, &dir, tag.as_deref(), writable, false)?;
@@ -219,9 +235,9 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     }
     if let Some(b) = &mut plan.domain.direct_boot {
         let dir = boot_dir(name);
-        b.kernel = format!("{dir}/vmlinuz");
+        b.kernel = format!("{dir}/{KERNEL_COPY}");
         if let Some(i) = &mut b.initrd {
-            *i = format!("{dir}/initrd.img");
+            *i = format!("{dir}/{INITRD_COPY}");
         }
         plan.choices.push(build::Choice {
             item: "boot-files",
@@ -232,40 +248,42 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The names of the kernel's and initrd's copies in [`boot_dir`].
+const KERNEL_COPY: &str = "vmlinuz";
+const INITRD_COPY: &str = "initrd.img";
+
 /// The folder holding the copies of VM `name`'s kernel and initrd.
 pub fn boot_dir(name: &str) -> String {
     format!("{}/{name}", crate::BOOT_DIR)
 }
 
-/// Copies the request's kernel and initrd to where the plan's domain expects
-/// them, recording each copy in the journal entry as soon as it exists.
-fn copy_boot_files(spec: &VmSpec, plan: &Plan, journal: &Journal, entry: &mut Entry) -> Result<()> {
+/// Copies the request's kernel and initrd (files of this machine) to where the plan's
+/// domain expects them on the VM's host, recording each copy in the journal entry the
+/// moment it exists.
+fn copy_boot_files(files: &HostFiles, spec: &VmSpec, plan: &Plan, journal: &Journal, entry: &mut Entry) -> Result<()> {
     let (Some(from), Some(to)) = (&spec.request.direct_boot, &plan.domain.direct_boot) else { return Ok(()) };
-    let dir = Path::new(&to.kernel).parent().expect("a folder under BOOT_DIR");
-    std::fs::create_dir_all(dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
+    let dir = Path::new(&to.kernel).parent().expect("a folder under BOOT_DIR").to_string_lossy().into_owned();
+    files.make_dir(&dir).map_err(|e| VmError::Disk(format!("{dir}: {e}")))?;
     let pairs = [(Some(&from.kernel), Some(&to.kernel)), (from.initrd.as_ref(), to.initrd.as_ref())];
     for (src, dst) in pairs.into_iter().filter_map(|(a, b)| Some((a?, b?))) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(dst)
+        let bytes = std::fs::read(src).map_err(|e| VmError::Disk(format!("{src}: {e}")))?;
+        files
+            .write_new(dst, &bytes, 0o644, Owner::Writer, &mut |id| {
+                entry.made.boot_files.push(id.clone());
+                journal.record(entry).map_err(std::io::Error::other)
+            })
             .map_err(|e| VmError::Disk(format!("{dst}: {e}")))?;
-        entry.made.boot_files.push(FileId::of(dst).map_err(|e| VmError::Disk(e.to_string()))?);
-        journal.record(entry)?;
-        let mut input = std::fs::File::open(src).map_err(|e| VmError::Disk(format!("{src}: {e}")))?;
-        std::io::copy(&mut input, &mut out).map_err(|e| VmError::Disk(format!("copying {src}: {e}")))?;
     }
     Ok(())
 }
 
-/// Removes copied boot files that are still the ones made, then their folder if empty.
-fn remove_boot_files(files: &[FileId]) {
-    for f in files.iter().filter(|f| Path::new(&f.path).starts_with(crate::BOOT_DIR) && f.still_there()) {
-        let _ = std::fs::remove_file(&f.path);
-        if let Some(dir) = Path::new(&f.path).parent() {
-            let _ = std::fs::remove_dir(dir);
+/// Removes copied boot files that are still the ones made (inside BOOT_DIR only), then their folder if empty.
+fn remove_boot_files(files: &HostFiles, made: &[FileId]) {
+    for f in made.iter().filter(|f| Path::new(&f.path).starts_with(crate::BOOT_DIR)) {
+        if files.remove(f) {
+            if let Some(dir) = Path::new(&f.path).parent() {
+                files.remove_dir(&dir.to_string_lossy());
+            }
         }
     }
 }
@@ -331,7 +349,7 @@ fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<(
 /// builds with the threaded benchmark (Debian's 7.2 among them) sometimes
 /// measure 0 ms of CPU for the first round on a fast or busy host and fail with
 /// "Unable to get accurate CPU usage" (fixed upstream in 2025). Each attempt
-/// truncates the same (recorded) file, so it keeps its inode and mode.
+/// truncates the same scratch file.
 fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
     let mut attempt = 0;
     loop {
@@ -343,61 +361,81 @@ fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
     }
 }
 
-/// The temporary name a variable store is written under before it is renamed into place.
-fn nvram_tmp(path: &str) -> String {
-    format!("{path}.phyllome-tmp")
+/// The new disk's image, made here: for a random key, written directly by `phyllome-disk`
+/// (about 2 MiB whatever the size); otherwise by qemu-img in a private scratch folder. It
+/// is then written into the volume on the VM's host (`HostFiles::write_new_volume`).
+fn disk_image(gib: u64, encryption: Encryption, key: Option<&[u8]>) -> Result<Vec<u8>> {
+    if let (Encryption::Secret, Some(k)) = (encryption, key) {
+        return phyllome_disk::bytes(gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
+            .map_err(|e| VmError::Disk(e.to_string()));
+    }
+    let scratch = crate::hostfiles::Scratch::new().map_err(|e| VmError::Disk(format!("a scratch folder: {e}")))?;
+    let path = scratch.path("disk.qcow2");
+    create_disk(&path, gib, key.map(|k| (k, PASSPHRASE_ITER_MS)))?;
+    std::fs::read(&path).map_err(|e| VmError::Disk(format!("{path}: {e}")))
 }
+
+/// The largest firmware variable template read (OVMF's are 128 KiB to 4 MiB).
+const TEMPLATE_MAX: u64 = 64 << 20;
 
 /// Makes the qcow2 UEFI variable store a definition names, when it is missing,
 /// from the template libvirt picked at define time (libvirt copies a template
 /// only into a store of the template's own format, and OVMF ships raw ones).
-/// Only stores inside libvirt's NVRAM folder are made. Returns the path of the one made, if any.
-pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<Option<String>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+/// Only stores inside libvirt's NVRAM folder are made, on the VM's host: the
+/// template is read there, converted here (`qemu-img convert` in a private
+/// scratch folder) and written there, owned like libvirt's own stores (the
+/// folder's owner: QEMU's user), mode 0600. `made` is called with the store's
+/// identity the moment it exists. Returns the one made, if any.
+pub fn prepare_nvram_with(
+    lv: &Libvirt,
+    name: &str,
+    made: &mut dyn FnMut(&FileId) -> std::io::Result<()>,
+) -> Result<Option<FileId>> {
     let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
     let Some(n) = s.nvram.filter(|n| n.format == "qcow2") else { return Ok(None) };
-    let path = Path::new(&n.path);
-    if path.exists() {
+    let files = HostFiles::of(lv);
+    let nv = |e: std::io::Error| VmError::Nvram(format!("{}: {e}", n.path));
+    if files.exists(&n.path).map_err(nv)? {
         return Ok(None);
     }
-    if path.parent() != Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
+    if Path::new(&n.path).parent() != Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
         return Err(VmError::Nvram(format!(
             "{} is outside libvirt's NVRAM folder {}",
             n.path,
             phyllome_model::domain::NVRAM_DIR
         )));
     }
-    let Some(template) = n.template else {
+    let Some(template) = &n.template else {
         return Err(VmError::Nvram(format!("libvirt named no firmware template for {}", n.path)));
     };
-    let dir = std::fs::metadata(phyllome_model::domain::NVRAM_DIR)
-        .map_err(|e| VmError::Nvram(format!("{}: {e}", phyllome_model::domain::NVRAM_DIR)))?;
-    let tmp = nvram_tmp(&n.path);
-    let _ = std::fs::remove_file(&tmp);
+    let tv = |e: std::io::Error| VmError::Nvram(format!("{template}: {e}"));
+    let raw = files.read(template, TEMPLATE_MAX).map_err(tv)?;
+    let scratch = crate::hostfiles::Scratch::new().map_err(tv)?;
+    let (from, to) = (scratch.path("template"), scratch.path("vars.qcow2"));
+    std::fs::write(&from, &raw).map_err(tv)?;
     let out = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", n.template_format.as_deref().unwrap_or("raw"), "-O", "qcow2", &template, &tmp])
+        .args(["convert", "-q", "-f", n.template_format.as_deref().unwrap_or("raw"), "-O", "qcow2", &from, &to])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| VmError::Nvram(format!("cannot run qemu-img: {e}")))?;
-    let finish = || -> std::io::Result<()> {
-        if !out.status.success() {
-            return Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-        }
-        // Private, and owned like the stores libvirt makes itself (the folder's owner: QEMU's user).
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::os::unix::fs::chown(&tmp, Some(dir.uid()), Some(dir.gid()))?;
-        std::fs::rename(&tmp, path)
-    };
-    finish().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        VmError::Nvram(format!("{template} -> {}: {e}", n.path))
-    })?;
-    Ok(Some(n.path))
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(VmError::Nvram(format!("{template} -> {}: {why}", n.path)));
+    }
+    let store = std::fs::read(&to).map_err(tv)?;
+    let id = files.write_new(&n.path, &store, 0o600, Owner::LikeFolder, made).map_err(nv)?;
+    Ok(Some(id))
+}
+
+/// [`prepare_nvram_with`], recorded nowhere (a start, or a test).
+pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<Option<FileId>> {
+    prepare_nvram_with(lv, name, &mut |_| Ok(()))
 }
 
 /// Removes what an (interrupted or failed) create made, by identity: the
-/// domain and the secret by UUID, files by device and inode, and files only
-/// inside the pool's own folder or libvirt's NVRAM folder. Nothing found by
+/// domain and the secret by UUID, files by device and inode (by volume key on
+/// another host, through its libvirt), and files only inside the pool's own
+/// folder, libvirt's NVRAM folder or Phyllome's boot folder. Nothing found by
 /// name alone is touched: a VM, volume or secret someone else made with the
 /// same name stays.
 pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
@@ -410,29 +448,26 @@ pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
         // Undefining with the NVRAM flag also removes the store libvirt (or we) made for it.
         let _ = lv.remove_domain_by_uuid(uuid);
     }
-    if let Some(f) = &m.nvram_file {
-        if Path::new(&f.path).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)) && f.still_there() {
-            let _ = std::fs::remove_file(&f.path);
-        }
+    let files = HostFiles::of(lv);
+    let in_nvram_dir = |p: &str| Path::new(p).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR));
+    if let Some(f) = m.nvram_file.as_ref().filter(|f| in_nvram_dir(&f.path)) {
+        files.remove(f);
     }
-    if let Some(nvram) = &e.nvram {
+    if let Some(nvram) = e.nvram.as_deref().filter(|p| in_nvram_dir(p)) {
         // A half-written store carries this create's temporary name, which only a holder of the claim writes.
-        if Path::new(nvram).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
-            let _ = std::fs::remove_file(nvram_tmp(nvram));
-        }
+        files.discard_partial(nvram);
     }
     if let Some(f) = &m.volume_file {
-        let pool_dir = lv.pool_path(&e.pool).ok().flatten();
-        let inside = pool_dir.is_some_and(|d| Path::new(&f.path).parent() == Some(Path::new(&d)));
-        if inside && f.still_there() {
-            let _ = std::fs::remove_file(&f.path);
-            let _ = lv.refresh_pool(&e.pool);
-        }
+        files.remove_volume(&e.pool, f);
     }
     if let Some(uuid) = &m.secret_uuid {
         let _ = lv.undefine_secret_uuid(uuid);
     }
-    remove_boot_files(&m.boot_files);
+    // A copy cut short carries its temporary name, in this name's own boot folder.
+    for f in [KERNEL_COPY, INITRD_COPY] {
+        files.discard_partial(&format!("{}/{f}", boot_dir(&e.name)));
+    }
+    remove_boot_files(&files, &m.boot_files);
 }
 
 /// Makes an empty file, exclusively, private (0600).
@@ -481,7 +516,8 @@ pub(crate) fn preflight(
     if !pool_exists && disk.pool != crate::POOL {
         return Err(VmError::NoPool(disk.pool.clone()));
     }
-    if lv.volume_info(&disk.pool, &disk.volume)?.is_some() || Path::new(&disk.path).exists() {
+    let taken = HostFiles::of(lv).volume_taken(&disk.pool, &disk.path).map_err(|e| VmError::Disk(e.to_string()))?;
+    if taken {
         return Err(VmError::VolumeExists { pool: disk.pool.clone(), volume: disk.volume.clone() });
     }
     if lv.volume_secret(&disk.path)?.is_some() {
@@ -567,29 +603,6 @@ fn move_new(from: &Path, to: &str) -> Result<()> {
     std::fs::remove_file(from).map_err(err)
 }
 
-/// Writes bytes into a new file, under a temporary name renamed into place, with `mode` and the owner of `like`.
-fn write_new_like(path: &str, bytes: &[u8], mode: u32, like: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let owner = std::fs::metadata(like)?;
-    let tmp = nvram_tmp(path);
-    let _ = std::fs::remove_file(&tmp);
-    let done = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))?;
-        if Path::new(path).exists() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists"));
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
-}
-
 /// [`create`], taking over an existing disk and firmware state when `adopt` is given.
 pub fn create_with(
     lv: &Libvirt,
@@ -601,6 +614,10 @@ pub fn create_with(
     progress: Report<'_>,
 ) -> Result<Created> {
     recover(lv);
+    if adopt.is_some() {
+        // The adopted disk and state are staged here: they move into this machine's pool only.
+        here_only(lv, "making a VM from an imported bundle")?;
+    }
     let mut plan = plan(lv, name, spec)?;
     let detected = plan.choices.iter().find(|c| c.item == "os").map(|c| format!("{}, {}", c.choice, c.why));
     if let Some(d) = &detected {
@@ -652,6 +669,7 @@ pub fn create_with(
         progress(Progress::Step { step: s });
         step(s, &interrupted)
     };
+    let files = HostFiles::of(lv);
     let result = (|| -> Result<bool> {
         at("pool")?;
         if !pool_exists && lv.ensure_dir_pool(&disk.pool, crate::POOL_PATH)? {
@@ -682,22 +700,18 @@ pub fn create_with(
         let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
         if adopt.is_none() {
             note(progress, &format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
-            // The file is made empty and exclusively, and recorded by inode, before anything is written to it.
-            let mut file = new_private_file(&disk.path)?;
-            entry.made.volume_file = Some(FileId::of(&disk.path).map_err(|e| VmError::Disk(e.to_string()))?);
-            journal.record(&entry)?;
-            match (encryption, &key) {
-                (Encryption::Secret, Some(k)) => {
-                    phyllome_disk::write(&mut file, plan.disk_gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
-                        .map_err(|e| VmError::Disk(e.to_string()))?
-                }
-                _ => create_disk(&disk.path, plan.disk_gib, key.as_deref().map(|k| (k, PASSPHRASE_ITER_MS)))?,
-            }
-            drop(file);
-            lv.refresh_pool(&disk.pool)?;
+            let image = disk_image(plan.disk_gib, encryption, key.as_deref())?;
+            // The volume is made empty and exclusively, and recorded (inode, or volume key on another
+            // host), before anything is written into it.
+            files
+                .write_new_volume(&disk.pool, &disk.path, &image, 0o600, &mut |id| {
+                    entry.made.volume_file = Some(id.clone());
+                    journal.record(&entry).map_err(std::io::Error::other)
+                })
+                .map_err(|e| VmError::Disk(format!("{}: {e}", disk.path)))?;
         }
         at("boot-files")?;
-        copy_boot_files(spec, &plan, &journal, &mut entry)?;
+        copy_boot_files(&files, spec, &plan, &journal, &mut entry)?;
         at("define")?;
         entry.made.domain_uuid = Some(lv.define(&plan.domain.to_xml())?);
         journal.record(&entry)?;
@@ -710,10 +724,12 @@ pub fn create_with(
             else {
                 return Err(VmError::Nvram(format!("the imported variable store has no place in {name}'s definition")));
             };
-            write_new_like(&n.path, bytes, 0o600, Path::new(phyllome_model::domain::NVRAM_DIR))
+            files
+                .write_new(&n.path, bytes, 0o600, Owner::LikeFolder, &mut |id| {
+                    entry.made.nvram_file = Some(id.clone());
+                    journal.record(&entry).map_err(std::io::Error::other)
+                })
                 .map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
-            entry.made.nvram_file = FileId::of(&n.path).ok();
-            journal.record(&entry)?;
             note(progress, "wrote its UEFI variable store");
         }
         if let Some(a) = adopt.filter(|a| !a.tpm.is_empty()) {
@@ -723,14 +739,17 @@ pub fn create_with(
             std::fs::create_dir_all(&dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
             for (file, bytes) in &a.tpm {
                 let to = dir.join(file);
-                write_new_like(&to.to_string_lossy(), bytes, 0o600, &dir)
+                files
+                    .write_new(&to.to_string_lossy(), bytes, 0o600, Owner::LikeFolder, &mut |_| Ok(()))
                     .map_err(|e| VmError::Disk(format!("{}: {e}", to.display())))?;
             }
             note(progress, "wrote its TPM state");
         }
-        if let Some(path) = prepare_nvram(lv, name)? {
-            entry.made.nvram_file = FileId::of(&path).ok();
-            journal.record(&entry)?;
+        let nvram_made = prepare_nvram_with(lv, name, &mut |id| {
+            entry.made.nvram_file = Some(id.clone());
+            journal.record(&entry).map_err(std::io::Error::other)
+        })?;
+        if nvram_made.is_some() {
             note(progress, "made its qcow2 UEFI variable store from the firmware's template");
         }
         let mut started = false;
@@ -966,16 +985,22 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         }
     }
     lv.undefine(name)?;
-    let snapshots = crate::snapshot::delete_all(lv, &s.uuid).map_err(|e| VmError::Snapshots(e.to_string()))?;
-    // Phyllome's copies of the kernel and initrd (never the user's files: only inside BOOT_DIR/NAME).
+    let files = HostFiles::of(lv);
+    // Snapshots are kept on this machine, and made of VMs of this machine's libvirt only.
+    let snapshots = if files.is_local() {
+        crate::snapshot::delete_all(lv, &s.uuid).map_err(|e| VmError::Snapshots(e.to_string()))?
+    } else {
+        0
+    };
+    // Phyllome's copies of the kernel and initrd on the VM's host (never the user's files: only inside BOOT_DIR/NAME).
     let ours = boot_dir(name);
     let copies: Vec<FileId> = s
         .boot_files
         .iter()
         .filter(|p| Path::new(p).parent() == Some(Path::new(&ours)))
-        .filter_map(|p| FileId::of(p).ok())
+        .filter_map(|p| files.id_of(p))
         .collect();
-    remove_boot_files(&copies);
+    remove_boot_files(&files, &copies);
     let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots };
     if keep_disk {
         return Ok(out);
@@ -1014,6 +1039,15 @@ fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&
         }
     }
     Ok(None)
+}
+
+/// How many snapshots the VM has: they are kept on this machine, for its own libvirt's VMs only.
+fn snapshot_count(lv: &Libvirt, uuid: &str) -> usize {
+    if lv.is_local() {
+        crate::snapshot::count(uuid)
+    } else {
+        0
+    }
 }
 
 /// Whether libvirt starts the VM when the host (libvirtd) starts.
@@ -1082,7 +1116,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         memory_mib: s.memory_mib,
         encrypted: s.encrypted(),
         disk_gib,
-        snapshots: crate::snapshot::count(&s.uuid),
+        snapshots: snapshot_count(lv, &s.uuid),
         autostart: lv.autostart(&s.name).unwrap_or(false),
     })
 }
@@ -1208,7 +1242,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             encrypted: s.encrypted(),
             disk_gib,
             state_reason,
-            snapshots: crate::snapshot::count(&s.uuid),
+            snapshots: snapshot_count(lv, &s.uuid),
             autostart: d.autostart,
         });
     }

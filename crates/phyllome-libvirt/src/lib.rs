@@ -3,6 +3,7 @@
 
 mod console;
 mod events;
+mod files;
 mod hostdev;
 mod jobs;
 mod migrate;
@@ -12,6 +13,7 @@ mod storage;
 
 pub use console::{Console, Io};
 pub use events::{start_event_loop, DomainEvent, Lifecycle};
+pub use files::Perms;
 pub use hostdev::Applied;
 pub use jobs::Job;
 pub use migrate::{MigrateAsk, MigrationStats};
@@ -120,6 +122,53 @@ impl Listed {
 /// A connection to libvirtd.
 pub struct Libvirt {
     conn: Connect,
+    /// Whether the files its domains use are this machine's ([`uri_is_local`] of its URI).
+    local: bool,
+}
+
+/// libvirt's own sockets for `qemu:///system` (monolithic and modular daemons): a URI that
+/// names one of them reaches the usual daemon of this machine.
+const SYSTEM_SOCKETS: &[&str] = &[
+    "/run/libvirt/libvirt-sock",
+    "/run/libvirt/virtqemud-sock",
+    "/var/run/libvirt/libvirt-sock",
+    "/var/run/libvirt/virtqemud-sock",
+];
+
+/// Whether the libvirtd a URI reaches uses this machine's files: no host name
+/// (`qemu:///system`, `qemu+unix:///system`), and no socket of its own. A
+/// `socket=` parameter naming another socket may lead to a daemon in another
+/// mount namespace (a container, or scripts/second-host.sh), whose domains'
+/// paths name its files, not this machine's: such a host counts as remote, and
+/// its files are reached through its libvirt only.
+pub fn uri_is_local(uri: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else { return false };
+    if !rest.starts_with('/') {
+        return false;
+    }
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    query.split('&').filter_map(|kv| kv.strip_prefix("socket=")).all(|s| SYSTEM_SOCKETS.contains(&decode(s).as_str()))
+}
+
+/// A URI query value with its `%XX` escapes decoded.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Domain lifecycle state, as libvirt reports it.
@@ -137,7 +186,8 @@ impl Libvirt {
         // libvirt prints every error to stderr by default; we report them ourselves.
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| Error::new(format!("cannot connect to {uri}"), e))?;
-        Ok(Libvirt { conn })
+        let local = uri_is_local(&conn.uri().unwrap_or_else(|_| uri.to_string()));
+        Ok(Libvirt { conn, local })
     }
 
     /// The URI of this connection, as libvirt canonicalized it.
@@ -145,10 +195,10 @@ impl Libvirt {
         self.conn.uri().unwrap_or_default()
     }
 
-    /// Whether libvirtd runs on this host (a URI without a host name), so the
-    /// files its domains use are this host's files.
+    /// Whether the files its domains use are this machine's files ([`uri_is_local`]).
+    /// Otherwise they are reached through this connection's libvirt only.
     pub fn is_local(&self) -> bool {
-        self.conn.uri().is_ok_and(|u| u.split_once("://").is_some_and(|(_, rest)| rest.starts_with('/')))
+        self.local
     }
 
     /// libvirt's and the hypervisor's versions.
@@ -441,6 +491,30 @@ impl Libvirt {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_host_name_or_a_socket_of_its_own_is_another_host() {
+        for local in [
+            "qemu:///system",
+            "qemu:///session",
+            "qemu+unix:///system",
+            "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+            "qemu+unix:///system?socket=%2Frun%2Flibvirt%2Fvirtqemud-sock",
+            "qemu+unix:///system?mode=legacy&socket=/var/run/libvirt/libvirt-sock",
+        ] {
+            assert!(super::uri_is_local(local), "{local}");
+        }
+        for remote in [
+            "qemu+ssh://root@lab/system",
+            "qemu+tls://lab.example/system",
+            "qemu+tcp://localhost/system",
+            "qemu+unix:///system?socket=/var/lib/phyllome-test-hosts/h2/run/libvirt-sock",
+            "qemu+unix:///system?no_tty=1&socket=%2Fsrv%2Fc1%2Flibvirt-sock",
+            "qemu:system",
+        ] {
+            assert!(!super::uri_is_local(remote), "{remote}");
+        }
+    }
+
     #[test]
     fn fan_out_keeps_the_order() {
         for n in [0usize, 1, 3, 4, 5, 17] {

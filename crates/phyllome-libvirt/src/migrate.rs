@@ -4,9 +4,9 @@
 //! the destination's libvirt, the destination's free memory and CPU
 //! comparison, and libvirt's peer-to-peer migration with its statistics.
 
+use crate::files::Perms;
 use crate::stats::Value;
 use crate::{Error, Libvirt, Result};
-use phyllome_model::xml::Element;
 use virt::sys;
 
 /// Statistics of a migration (running or completed), as libvirt reports them.
@@ -56,87 +56,25 @@ impl Libvirt {
         Ok(true)
     }
 
-    /// A transient directory pool at `dir` for one transfer (built, so the folder exists), removed by the caller.
-    fn transfer_pool(&self, dir: &str) -> Result<virt::storage_pool::StoragePool> {
-        let name = format!("phyllome-transfer-{}", std::process::id());
-        let xml = Element::new("pool")
-            .attr("type", "dir")
-            .child(Element::leaf("name", &name))
-            .child(Element::new("target").child(Element::leaf("path", dir)))
-            .render();
-        self.conn
-            .create_storage_pool_xml(&xml, sys::VIR_STORAGE_POOL_CREATE_WITH_BUILD)
-            .map_err(|e| Error::new(format!("a transfer pool for {dir}"), e))
-    }
-
     /// Writes a new file `dir/name` on the host of this connection (through a
     /// transient pool and a volume upload); its volume key. Refuses an existing file.
     pub fn upload_file(&self, dir: &str, name: &str, bytes: &[u8], mode: u32) -> Result<String> {
-        let pool = self.transfer_pool(dir)?;
-        let r = self.upload_into(&pool, dir, name, bytes, mode);
-        let _ = pool.destroy();
-        r
+        let key = self.new_file(dir, name, bytes.len() as u64, Perms { mode, owner: None })?;
+        if let Err(e) = self.fill_file(dir, name, &key, bytes) {
+            // Not left half-written: the file this call made goes (it is still that key).
+            let _ = self.remove_file(dir, name, &key);
+            return Err(e);
+        }
+        Ok(key)
     }
 
     /// Writes a new volume `name` of `pool` holding `bytes` (a disk image made here, such
     /// as an empty LUKS qcow2), through libvirt's upload API; its key. libvirt then reads
     /// the image's format from the file, as for any file in a directory pool.
     pub fn upload_volume(&self, pool: &str, name: &str, bytes: &[u8], mode: u32) -> Result<String> {
-        let p =
-            self.conn.lookup_storage_pool_by_name(pool).map_err(|e| Error::new(format!("storage pool {pool}"), e))?;
-        let key = self.upload_into(&p, pool, name, bytes, mode)?;
-        let _ = p.refresh(0);
-        Ok(key)
-    }
-
-    fn upload_into(
-        &self,
-        pool: &virt::storage_pool::StoragePool,
-        dir: &str,
-        name: &str,
-        bytes: &[u8],
-        mode: u32,
-    ) -> Result<String> {
-        if pool.lookup_storage_vol_by_name(name).is_ok() {
-            return Err(Error {
-                op: format!("upload {dir}/{name}"),
-                message: "the file exists there already".into(),
-                code: 0,
-            });
-        }
-        let xml = Element::new("volume")
-            .child(Element::leaf("name", name))
-            .child(Element::leaf("capacity", bytes.len().max(1).to_string()).attr("unit", "B"))
-            .child(
-                Element::new("target")
-                    .child(Element::new("format").attr("type", "raw"))
-                    .child(Element::new("permissions").child(Element::leaf("mode", format!("{mode:04o}")))),
-            )
-            .render();
-        let v = virt::storage_vol::StorageVol::create_xml(pool, &xml, 0)
-            .map_err(|e| Error::new(format!("create {dir}/{name}"), e))?;
-        let key = v.key().map_err(|e| Error::new("volume key", e))?;
-        let r = (|| {
-            let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
-            v.upload(&stream, 0, bytes.len() as u64, 0).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
-            let mut off = 0;
-            while off < bytes.len() {
-                let end = (off + (1 << 20)).min(bytes.len());
-                let n = stream.send(&bytes[off..end]).map_err(|e| Error::new(format!("upload {dir}/{name}"), e))?;
-                if n == 0 {
-                    return Err(Error {
-                        op: format!("upload {dir}/{name}"),
-                        message: "the stream closed".into(),
-                        code: 0,
-                    });
-                }
-                off += n as usize;
-            }
-            stream.finish().map_err(|e| Error::new(format!("upload {dir}/{name}"), e))
-        })();
-        if let Err(e) = r {
-            // Not left half-written: the volume this call made goes (it is still that key).
-            let _ = v.delete(0);
+        let key = self.new_volume(pool, name, bytes.len() as u64, Perms { mode, owner: None })?;
+        if let Err(e) = self.fill_volume(pool, name, &key, bytes) {
+            let _ = self.delete_volume_by_key(pool, name, &key);
             return Err(e);
         }
         Ok(key)
@@ -144,15 +82,7 @@ impl Libvirt {
 
     /// Removes a file [`Libvirt::upload_file`] made, only if it is still that volume (`key`).
     pub fn remove_uploaded(&self, dir: &str, name: &str, key: &str) -> Result<bool> {
-        let pool = self.transfer_pool(dir)?;
-        let r = match pool.lookup_storage_vol_by_name(name) {
-            Ok(v) if v.key().ok().as_deref() == Some(key) => {
-                v.delete(0).map(|_| true).map_err(|e| Error::new(format!("delete {dir}/{name}"), e))
-            }
-            _ => Ok(false),
-        };
-        let _ = pool.destroy();
-        r
+        self.remove_file(dir, name, key)
     }
 
     /// The files of `dir` on the host of this connection whose names end with `suffix`
@@ -166,17 +96,7 @@ impl Libvirt {
         max_files: usize,
         max_bytes: u64,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let name = format!("phyllome-read-{}", std::process::id());
-        let xml = Element::new("pool")
-            .attr("type", "dir")
-            .child(Element::leaf("name", &name))
-            .child(Element::new("target").child(Element::leaf("path", dir)))
-            .render();
-        let pool = match self.conn.create_storage_pool_xml(&xml, 0) {
-            Ok(p) => p,
-            // No such folder there (libvirt cannot start the pool).
-            Err(_) => return Ok(vec![]),
-        };
+        let Some(pool) = self.open_folder(dir, false).unwrap_or(None) else { return Ok(vec![]) };
         let r = (|| {
             let mut names = pool.list_volumes().map_err(|e| Error::new(format!("list {dir}"), e))?;
             names.retain(|n| n.ends_with(suffix));
@@ -185,28 +105,11 @@ impl Libvirt {
             let mut out = vec![];
             for n in names {
                 let Ok(v) = pool.lookup_storage_vol_by_name(&n) else { continue };
-                let Ok(info) = v.info() else { continue };
-                if info.capacity > max_bytes {
+                if v.info().map_or(true, |i| i.capacity > max_bytes) {
                     continue;
                 }
-                let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| Error::new("new stream", e))?;
-                v.download(&stream, 0, info.capacity, 0).map_err(|e| Error::new(format!("read {dir}/{n}"), e))?;
-                let mut bytes = vec![];
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let got = stream.recv(&mut buf).map_err(|e| Error::new(format!("read {dir}/{n}"), e))?;
-                    if got <= 0 {
-                        break;
-                    }
-                    bytes.extend_from_slice(&buf[..got as usize]);
-                    if bytes.len() as u64 > max_bytes {
-                        break;
-                    }
-                }
-                let _ = stream.finish();
-                if bytes.len() as u64 <= max_bytes {
-                    out.push((n, bytes));
-                }
+                let bytes = self.download(&v, &format!("{dir}/{n}"), max_bytes)?;
+                out.push((n, bytes));
             }
             Ok(out)
         })();

@@ -17,7 +17,7 @@ fn is_no_vol(e: &virt::error::Error) -> bool {
 }
 
 impl Libvirt {
-    fn pool(&self, name: &str) -> Result<virt::storage_pool::StoragePool> {
+    pub(crate) fn pool(&self, name: &str) -> Result<virt::storage_pool::StoragePool> {
         self.conn.lookup_storage_pool_by_name(name).map_err(|e| Error::new(format!("storage pool {name}"), e))
     }
 

@@ -118,6 +118,8 @@ impl Drop for Partial {
 
 pub fn export(uri: &str, a: ExportArgs) -> Fallible {
     let lv = Libvirt::connect(uri)?;
+    // What export would refuse is said before a passphrase is asked or a file made.
+    bundle::check_exportable(&lv, &a.name)?;
     let pass = passphrase(a.passphrase_stdin, true)?;
     let to_stdout = a.output.as_deref() == Some("-");
     if to_stdout && std::io::stdout().is_terminal() {

@@ -26,6 +26,7 @@ pub fn is_live_root(root: &Path) -> Result<bool, String> {
 
 /// What only the running host can answer: libvirtd, the KVM probe, free space, the user.
 pub fn run(uri: &str, args: CheckArgs) -> Fallible {
+    phyllome_engine::hostfiles::here_only_uri(uri, "phyllome check (it examines this machine)")?;
     let inputs = if is_live_root(&args.root)? {
         let lv = Libvirt::connect(uri).map_err(|e| e.message);
         hostinfo::check_inputs(lv.as_ref().map_err(String::clone), uri)

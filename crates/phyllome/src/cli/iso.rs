@@ -2,6 +2,7 @@
 
 use super::Fallible;
 use clap::Subcommand;
+use phyllome_engine::hostfiles::here_only_uri;
 use phyllome_engine::iso;
 use phyllome_engine::isodir;
 use phyllome_engine::progress::Progress;
@@ -75,6 +76,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
             }
         }
         IsoCommand::List { dir, json } => {
+            here_only_uri(uri, "the ISO folder (this machine's)")?;
             let rows = isodir::list(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -104,6 +106,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
             }
         }
         IsoCommand::Add { file, name, dir, json } => {
+            here_only_uri(uri, "the ISO folder (this machine's)")?;
             let bar = if std::io::stderr().is_terminal() && !json {
                 let b = indicatif::ProgressBar::new(0);
                 b.set_style(
@@ -132,6 +135,8 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
             println!("sha256 {}", a.sha256);
         }
         IsoCommand::Remove { name, dir, json } => {
+            // Whether a VM uses it is asked of this machine's libvirt, whose VMs can.
+            here_only_uri(uri, "the ISO folder (this machine's)")?;
             let lv = phyllome_libvirt::Libvirt::connect(uri)?;
             let path = isodir::remove(&lv, &dir, &name)?;
             if json {

@@ -503,6 +503,12 @@ fn display(lv: &Libvirt, uri: &str, name: &str) -> Fallible {
     if graphical && in_path("virt-viewer") {
         std::process::Command::new("virt-viewer").args(["--connect", uri, name]).spawn()?;
         eprintln!("phyllome: opened virt-viewer");
+    } else if !lv.is_local() {
+        // The address is that host's loopback, not this machine's.
+        eprintln!(
+            "phyllome: the display listens on the VM's host ({}) only: open it with virt-viewer --connect URI {name}, or tunnel port {port} of that host",
+            lv.uri()
+        );
     } else if graphical && in_path("remote-viewer") {
         std::process::Command::new("remote-viewer").arg(&addr).spawn()?;
         eprintln!("phyllome: opened remote-viewer");
