@@ -155,6 +155,41 @@ impl Libvirt {
         r
     }
 
+    /// Whether the folder `dir` exists on the host of this connection (a transient
+    /// directory pool over it, never built, so nothing there changes).
+    pub fn dir_exists(&self, dir: &str) -> Result<bool> {
+        let xml = Element::new("pool")
+            .attr("type", "dir")
+            .child(Element::leaf("name", format!("phyllome-look-{}", std::process::id())))
+            .child(Element::new("target").child(Element::leaf("path", dir)))
+            .render();
+        match self.conn.create_storage_pool_xml(&xml, 0) {
+            Ok(p) => {
+                let _ = p.destroy();
+                Ok(true)
+            }
+            // libvirt cannot open a folder that is not there ("cannot open directory ...").
+            Err(e) if e.message().contains("No such file or directory") => Ok(false),
+            Err(e) => Err(Error::new(format!("look for {dir}"), e)),
+        }
+    }
+
+    /// Removes the folder `dir` on the host of this connection if it is empty (libvirt's
+    /// delete of a directory pool is an rmdir, which leaves a folder with anything in it);
+    /// whether it did. The pool is defined only for the call, never started.
+    pub fn remove_empty_dir(&self, dir: &str) -> Result<bool> {
+        let xml = Element::new("pool")
+            .attr("type", "dir")
+            .child(Element::leaf("name", format!("phyllome-rmdir-{}", std::process::id())))
+            .child(Element::new("target").child(Element::leaf("path", dir)))
+            .render();
+        let pool =
+            self.conn.define_storage_pool_xml(&xml, 0).map_err(|e| Error::new(format!("a pool over {dir}"), e))?;
+        let removed = pool.delete(0).is_ok();
+        let _ = pool.undefine();
+        Ok(removed)
+    }
+
     /// The files of `dir` on the host of this connection whose names end with `suffix`
     /// (a transient directory pool over it, never built, so the folder is not changed;
     /// each file read by a volume download). At most `max_files` files of `max_bytes`
