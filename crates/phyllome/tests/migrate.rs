@@ -280,7 +280,8 @@ fn killing_the_destination_libvirtd_mid_migration_leaves_the_vm_running_here_and
     require_libvirt();
     let host = SecondHost::start("crash", &[]);
     let vm = TestVm::new("mig-crash");
-    let records = std::env::temp_dir().join(format!("{PREFIX}pending-{}", std::process::id()));
+    let guard = Records::new("crash");
+    let records = guard.0.clone();
     let args = create_guest_args(&vm.0, "phyllome.test=counter", &["--start"]);
     ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     wait_for_serial(&vm.0, "PHYLLOME-COUNT: 3", 240);
@@ -363,7 +364,6 @@ fn killing_the_destination_libvirtd_mid_migration_leaves_the_vm_running_here_and
     let before = last_count(&serial_log(&vm.0));
     host.wait_serial(&vm.0, &format!("PHYLLOME-COUNT: {}", before + 2), 120);
     assert_eq!(recorded_count(&records), 0, "the record was removed");
-    let _ = std::fs::remove_dir_all(&records);
 }
 
 fn recorded_count(records: &Path) -> usize {
