@@ -19,6 +19,11 @@
 //! - **Afterwards** the source's domain, volume, key, NVRAM and TPM state go,
 //!   only once the destination has the VM. A failure leaves the VM where it was
 //!   and removes what was pre-created there (by secret UUID and volume key).
+//! - **A move cut short** (phyllome killed, the destination away) stays recorded
+//!   until it is settled (`settle`) from what both hosts show by the VM's UUID:
+//!   finished when it got there, undone when it did not. Every command's recovery,
+//!   the next migration to that host and `phyllome host clean` ([`clean`]) do it;
+//!   until then the VM does not start here (it may run there).
 
 use crate::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
@@ -932,7 +937,7 @@ fn undo(src: &Libvirt, m: &mut Made, dir: &Path, progress: Report<'_>) -> Settle
 }
 
 /// Settles every move cut short from `src` whose destination answers within
-/// [`RECOVER_WITHIN`]: what every phyllome command does first (`vm::recover`). Returns each
+/// `RECOVER_WITHIN` (5 s): what every phyllome command does first (`vm::recover`). Returns each
 /// record looked at, settled or left.
 pub fn recover(src: &Libvirt) -> Vec<Settled> {
     let dir = pending_dir();
