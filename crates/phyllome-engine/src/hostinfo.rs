@@ -75,6 +75,7 @@ pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::c
     let libvirt = lv
         .clone()
         .and_then(|lv| lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()));
+    let migrations = lv.as_ref().ok().map(|lv| crate::migrate::unsettled(lv));
     let pool_path =
         lv.ok().and_then(|lv| lv.pool_path(crate::POOL).ok().flatten()).unwrap_or_else(|| crate::POOL_PATH.into());
     // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
@@ -90,6 +91,7 @@ pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::c
         disk: check::free_space(&pool_path),
         user: check::current_user(),
         not_live: None,
+        migrations,
     }
 }
 

@@ -218,6 +218,11 @@ impl Hosts {
         self.list()?.into_iter().find(|h| h.name == name).map(|h| h.uri).ok_or_else(|| HostsError::Unknown(name.into()))
     }
 
+    /// The name a URI was added under, if any (for messages: a host's name says more than its URI).
+    pub fn name_of(&self, uri: &str) -> Option<String> {
+        self.list().ok()?.into_iter().find(|h| h.uri == uri).map(|h| h.name)
+    }
+
     /// Every host to show in one list: this host's own connection first (as `local`),
     /// then the added ones (one whose URI is the local one is not repeated).
     pub fn all(&self, local_uri: &str) -> Result<Vec<Host>> {
@@ -232,6 +237,18 @@ impl Hosts {
 pub fn connect(host: &Host) -> Result<Libvirt> {
     // libvirt's own words (the URI is in the error already).
     Libvirt::connect(&host.uri).map_err(|e| unreachable(host, e.message))
+}
+
+/// Connects to `uri`, giving up after `within` (a host that does not answer, an ssh
+/// that would ask a password): libvirt's words, or that it did not answer in time. The
+/// connection attempt that was given up ends in its own thread.
+pub fn connect_within(uri: &str, within: Duration) -> std::result::Result<Libvirt, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let u = uri.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(Libvirt::connect(&u).map_err(|e| e.message));
+    });
+    rx.recv_timeout(within).unwrap_or_else(|_| Err(format!("no answer within {} s", within.as_secs())))
 }
 
 fn unreachable(host: &Host, why: impl std::fmt::Display) -> HostsError {

@@ -19,6 +19,11 @@
 //! - **Afterwards** the source's domain, volume, key, NVRAM and TPM state go,
 //!   only once the destination has the VM. A failure leaves the VM where it was
 //!   and removes what was pre-created there (by secret UUID and volume key).
+//! - **A move cut short** (phyllome killed, the destination away) stays recorded
+//!   until it is settled (`settle`) from what both hosts show by the VM's UUID:
+//!   finished when it got there, undone when it did not. Every command's recovery,
+//!   the next migration to that host and `phyllome host clean` ([`clean`]) do it;
+//!   until then the VM does not start here (it may run there).
 
 use crate::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
@@ -76,6 +81,8 @@ pub struct Stats {
     pub data_total: u64,
     pub data_processed: u64,
     pub data_remaining: u64,
+    /// The disk copy (NBD) in bytes: the disk's size, and what was copied (libvirt's figures
+    /// while it ran: its completed job keeps none; at least the whole disk once it completed).
     pub disk_total: u64,
     pub disk_processed: u64,
     pub memory_total: u64,
@@ -134,10 +141,14 @@ pub enum MigrateError {
     )]
     Failed { vm: String, why: String },
     #[error(
-        "the migration of {vm} failed ({why}); it stays on this host. The destination did not answer, so {} stay there: the next phyllome migrate to it removes them (recorded in {record})",
+        "the migration of {vm} failed ({why}); it stays on this host. {} stay on {to} for now: the next phyllome command removes them once {to} answers (`phyllome host clean {to}` does it now; recorded in {record})",
         left.join(", ")
     )]
-    LeftThere { vm: String, why: String, left: Vec<String>, record: String },
+    LeftThere { vm: String, to: String, why: String, left: Vec<String>, record: String },
+    #[error(
+        "libvirt reported the migration of {vm} failed ({why}), yet it arrived on the destination: its copy here was removed"
+    )]
+    ArrivedAnyway { vm: String, why: String },
 }
 
 impl MigrateError {
@@ -147,7 +158,9 @@ impl MigrateError {
             MigrateError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
             MigrateError::Unreachable { .. } => ErrorKind::Unavailable,
             MigrateError::Refused { .. } => ErrorKind::Unsupported,
-            MigrateError::Failed { .. } | MigrateError::LeftThere { .. } => ErrorKind::Failed,
+            MigrateError::Failed { .. } | MigrateError::LeftThere { .. } | MigrateError::ArrivedAnyway { .. } => {
+                ErrorKind::Failed
+            }
         }
     }
 }
@@ -262,6 +275,20 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
         !uuid_taken,
         if uuid_taken { "a VM of that name or UUID exists there".to_string() } else { "free there".to_string() },
     );
+    // A move of this VM cut short before: what settling it would do.
+    if let Some(mut m) = Made::all(&pending_dir()).into_iter().find(|m| m.uuid == s.uuid && m.made_through(src)) {
+        let (ok, detail) = if !m.is_orphan() {
+            (false, format!("phyllome (process {}) is moving it now", m.pid))
+        } else if m.to != req.to {
+            let other = host_label(&m.to);
+            (false, format!("a move of it to {other} was cut short: settle it first (phyllome host clean {other})"))
+        } else {
+            let seen = settle(src, dst, &mut m, &pending_dir(), true, false);
+            // One that did not get there is undone before this move; any other is no start.
+            (seen.outcome == "undone", seen.note)
+        };
+        c.push("earlier move", ok, detail);
+    }
     let vol_path = format!("{}/{name}.qcow2", crate::POOL_PATH);
     if let Some(p) = dst.pool_path(crate::POOL)? {
         let same = p == crate::POOL_PATH;
@@ -274,12 +301,15 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
                 format!("{} is at {p} there, not {}", crate::POOL, crate::POOL_PATH)
             },
         );
-        if dst.volume_info(crate::POOL, &format!("{name}.qcow2"))?.is_some() || dst.volume_secret(&vol_path)?.is_some()
-        {
-            let leftover = Made::orphans(&pending_dir(), &req.to)
-                .iter()
-                .any(|m| m.volume == format!("{name}.qcow2") && m.volume_key.is_some());
-            if leftover {
+        let vol_name = format!("{name}.qcow2");
+        if dst.volume_info(crate::POOL, &vol_name)?.is_some() || dst.volume_secret(&vol_path)?.is_some() {
+            // A volume a domain there uses is that VM's disk, whoever made it: never removed.
+            let user = vm::other_user(dst, "", crate::POOL, &vol_name, Some(&vol_path))?;
+            let leftover =
+                Made::orphans(&pending_dir(), &req.to).iter().any(|m| m.volume == vol_name && m.volume_key.is_some());
+            if let Some(user) = user {
+                c.push("volume", false, format!("{vol_path} is the disk of VM {user} there"));
+            } else if leftover {
                 c.push(
                     "volume",
                     true,
@@ -299,9 +329,21 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
     } else {
         c.push("pool", true, format!("{} is made there at {}", crate::POOL, crate::POOL_PATH));
     }
-    let free = dst.free_memory()?;
-    let need = s.memory_mib << 20;
-    c.push("memory", free > need + (128 << 20), format!("{} MiB free there for {} MiB", free >> 20, s.memory_mib));
+    let (ok, detail) = match dst.node_memory() {
+        Ok(node) => {
+            // The destination on this machine: its MemAvailable is this kernel's.
+            let here = if dst.is_local() { Some(crate::snapshot::mem_available()).filter(|&b| b > 0) } else { None };
+            memory_item(&node, here, s.memory_mib)
+        }
+        Err(_) => {
+            let free = dst.free_memory()?;
+            (
+                free > (s.memory_mib << 20) + MEMORY_MARGIN,
+                format!("{} MiB free there for {} MiB", free >> 20, s.memory_mib),
+            )
+        }
+    };
+    c.push("memory", ok, detail);
     let (virt, machine) = domain_type(&xml);
     match dst.domain_capabilities(&virt, &machine) {
         Ok(caps_xml) => {
@@ -336,6 +378,11 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
         }
         Err(e) => c.push("accelerator", false, format!("{virt} is not available there: {}", e.message)),
     }
+    let shares = crate::share::shares_of(&xml);
+    if !shares.is_empty() {
+        let (ok, detail) = shares_item(src, dst, name, &shares, req.live)?;
+        c.push("shares", ok, detail);
+    }
     if req.live {
         if let Some((cpu, mode)) = cpu_of(&xml) {
             if mode == "host-passthrough" {
@@ -351,6 +398,82 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
     Ok(c)
 }
 
+/// What the destination keeps for itself beyond the VM's memory.
+const MEMORY_MARGIN: u64 = 128 << 20;
+
+/// Whether the destination has the memory for a VM of `need_mib`, and the figure in words,
+/// naming which it is: MemAvailable (the kernel's estimate of what it can give without
+/// swapping) when known, from `meminfo` (a destination on this machine) or from libvirt
+/// (which reports it from 12.3); else libvirt's free memory plus buffers and page cache,
+/// which the kernel gives back as well (an upper bound: shared memory counts as cache).
+fn memory_item(node: &phyllome_libvirt::NodeMemory, meminfo: Option<u64>, need_mib: u64) -> (bool, String) {
+    let (available, what) = match (meminfo, node.available) {
+        (Some(a), _) => (a, "MemAvailable".to_string()),
+        (None, Some(a)) => (a, "MemAvailable, as libvirt reports it".to_string()),
+        (None, None) => (
+            node.free + node.buffers + node.cached,
+            format!("libvirt's free memory, {} MiB, plus buffers and page cache", node.free >> 20),
+        ),
+    };
+    (
+        available > (need_mib << 20) + MEMORY_MARGIN,
+        format!("{} MiB available there ({what}) for {need_mib} MiB", available >> 20),
+    )
+}
+
+/// Whether the VM's shared folders let it move, in words. libvirt starts the VM's virtiofsd
+/// on the destination for each folder, so each must be there. A live move also hands
+/// virtiofsd's state over: which files the guest has open, found again by path there, never
+/// the files themselves (a different folder of the same path makes the load fail, "Input/output
+/// error", or worse, gives the guest other files). Phyllome copies a VM's disk, not its
+/// folders, and cannot tell from here that a folder there is the same one: a live move with
+/// shares is refused, naming what it would need. Offline the guest never ran, so nothing is
+/// open; the folders need only be there (the definition there is rebuilt without shares).
+fn shares_item(
+    src: &Libvirt,
+    dst: &Libvirt,
+    name: &str,
+    shares: &[crate::share::ShareRow],
+    live: bool,
+) -> Result<(bool, String)> {
+    let listed = shares.iter().map(|s| format!("{} ({})", s.tag, s.dir)).collect::<Vec<_>>().join(", ");
+    let tags = shares.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join(" ");
+    if live {
+        let feature = phyllome_model::capability::Feature::VirtiofsMigration;
+        let here = match crate::hostinfo::gather(src, false) {
+            Ok((host, _)) => match host.check(feature) {
+                Ok(()) => "this host has them".to_string(),
+                Err(u) => format!("this host has {}", u.have),
+            },
+            Err(_) => "this host's are not known".to_string(),
+        };
+        return Ok((
+            false,
+            format!(
+                "{listed}: a live move hands over which files the guest has open, not the files, so both hosts must serve the same folders (shared storage) with {} ({here}); Phyllome copies the disk, not shared folders: move it stopped (--offline), or remove the shares first (phyllome share remove {name} TAG: {tags})",
+                feature.requirement()
+            ),
+        ));
+    }
+    let mut missing = vec![];
+    for s in shares {
+        if !dst.folder_exists(&s.dir)? {
+            missing.push(format!("{} ({})", s.dir, s.tag));
+        }
+    }
+    if missing.is_empty() {
+        Ok((true, format!("{listed}: folders of these paths are there too, as the move itself needs; the shares stay with this host (phyllome share add there afterwards)")))
+    } else {
+        Ok((
+            false,
+            format!(
+                "{}: not on the destination, and libvirt starts a virtiofsd there for each: make them there, or remove the shares first (phyllome share remove {name} TAG)",
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
 /// The migration and NBD URIs for a destination on this same machine (a unix
 /// socket URI): unix sockets both QEMUs can reach. None: libvirt's own (TCP).
 fn data_uris(to: &str) -> (Option<String>, Option<String>) {
@@ -363,18 +486,25 @@ fn data_uris(to: &str) -> (Option<String>, Option<String>) {
 }
 
 /// Where a migration records what it made on its destination while it runs
-/// (one JSON file per VM UUID), so that what a failure could not remove there
-/// (the destination's libvirtd died, the network went) is removed later.
+/// (one JSON file per VM UUID), so that a move cut short (the destination's libvirtd
+/// died, the network went, phyllome itself was killed) is settled later.
 pub const PENDING_DIR: &str = "/var/lib/phyllome/pending-migrations";
 
-/// What a migration made on the destination, by identity, on disk from before the
-/// first object is made until the move completed or all of it was removed.
+/// How long the recovery every command runs waits for a destination to answer: a host
+/// that is away costs each command this much while a move to it is unsettled.
+const RECOVER_WITHIN: Duration = Duration::from_secs(5);
+
+/// What a migration made on the destination, by identity, and what it changed here,
+/// on disk from before the first object is made until the move is settled.
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 struct Made {
     vm: String,
-    /// The domain's UUID: the record's file name, and how the VM is known there.
+    /// The domain's UUID: the record's file name, and how the VM is known on both hosts.
     uuid: String,
     to: String,
+    /// The source's libvirt connection (None in records of older versions: this host's own).
+    #[serde(default)]
+    from: Option<String>,
     pid: u32,
     boot_id: String,
     /// The pool (its UUID), when this migration made it there.
@@ -384,9 +514,22 @@ struct Made {
     volume_key: Option<String>,
     /// Uploaded files: folder, name, and the key libvirt gave the upload.
     files: Vec<(String, String, String)>,
-    /// A stopped source started paused for the move (this process only).
-    #[serde(skip)]
+    /// Folders there that did not exist before the uploads made them.
+    #[serde(default)]
+    dirs: Vec<String>,
+    /// A stopped source started paused for the move (its UUID).
+    #[serde(default)]
     paused_source: Option<String>,
+    /// The source's libvirt autostart was on, and is off while it moves (so a reboot here
+    /// cannot start it while it runs there).
+    #[serde(default)]
+    autostart: bool,
+    /// The unix sockets of the migration streams on this machine (a destination on it).
+    #[serde(default)]
+    sockets: Vec<String>,
+    /// Why the move is not settled yet, as last seen.
+    #[serde(default)]
+    why: Option<String>,
 }
 
 impl Made {
@@ -420,8 +563,13 @@ impl Made {
         let _ = std::fs::remove_file(Made::file(dir, &self.uuid));
     }
 
+    /// Nothing of it is left on the destination.
     fn is_empty(&self) -> bool {
-        self.pool.is_none() && self.secret.is_none() && self.volume_key.is_none() && self.files.is_empty()
+        self.pool.is_none()
+            && self.secret.is_none()
+            && self.volume_key.is_none()
+            && self.files.is_empty()
+            && self.dirs.is_empty()
     }
 
     /// What is still there, in words.
@@ -434,22 +582,50 @@ impl Made {
             left.push(format!("secret {s}"));
         }
         left.extend(self.files.iter().map(|(d, f, _)| format!("{d}/{f}")));
+        left.extend(self.dirs.iter().map(|d| format!("folder {d}")));
         if self.pool.is_some() {
             left.push(format!("storage pool {}", crate::POOL));
         }
         left
     }
 
-    /// Records of migrations whose process is gone, to a destination.
-    fn orphans(dir: &Path, to: &str) -> Vec<Made> {
+    /// The process that wrote it is gone (killed, or the host rebooted since).
+    fn is_orphan(&self) -> bool {
+        self.boot_id != crate::journal::boot_id() || !crate::journal::phyllome_alive(self.pid)
+    }
+
+    /// Made through the connection `lv` (recovery acts on a record only through the source
+    /// it was made from, never another host's).
+    fn made_through(&self, lv: &Libvirt) -> bool {
+        crate::journal::same_connection(self.from.as_deref(), lv)
+    }
+
+    /// Every record in `dir`.
+    fn all(dir: &Path) -> Vec<Made> {
         let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
         rd.flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| serde_json::from_slice::<Made>(&std::fs::read(e.path()).ok()?).ok())
-            .filter(|m| {
-                m.to == to && (m.boot_id != crate::journal::boot_id() || !crate::journal::phyllome_alive(m.pid))
-            })
             .collect()
+    }
+
+    /// Records of migrations whose process is gone, to a destination.
+    fn orphans(dir: &Path, to: &str) -> Vec<Made> {
+        Made::all(dir).into_iter().filter(|m| m.to == to && m.is_orphan()).collect()
+    }
+
+    /// The unix sockets of its streams removed (QEMU leaves them), unless a live phyllome
+    /// now has that process id (and so those names).
+    fn remove_sockets(&mut self) {
+        use std::os::unix::fs::FileTypeExt;
+        if self.pid != std::process::id() && crate::journal::phyllome_alive(self.pid) {
+            return;
+        }
+        for s in self.sockets.drain(..) {
+            if std::fs::symlink_metadata(&s).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&s);
+            }
+        }
     }
 }
 
@@ -461,18 +637,106 @@ fn pending_dir() -> std::path::PathBuf {
     PENDING_DIR.into()
 }
 
-/// Removes from `dst` what `m` made there, each object by identity (volume key,
-/// secret UUID, upload key, pool UUID), clearing from `m` what is gone. A domain of
-/// the VM's UUID that the failed migration left there, not running, goes first.
-fn undo_there(dst: &Libvirt, m: &mut Made) {
-    if let Ok(list) = dst.list_all() {
-        if list.iter().any(|l| l.uuid() == m.uuid && l.state != State::Running) {
-            let _ = dst.remove_domain_by_uuid(&m.uuid);
+/// Held while records are settled, so that two commands never settle one move twice.
+fn settle_lock(dir: &Path) -> Option<std::fs::File> {
+    std::fs::create_dir_all(dir).ok()?;
+    let f = std::fs::File::open(dir).ok()?;
+    f.lock().ok()?;
+    Some(f)
+}
+
+/// A destination as messages name it: its host name when it was added as one.
+fn host_label(uri: &str) -> String {
+    crate::hosts::Hosts::open().name_of(uri).unwrap_or_else(|| uri.to_string())
+}
+
+/// What became of a move cut short, from both hosts' libvirt, by the VM's UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// libvirt still moves it (the source has a job): nothing is decided yet.
+    UnderWay,
+    /// The destination has it, and it does not run here: the move completed.
+    Arrived,
+    /// The destination does not have it: the move failed, the VM is (only) here.
+    Failed,
+    /// Defined there, and active here: nothing can be decided for the user.
+    Both,
+}
+
+/// The decision, from what each side shows: `here` and `there` are the domain's state on
+/// the source and the destination (None: no domain of that UUID), `migrating` whether
+/// the source still has a job.
+fn outcome(here: Option<State>, migrating: bool, there: Option<State>) -> Outcome {
+    if migrating {
+        return Outcome::UnderWay;
+    }
+    let active_here = here.is_some_and(|s| s != State::Shutoff);
+    match there {
+        None => Outcome::Failed,
+        Some(_) if !active_here => Outcome::Arrived,
+        Some(_) => Outcome::Both,
+    }
+}
+
+/// A move that was cut short, and what was done about it (with a dry run: what would be).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Settled {
+    pub vm: String,
+    pub uuid: String,
+    /// The destination: its host name when it has one.
+    pub to: String,
+    /// `arrived`: the move had completed, so the VM's copy here goes; `undone`: it stayed
+    /// here, so what the move made there goes; left as it is: `under-way` (libvirt still
+    /// moves it), `on-both-hosts` (defined there, running here), `unreachable`,
+    /// `in-progress` (a phyllome command is moving it now).
+    pub outcome: String,
+    /// What was removed (a dry run: what would be).
+    pub removed: Vec<String>,
+    /// What stays, and why.
+    pub left: Vec<String>,
+    /// In words.
+    pub note: String,
+}
+
+impl Settled {
+    /// The move is settled: its record is gone.
+    pub fn settled(&self) -> bool {
+        matches!(self.outcome.as_str(), "arrived" | "undone") && self.left.is_empty()
+    }
+
+    fn left_as_is(m: &Made, outcome: &str, note: String) -> Settled {
+        Settled {
+            vm: m.vm.clone(),
+            uuid: m.uuid.clone(),
+            to: host_label(&m.to),
+            outcome: outcome.into(),
+            removed: vec![],
+            left: m.left(),
+            note,
         }
     }
+}
+
+/// Removes from `dst` what `m` made there, each object by identity (volume key, secret
+/// UUID, upload key, pool UUID), clearing from `m` what is gone. A volume a domain there
+/// uses (defined or running) is not this record's any more: it stays, with its key, and
+/// is said in the returned words.
+fn undo_there(dst: &Libvirt, m: &mut Made) -> Vec<String> {
+    let mut kept = vec![];
     if let Some(k) = m.volume_key.clone() {
-        if dst.delete_volume_by_key(crate::POOL, &m.volume, &k).is_ok() {
-            m.volume_key = None;
+        match vm::other_user(dst, "", crate::POOL, &m.volume, Some(&k)) {
+            Ok(Some(other)) => {
+                kept.push(format!("volume {}/{} and its key: the disk of VM {other} there", crate::POOL, m.volume));
+                m.volume_key = None;
+                m.secret = None;
+            }
+            Ok(None) => {
+                if dst.delete_volume_by_key(crate::POOL, &m.volume, &k).is_ok() {
+                    m.volume_key = None;
+                }
+            }
+            Err(_) => {}
         }
     }
     if let Some(s) = m.secret.clone() {
@@ -481,11 +745,149 @@ fn undo_there(dst: &Libvirt, m: &mut Made) {
         }
     }
     m.files.retain(|(dir, file, key)| dst.remove_uploaded(dir, file, key).is_err());
+    if m.files.is_empty() {
+        // Only while empty (an rmdir): a folder something else put files into stays.
+        m.dirs.retain(|d| dst.remove_empty_folder(d).is_err());
+    }
     if let Some(p) = m.pool.clone() {
         if m.volume_key.is_none() && dst.remove_empty_pool(&p).is_ok() {
             m.pool = None;
         }
     }
+    kept
+}
+
+/// Settles the move `m` records, from what both hosts show by the VM's UUID: a move that
+/// completed is finished (the VM's copy here removed, as after a move, through
+/// `vm::delete`'s path), a failed one undone (what it made there removed, the source as it
+/// was), anything else left as it is and said. `migration_failed`: this process saw
+/// libvirt's migration fail, so a domain of the VM's UUID there that does not run is what
+/// the failure left. With `dry_run` nothing changes.
+fn settle(src: &Libvirt, dst: &Libvirt, m: &mut Made, dir: &Path, dry_run: bool, migration_failed: bool) -> Settled {
+    let to = host_label(&m.to);
+    let here = match src.by_uuid(&m.uuid) {
+        Ok(h) => h,
+        Err(e) => return Settled::left_as_is(m, "unreachable", format!("this host's libvirt: {}", e.message)),
+    };
+    let mut there = match dst.by_uuid(&m.uuid) {
+        Ok(t) => t,
+        Err(e) => return Settled::left_as_is(m, "unreachable", format!("{to}: {}", e.message)),
+    };
+    let migrating =
+        here.as_ref().is_some_and(|(n, s)| *s != State::Shutoff && src.migration_stats(n).is_ok_and(|st| st.active));
+    if migration_failed && !dry_run && there.as_ref().is_some_and(|(_, s)| *s != State::Running) {
+        let _ = dst.remove_domain_by_uuid(&m.uuid);
+        there = None;
+    }
+    let here_state = here.as_ref().map(|(_, s)| *s);
+    let there_state = there.as_ref().map(|(_, s)| *s);
+    let vm_name = m.vm.clone();
+    let mut s = Settled::left_as_is(m, "", String::new());
+    match outcome(here_state, migrating, there_state) {
+        Outcome::UnderWay => {
+            s.outcome = "under-way".into();
+            s.note = format!(
+                "libvirt still moves {vm_name} to {to}: the first phyllome command after it ends finishes or undoes the move"
+            );
+            if !dry_run {
+                m.why = Some("libvirt was still moving it".into());
+                let _ = m.save(dir);
+            }
+        }
+        Outcome::Both => {
+            s.outcome = "on-both-hosts".into();
+            s.note = format!(
+                "{vm_name} runs here and is defined on {to} too: nothing was removed; delete the copy you do not want (phyllome --connect URI delete {vm_name} there)"
+            );
+            if !dry_run {
+                m.why = Some(format!("it runs here and is defined on {to} too"));
+                let _ = m.save(dir);
+            }
+        }
+        Outcome::Arrived => {
+            s.outcome = "arrived".into();
+            s.left.clear();
+            let (there_name, there_state) = there.clone().expect("arrived: it is there");
+            if dry_run {
+                if let Some((name, _)) = &here {
+                    s.removed.push(format!("{name} here: its domain, disk, key, NVRAM, TPM state and snapshots"));
+                }
+            } else {
+                if m.paused_source.is_some() && there_state == State::Paused {
+                    // An offline move arrives paused: powered off there, as it was here.
+                    let _ = dst.destroy_paused_uuid(&m.uuid);
+                }
+                if m.autostart && dst.set_autostart(&there_name, true).is_ok() {
+                    m.autostart = false;
+                }
+                if let Some((name, _)) = &here {
+                    match vm::delete_now(src, name, false) {
+                        Ok(del) => {
+                            s.removed.push(format!("domain {name} here"));
+                            s.removed.extend(del.volumes.iter().map(|v| format!("volume {v} here")));
+                            s.removed.push(format!(
+                                "{} secret(s), its NVRAM and TPM state, {} snapshot(s) here",
+                                del.secrets, del.snapshots
+                            ));
+                        }
+                        Err(e) => s.left.push(format!("its copy here ({name}): {e}")),
+                    }
+                }
+                m.remove_sockets();
+                if s.left.is_empty() {
+                    m.forget(dir);
+                } else {
+                    m.why = Some(format!("it is on {to}, but its copy here could not be removed"));
+                    let _ = m.save(dir);
+                }
+            }
+            s.note = if dry_run {
+                format!("an earlier migration of {vm_name} had reached {to}: its copy here goes")
+            } else {
+                format!("an earlier migration of {vm_name} had reached {to}: its copy here was removed")
+            };
+        }
+        Outcome::Failed => {
+            s.outcome = "undone".into();
+            if dry_run {
+                s.removed = m.left();
+                s.left.clear();
+            } else {
+                if let Some((name, st)) = &here {
+                    if m.paused_source.is_some() && *st == State::Paused {
+                        let _ = src.destroy_paused_uuid(&m.uuid);
+                    }
+                    if m.autostart && src.set_autostart(name, true).is_ok() {
+                        m.autostart = false;
+                    }
+                }
+                let before = m.left();
+                let kept = undo_there(dst, m);
+                let after = m.left();
+                s.removed = before.iter().filter(|b| !after.contains(b)).cloned().collect();
+                s.left = after;
+                s.left.extend(kept);
+                m.remove_sockets();
+                if m.is_empty() {
+                    m.forget(dir);
+                } else {
+                    m.why = Some(format!("what it made on {to} could not all be removed"));
+                    let _ = m.save(dir);
+                }
+            }
+            s.note = if dry_run {
+                format!(
+                    "an interrupted migration of {vm_name} did not get to {to}; what it left there goes: {}",
+                    s.removed.join(", ")
+                )
+            } else if s.removed.is_empty() {
+                format!("an interrupted migration of {vm_name} to {to} was undone")
+            } else {
+                format!("removed what an interrupted migration of {vm_name} left there: {}", s.removed.join(", "))
+            };
+        }
+    }
+    s
 }
 
 /// How long a failed migration waits for its destination to answer again, to remove
@@ -493,11 +895,11 @@ fn undo_there(dst: &Libvirt, m: &mut Made) {
 /// (`Restart=on-failure`, or socket activation at the first connection).
 const UNDO_WAIT: Duration = Duration::from_secs(20);
 
-/// After a failure: the paused source stopped again, and what was made on the
-/// destination removed, over a new connection (the old one may have died with its
-/// daemon; it is tried again for [`UNDO_WAIT`]). What could not be removed stays
-/// recorded; returns it, in words.
-fn undo(src: &Libvirt, m: &mut Made, dir: &Path, progress: Report<'_>) -> Vec<String> {
+/// After this process saw the migration fail: the paused source stopped again, its
+/// autostart back, and the move settled over a new connection to the destination (the
+/// old one may have died with its daemon; it is tried again for [`UNDO_WAIT`]). What
+/// could not be removed stays recorded.
+fn undo(src: &Libvirt, m: &mut Made, dir: &Path, progress: Report<'_>) -> Settled {
     if let Some(u) = &m.paused_source {
         let _ = src.destroy_paused_uuid(u);
     }
@@ -516,52 +918,117 @@ fn undo(src: &Libvirt, m: &mut Made, dir: &Path, progress: Report<'_>) -> Vec<St
             Err(_) => break None,
         }
     };
-    if let Some(dst) = dst {
-        undo_there(&dst, m);
-    }
-    if m.is_empty() {
-        m.forget(dir);
-        vec![]
-    } else {
-        let _ = m.save(dir);
-        m.left()
+    match dst {
+        Some(dst) => settle(src, &dst, m, dir, false, true),
+        None => {
+            // libvirt said the move failed: the VM is here, whatever stays there.
+            if m.autostart && src.set_autostart(&m.vm, true).is_ok() {
+                m.autostart = false;
+            }
+            m.remove_sockets();
+            m.why = Some("the destination did not answer".into());
+            let _ = m.save(dir);
+            Settled::left_as_is(m, "unreachable", "the destination did not answer".into())
+        }
     }
 }
 
-/// What migrations that died (or whose destination did not answer) left on `dst`,
-/// removed now; in words, for the notes. A record whose VM is defined there is only
-/// dropped: the move got there, and what it made belongs to that VM now.
-fn recover_pending(dst: &Libvirt, to: &str, dir: &Path) -> Vec<String> {
-    let mut notes = vec![];
-    for mut m in Made::orphans(dir, to) {
-        let there = dst.list_all().map(|l| l.iter().any(|l| l.uuid() == m.uuid));
-        match there {
-            Ok(true) => {
-                notes.push(format!("an earlier migration of {} reached the destination; its record was dropped", m.vm));
-                m.forget(dir);
+/// Settles every move cut short from `src` whose destination answers within
+/// `RECOVER_WITHIN` (5 s): what every phyllome command does first (`vm::recover`). Returns each
+/// record looked at, settled or left.
+pub fn recover(src: &Libvirt) -> Vec<Settled> {
+    let dir = pending_dir();
+    if !Made::all(&dir).iter().any(|m| m.is_orphan() && m.made_through(src)) {
+        return vec![];
+    }
+    let Some(_lock) = settle_lock(&dir) else { return vec![] };
+    let mut reached: std::collections::HashMap<String, std::result::Result<Libvirt, String>> = Default::default();
+    let mut out = vec![];
+    // Read again under the lock: another command may have settled some meanwhile.
+    for mut m in Made::all(&dir).into_iter().filter(|m| m.is_orphan() && m.made_through(src)) {
+        let dst = reached.entry(m.to.clone()).or_insert_with(|| crate::hosts::connect_within(&m.to, RECOVER_WITHIN));
+        match dst {
+            Ok(dst) => out.push(settle(src, dst, &mut m, &dir, false, false)),
+            Err(why) => {
+                let why = format!("{} does not answer: {why}", host_label(&m.to));
+                m.why = Some(why.clone());
+                let _ = m.save(&dir);
+                out.push(Settled::left_as_is(&m, "unreachable", why));
             }
-            Ok(false) => {
-                let before = m.left();
-                undo_there(dst, &mut m);
-                let after = m.left();
-                let removed: Vec<_> = before.iter().filter(|b| !after.contains(b)).cloned().collect();
-                if !removed.is_empty() {
-                    notes.push(format!(
-                        "removed what an interrupted migration of {} left there: {}",
-                        m.vm,
-                        removed.join(", ")
-                    ));
-                }
-                if m.is_empty() {
-                    m.forget(dir);
-                } else {
-                    let _ = m.save(dir);
-                }
-            }
-            Err(_) => {}
         }
     }
-    notes
+    out
+}
+
+/// Moves cut short from `src` to `to`, settled over the connection `dst` (or, with
+/// `dry_run`, what would be done): `phyllome host clean`, and a migration to that host
+/// before it starts. A move another phyllome command runs now is only said.
+pub fn clean(src: &Libvirt, dst: &Libvirt, to: &str, dry_run: bool) -> Vec<Settled> {
+    let dir = pending_dir();
+    let _lock = if dry_run { None } else { settle_lock(&dir) };
+    let mut out = vec![];
+    for mut m in Made::all(&dir).into_iter().filter(|m| m.to == to && m.made_through(src)) {
+        if m.is_orphan() {
+            out.push(settle(src, dst, &mut m, &dir, dry_run, false));
+        } else {
+            let note = format!("phyllome (process {}) is moving {} there now", m.pid, m.vm);
+            out.push(Settled::left_as_is(&m, "in-progress", note));
+        }
+    }
+    out
+}
+
+/// Why the VM of `uuid` must not start through `lv`: a move of it is recorded and not
+/// settled (after [`recover`] tried), so it may run on that host. Its destination (host
+/// name when it has one) and the reason.
+pub fn unfinished(lv: &Libvirt, uuid: &str) -> Option<(String, String)> {
+    let m = Made::all(&pending_dir()).into_iter().find(|m| m.uuid == uuid && m.made_through(lv))?;
+    let why = if !m.is_orphan() {
+        format!("phyllome (process {}) is moving it now", m.pid)
+    } else {
+        m.why.clone().unwrap_or_else(|| "the phyllome command moving it stopped".into())
+    };
+    Some((host_label(&m.to), why))
+}
+
+/// A VM's move recorded through this connection, for the VM list.
+pub(crate) struct Moving {
+    orphan: bool,
+}
+
+impl Moving {
+    /// `migrating` while its phyllome runs, `unfinished migration` once that is gone.
+    pub(crate) fn reason(&self) -> &'static str {
+        if self.orphan {
+            "unfinished migration"
+        } else {
+            "migrating"
+        }
+    }
+}
+
+/// The moves recorded through `lv`, by VM UUID.
+pub(crate) fn moves_from(lv: &Libvirt) -> std::collections::HashMap<String, Moving> {
+    Made::all(&pending_dir())
+        .into_iter()
+        .filter(|m| m.made_through(lv))
+        .map(|m| (m.uuid.clone(), Moving { orphan: m.is_orphan() }))
+        .collect()
+}
+
+/// The moves cut short from `lv` that are not settled, in words (`phyllome check`).
+pub fn unsettled(lv: &Libvirt) -> Vec<String> {
+    Made::all(&pending_dir())
+        .into_iter()
+        .filter(|m| m.is_orphan() && m.made_through(lv))
+        .map(|m| {
+            let to = host_label(&m.to);
+            let why = m.why.clone().unwrap_or_else(|| "not looked at since".into());
+            let left = m.left();
+            let left = if left.is_empty() { String::new() } else { format!("; left there: {}", left.join(", ")) };
+            format!("{} to {to} ({why}{left}): phyllome host clean {to}", m.vm)
+        })
+        .collect()
 }
 
 /// The VM as Phyllome would make it, and what this host chooses for it: what the
@@ -684,10 +1151,15 @@ fn on_source(src: &Libvirt, path: &str) -> std::io::Result<Option<Vec<u8>>> {
 
 /// Moves `name` to `req.to` (after [`check`] passed).
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
+    // Moves cut short before are settled first (those to this destination over its own
+    // connection below, however long it takes to answer).
+    let mut settled = recover(src);
     vm::recover(src);
     let dst = connect(&req.to)?;
     let pending = pending_dir();
-    let mut notes = recover_pending(&dst, &req.to, &pending);
+    settled.extend(clean(src, &dst, &req.to, false).into_iter().filter(|s| s.outcome != "in-progress"));
+    let mut notes: Vec<String> =
+        settled.iter().filter(|s| s.settled() || !s.removed.is_empty()).map(|s| s.note.clone()).collect();
     for n in &notes {
         note(progress, n);
     }
@@ -698,6 +1170,20 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     }
     let xml = src.inactive_xml(name)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    // A record of an earlier move of it that settling above could not clear (what it left
+    // there would not go): this move would overwrite it and lose track of those objects.
+    if let Some(m) = Made::all(&pending).into_iter().find(|m| m.uuid == s.uuid) {
+        return Err(MigrateError::Refused {
+            vm: name.into(),
+            to: req.to.clone(),
+            why: format!(
+                "an earlier move of it to {} is not settled ({}): phyllome host clean {} first",
+                host_label(&m.to),
+                m.why.as_deref().unwrap_or("left as it was"),
+                host_label(&m.to)
+            ),
+        });
+    }
     let d = s.main_disk().cloned().ok_or_else(|| VmError::Disk(format!("{name} has no disk")))?;
     let vol = src
         .volume_info(crate::POOL, d.volume.as_deref().unwrap_or_default())?
@@ -707,6 +1193,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         vm: name.into(),
         uuid: s.uuid.clone(),
         to: req.to.clone(),
+        from: Some(src.uri()),
         pid: std::process::id(),
         boot_id: crate::journal::boot_id(),
         volume: format!("{name}.qcow2"),
@@ -717,6 +1204,9 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         .iter()
         .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
         .collect();
+    // The disk copy's figures, as libvirt reports them while it runs (its completed job keeps none).
+    let mut disk_seen = (0u64, 0u64);
+    let mut libvirt_done = false;
     let result = (|| -> Result<MigrationStats> {
         let at = |st: &'static str| -> Result<()> {
             progress(Progress::Step { step: st });
@@ -754,38 +1244,54 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
                 why: "its disk is not encrypted: moving unencrypted disks is not supported".into(),
             });
         }
-        if let Some(n) = &s.nvram {
-            if let Some(bytes) = on_source(src, &n.path).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))? {
-                let p = Path::new(&n.path);
-                let (dir, file) = (
-                    p.parent().expect("a folder").to_string_lossy().into_owned(),
-                    p.file_name().expect("a file").to_string_lossy().into_owned(),
-                );
-                let key = dst.upload_file(&dir, &file, &bytes, 0o600)?;
-                made.files.push((dir, file, key));
-                made.save(&pending)?;
-            }
-        }
-        for f in s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)) {
-            let p = Path::new(f);
+        // Each file goes up as a new volume of a transient pool over its folder; a folder
+        // that was not there is recorded first, to go again with the files.
+        let upload = |made: &mut Made, path: &str, bytes: &[u8], mode: u32| -> Result<()> {
+            let p = Path::new(path);
             let (dir, file) = (
                 p.parent().expect("a folder").to_string_lossy().into_owned(),
                 p.file_name().expect("a file").to_string_lossy().into_owned(),
             );
+            if !made.dirs.contains(&dir) && !dst.folder_exists(&dir)? {
+                made.dirs.push(dir.clone());
+                made.save(&pending)?;
+            }
+            let key = dst.upload_file(&dir, &file, bytes, mode)?;
+            made.files.push((dir, file, key));
+            made.save(&pending)
+        };
+        // The source's files are read on the source's host (through its libvirt when it is another one).
+        if let Some(n) = &s.nvram {
+            if let Some(bytes) = on_source(src, &n.path).map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))? {
+                upload(&mut made, &n.path, &bytes, 0o600)?;
+            }
+        }
+        for f in s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)) {
             let bytes = on_source(src, f)
                 .and_then(|b| b.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)))
                 .map_err(|e| VmError::Disk(format!("{f}: {e}")))?;
-            let key = dst.upload_file(&dir, &file, &bytes, 0o644)?;
-            made.files.push((dir, file, key));
-            made.save(&pending)?;
+            upload(&mut made, f, &bytes, 0o644)?;
         }
         at("migrate")?;
+        if src.autostart(name)? {
+            // Off while it moves, so a reboot here cannot start it while it runs there.
+            made.autostart = true;
+            made.save(&pending)?;
+            src.set_autostart(name, false)?;
+        }
         if !req.live {
             // No guest code runs: QEMU only carries the disk, TPM and device state across.
             made.paused_source = Some(s.uuid.clone());
+            made.save(&pending)?;
             src.start_paused(name)?;
         }
         let (migrate_uri, disks_uri) = data_uris(&req.to);
+        made.sockets = [&migrate_uri, &disks_uri]
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.strip_prefix("unix://").map(String::from))
+            .collect();
+        made.save(&pending)?;
         let ask = MigrateAsk {
             live: true,
             copy_storage: true,
@@ -817,6 +1323,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             if let Ok(st) = src.migration_stats(name) {
                 if st.active {
                     progress(Progress::Bytes { done: st.data_processed, total: st.data_total });
+                    disk_seen = (disk_seen.0.max(st.disk_total), disk_seen.1.max(st.disk_processed));
                     last_active = Some(st);
                 }
             }
@@ -830,6 +1337,10 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             }
             return Err(MigrateError::Failed { vm: name.into(), why: e.message });
         }
+        libvirt_done = true;
+        // The move completed: from here on it is finished, not undone, whatever happens
+        // (a kill -9 here leaves the record, which the next command settles the same way).
+        let _ = vm::step("migrated", &AtomicBool::new(false));
         made.paused_source = None;
         // The completed job's figures: the source's, else the destination's (libvirt keeps
         // them on either side), else the last ones seen while it ran.
@@ -845,35 +1356,39 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     for h in hooks {
         signal_hook::low_level::unregister(h);
     }
-    let stats = match result {
+    let mut stats = match result {
         Ok(s) => s,
-        Err(e) => {
-            // The VM runs where it was; the destination gets back to what it had.
-            if dst
-                .list_all()
-                .map(|l| l.iter().any(|l| l.uuid() == s.uuid && l.state == State::Running))
-                .unwrap_or(false)
-            {
-                // The move itself completed: the VM runs there. Nothing is undone.
-                made.forget(&pending);
-                return Err(e);
-            }
-            let left = undo(src, &mut made, &pending, progress);
-            if left.is_empty() {
+        Err(e) if !libvirt_done => {
+            // Settled from what both hosts show: normally the VM runs where it was, and the
+            // destination gets back to what it had.
+            let settled = undo(src, &mut made, &pending, progress);
+            if settled.settled() && settled.outcome == "undone" {
                 return Err(e);
             }
             let why = match e {
                 MigrateError::Failed { why, .. } => why,
                 other => other.to_string(),
             };
+            if settled.outcome == "arrived" {
+                return Err(MigrateError::ArrivedAnyway { vm: name.into(), why });
+            }
             return Err(MigrateError::LeftThere {
                 vm: name.into(),
+                to: host_label(&req.to),
                 why,
-                left,
+                left: settled.left,
                 record: Made::file(&pending, &s.uuid).display().to_string(),
             });
         }
+        Err(e) => return Err(e),
     };
+    made.remove_sockets();
+    // libvirt keeps no disk figures in a completed job: the ones seen while it copied, and at
+    // least the disk's size (what the NBD copy covers) once it completed.
+    if stats.disk_total == 0 {
+        stats.disk_total = if disk_seen.0 > 0 { disk_seen.0 } else { vol.capacity };
+    }
+    stats.disk_processed = stats.disk_processed.max(disk_seen.1).max(stats.disk_total);
     progress(Progress::Step { step: "finish" });
     if !req.live {
         // It arrived paused; powered off there, as it was here.
@@ -886,8 +1401,13 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
             why: "libvirt reported success, but the destination does not have the VM; nothing was removed here".into(),
         });
     };
-    made.forget(&pending);
     notes.push(format!("{name} is {:?} on the destination", there.state));
+    if made.autostart {
+        match dst.set_autostart(name, true) {
+            Ok(()) => notes.push("libvirt starts it there when that host boots, as it did here (autostart)".into()),
+            Err(e) => notes.push(format!("its autostart could not be turned on there: {}", e.message)),
+        }
+    }
     // Re-tuning: rebuilt there when it arrived stopped; after a live move, only said.
     let mut retuned = false;
     let mut changes = vec![];
@@ -926,13 +1446,15 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     if tuning.as_ref().is_some_and(|t| !t.spec.shares.is_empty()) {
         notes.push("its shared folders stay with this host: add them there with phyllome share add".into());
     }
-    // Only now: the source's copy goes (domain, volume, key, NVRAM, TPM state, snapshots).
+    // Only now: the source's copy goes (domain, volume, key, NVRAM, TPM state, snapshots),
+    // and then the record: until both are gone, the next command finishes the move.
     let mut removed = vec![];
     if vm::state(src, name)? == State::Shutoff {
         let del = vm::delete(src, name, false)?;
         removed.push(format!("domain {name}"));
         removed.extend(del.volumes.iter().map(|v| format!("volume {v}")));
         removed.push(format!("{} secret(s), its NVRAM and TPM state, {} snapshot(s)", del.secrets, del.snapshots));
+        made.forget(&pending);
     } else {
         notes.push(format!("{name} still runs here: it was not removed"));
     }
@@ -997,9 +1519,67 @@ mod tests {
         assert_eq!(Made::orphans(&dir, "qemu+ssh://root@b/system").len(), 1);
         assert!(Made::orphans(&dir, "qemu+ssh://root@c/system").is_empty(), "another host's record");
         assert_eq!(m.left(), ["volume phyllome/v.qcow2", "secret s-uuid", "/nv/v_VARS.qcow2"]);
+        // A folder the uploads made there is part of what is left.
+        m.dirs.push("/b/v".into());
+        assert_eq!(m.left().last().map(String::as_str), Some("folder /b/v"));
         assert!(!m.is_empty());
         m.forget(&dir);
         assert!(Made::orphans(&dir, "qemu+ssh://root@b/system").is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_move_is_settled_from_what_both_hosts_show() {
+        use State::*;
+        // libvirt still has the job: nothing is decided, whatever the destination shows.
+        assert_eq!(outcome(Some(Running), true, Some(Paused)), Outcome::UnderWay);
+        // There, and no longer active here: it got there (running, paused on arrival, or shut down since).
+        assert_eq!(outcome(Some(Shutoff), false, Some(Running)), Outcome::Arrived);
+        assert_eq!(outcome(Some(Shutoff), false, Some(Paused)), Outcome::Arrived);
+        assert_eq!(outcome(Some(Shutoff), false, Some(Shutoff)), Outcome::Arrived);
+        assert_eq!(outcome(None, false, Some(Running)), Outcome::Arrived);
+        // Not there: it failed, and whatever the move made there goes.
+        assert_eq!(outcome(Some(Running), false, None), Outcome::Failed);
+        assert_eq!(outcome(Some(Shutoff), false, None), Outcome::Failed);
+        assert_eq!(outcome(Some(Paused), false, None), Outcome::Failed);
+        // Defined there and running here: never decided for the user.
+        assert_eq!(outcome(Some(Running), false, Some(Shutoff)), Outcome::Both);
+        assert_eq!(outcome(Some(Running), false, Some(Running)), Outcome::Both);
+    }
+
+    #[test]
+    fn the_memory_check_counts_what_the_destination_can_give_and_says_which_figure() {
+        let mib = |m: u64| m << 20;
+        // The issue's host: 764 MiB free, 21 GiB available once the page cache is counted.
+        let node = phyllome_libvirt::NodeMemory {
+            total: mib(24 << 10),
+            free: mib(764),
+            buffers: mib(263),
+            cached: mib(20 << 10),
+            available: None,
+        };
+        let (ok, detail) = memory_item(&node, None, 2048);
+        assert!(ok, "{detail}");
+        assert!(detail.contains("libvirt's free memory, 764 MiB, plus buffers and page cache"), "{detail}");
+        assert!(detail.starts_with(&format!("{} MiB available there", 764 + 263 + (20 << 10))), "{detail}");
+        // MemAvailable wins when known: read on this machine, or reported by libvirt.
+        let (ok, detail) = memory_item(&node, Some(mib(1024)), 2048);
+        assert!(!ok, "{detail}");
+        assert_eq!(detail, "1024 MiB available there (MemAvailable) for 2048 MiB");
+        let with = phyllome_libvirt::NodeMemory { available: Some(mib(4096)), ..node };
+        let (ok, detail) = memory_item(&with, None, 2048);
+        assert!(ok && detail.contains("(MemAvailable, as libvirt reports it)"), "{detail}");
+        // A margin stays with the host.
+        assert!(!memory_item(&with, None, 4096 - 64).0);
+    }
+
+    #[test]
+    fn a_record_of_an_older_version_still_reads_as_one_made_here() {
+        let old = r#"{"vm":"v","uuid":"u","to":"qemu+ssh://b/system","pid":1,"boot_id":"x","pool":null,
+            "secret":null,"volume":"v.qcow2","volume_key":null,"files":[]}"#;
+        let m: Made = serde_json::from_str(old).unwrap();
+        assert!(m.from.is_none() && m.dirs.is_empty() && m.paused_source.is_none() && !m.autostart);
+        assert!(m.is_orphan(), "another boot's record");
+        assert!(m.is_empty());
     }
 }

@@ -712,7 +712,7 @@ fn free_space(dir: &Path) -> Result<u64> {
     fs4::available_space(dir).map_err(|e| io(dir, e))
 }
 
-fn mem_available() -> u64 {
+pub(crate) fn mem_available() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -78,6 +78,10 @@ pub enum VmError {
     NoVolume(String),
     #[error("{0} is not running")]
     NotRunning(String),
+    #[error(
+        "{name} is not started here: its move to {to} is not settled ({why}), and it may run there. Once {to} answers, any phyllome command finishes the move or undoes it; `phyllome host clean {to}` does it now and says which"
+    )]
+    MoveUnfinished { name: String, to: String, why: String },
     #[error("interrupted: everything this command created was removed")]
     Interrupted,
     #[error("cannot create the disk: {0}")]
@@ -537,6 +541,8 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
     }
     // Snapshot operations of dead processes: the VM back as it was, no half snapshot.
     cleaned.extend(crate::snapshot::recover(lv));
+    // Moves cut short: finished or undone where their destination answers.
+    cleaned.extend(crate::migrate::recover(lv).into_iter().filter(|r| r.settled()).map(|r| r.vm));
     cleaned
 }
 
@@ -820,13 +826,14 @@ pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
 /// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
 pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
     recover(lv);
-    match state(lv, name)? {
-        State::Running => return Ok(false),
-        State::Paused => {
-            lv.resume(name)?;
-            return Ok(true);
-        }
-        _ => {}
+    let st = state(lv, name)?;
+    if st == State::Running {
+        return Ok(false);
+    }
+    refuse_unfinished_move(lv, name)?;
+    if st == State::Paused {
+        lv.resume(name)?;
+        return Ok(true);
     }
     // A qcow2 variable store lost since (libvirt cannot remake one itself).
     prepare_nvram(lv, name)?;
@@ -969,6 +976,12 @@ pub struct Deleted {
 /// its disk volumes and their secrets. Installer media are never touched.
 pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
     recover(lv);
+    delete_now(lv, name, keep_disk)
+}
+
+/// [`delete`] without the recovery first (for the recovery itself, which finishes a move
+/// by removing the source's copy).
+pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
     if state(lv, name)? != State::Shutoff {
         return Err(VmError::Running(name.into()));
     }
@@ -1023,7 +1036,13 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
 }
 
 /// The name of another domain (not `uuid`) whose disks include the volume, if any.
-fn other_user(lv: &Libvirt, uuid: &str, pool: &str, volume: &str, path: Option<&str>) -> Result<Option<String>> {
+pub(crate) fn other_user(
+    lv: &Libvirt,
+    uuid: &str,
+    pool: &str,
+    volume: &str,
+    path: Option<&str>,
+) -> Result<Option<String>> {
     for other in lv.domain_names()? {
         let Ok(xml) = lv.inactive_xml(&other) else { continue };
         let Ok(o) = domxml::parse(&xml) else { continue };
@@ -1053,7 +1072,20 @@ fn snapshot_count(lv: &Libvirt, uuid: &str) -> usize {
 /// Whether libvirt starts the VM when the host (libvirtd) starts.
 pub fn set_autostart(lv: &Libvirt, name: &str, on: bool) -> Result<()> {
     state(lv, name)?;
+    if on {
+        refuse_unfinished_move(lv, name)?;
+    }
     Ok(lv.set_autostart(name, on)?)
+}
+
+/// A VM whose move to another host was cut short (its record still there after
+/// [`recover`]) may run on that host: it is not started here until the move is settled.
+fn refuse_unfinished_move(lv: &Libvirt, name: &str) -> Result<()> {
+    let uuid = lv.uuid(name)?;
+    match crate::migrate::unfinished(lv, &uuid) {
+        Some((to, why)) => Err(VmError::MoveUnfinished { name: name.into(), to, why }),
+        None => Ok(()),
+    }
 }
 
 /// Bytes as GiB, to a tenth (the sizes `list`, `info` and `volume list` show).
@@ -1074,7 +1106,9 @@ pub struct VmRow {
     pub memory_mib: u64,
     pub encrypted: bool,
     pub disk_gib: Option<f64>,
-    /// Why a paused VM is paused, when it was not a user's pause (`I/O error`...).
+    /// Why a paused VM is paused, when it was not a user's pause (`I/O error`...); for a VM
+    /// being moved to another host, `migrating`, and `unfinished migration` when that move was
+    /// cut short and is not settled yet (it may run on that host: `phyllome check` says where).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub state_reason: Option<&'static str>,
     /// How many snapshots it has (`phyllome snapshot list`).
@@ -1106,7 +1140,12 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
             .flatten()
             .map(|v| gib_tenths(v.capacity))
     });
-    let state_reason = if st == State::Paused { lv.pause_reason(&s.name).ok().flatten() } else { None };
+    let moving = crate::migrate::moves_from(lv);
+    let state_reason = match moving.get(&s.uuid) {
+        Some(m) => Some(m.reason()),
+        None if st == State::Paused => lv.pause_reason(&s.name).ok().flatten(),
+        None => None,
+    };
     Ok(VmRow {
         state_reason,
         name: s.name.clone(),
@@ -1230,9 +1269,14 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
         }
     }
     let mut rows = Vec::new();
+    let moving = crate::migrate::moves_from(lv);
     for (d, s) in &parsed {
         let disk_gib = sizes.get(d.name.as_str()).map(|&c| gib_tenths(c));
-        let state_reason = if d.state == State::Paused { lv.pause_reason(&d.name).ok().flatten() } else { None };
+        let state_reason = match moving.get(&s.uuid) {
+            Some(m) => Some(m.reason()),
+            None if d.state == State::Paused => lv.pause_reason(&d.name).ok().flatten(),
+            None => None,
+        };
         rows.push(VmRow {
             name: d.name.clone(),
             os: s.os.clone(),

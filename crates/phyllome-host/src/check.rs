@@ -116,6 +116,9 @@ pub struct Inputs {
     pub user: User,
     /// Set when the root is not the running host (`--root`): why the live-only checks did not run.
     pub not_live: Option<String>,
+    /// Moves to other hosts that were cut short and are not settled, in words (each naming
+    /// the VM, the destination and what is left); `None` when not asked.
+    pub migrations: Option<Vec<String>>,
 }
 
 impl Inputs {
@@ -128,6 +131,7 @@ impl Inputs {
             disk: None,
             user: User::root(),
             not_live: Some(reason.to_string()),
+            migrations: None,
         }
     }
 }
@@ -899,6 +903,21 @@ fn resources_memory(h: &Host) -> Check {
     }
 }
 
+/// Moves cut short (phyllome killed, the destination away): each VM may run on the other
+/// host, so it stays off here until the move is settled.
+fn migrations(inputs: &Inputs) -> Check {
+    const ID: &str = "migrations";
+    match &inputs.migrations {
+        None => pass(ID, "unsettled migrations: not asked"),
+        Some(m) if m.is_empty() => pass(ID, "no migration was cut short"),
+        Some(m) => warn(
+            ID,
+            format!("{} migration(s) cut short and not settled: {}", m.len(), m.join("; ")),
+            "bring the destination back: the next phyllome command finishes or undoes each move;              `phyllome host clean HOST` does it now (`--dry-run` first says what it would do)",
+        ),
+    }
+}
+
 fn resources_disk(inputs: &Inputs) -> Check {
     const ID: &str = "resources.disk";
     let Some(d) = &inputs.disk else {
@@ -988,6 +1007,7 @@ pub fn run(root: &Path, inputs: &Inputs) -> Report {
         resources_cpu(&h),
         resources_memory(&h),
         resources_disk(inputs),
+        migrations(inputs),
         secure_guest(&h),
     ];
     let verdict = checks.iter().map(|c| c.status).max().unwrap_or(Status::Pass);
@@ -1028,6 +1048,20 @@ mod tests {
         assert!(can_open_rw(&user, 0o666, 0, 36), "world read-write");
         assert!(can_open_rw(&user, 0o600, 1000, 36), "owner");
         assert!(can_open_rw(&User::root(), 0o600, 5, 5), "root");
+    }
+
+    #[test]
+    fn migrations_cut_short_are_a_warning_with_the_command_that_settles_them() {
+        let mut inputs = Inputs::recorded("test");
+        assert_eq!(migrations(&inputs).status, Status::Pass, "not asked");
+        inputs.migrations = Some(vec![]);
+        assert_eq!(migrations(&inputs).status, Status::Pass);
+        inputs.migrations =
+            Some(vec!["w11 to lab (lab does not answer; left there: volume phyllome/w11.qcow2)".into()]);
+        let c = migrations(&inputs);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.summary.contains("w11 to lab") && c.summary.contains("volume phyllome/w11.qcow2"), "{c:?}");
+        assert!(c.fix.as_deref().unwrap_or_default().contains("phyllome host clean HOST"), "{c:?}");
     }
 
     #[test]

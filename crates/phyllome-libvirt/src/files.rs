@@ -95,6 +95,12 @@ impl Libvirt {
             .flatten())
     }
 
+    /// Whether the folder `dir` exists on this connection's host (the transient pool is never
+    /// built, so nothing there changes).
+    pub fn folder_exists(&self, dir: &str) -> Result<bool> {
+        Ok(self.in_folder(dir, false, |_| Ok(()))?.is_some())
+    }
+
     /// The owner and group of the folder `dir` on this connection's host (None: no such folder).
     pub fn folder_owner(&self, dir: &str) -> Result<Option<(u32, u32)>> {
         Ok(self

@@ -7,6 +7,7 @@ mod files;
 mod hostdev;
 mod jobs;
 mod migrate;
+mod node;
 mod secret;
 mod stats;
 mod storage;
@@ -17,6 +18,7 @@ pub use files::Perms;
 pub use hostdev::Applied;
 pub use jobs::Job;
 pub use migrate::{MigrateAsk, MigrationStats};
+pub use node::NodeMemory;
 pub use stats::{DomainStats, Value};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
@@ -117,6 +119,16 @@ impl Listed {
     pub fn capacities(asks: &[(&Listed, &str)]) -> Vec<Option<u64>> {
         fan_out(asks, |(d, target)| d.capacity(target))
     }
+}
+
+fn state_of(d: &Domain) -> Result<State> {
+    let (state, _) = d.state().map_err(|e| Error::new("domain state", e))?;
+    Ok(match state.to_raw() {
+        sys::VIR_DOMAIN_RUNNING => State::Running,
+        sys::VIR_DOMAIN_PAUSED => State::Paused,
+        sys::VIR_DOMAIN_SHUTOFF => State::Shutoff,
+        _ => State::Other,
+    })
 }
 
 /// A connection to libvirtd.
@@ -274,6 +286,17 @@ impl Libvirt {
             .map_err(|e| Error::new(format!("start {name} paused"), e))
     }
 
+    /// The name and state of the domain with this UUID, whatever it is named now (None: no such domain).
+    pub fn by_uuid(&self, uuid: &str) -> Result<Option<(String, State)>> {
+        let d = match self.conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(d) => d,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(None),
+            Err(e) => return Err(Error::new(format!("domain {uuid}"), e)),
+        };
+        let name = d.name().map_err(|e| Error::new(format!("domain {uuid}"), e))?;
+        Ok(Some((name, state_of(&d)?)))
+    }
+
     /// Powers off the domain with this UUID if it is paused (what [`Libvirt::start_paused`] left).
     pub fn destroy_paused_uuid(&self, uuid: &str) -> Result<bool> {
         let Ok(d) = self.conn.lookup_domain_by_uuid_string(uuid) else { return Ok(false) };
@@ -300,13 +323,7 @@ impl Libvirt {
     }
 
     pub fn state(&self, name: &str) -> Result<State> {
-        let (state, _) = self.domain(name)?.state().map_err(|e| Error::new(format!("state of {name}"), e))?;
-        Ok(match state.to_raw() {
-            sys::VIR_DOMAIN_RUNNING => State::Running,
-            sys::VIR_DOMAIN_PAUSED => State::Paused,
-            sys::VIR_DOMAIN_SHUTOFF => State::Shutoff,
-            _ => State::Other,
-        })
+        state_of(&self.domain(name)?).map_err(|e| Error { op: format!("state of {name}"), ..e })
     }
 
     /// Why a paused domain is paused, in words, when the reason is one a user must know.

@@ -123,10 +123,13 @@ pub enum Feature {
     /// A point-in-time copy of a running VM's disks while it runs on (libvirt's push-mode
     /// backup), what Phyllome's snapshots of running VMs are made with.
     LiveDiskCopy,
+    /// A running VM with shared folders moved live: virtiofsd hands over which files the
+    /// guest has open (never the files: both hosts must serve the same folder).
+    VirtiofsMigration,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 9] = [
         Feature::FirmwareAtDefine,
         Feature::QcowNvram,
         Feature::InternalSnapshotUefi,
@@ -135,6 +138,7 @@ impl Feature {
         Feature::ReadonlyVirtiofs,
         Feature::VirtioSound,
         Feature::LiveDiskCopy,
+        Feature::VirtiofsMigration,
     ];
 
     /// What the feature is, for messages ("read-only shared folders need ...").
@@ -148,14 +152,17 @@ impl Feature {
             Feature::ReadonlyVirtiofs => "read-only shared folders (virtiofs)",
             Feature::VirtioSound => "virtio-sound",
             Feature::LiveDiskCopy => "snapshots of running VMs (a disk copy while the VM runs)",
+            Feature::VirtiofsMigration => "live moves of VMs with shared folders (virtiofs state)",
         }
     }
 
     fn verb(self) -> &'static str {
         match self {
-            Feature::InternalSnapshotUefi | Feature::Virtiofs | Feature::ReadonlyVirtiofs | Feature::LiveDiskCopy => {
-                "need"
-            }
+            Feature::InternalSnapshotUefi
+            | Feature::Virtiofs
+            | Feature::ReadonlyVirtiofs
+            | Feature::LiveDiskCopy
+            | Feature::VirtiofsMigration => "need",
             _ => "needs",
         }
     }
@@ -170,6 +177,29 @@ impl Feature {
             Feature::ReadonlyVirtiofs => "readonly-virtiofs",
             Feature::VirtioSound => "virtio-sound",
             Feature::LiveDiskCopy => "live-disk-copy",
+            Feature::VirtiofsMigration => "virtiofs-migration",
+        }
+    }
+
+    /// What the feature needs, in words, whatever a host has: "libvirt ≥ 10.5.0, QEMU ≥ 8.2.0 and ...".
+    pub fn requirement(self) -> String {
+        let n = self.needs();
+        let mut parts: Vec<String> =
+            [n.libvirt.map(|v| format!("libvirt ≥ {v}")), n.qemu.map(|v| format!("QEMU ≥ {v}"))]
+                .into_iter()
+                .flatten()
+                .collect();
+        match self {
+            Feature::Virtiofs => parts.push("a virtiofs daemon".into()),
+            Feature::ReadonlyVirtiofs => parts.push("the Rust virtiofsd ≥ 1.13".into()),
+            Feature::VirtiofsMigration => parts.push("a virtiofsd that migrates its state (≥ 1.11)".into()),
+            Feature::ExternalSnapshotRevert => parts.push("<externalSnapshot/> in the host capabilities".into()),
+            _ => {}
+        }
+        match parts.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
         }
     }
 
@@ -194,6 +224,11 @@ impl Feature {
             // libvirt 7.6 enabled the backup API (virDomainBackupBegin) by default; it runs on
             // QEMU's blockdev layer, which libvirt uses from QEMU 4.2.
             Feature::LiveDiskCopy => Needs { libvirt: Some(Version(7, 6, 0)), qemu: Some(Version(4, 2, 0)) },
+            // QEMU 8.2 carries a vhost-user back end's state in the migration stream ("vhost-user-fs:
+            // Implement internal migration"); libvirt 10.5 lets a VM with virtiofs migrate when its
+            // daemon says `migrate-precopy` (before: "migration with virtiofs device is not
+            // supported"), which the Rust virtiofsd does from 1.11.
+            Feature::VirtiofsMigration => Needs { libvirt: Some(Version(10, 5, 0)), qemu: Some(Version(8, 2, 0)) },
         }
     }
 }
@@ -260,6 +295,18 @@ impl Host {
             }
             Feature::Virtiofs if p.virtiofsd.is_none() => {
                 refuse("a virtiofs daemon (virtiofsd)".into(), "none".into(), INSTALL_VIRTIOFSD)
+            }
+            Feature::VirtiofsMigration
+                if !p.virtiofsd.as_ref().is_some_and(|v| v.features.iter().any(|f| f == "migrate-precopy")) =>
+            {
+                refuse(
+                    "a virtiofsd that migrates its state (the Rust virtiofsd ≥ 1.11: migrate-precopy)".into(),
+                    match &p.virtiofsd {
+                        Some(v) => format!("{} {}", v.path, or_unknown(&v.version)),
+                        None => "no virtiofsd".into(),
+                    },
+                    INSTALL_VIRTIOFSD,
+                )
             }
             Feature::ReadonlyVirtiofs if !p.virtiofsd.as_ref().is_some_and(|v| v.readonly) => refuse(
                 "the Rust virtiofsd ≥ 1.13 (it takes --readonly)".into(),
@@ -379,6 +426,7 @@ mod tests {
             Feature::ExternalSnapshotRevert,
             Feature::ReadonlyVirtiofs,
             Feature::VirtioSound,
+            Feature::VirtiofsMigration,
         ] {
             assert!(!h.supports(f), "{f:?} on 9.0/7.2");
         }
@@ -417,6 +465,17 @@ mod tests {
         let e = host("10.4.0", "8.1.0", true, None).check(Feature::VirtioSound).unwrap_err();
         assert_eq!((e.needs.as_str(), e.have.as_str()), ("QEMU ≥ 8.2.0", "QEMU 8.1.0"));
         assert!(host("10.4.0", "8.2.0", true, None).supports(Feature::VirtioSound));
+        // virtiofs state in the stream: QEMU 8.2, libvirt 10.5, and a daemon that migrates.
+        assert!(!host("10.4.0", "8.2.0", true, rust_virtiofsd()).supports(Feature::VirtiofsMigration));
+        assert!(!host("10.5.0", "8.1.0", true, rust_virtiofsd()).supports(Feature::VirtiofsMigration));
+        assert!(host("10.5.0", "8.2.0", true, rust_virtiofsd()).supports(Feature::VirtiofsMigration));
+        let old_daemon = Virtiofsd { features: vec![], ..rust_virtiofsd().unwrap() };
+        let e = host("11.3.0", "10.0.2", true, Some(old_daemon)).check(Feature::VirtiofsMigration).unwrap_err();
+        assert!(e.needs.contains("migrate-precopy"), "{e:?}");
+        assert_eq!(
+            Feature::VirtiofsMigration.requirement(),
+            "libvirt ≥ 10.5.0, QEMU ≥ 8.2.0 and a virtiofsd that migrates its state (≥ 1.11)"
+        );
     }
 
     #[test]

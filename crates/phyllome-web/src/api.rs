@@ -80,6 +80,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_hosts))
         .routes(routes!(migrate_check))
         .routes(routes!(migrate_vm))
+        .routes(routes!(clean_host))
 }
 
 /// The routes whose bodies may be large (uploads: media, bundles): outside the 64 KiB body limit.
@@ -1670,4 +1671,51 @@ async fn migrate_vm(
         Ok(m)
     })
     .await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CleanQuery {
+    /// Only say what would be done.
+    dry_run: Option<bool>,
+}
+
+/// What a clean did (or, with `dry_run`, would do), move by move.
+#[derive(Serialize, ToSchema)]
+pub struct Cleaned {
+    host: String,
+    dry_run: bool,
+    moves: Vec<phyllome_engine::migrate::Settled>,
+}
+
+/// Settle the migrations of this host's VMs to host `name` that were cut short (`phyllome host clean NAME`): a
+/// move that got there is finished (the VM's copy here removed), one that did not is undone (what it made
+/// there removed); one still under way, or a VM defined on both hosts and running here, is only said.
+#[utoipa::path(post, operation_id = "cleanHost", path = "/api/v1/hosts/{name}/clean", tag = "hosts",
+    params(("name" = String, Path), CleanQuery), responses((status = 200, body = Cleaned)))]
+async fn clean_host(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Name(name): Name,
+    Query(q): Query<CleanQuery>,
+) -> ApiResult<Json<Cleaned>> {
+    let uri = destination(&app, &name)?;
+    let dry_run = q.dry_run.unwrap_or(false);
+    who_did(
+        &who,
+        if dry_run { "look at migrations cut short to host" } else { "clean migrations cut short to host" },
+        &name,
+    );
+    let c = blocking(&app, move |app, lv| {
+        let dst = app.libvirt_on(&name)?;
+        let mut moves = phyllome_engine::migrate::clean(lv, &dst, &uri, dry_run);
+        // Answers name the host, never its URI.
+        for m in &mut moves {
+            m.to = name.clone();
+        }
+        Ok(Cleaned { host: name, dry_run, moves })
+    })
+    .await?;
+    Ok(Json(c))
 }

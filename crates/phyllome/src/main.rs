@@ -145,6 +145,9 @@ fn main() -> ExitCode {
         Command::Host(host::HostCommand::Add { name, uri, no_check, json }) => host::add(&name, &uri, no_check, json),
         Command::Host(host::HostCommand::List { offline, json }) => host::list(uri, offline, json),
         Command::Host(host::HostCommand::Remove { name, json }) => host::remove(&name, json),
+        Command::Host(host::HostCommand::Clean { destination, dry_run, json }) => {
+            host::clean(uri, &destination, dry_run, json)
+        }
         Command::Image(image::ImageCommand::Kickstart(args)) => image::kickstart(args),
         Command::Completions { shell } => packaging::completions(Cli::command(), shell),
         Command::Manpage { dir } => packaging::manpage(Cli::command(), dir),

@@ -35,6 +35,7 @@ fn live(probe: Option<KvmState>) -> Inputs {
         disk: Some(DiskSpace { path: "/var/lib/libvirt/images/phyllome".into(), free_bytes: 200 << 30 }),
         user: User::root(),
         not_live: None,
+        migrations: Some(vec![]),
     }
 }
 
@@ -82,6 +83,7 @@ fn every_fixture_reports_every_check_with_a_fix_unless_it_passes() {
         "resources.cpu",
         "resources.memory",
         "resources.disk",
+        "migrations",
         "secure-guest",
     ];
     for name in FIXTURES {

@@ -33,7 +33,8 @@ fn define_there(h: &SecondHost, name: &str) {
     h.virsh_ok(&["define", file.to_str().unwrap()]);
 }
 
-/// A server whose hosts file names the second host as `h2`.
+/// A server whose hosts file names the second host as `h2`; its pending-migration records are
+/// in `DIR/pending` (DIR returned with it).
 fn server_with(h: &SecondHost) -> (Server, PathBuf) {
     let dir = temp_dir("hosts");
     let file = dir.join("hosts.toml");
@@ -41,8 +42,16 @@ fn server_with(h: &SecondHost) -> (Server, PathBuf) {
     let state = temp_dir("state");
     let out = add_user(&state, USER, PASSWORD);
     assert!(out.status.success(), "user add failed: {}", String::from_utf8_lossy(&out.stderr));
-    let server =
-        Server::start_with_env(&state, Path::new(GUEST), &[], &[("PHYLLOME_TEST_HOSTS_FILE", file.to_str().unwrap())]);
+    let pending = dir.join("pending");
+    let server = Server::start_with_env(
+        &state,
+        Path::new(GUEST),
+        &[],
+        &[
+            ("PHYLLOME_TEST_HOSTS_FILE", file.to_str().unwrap()),
+            ("PHYLLOME_TEST_PENDING_MIGRATIONS", pending.to_str().unwrap()),
+        ],
+    );
     (server, dir)
 }
 
@@ -198,6 +207,40 @@ fn migrate_check_through_the_api_names_hosts_and_shows_the_items() {
     assert!(!r.text().contains(&h2.uri), "{}", r.text());
     let log = server.log_text();
     assert!(log.contains(&format!("admin: migrate {} to host h2", vm.0)), "{log}");
+
+    // `phyllome host clean` through the API: nothing cut short yet.
+    let clean = |q: &str| s.post(&format!("/api/v1/hosts/{H2}/clean{q}"), None);
+    let r = clean("?dry_run=true");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"host": H2, "dry_run": true, "moves": []}));
+    for (host, status) in [("nope", 404), ("local", 400)] {
+        let r = s.post(&format!("/api/v1/hosts/{host}/clean"), None);
+        assert_eq!(r.status, status, "{host}: {}", r.text());
+    }
+    // A move of the VM recorded by a process that runs (the server's own): the VM is said to be
+    // migrating, does not start, and a clean only says so, naming the host, never its URI.
+    let uuid = virsh_ok(&["domuuid", &vm.0]).trim().to_string();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    let record = serde_json::json!({
+        "vm": vm.0, "uuid": uuid, "to": h2.uri, "from": URI, "pid": server.pid(), "boot_id": boot_id,
+        "pool": null, "secret": null, "volume": format!("{}.qcow2", vm.0), "volume_key": null, "files": []
+    });
+    let pending = hosts_dir.join("pending");
+    std::fs::create_dir_all(&pending).unwrap();
+    std::fs::write(pending.join(format!("{uuid}.json")), record.to_string()).unwrap();
+    let page = s.get(&format!("/api/v1/vms/{}", vm.url_name())).json();
+    assert_eq!(page["state_reason"], "migrating", "{page}");
+    let r = s.post(&format!("/api/v1/vms/{}/start", vm.url_name()), None);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("is not settled") && r.text().contains("is moving it now"), "{}", r.text());
+    assert_eq!(vm.state(), "shut off");
+    let r = clean("");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    let first = &c["moves"][0];
+    assert_eq!((first["outcome"].as_str(), first["to"].as_str()), (Some("in-progress"), Some(H2)), "{c}");
+    assert!(!r.text().contains(&h2.uri), "{}", r.text());
+    assert!(pending.join(format!("{uuid}.json")).exists(), "a move under way was settled");
     drop(server);
     let _ = std::fs::remove_dir_all(hosts_dir);
 }

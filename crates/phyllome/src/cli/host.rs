@@ -59,6 +59,19 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Settle the migrations to HOST that were cut short (phyllome killed, HOST away): a move
+    /// that got there is finished (the VM's copy here removed), one that did not is undone
+    /// (what it made there removed).
+    Clean {
+        /// A host's name (host add) or a libvirt URI.
+        #[arg(value_name = "HOST")]
+        destination: String,
+        /// Only say what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn add(name: &str, uri: &str, no_check: bool, json: bool) -> Fallible {
@@ -151,6 +164,35 @@ pub fn list(local_uri: &str, offline: bool, json: bool) -> Fallible {
     }
     for e in reached.iter().flatten().filter_map(|r| r.as_ref().err()) {
         eprintln!("phyllome: warning: {e}");
+    }
+    Ok(())
+}
+
+pub fn clean(uri: &str, host: &str, dry_run: bool, json: bool) -> Fallible {
+    let to = if host.contains("://") { host.to_string() } else { Hosts::open().uri(host)? };
+    let lv = Libvirt::connect(uri)?;
+    let dst = phyllome_engine::migrate::connect(&to)?;
+    let moves = phyllome_engine::migrate::clean(&lv, &dst, &to, dry_run);
+    if json {
+        let v = json!({"host": host, "dry_run": dry_run, "moves": moves});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if moves.is_empty() {
+        println!("no migration to {} was cut short: nothing to clean", printable(host));
+    }
+    for m in &moves {
+        println!("{}: {}", printable(&m.vm), printable(&m.note));
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for r in &m.removed {
+            println!("  {verb}: {}", printable(r));
+        }
+        for l in &m.left {
+            println!("  left: {}", printable(l));
+        }
+    }
+    if dry_run && !moves.is_empty() {
+        println!("(dry run: nothing was changed)");
     }
     Ok(())
 }

@@ -88,12 +88,14 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
     }
     let down = m.stats.downtime_ms.map(|d| format!(", downtime {d} ms")).unwrap_or_default();
     println!(
-        "moved {} {} to {} in {:.1} s ({} transferred{down}); removed here: {}",
+        "moved {} {} to {} in {:.1} s (disk: {} of {} copied; memory: {} transferred{down}); removed here: {}",
         a.name,
         m.mode,
         printable(&a.to),
         m.stats.time_elapsed_ms as f64 / 1000.0,
-        mib(m.stats.data_processed),
+        mib(m.stats.disk_processed),
+        mib(m.stats.disk_total),
+        mib(m.stats.memory_processed),
         m.removed_from_source.join(", ")
     );
     if !m.changes.is_empty() {
