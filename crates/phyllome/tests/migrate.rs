@@ -108,9 +108,11 @@ fn a_running_vm_moves_live_with_its_disk_tpm_and_uefi_variables() {
     let dry = ok(phyllome(&["migrate", &vm.0, "--to", &host.uri, "--copy-storage", "--dry-run", "--json"]));
     let c: serde_json::Value = serde_json::from_str(&dry).unwrap();
     assert_eq!(c["ok"], true, "{c}");
-    // The destination is this machine: its memory is counted as what it can give, and said so.
+    // The destination's memory is counted as what it can give (a second host is reached through its
+    // libvirt only: before libvirt 12.3 that is its free memory plus buffers and page cache), and said so.
     let memory = item(&c, "memory")["detail"].as_str().unwrap_or_default().to_string();
-    assert!(memory.contains("MiB available there (MemAvailable) for 512 MiB"), "{c}");
+    assert!(memory.contains("MiB available there (") && memory.ends_with(" for 512 MiB"), "{c}");
+    assert!(memory.contains("MemAvailable") || memory.contains("plus buffers and page cache"), "{c}");
     assert_eq!(vm.state(), "running", "a dry run changes nothing");
     assert!(!host.virsh_ok(&["list", "--all", "--name"]).contains(&vm.0));
 
