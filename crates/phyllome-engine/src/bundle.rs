@@ -419,6 +419,7 @@ fn append_part<W: Write>(
 /// keyed by Phyllome's secret (not a typed passphrase). For front ends that
 /// answer before the export starts (the web API's download ticket).
 pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
+    crate::oplock::check(lv, name)?;
     export_source(lv, name).map(|_| ())
 }
 
@@ -465,6 +466,7 @@ pub fn export(
     if passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Export)?;
     let (s, disk, pool, volume) = export_source(lv, name)?;
     let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;

@@ -129,6 +129,8 @@ pub(crate) fn reencrypt_stopped(
 pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
     vm::recover(lv);
     phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
+    // The source is this clone's until it is done: no snapshot, export or start of it meanwhile.
+    let _held = crate::oplock::take(lv, from, crate::oplock::Operation::Clone)?;
     if vm::state(lv, from)? != State::Shutoff {
         return Err(VmError::Running(from.into()));
     }

@@ -96,6 +96,7 @@ fn vm(e: &VmError) -> ErrorKind {
         VmError::File(f) => file(f),
         VmError::Libvirt(l) | VmError::Host(HostError::Libvirt(l)) => libvirt(l),
         VmError::Journal(JournalError::Busy(_)) => ErrorKind::Conflict,
+        VmError::Lock(l) => l.kind(),
         VmError::NameBusy(_)
         | VmError::VolumeExists { .. }
         | VmError::SecretExists(_)

@@ -675,6 +675,7 @@ fn retune(
 /// Moves `name` to `req.to` (after [`check`] passed).
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
     vm::recover(src);
+    let _held = crate::oplock::take(src, name, crate::oplock::Operation::Migrate)?;
     let dst = connect(&req.to)?;
     let pending = pending_dir();
     let mut notes = recover_pending(&dst, &req.to, &pending);

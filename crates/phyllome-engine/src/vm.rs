@@ -49,6 +49,8 @@ pub enum VmError {
     Host(#[from] HostError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Lock(#[from] crate::oplock::LockError),
     #[error("a VM named {0:?} already exists")]
     NameBusy(String),
     #[error("no VM named {0:?}")]
@@ -499,8 +501,11 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
         journal.finish(&e.name);
         cleaned.push(e.name);
     }
-    // Snapshot operations of dead processes: the VM back as it was, no half snapshot.
-    cleaned.extend(crate::snapshot::recover(lv));
+    // Operations of dead processes: their locks go, and a snapshot's record is undone first
+    // (the VM back as it was, no half snapshot).
+    let undo = |h: &crate::oplock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
+    cleaned.extend(crate::oplock::recover(lv, &undo));
+    crate::snapshot::sweep_memory_mounts();
     cleaned
 }
 
@@ -801,6 +806,7 @@ pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
 /// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
 pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
     recover(lv);
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Start)?;
     match state(lv, name)? {
         State::Running => return Ok(false),
         State::Paused => {
@@ -844,6 +850,7 @@ pub enum Stopped {
 /// Stops a VM gracefully: the ACPI power button, then (after half the
 /// timeout) the guest agent; forced off at the end only when `force`.
 pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: Report<'_>) -> Result<Stopped> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Shutoff => return Ok(Stopped::AlreadyOff),
         State::Paused => lv.resume(name)?,
@@ -889,6 +896,7 @@ pub fn kill(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Running => Ok(lv.suspend(name)?),
         State::Paused => Ok(()),
@@ -897,6 +905,7 @@ pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Paused => {
             let io_error = lv.pause_reason(name)? == Some("I/O error");
@@ -950,6 +959,7 @@ pub struct Deleted {
 /// its disk volumes and their secrets. Installer media are never touched.
 pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
     recover(lv);
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Delete)?;
     if state(lv, name)? != State::Shutoff {
         return Err(VmError::Running(name.into()));
     }

@@ -277,47 +277,10 @@ fn host_files_reach_a_guest_only_as_what_they_claim_and_keep_their_owner_and_mod
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A pool on a small tmpfs, removed (pool, mount, folder) however the test ends.
-struct SmallPool {
-    name: String,
-    dir: std::path::PathBuf,
-}
-
-impl SmallPool {
-    fn new(mib: u32) -> SmallPool {
-        let name = format!("{PREFIX}pool-{}", std::process::id());
-        let dir = std::path::PathBuf::from(format!("/tmp/{name}"));
-        let p = SmallPool { name, dir };
-        p.clean();
-        std::fs::create_dir_all(&p.dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
-            .arg(&p.dir)
-            .status();
-        assert!(st.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", p.dir.display());
-        virsh_ok(&["pool-define-as", &p.name, "dir", "--target", p.dir.to_str().unwrap()]);
-        virsh_ok(&["pool-start", &p.name]);
-        p
-    }
-
-    fn clean(&self) {
-        let _ = virsh(&["pool-destroy", &self.name]);
-        let _ = virsh(&["pool-undefine", &self.name]);
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-impl Drop for SmallPool {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
 #[test]
 fn a_full_pool_is_named_in_create_list_and_resume() {
     require_libvirt();
-    let pool = SmallPool::new(96);
+    let pool = SmallPool::new("pool", 96);
     let vm = TestVm::new("io-full");
     // The guest writes 512 MiB of random data to its disk: the 96 MiB pool fills.
     let out = Command::new(env!("CARGO_BIN_EXE_phyllome"))
