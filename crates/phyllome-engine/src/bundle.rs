@@ -754,7 +754,11 @@ impl Staging {
         let dir = Path::new(STAGING_DIR).join(format!("{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
-        Ok(Staging(dir))
+        let staging = Staging(dir);
+        // Its boot, with the pid in its name: whoever finds it after this process is gone removes it.
+        let boot = staging.0.join(STAGING_BOOT);
+        std::fs::write(&boot, crate::journal::boot_id()).map_err(|e| io(&boot, e))?;
+        Ok(staging)
     }
 }
 
@@ -764,15 +768,23 @@ impl Drop for Staging {
     }
 }
 
-/// Removes staging folders of imports whose process is gone.
-fn sweep_staging() {
+/// The file in a staging folder that names the boot of the import that made it.
+const STAGING_BOOT: &str = ".boot_id";
+
+/// Removes the staging folders of imports whose process is gone (killed, or of
+/// another boot): every command's recovery (`vm::recover`) calls it.
+pub(crate) fn sweep_staging() {
     let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
+    let boot = crate::journal::boot_id();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(pid) = name.split('-').next().unwrap_or_default().parse::<u32>() {
-            if pid != std::process::id() && !crate::journal::phyllome_alive(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        let Some(Ok(pid)) = name.split_once('-').map(|(p, _)| p.parse::<u32>()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let other_boot = std::fs::read_to_string(e.path().join(STAGING_BOOT)).is_ok_and(|b| b.trim() != boot);
+        if other_boot || !crate::journal::phyllome_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -837,7 +849,6 @@ pub fn import(
     progress: Report<'_>,
 ) -> std::result::Result<Imported, BundleError> {
     vm::recover(lv);
-    sweep_staging();
     if opts.passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }

@@ -506,6 +506,8 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
     let undo = |h: &crate::oplock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
     cleaned.extend(crate::oplock::recover(lv, &undo));
     crate::snapshot::sweep_memory_mounts();
+    // A dead import's staging folder (the whole bundle).
+    crate::bundle::sweep_staging();
     cleaned
 }
 
