@@ -428,8 +428,13 @@ pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
         let inside = pool_dir.is_some_and(|d| Path::new(&f.path).parent() == Some(Path::new(&d)));
         if inside && f.still_there() {
             let _ = std::fs::remove_file(&f.path);
-            let _ = lv.refresh_pool(&e.pool);
         }
+    }
+    // libvirt may list the volume while its file is gone (removed above, or by libvirt itself when a
+    // backup into it ended with its paused source): re-read the pool, or the next command of this
+    // name stumbles on a volume libvirt cannot find.
+    if m.volume_file.is_some() || m.paused_source.is_some() {
+        let _ = lv.refresh_pool(&e.pool);
     }
     if let Some(uuid) = &m.secret_uuid {
         let _ = lv.undefine_secret_uuid(uuid);

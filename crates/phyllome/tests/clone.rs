@@ -187,3 +187,34 @@ fn a_clone_holds_its_source_and_other_operations_on_it_are_refused_as_busy() {
     // Free again.
     ok(phyllome(&["snapshot", "create", &src.0, &snap]));
 }
+
+#[test]
+fn a_clone_killed_while_copying_leaves_nothing_and_the_same_clone_then_succeeds() {
+    require_libvirt();
+    let src = TestVm::new("clone-kill-src");
+    let dst = TestVm::new("clone-kill-dst");
+    let args = create_guest_args(&src.0, "", &[]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+        .env("PHYLLOME_CONNECT", URI)
+        .args(["clone", &src.0, &dst.0])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while QEMU copies into the new volume, once libvirt's pool lists it (another command refreshed it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(src.state() == "paused" && Path::new(&volume_path(&dst.0)).exists()) {
+        assert!(std::time::Instant::now() < deadline, "the clone never started its copy");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    virsh_ok(&["pool-refresh", "phyllome"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The next command (this same clone) undoes the dead one and succeeds.
+    let c = json(phyllome(&["clone", &src.0, &dst.0, "--json"]));
+    assert_eq!(c["name"], dst.0.as_str());
+    assert_eq!(src.state(), "shut off", "the source was left paused");
+    ok(phyllome(&["delete", &dst.0]));
+    let vols = virsh_ok(&["vol-list", "phyllome"]);
+    assert!(!vols.contains(&format!("{}.qcow2", dst.0)), "libvirt still lists the deleted clone's volume: {vols}");
+}
