@@ -438,6 +438,7 @@ fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, Bundle
     }
     let xml = lv.inactive_xml(name)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    vm::refuse_changed(lv, &s, "export it: a bundle would hold only the image over its encrypted volume")?;
     if s.encryption.as_deref() == Some("prompt") {
         return Err(BundleError::CannotHere(format!(
             "{name}'s disk key is a passphrase typed at each start: exporting it is not supported yet"

@@ -136,6 +136,7 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
     }
     let xml = lv.inactive_xml(from)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
+    vm::refuse_changed(lv, &s, "clone it: a clone would copy only the image over its encrypted volume")?;
     let shape = crate::snapshot::shape(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
     if !shape.hostdevs.is_empty() {
         return Err(VmError::Disk(format!(

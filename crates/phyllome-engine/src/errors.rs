@@ -105,7 +105,8 @@ fn vm(e: &VmError) -> ErrorKind {
         | VmError::DiskShared { .. }
         | VmError::NetworkInactive(_)
         | VmError::IoPaused { .. }
-        | VmError::VolumeInUse { .. } => ErrorKind::Conflict,
+        | VmError::VolumeInUse { .. }
+        | VmError::ChangedOutside { .. } => ErrorKind::Conflict,
         VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
         VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,

@@ -676,6 +676,11 @@ fn retune(
 pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
     vm::recover(src);
     let _held = crate::oplock::take(src, name, crate::oplock::Operation::Migrate)?;
+    vm::refuse_changed(
+        src,
+        &vm::summary(src, name)?,
+        "migrate it: only the image over its encrypted volume would move",
+    )?;
     let dst = connect(&req.to)?;
     let pending = pending_dir();
     let mut notes = recover_pending(&dst, &req.to, &pending);

@@ -820,6 +820,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             sh.hostdevs.join(", ")
         )));
     }
+    vm::refuse_changed(lv, &s, "snapshot it: a snapshot would copy only the image over its encrypted volume")?;
     let running = matches!(state, State::Running | State::Paused);
     let prompt = s.encryption.as_deref() == Some("prompt");
     if req.memory {

@@ -107,6 +107,8 @@ pub enum VmError {
     IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
     #[error("cannot remove the VM's snapshots: {0}")]
     Snapshots(String),
+    #[error("{name} was changed outside Phyllome: {note}. Phyllome does not {action}. {undo}")]
+    ChangedOutside { name: String, note: String, action: String, undo: String },
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
@@ -822,9 +824,10 @@ pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Res
         }
         _ => {}
     }
+    let s = summary(lv, name)?;
+    refuse_changed(lv, &s, "start it: the guest would write to an image that is not encrypted")?;
     // A qcow2 variable store lost since (libvirt cannot remake one itself).
     prepare_nvram(lv, name)?;
-    let s = summary(lv, name)?;
     if s.encryption.as_deref() == Some("prompt") {
         let Some(path) = s.main_disk().and_then(|d| d.luks_secret.clone()) else {
             return Err(VmError::Disk(format!("{name} has no encrypted disk to unlock")));
@@ -960,6 +963,8 @@ pub struct Deleted {
     pub kept_disk: bool,
     /// Its snapshots, removed with it.
     pub snapshots: usize,
+    /// Images of it that stay, and why (an overlay made outside Phyllome, outside its pools).
+    pub left: Vec<String>,
 }
 
 /// Deletes a stopped VM: domain, NVRAM and TPM state, and (unless `keep_disk`)
@@ -971,14 +976,36 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         return Err(VmError::Running(name.into()));
     }
     let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+    // Its volumes: the pool volumes its disks name, and those of a chain made outside Phyllome.
+    let changed = changed_disks(lv, &s);
+    let mut volumes: Vec<(String, String, Option<String>)> = s
+        .disks
+        .iter()
+        .filter(|d| d.device == "disk")
+        .filter_map(|d| Some((d.pool.clone()?, d.volume.clone()?, d.luks_secret.clone())))
+        .collect();
+    let mut left = vec![];
+    for c in &changed {
+        for image in [&c.top, &c.base] {
+            match image {
+                Image::Volume { pool, volume, secret } => volumes.push((pool.clone(), volume.clone(), secret.clone())),
+                Image::Outside(path) => left.push(format!(
+                    "{path}: an image of disk {} made outside Phyllome, outside its pool (not removed)",
+                    c.target
+                )),
+                Image::Unknown => left.push(format!(
+                    "the image under disk {} (not recorded, and its overlay cannot be read here)",
+                    c.target
+                )),
+            }
+        }
+    }
     if !keep_disk {
         // A disk another VM also uses is not this VM's to delete: refuse before anything is removed.
-        for d in s.disks.iter().filter(|d| d.device == "disk") {
-            if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
-                let path = lv.volume_info(pool, volume)?.map(|v| v.path);
-                if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
-                    return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
-                }
+        for (pool, volume, _) in &volumes {
+            let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+            if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
+                return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
             }
         }
     }
@@ -993,25 +1020,132 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
         .filter_map(|p| FileId::of(p).ok())
         .collect();
     remove_boot_files(&copies);
-    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots };
+    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots, left };
     if keep_disk {
         return Ok(out);
     }
-    for d in s.disks.iter().filter(|d| d.device == "disk") {
-        if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
-            let path = lv.volume_info(pool, volume)?.map(|v| v.path);
-            if lv.delete_volume(pool, volume)? {
-                out.volumes.push(format!("{pool}/{volume}"));
-            }
-            let usage = d.luks_secret.clone().or(path);
-            if let Some(u) = usage {
-                if lv.undefine_volume_secret(&u)? {
-                    out.secrets += 1;
-                }
+    for (pool, volume, secret) in &volumes {
+        let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+        if lv.delete_volume(pool, volume)? {
+            out.volumes.push(format!("{pool}/{volume}"));
+        }
+        // Its key: by the secret the definition names, else by the volume's path (its usage id).
+        for u in secret.iter().chain(path.iter()) {
+            let gone = if is_uuid(u) { lv.undefine_secret_uuid(u)? } else { lv.undefine_volume_secret(u)? };
+            if gone {
+                out.secrets += 1;
+                break;
             }
         }
     }
     Ok(out)
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// An image of a disk changed outside Phyllome, as far as this host can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    /// A volume of a pool (with the secret of its key, when encrypted).
+    Volume { pool: String, volume: String, secret: Option<String> },
+    /// A file outside the pools Phyllome knows of.
+    Outside(String),
+    /// Not recorded, and not readable from here.
+    Unknown,
+}
+
+/// A disk of a Phyllome VM changed outside Phyllome (an external snapshot's overlay), resolved.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub target: String,
+    /// The image the VM writes to now.
+    pub top: Image,
+    /// The image under it: Phyllome's volume.
+    pub base: Image,
+    /// libvirt recorded the chain (`<backingStore>`): the VM can run with it.
+    pub recorded: bool,
+}
+
+/// The disks of `s` changed outside Phyllome, their images resolved: from the
+/// chain libvirt recorded, else (on this host) from the overlay's qcow2 header.
+pub fn changed_disks(lv: &Libvirt, s: &DomainSummary) -> Vec<Changed> {
+    let pool_dir = |pool: &str| lv.pool_path(pool).ok().flatten();
+    // A file in a pool's folder is that pool's volume.
+    let as_image = |file: &str, pools: &[&str], secret: Option<String>| -> Image {
+        let parent = Path::new(file).parent().map(|p| p.to_string_lossy().into_owned());
+        for pool in pools {
+            if parent.is_some() && pool_dir(pool) == parent {
+                let volume = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                return Image::Volume { pool: pool.to_string(), volume, secret };
+            }
+        }
+        Image::Outside(file.to_string())
+    };
+    s.changed_outside()
+        .into_iter()
+        .map(|d| {
+            let base_pool = d.backing.first().and_then(|b| b.pool.clone());
+            let mut pools = vec![crate::POOL];
+            pools.extend(base_pool.as_deref());
+            let top = match (&d.pool, &d.volume, &d.file) {
+                (Some(p), Some(v), _) => {
+                    Image::Volume { pool: p.clone(), volume: v.clone(), secret: d.luks_secret.clone() }
+                }
+                (_, _, Some(f)) => as_image(f, &pools, d.luks_secret.clone()),
+                _ => Image::Unknown,
+            };
+            let base = match d.backing.first() {
+                Some(b) => match (&b.pool, &b.volume, &b.file) {
+                    (Some(p), Some(v), _) => {
+                        Image::Volume { pool: p.clone(), volume: v.clone(), secret: b.luks_secret.clone() }
+                    }
+                    (_, _, Some(f)) => as_image(f, &pools, b.luks_secret.clone()),
+                    _ => Image::Unknown,
+                },
+                None => match d.file.as_deref().filter(|_| lv.is_local()) {
+                    Some(f) => match phyllome_disk::backing_file(Path::new(f)) {
+                        // Its key's secret is found by the volume's path, its usage id.
+                        Ok(Some(b)) => as_image(&b, &pools, None),
+                        _ => Image::Unknown,
+                    },
+                    None => Image::Unknown,
+                },
+            };
+            Changed { target: d.target.clone(), top, base, recorded: !d.backing.is_empty() }
+        })
+        .collect()
+}
+
+/// Refuses `action` (e.g. "start it: ...") on a VM whose disks were changed outside
+/// Phyllome, saying how to undo the change.
+pub(crate) fn refuse_changed(lv: &Libvirt, s: &DomainSummary, action: &str) -> Result<()> {
+    let Some(note) = s.changed_outside_note() else { return Ok(()) };
+    let changed = changed_disks(lv, s);
+    let running = lv.state(&s.name).is_ok_and(|st| st != State::Shutoff);
+    let name = &s.name;
+    let commit: Vec<String> =
+        changed.iter().map(|c| format!("`virsh blockcommit {name} {} --active --pivot --delete`", c.target)).collect();
+    let merge = format!(
+        "{} (what the guest wrote to the overlay goes back into the encrypted volume), then drop libvirt's \
+         snapshot record (`virsh snapshot-list {name}`, `virsh snapshot-delete {name} SNAPSHOT --metadata`)",
+        commit.join(", ")
+    );
+    let undo = if running {
+        format!("To undo it while it runs: {merge}.")
+    } else if changed.iter().all(|c| c.recorded) {
+        format!("To undo it: `virsh start {name}`, then {merge}.")
+    } else {
+        format!(
+            "libvirt cannot start it this way either (the overlay keeps no record of the encrypted volume under it), \
+             so nothing was written to the overlay. To undo it: define {name} again as it was (the <domain> in \
+             `virsh snapshot-dumpxml {name} SNAPSHOT`; `virsh snapshot-list {name}` names it), drop the snapshot \
+             record (`virsh snapshot-delete {name} SNAPSHOT --metadata`) and remove the overlay. Or \
+             `phyllome delete {name}` removes the VM with its overlay, volume and key."
+        )
+    };
+    Err(VmError::ChangedOutside { name: name.clone(), note, action: action.into(), undo })
 }
 
 /// The name of another domain (not `uuid`) whose disks include the volume, if any.
@@ -1064,6 +1198,9 @@ pub struct VmRow {
     pub snapshots: usize,
     /// libvirt starts it when the host boots (`phyllome autostart`).
     pub autostart: bool,
+    /// Its disks were changed outside Phyllome (an external snapshot's overlay), in words:
+    /// `encrypted` is then false, as what the guest writes now is not.
+    pub changed_outside: Option<String>,
 }
 
 pub fn state_name(s: State) -> &'static str {
@@ -1101,6 +1238,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         disk_gib,
         snapshots: crate::snapshot::count(&s.uuid),
         autostart: lv.autostart(&s.name).unwrap_or(false),
+        changed_outside: s.changed_outside_note(),
     })
 }
 
@@ -1227,6 +1365,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             state_reason,
             snapshots: crate::snapshot::count(&s.uuid),
             autostart: d.autostart,
+            changed_outside: s.changed_outside_note(),
         });
     }
     Ok(rows)
