@@ -418,12 +418,18 @@ impl Drop for Op<'_> {
 const SETTLE: Duration = Duration::from_secs(120);
 
 /// Waits until libvirt is done with the VM: no job (a save or restore it goes on
-/// with after its caller died) and not on its way down ("in shutdown" after a save).
+/// with after its caller died), not paused for a save (as it is a moment after
+/// the save's job ended) and not on its way down ("in shutdown" after a save).
 /// False when it is still busy after [`SETTLE`].
 fn settle(lv: &Libvirt, vm: &str) -> bool {
     let until = std::time::Instant::now() + SETTLE;
     loop {
-        let busy = lv.job(vm).is_ok_and(|j| j.active) || lv.state(vm).is_ok_and(|s| s == State::Other);
+        let busy = lv.job(vm).is_ok_and(|j| j.active)
+            || match lv.state(vm) {
+                Ok(State::Other) => true,
+                Ok(State::Paused) => lv.pause_reason(vm).is_ok_and(|r| r == Some("saving")),
+                _ => false,
+            };
         if !busy {
             return true;
         }
@@ -473,6 +479,9 @@ fn undo(lv: &Libvirt, vm: &str, p: &mut Pending) -> bool {
         p.frozen = false;
     }
     if let (Some(paused), Some(file)) = (p.saved, &p.save_file) {
+        // Held open meanwhile, its tmpfs cannot be unmounted under it (by the sweep of a phyllome
+        // that knows no such record, such as an older one still running).
+        let _busy = std::fs::File::open(file);
         // libvirt goes on with a save (or restore) its caller asked for: wait for its end, then
         // a VM that is off with its state whole in the file runs again; one that runs is left so.
         if !settle(lv, vm) {
