@@ -406,16 +406,18 @@ fn a_killed_import_leaves_no_staging_folder_after_the_next_command() {
     let fifo = std::env::temp_dir().join(format!("{PREFIX}import-fifo-{}", std::process::id()));
     let _ = std::fs::remove_file(&fifo);
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .args(["import", fifo.to_str().unwrap(), "--name", &target.0, "--passphrase-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .args(["import", fifo.to_str().unwrap(), "--name", &target.0, "--passphrase-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    child.stdin().write_all(format!("{PASS}\n").as_bytes()).unwrap();
     let bytes = std::fs::read(file.path()).unwrap();
     let held = bytes.len() - 4096;
     let (done, wait) = std::sync::mpsc::channel::<()>();
@@ -439,8 +441,7 @@ fn a_killed_import_leaves_no_staging_folder_after_the_next_command() {
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let pid = child.id();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert!(!staging_of(pid).is_empty(), "the kill left nothing to clean: the test proves nothing");
     // Any next command removes the dead import's staging folder (the whole bundle).
     ok(phyllome(&["list"]));

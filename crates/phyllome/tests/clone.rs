@@ -148,15 +148,17 @@ fn a_clone_holds_its_source_and_other_operations_on_it_are_refused_as_busy() {
     let uuid = virsh_ok(&["domuuid", &src.0]).trim().to_string();
     let lock = format!("/var/lib/phyllome/operations/{uuid}.json");
     // Held after its disk copy (the source was started paused and is off again) for 20 s.
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .env("PHYLLOME_TEST_PAUSE_AT", "boot-files")
-        .env("PHYLLOME_TEST_PAUSE_SECS", "20")
-        .args(["clone", &src.0, &dst.0])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .env("PHYLLOME_TEST_PAUSE_AT", "boot-files")
+            .env("PHYLLOME_TEST_PAUSE_SECS", "20")
+            .args(["clone", &src.0, &dst.0])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !Path::new(&volume_path(&dst.0)).exists() || src.state() != "shut off" {
         assert!(std::time::Instant::now() < deadline, "the clone never copied the disk");
@@ -180,7 +182,7 @@ fn a_clone_holds_its_source_and_other_operations_on_it_are_refused_as_busy() {
     }
     assert!(!Path::new(export).exists(), "the refused export wrote a file");
     assert_eq!(src.state(), "shut off");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert!(out.status.success(), "the clone failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(dst.exists());
     assert!(!Path::new(&lock).exists(), "the clone's lock outlived it");
@@ -195,12 +197,14 @@ fn a_clone_killed_while_copying_leaves_nothing_and_the_same_clone_then_succeeds(
     let dst = TestVm::new("clone-kill-dst");
     let args = create_guest_args(&src.0, "", &[]);
     ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .args(["clone", &src.0, &dst.0])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .args(["clone", &src.0, &dst.0])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Killed while QEMU copies into the new volume, once libvirt's pool lists it (another command refreshed it).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !(src.state() == "paused" && Path::new(&volume_path(&dst.0)).exists()) {
@@ -208,8 +212,7 @@ fn a_clone_killed_while_copying_leaves_nothing_and_the_same_clone_then_succeeds(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     virsh_ok(&["pool-refresh", "phyllome"]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // The next command (this same clone) undoes the dead one and succeeds.
     let c = json(phyllome(&["clone", &src.0, &dst.0, "--json"]));
     assert_eq!(c["name"], dst.0.as_str());

@@ -353,13 +353,13 @@ fn bad_input_and_failures_leave_the_vm_as_it_was() {
 }
 
 /// A `snapshot create --memory` of the VM, its process kept for a kill (`pause`: the test hook's step).
-fn memory_snapshot(vm: &TestVm, pause: Option<&str>) -> std::process::Child {
+fn memory_snapshot(vm: &TestVm, pause: Option<&str>) -> Background {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
     cmd.env("PHYLLOME_CONNECT", URI).args(["snapshot", "create", &vm.0, "killed", "--memory"]);
     if let Some(step) = pause {
         cmd.env("PHYLLOME_TEST_PAUSE_AT", step);
     }
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+    Background::new(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
 }
 
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -399,9 +399,8 @@ fn kills_before_during_and_after_a_memory_save_leave_the_vm_running_and_no_snaps
     let secrets =
         || String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().filter(|l| l.contains(&keys_of)).count();
     let secrets_before = secrets();
-    let killed = |child: &mut std::process::Child, phase: &str, before: u64| {
-        child.kill().unwrap();
-        child.wait().unwrap();
+    let killed = |child: &mut Background, phase: &str, before: u64| {
+        child.kill();
         // The next phyllome command finds the dead snapshot and puts the VM back.
         ok(phyllome(&["snapshot", "list", &vm.0]));
         counts_on(&vm, before, phase);
@@ -423,7 +422,7 @@ fn kills_before_during_and_after_a_memory_save_leave_the_vm_running_and_no_snaps
     let mut child = memory_snapshot(&vm, None);
     let file = format!("/run/phyllome/snapshot-memory/{}/memory.save", child.id());
     wait_until("the save file", 120, || Path::new(&file).exists());
-    child.kill().unwrap();
+    child.kill();
     // libvirt was saving (it pauses the guest, then writes the file): the kill landed during the save.
     let state = virsh_ok(&["domstate", &vm.0]).trim().to_string();
     assert_ne!(state, "running", "the kill landed before the save");
@@ -491,17 +490,18 @@ fn a_revert_killed_while_staging_or_short_of_space_leaves_no_copy_behind() {
     let ino = std::fs::metadata(&disk).unwrap().ino();
 
     // Killed with its copy staged: the next command removes the copy (the record names it from the start).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .env("PHYLLOME_TEST_PAUSE_AT", "stage")
-        .args(["snapshot", "revert", &vm.0, "one"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background::new(
+        Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .env("PHYLLOME_TEST_PAUSE_AT", "stage")
+            .args(["snapshot", "revert", &vm.0, "one"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the staged copy", 120, || staged.exists());
     std::thread::sleep(Duration::from_secs(1));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     ok(phyllome(&["snapshot", "list", &vm.0]));
     assert!(!staged.exists(), "the killed revert's copy is left in the pool");
     nothing_half_made(&id);

@@ -195,6 +195,38 @@ impl Drop for TestPool {
     }
 }
 
+/// A phyllome a test started in the background: killed (and reaped) on drop unless it was waited for,
+/// so a failing test leaves no command running on to make things after the cleanup.
+pub struct Background(Option<std::process::Child>);
+
+impl Background {
+    pub fn new(child: std::process::Child) -> Background {
+        Background(Some(child))
+    }
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+    /// kill -9, reaped.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("running").wait_with_output().unwrap()
+    }
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.0.as_mut().expect("running").stdin.take().expect("piped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A pool on a small tmpfs, removed (pool, mount, folder) however the test ends.
 pub struct SmallPool {
     pub name: String,
