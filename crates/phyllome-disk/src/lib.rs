@@ -294,6 +294,39 @@ pub fn virtual_size(path: &Path) -> std::io::Result<u64> {
     }
 }
 
+/// The backing file a qcow2 image names in its header (an overlay's base), if any:
+/// bytes 8..16 give where its name starts, 16..20 its length (at most 1023).
+pub fn backing_file(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut header = [0u8; 20];
+    if f.read(&mut header)? < 20 || &header[..4] != b"QFI\xfb" {
+        return Ok(None);
+    }
+    let (at, len) = backing_at(&header);
+    if len == 0 {
+        return Ok(None);
+    }
+    if len > 1023 {
+        return Err(std::io::Error::other("the backing file name is longer than qcow2 allows"));
+    }
+    let mut name = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(&mut name)?;
+    Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Where a qcow2 header's backing file name is, and its length.
+fn backing_at(header: &[u8; 20]) -> (u64, u32) {
+    let at = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    if at == 0 {
+        (0, 0)
+    } else {
+        (at, len)
+    }
+}
+
 pub fn os_random(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
@@ -336,6 +369,29 @@ pub fn write(f: &mut std::fs::File, size: u64, passphrase: &[u8], cost: Cost) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlays_header_names_its_backing_file_and_a_plain_image_none() {
+        let dir = std::env::temp_dir().join(format!("phyllome-backing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = "/var/lib/libvirt/images/phyllome/vm.qcow2";
+        // A qcow2 v3 header (104 bytes), the name right after it.
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[7] = 3;
+        h[8..16].copy_from_slice(&104u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(base.len() as u32).to_be_bytes());
+        h.extend_from_slice(base.as_bytes());
+        let overlay = dir.join("overlay.qcow2");
+        std::fs::write(&overlay, &h).unwrap();
+        assert_eq!(backing_file(&overlay).unwrap().as_deref(), Some(base));
+        h[8..20].fill(0);
+        std::fs::write(&overlay, &h).unwrap();
+        assert_eq!(backing_file(&overlay).unwrap(), None);
+        std::fs::write(&overlay, b"raw bytes, not a qcow2 image").unwrap();
+        assert_eq!(backing_file(&overlay).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_image_in_memory_is_the_laid_out_one() {

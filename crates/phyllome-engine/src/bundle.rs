@@ -419,6 +419,7 @@ fn append_part<W: Write>(
 /// keyed by Phyllome's secret (not a typed passphrase). For front ends that
 /// answer before the export starts (the web API's download ticket).
 pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
+    crate::oplock::check(lv, name)?;
     export_source(lv, name).map(|_| ())
 }
 
@@ -438,6 +439,7 @@ fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, Bundle
     }
     let xml = lv.inactive_xml(name)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(name.into(), e))?;
+    vm::refuse_changed(lv, &s, "export it: a bundle would hold only the image over its encrypted volume")?;
     if s.encryption.as_deref() == Some("prompt") {
         return Err(BundleError::CannotHere(format!(
             "{name}'s disk key is a passphrase typed at each start: exporting it is not supported yet"
@@ -466,6 +468,7 @@ pub fn export(
     if passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Export)?;
     let (s, disk, pool, volume) = export_source(lv, name)?;
     let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
@@ -753,7 +756,11 @@ impl Staging {
         let dir = Path::new(STAGING_DIR).join(format!("{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
-        Ok(Staging(dir))
+        let staging = Staging(dir);
+        // Its boot, with the pid in its name: whoever finds it after this process is gone removes it.
+        let boot = staging.0.join(STAGING_BOOT);
+        std::fs::write(&boot, crate::journal::boot_id()).map_err(|e| io(&boot, e))?;
+        Ok(staging)
     }
 }
 
@@ -763,15 +770,23 @@ impl Drop for Staging {
     }
 }
 
-/// Removes staging folders of imports whose process is gone.
-fn sweep_staging() {
+/// The file in a staging folder that names the boot of the import that made it.
+const STAGING_BOOT: &str = ".boot_id";
+
+/// Removes the staging folders of imports whose process is gone (killed, or of
+/// another boot): every command's recovery (`vm::recover`) calls it.
+pub(crate) fn sweep_staging() {
     let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
+    let boot = crate::journal::boot_id();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(pid) = name.split('-').next().unwrap_or_default().parse::<u32>() {
-            if pid != std::process::id() && !crate::journal::phyllome_alive(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        let Some(Ok(pid)) = name.split_once('-').map(|(p, _)| p.parse::<u32>()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let other_boot = std::fs::read_to_string(e.path().join(STAGING_BOOT)).is_ok_and(|b| b.trim() != boot);
+        if other_boot || !crate::journal::phyllome_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -840,7 +855,6 @@ pub fn import(
         "import (the bundle is staged here and its disk and state move into this host's folders)",
     )?;
     vm::recover(lv);
-    sweep_staging();
     if opts.passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }

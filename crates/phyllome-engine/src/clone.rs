@@ -130,11 +130,14 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
     crate::hostfiles::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")?;
     vm::recover(lv);
     phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
+    // The source is this clone's until it is done: no snapshot, export or start of it meanwhile.
+    let _held = crate::oplock::take(lv, from, crate::oplock::Operation::Clone)?;
     if vm::state(lv, from)? != State::Shutoff {
         return Err(VmError::Running(from.into()));
     }
     let xml = lv.inactive_xml(from)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
+    vm::refuse_changed(lv, &s, "clone it: a clone would copy only the image over its encrypted volume")?;
     let shape = crate::snapshot::shape(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
     if !shape.hostdevs.is_empty() {
         return Err(VmError::Disk(format!(

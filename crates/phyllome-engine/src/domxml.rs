@@ -13,6 +13,17 @@ pub struct DiskSummary {
     pub file: Option<String>,
     /// Usage id or UUID of the LUKS passphrase secret, when encrypted.
     pub luks_secret: Option<String>,
+    /// The images under this one (`<backingStore>`, nearest first): Phyllome makes none.
+    pub backing: Vec<Layer>,
+}
+
+/// One image of a disk's backing chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub pool: Option<String>,
+    pub volume: Option<String>,
+    pub file: Option<String>,
+    pub luks_secret: Option<String>,
 }
 
 /// The UEFI variable store, as `<os><nvram>` names it.
@@ -67,8 +78,49 @@ impl DomainSummary {
         self.disks.iter().find(|d| d.device == "disk" && d.volume.is_some())
     }
 
+    /// Whether all of the main disk is encrypted (a plaintext image over it made outside Phyllome: no).
     pub fn encrypted(&self) -> bool {
-        self.main_disk().is_some_and(|d| d.luks_secret.is_some())
+        self.main_disk().is_some_and(|d| d.luks_secret.is_some()) && self.changed_outside().is_empty()
+    }
+
+    /// The disks of a VM Phyllome made that are no longer what it made: an image
+    /// over its volume (an external snapshot's overlay: `<backingStore>`), or its
+    /// volume replaced by a file (libvirt records no chain for a VM that was off).
+    pub fn changed_outside(&self) -> Vec<&DiskSummary> {
+        if self.os.is_none() {
+            return vec![];
+        }
+        let replaced = self.main_disk().is_none();
+        self.disks
+            .iter()
+            .filter(|d| d.device == "disk")
+            .filter(|d| !d.backing.is_empty() || (replaced && d.file.is_some()))
+            .collect()
+    }
+
+    /// [`Self::changed_outside`] in words, for `list` and `info`.
+    pub fn changed_outside_note(&self) -> Option<String> {
+        let notes: Vec<String> = self
+            .changed_outside()
+            .iter()
+            .map(|d| {
+                let top = d.file.clone().or_else(|| d.volume.clone()).unwrap_or_else(|| "?".into());
+                let top = if d.luks_secret.is_some() { top } else { format!("{top} (not encrypted)") };
+                match d.backing.first() {
+                    Some(b) => {
+                        let base = match (&b.pool, &b.volume, &b.file) {
+                            (Some(p), Some(v), _) => format!("{p}/{v}"),
+                            (_, _, Some(f)) => f.clone(),
+                            _ => "?".into(),
+                        };
+                        let enc = if b.luks_secret.is_some() { "encrypted " } else { "" };
+                        format!("disk {} writes to {top}, made outside Phyllome over its {enc}volume {base}", d.target)
+                    }
+                    None => format!("disk {} is {top}, put in place of its volume outside Phyllome", d.target),
+                }
+            })
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
     }
 }
 
@@ -89,6 +141,32 @@ fn to_mib(value: &str, unit: Option<&str>) -> u64 {
         "GiB" | "G" | "g" => v << 10,
         _ => v >> 10,
     }
+}
+
+/// The LUKS secret (usage id or UUID) of a `<source>`.
+fn luks_of(source: Option<Node>) -> Option<String> {
+    source
+        .and_then(|src| child(src, "encryption"))
+        .and_then(|e| child(e, "secret"))
+        .and_then(|sec| sec.attribute("usage").or(sec.attribute("uuid")))
+        .map(str::to_string)
+}
+
+/// A disk's `<backingStore>` chain, nearest first (an empty `<backingStore/>` ends it).
+fn chain(disk: Node) -> Vec<Layer> {
+    let mut out = vec![];
+    let mut at = child(disk, "backingStore");
+    while let Some(b) = at {
+        let Some(source) = child(b, "source") else { break };
+        out.push(Layer {
+            pool: source.attribute("pool").map(str::to_string),
+            volume: source.attribute("volume").map(str::to_string),
+            file: source.attribute("file").map(str::to_string),
+            luks_secret: luks_of(Some(source)),
+        });
+        at = child(b, "backingStore");
+    }
+    out
 }
 
 pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
@@ -141,11 +219,7 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
     if let Some(devices) = child(root, "devices") {
         for d in devices.children().filter(|d| d.has_tag_name("disk")) {
             let source = child(d, "source");
-            let luks = source
-                .and_then(|src| child(src, "encryption"))
-                .and_then(|e| child(e, "secret"))
-                .and_then(|sec| sec.attribute("usage").or(sec.attribute("uuid")))
-                .map(str::to_string);
+            let luks = luks_of(source);
             s.disks.push(DiskSummary {
                 target: child(d, "target").and_then(|t| t.attribute("dev")).unwrap_or_default().to_string(),
                 device: d.attribute("device").unwrap_or("disk").to_string(),
@@ -153,6 +227,7 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
                 volume: source.and_then(|x| x.attribute("volume")).map(str::to_string),
                 file: source.and_then(|x| x.attribute("file")).map(str::to_string),
                 luks_secret: luks,
+                backing: chain(d),
             });
         }
         for n in devices.children().filter(|n| n.has_tag_name("interface")) {
@@ -223,6 +298,46 @@ mod tests {
         let raw = parse("<domain><os><nvram>/n/x_VARS.fd</nvram></os></domain>").unwrap().nvram.unwrap();
         assert_eq!((raw.format.as_str(), raw.template), ("raw", None));
         assert_eq!(parse("<domain><os><nvram/></os></domain>").unwrap().nvram, None);
+    }
+
+    const OURS: &str = "<metadata><phyllome:vm xmlns:phyllome='https://phyllo.me/xmlns/phyllome/1'><phyllome:os>linux</phyllome:os><phyllome:encryption>secret</phyllome:encryption></phyllome:vm></metadata>";
+
+    #[test]
+    fn an_overlay_made_outside_phyllome_is_found_with_or_without_its_chain() {
+        // `virsh snapshot-create-as --disk-only` of a running VM: the chain is recorded.
+        let running = format!(
+            "<domain><name>v</name>{OURS}<devices><disk type='file' device='disk'>\
+             <source file='/p/v-x.qcow2' index='2'/><backingStore type='volume' index='1'><format type='qcow2'/>\
+             <source pool='phyllome' volume='v.qcow2'><encryption format='luks' engine='qemu'>\
+             <secret type='passphrase' usage='/p/v.qcow2'/></encryption></source><backingStore/></backingStore>\
+             <target dev='vda'/></disk></devices></domain>"
+        );
+        let s = parse(&running).unwrap();
+        assert_eq!(s.disks[0].backing.len(), 1);
+        assert_eq!(s.disks[0].backing[0].luks_secret.as_deref(), Some("/p/v.qcow2"));
+        assert_eq!(s.changed_outside().len(), 1);
+        assert!(!s.encrypted(), "a plaintext overlay over the volume: not all encrypted");
+        assert_eq!(
+            s.changed_outside_note().unwrap(),
+            "disk vda writes to /p/v-x.qcow2 (not encrypted), made outside Phyllome over its encrypted volume phyllome/v.qcow2"
+        );
+        // Of a VM that was off: libvirt keeps only the overlay as a file.
+        let off = format!(
+            "<domain><name>v</name>{OURS}<devices><disk type='file' device='disk'><source file='/p/v-x.qcow2'/>\
+             <target dev='vda'/></disk></devices></domain>"
+        );
+        let s = parse(&off).unwrap();
+        assert_eq!(s.changed_outside().len(), 1);
+        assert!(s.changed_outside_note().unwrap().contains("put in place of its volume"));
+        // Phyllome's own VMs (a volume, a macOS OpenCore file beside it) and foreign domains: nothing.
+        let mac = format!(
+            "<domain><name>m</name>{OURS}<devices><disk type='file' device='disk'><source file='/o/OpenCore.qcow2'/>\
+             <target dev='sda'/></disk><disk type='volume' device='disk'><source pool='phyllome' volume='m.qcow2'/>\
+             <target dev='vda'/></disk></devices></domain>"
+        );
+        assert!(parse(&mac).unwrap().changed_outside().is_empty());
+        let foreign = off.replace(OURS, "");
+        assert!(parse(&foreign).unwrap().changed_outside().is_empty());
     }
 
     #[test]

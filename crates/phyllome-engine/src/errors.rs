@@ -96,6 +96,7 @@ fn vm(e: &VmError) -> ErrorKind {
         VmError::File(f) => file(f),
         VmError::Libvirt(l) | VmError::Host(HostError::Libvirt(l)) => libvirt(l),
         VmError::Journal(JournalError::Busy(_)) => ErrorKind::Conflict,
+        VmError::Lock(l) => l.kind(),
         VmError::NameBusy(_)
         | VmError::VolumeExists { .. }
         | VmError::SecretExists(_)
@@ -105,7 +106,8 @@ fn vm(e: &VmError) -> ErrorKind {
         | VmError::NetworkInactive(_)
         | VmError::IoPaused { .. }
         | VmError::VolumeInUse { .. }
-        | VmError::MoveUnfinished { .. } => ErrorKind::Conflict,
+        | VmError::MoveUnfinished { .. }
+        | VmError::ChangedOutside { .. } => ErrorKind::Conflict,
         VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
         VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
         VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,

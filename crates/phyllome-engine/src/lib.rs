@@ -16,6 +16,7 @@ pub mod journal;
 pub mod manifest;
 pub mod media;
 pub mod migrate;
+pub mod oplock;
 pub mod progress;
 pub mod request;
 pub mod share;

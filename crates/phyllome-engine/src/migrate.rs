@@ -1155,6 +1155,12 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     // connection below, however long it takes to answer).
     let mut settled = recover(src);
     vm::recover(src);
+    let _held = crate::oplock::take(src, name, crate::oplock::Operation::Migrate)?;
+    vm::refuse_changed(
+        src,
+        &vm::summary(src, name)?,
+        "migrate it: only the image over its encrypted volume would move",
+    )?;
     let dst = connect(&req.to)?;
     let pending = pending_dir();
     settled.extend(clean(src, &dst, &req.to, false).into_iter().filter(|s| s.outcome != "in-progress"));

@@ -36,6 +36,7 @@
 
 use crate::domxml;
 use crate::journal::{boot_id, phyllome_alive, FileId};
+use crate::oplock;
 use crate::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, State};
@@ -50,8 +51,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where snapshots live: one folder per VM (by UUID), one per snapshot.
 pub const SNAPSHOT_DIR: &str = "/var/lib/phyllome/snapshots";
-/// Pending snapshot operations, one per VM (by UUID): the lock and the recovery record.
-pub const PENDING_DIR: &str = "/var/lib/phyllome/pending-snapshots";
 /// Where a memory state is in plaintext while it is saved or restored: a tmpfs
 /// mounted for the operation, so it is never on the host's disk.
 const MEMORY_RUN: &str = "/run/phyllome/snapshot-memory";
@@ -82,10 +81,8 @@ pub enum SnapshotError {
     Refused(String),
     #[error("{0}")]
     CannotHere(String),
-    #[error("not enough space in {path} for the snapshot: it needs {need_mib} MiB, {free_mib} MiB are free")]
-    NoSpace { path: String, need_mib: u64, free_mib: u64 },
-    #[error("another snapshot operation on {0} is under way")]
-    Busy(String),
+    #[error("not enough space in {path} {what}: it needs {need_mib} MiB, {free_mib} MiB are free")]
+    NoSpace { path: String, what: &'static str, need_mib: u64, free_mib: u64 },
     #[error("{vm}'s disks changed since snapshot {name:?} was taken ({what}): it cannot be reverted")]
     Changed { vm: String, name: String, what: String },
     #[error("{0}: {1}")]
@@ -112,10 +109,9 @@ impl SnapshotError {
             | SnapshotError::Refused(_)
             | SnapshotError::NoSpace { .. } => K::InvalidInput,
             SnapshotError::NoSnapshot { .. } => K::NotFound,
-            SnapshotError::Exists { .. }
-            | SnapshotError::RevertRunning(_)
-            | SnapshotError::Busy(_)
-            | SnapshotError::Changed { .. } => K::Conflict,
+            SnapshotError::Exists { .. } | SnapshotError::RevertRunning(_) | SnapshotError::Changed { .. } => {
+                K::Conflict
+            }
             SnapshotError::Io(..) | SnapshotError::Memory(..) => K::Failed,
         }
     }
@@ -301,16 +297,10 @@ pub fn backup_xml(disks: &[(String, String, Option<String>)], skip: &[String]) -
 
 // ---------------------------------------------------------------------------
 // The pending record: what is under way, for rollback and crash recovery.
+// It lives in the VM's operation lock (`oplock`), which also keeps other operations off the VM.
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Pending {
-    vm: String,
-    vm_uuid: String,
-    pid: u32,
-    boot_id: String,
-    /// The connection it was made through (none: an older record, this host's own libvirt).
-    #[serde(default)]
-    uri: Option<String>,
     /// The `.NAME.part` folder being built.
     part: Option<FileId>,
     memory_secret: Option<String>,
@@ -323,57 +313,39 @@ struct Pending {
     /// The tmpfs holding a plaintext memory state, and the file in it.
     mount: Option<String>,
     save_file: Option<String>,
-    /// The VM's state was saved to `save_file` and it must be restored (paused or not).
+    /// The VM's state is in `save_file`, or libvirt may be writing it there (recorded
+    /// before the save is asked, since libvirt finishes a save whose caller died): a
+    /// VM found shut off with a complete save file is restored (paused or not).
     saved: Option<bool>,
-    /// Revert: staged copies not yet renamed into place.
+    /// Files being staged (revert's copies), by path before they exist, by inode once made.
     staged: Vec<FileId>,
-}
-
-fn pending_path(uuid: &str) -> PathBuf {
-    Path::new(PENDING_DIR).join(format!("{uuid}.json"))
 }
 
 struct Op<'a> {
     lv: &'a Libvirt,
+    vm: String,
+    uuid: String,
     p: Pending,
+    lock: Option<oplock::Lock>,
     interrupted: Arc<AtomicBool>,
     hooks: Vec<signal_hook::SigId>,
 }
 
 impl<'a> Op<'a> {
-    /// Claims the VM for one snapshot operation: exclusive, like create's claim of a name.
-    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str) -> Result<Op<'a>> {
-        std::fs::create_dir_all(PENDING_DIR).map_err(|e| io(PENDING_DIR, e))?;
-        let p = Pending {
-            vm: vm.into(),
-            vm_uuid: uuid.into(),
-            pid: std::process::id(),
-            boot_id: boot_id(),
-            uri: Some(lv.uri()),
-            ..Default::default()
-        };
-        let path = pending_path(uuid);
-        let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
-        match f {
-            Ok(mut f) => {
-                f.write_all(&serde_json::to_vec(&p).expect("serializable")).map_err(|e| io(&path, e))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(SnapshotError::Busy(vm.into())),
-            Err(e) => return Err(io(&path, e)),
-        }
+    /// Claims the VM for one snapshot operation: its lock, refused while another operation holds it.
+    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str, what: oplock::Operation) -> Result<Op<'a>> {
+        let lock = oplock::take_uuid(lv, vm, uuid, what).map_err(VmError::from)?;
         let interrupted = Arc::new(AtomicBool::new(false));
         let hooks = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
             .iter()
             .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
             .collect();
-        Ok(Op { lv, p, interrupted, hooks })
+        Ok(Op { lv, vm: vm.into(), uuid: uuid.into(), p: Pending::default(), lock: Some(lock), interrupted, hooks })
     }
 
-    fn save(&self) -> Result<()> {
-        let path = pending_path(&self.p.vm_uuid);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&self.p).expect("serializable")).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    fn save(&mut self) -> Result<()> {
+        let lock = self.lock.as_mut().expect("held until finish");
+        lock.record(&self.p).map_err(|e| io(oplock::LOCK_DIR, e))
     }
 
     /// A step: test hooks (PHYLLOME_TEST_FAIL_AT / PAUSE_AT) and Ctrl-C.
@@ -389,19 +361,42 @@ impl<'a> Op<'a> {
         Ok(())
     }
 
-    /// Done: the record goes, the signals are the process's again.
+    /// Makes a new file (0600) to stage into, recorded by path before it exists and by inode once made.
+    fn stage_file(&mut self, path: &Path) -> Result<std::fs::File> {
+        let name = path.to_string_lossy().into_owned();
+        self.p.staged.push(FileId { path: name.clone(), dev: 0, ino: 0, key: None });
+        self.save()?;
+        let f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
+        *self.p.staged.last_mut().expect("pushed") = FileId::of(&name).map_err(|e| io(path, e))?;
+        self.save()?;
+        Ok(f)
+    }
+
+    /// Done: the lock goes, the signals are the process's again.
     fn finish(mut self) {
-        let _ = std::fs::remove_file(pending_path(&self.p.vm_uuid));
+        if let Some(l) = self.lock.take() {
+            l.release();
+        }
         for h in self.hooks.drain(..) {
             signal_hook::low_level::unregister(h);
         }
     }
 
-    /// Undoes what is recorded, then finishes.
+    /// Undoes what is recorded, then finishes (or, when libvirt is still busy with the VM,
+    /// leaves the record for the next command).
     fn fail(mut self, e: SnapshotError) -> SnapshotError {
-        undo(self.lv, &mut self.p);
+        let done = undo(self.lv, &self.vm, &mut self.p);
         let interrupted = self.interrupted.load(Ordering::Relaxed);
-        self.finish();
+        if done {
+            self.finish();
+        } else {
+            let _ = self.save();
+            drop(self.lock.take());
+            for h in self.hooks.drain(..) {
+                signal_hook::low_level::unregister(h);
+            }
+        }
         if interrupted {
             SnapshotError::Vm(VmError::Interrupted)
         } else {
@@ -410,13 +405,62 @@ impl<'a> Op<'a> {
     }
 }
 
+impl Drop for Op<'_> {
+    /// A refusal before anything was recorded: the lock goes with the op (see `oplock::Lock`).
+    fn drop(&mut self) {
+        for h in self.hooks.drain(..) {
+            signal_hook::low_level::unregister(h);
+        }
+    }
+}
+
+/// How long recovery waits for a job libvirt goes on with (a save, a restore) to end.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Waits until libvirt is done with the VM: no job (a save or restore it goes on
+/// with after its caller died), not paused for a save (as it is a moment after
+/// the save's job ended) and not on its way down ("in shutdown" after a save).
+/// False when it is still busy after [`SETTLE`].
+fn settle(lv: &Libvirt, vm: &str) -> bool {
+    let until = std::time::Instant::now() + SETTLE;
+    loop {
+        let busy = lv.job(vm).is_ok_and(|j| j.active)
+            || match lv.state(vm) {
+                Ok(State::Other) => true,
+                Ok(State::Paused) => lv.pause_reason(vm).is_ok_and(|r| r == Some("saving")),
+                _ => false,
+            };
+        if !busy {
+            return true;
+        }
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether a file libvirt saved a domain into is whole: libvirt writes the
+/// header's magic as `LibvirtQemudPart` first, and `LibvirtQemudSave` once the
+/// save completed.
+pub fn save_complete(header: &[u8]) -> bool {
+    header.starts_with(b"LibvirtQemudSave")
+}
+
+fn save_file_complete(path: &str) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && save_complete(&head)
+}
+
 /// Puts the VM back as it was and removes what a failed operation made.
-fn undo(lv: &Libvirt, p: &mut Pending) {
+/// False when libvirt is still busy with the VM (its save or restore goes on):
+/// the record must stay for a later try.
+fn undo(lv: &Libvirt, vm: &str, p: &mut Pending) -> bool {
     if p.backup {
-        if lv.job(&p.vm).is_ok_and(|j| j.active) {
-            let _ = lv.abort_job(&p.vm);
+        if lv.job(vm).is_ok_and(|j| j.active) {
+            let _ = lv.abort_job(vm);
             for _ in 0..100 {
-                if !lv.job(&p.vm).is_ok_and(|j| j.active) {
+                if !lv.job(vm).is_ok_and(|j| j.active) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -425,25 +469,33 @@ fn undo(lv: &Libvirt, p: &mut Pending) {
         p.backup = false;
     }
     if p.paused {
-        if lv.state(&p.vm).is_ok_and(|s| s == State::Paused) {
-            let _ = lv.resume(&p.vm);
+        if lv.state(vm).is_ok_and(|s| s == State::Paused) {
+            let _ = lv.resume(vm);
         }
         p.paused = false;
     }
     if p.frozen {
-        let _ = lv.fs_thaw(&p.vm);
+        let _ = lv.fs_thaw(vm);
         p.frozen = false;
     }
     if let (Some(paused), Some(file)) = (p.saved, &p.save_file) {
-        // The VM's memory is in the save file and the VM is off: bring it back as it was.
-        if lv.state(&p.vm).is_ok_and(|s| s == State::Shutoff) && Path::new(file).exists() {
+        // Held open meanwhile, its tmpfs cannot be unmounted under it (by the sweep of a phyllome
+        // that knows no such record, such as an older one still running).
+        let _busy = std::fs::File::open(file);
+        // libvirt goes on with a save (or restore) its caller asked for: wait for its end, then
+        // a VM that is off with its state whole in the file runs again; one that runs is left so.
+        if !settle(lv, vm) {
+            return false;
+        }
+        if lv.state(vm).is_ok_and(|s| s == State::Shutoff) && save_file_complete(file) {
             let _ = lv.restore(file, paused);
         }
         p.saved = None;
     }
     drop_memory_mount(p);
     for f in p.staged.drain(..) {
-        if f.still_there() {
+        // A path recorded before its file was made names a file only a revert of this VM makes.
+        if f.ino == 0 || f.still_there() {
             let _ = remove_any(Path::new(&f.path));
         }
     }
@@ -455,6 +507,7 @@ fn undo(lv: &Libvirt, p: &mut Pending) {
     if let Some(uuid) = p.memory_secret.take() {
         let _ = lv.undefine_secret_uuid(&uuid);
     }
+    true
 }
 
 fn drop_memory_mount(p: &mut Pending) {
@@ -477,58 +530,42 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn remove_any(p: &Path) -> std::io::Result<()> {
-    if p.is_dir() {
+    if std::fs::symlink_metadata(p)?.is_dir() {
         std::fs::remove_dir_all(p)
     } else {
         std::fs::remove_file(p)
     }
 }
 
-/// Finishes what snapshot operations of dead processes left: the VM as it was,
-/// no half snapshot. Returns the VMs it acted on.
-pub fn recover(lv: &Libvirt) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(PENDING_DIR) else {
-        sweep_memory_mounts();
-        return vec![];
-    };
-    let mut done = vec![];
-    for e in dir.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let Ok(text) = std::fs::read(&path) else { continue };
-        let Ok(mut p) = serde_json::from_slice::<Pending>(&text) else { continue };
-        let stale = p.boot_id != boot_id() || !phyllome_alive(p.pid);
-        if !stale || p.pid == std::process::id() || !crate::journal::same_connection(p.uri.as_deref(), lv) {
-            continue;
-        }
-        if p.boot_id != boot_id() {
-            // Nothing of a previous boot is running or mounted; its save file (on a tmpfs) is gone.
-            p.backup = false;
-            p.paused = false;
-            p.frozen = false;
-            p.saved = None;
-            p.mount = None;
-            p.save_file = None;
-        }
-        undo(lv, &mut p);
-        let _ = std::fs::remove_file(&path);
-        done.push(p.vm);
+/// Finishes what the snapshot operation of a dead process left (its record in
+/// the VM's lock): the VM as it was, no half snapshot. True when done; false
+/// while libvirt is still busy with the VM (the lock stays for the next command).
+pub(crate) fn recover_record(lv: &Libvirt, h: &oplock::Holder) -> bool {
+    let Some(Ok(mut p)) = h.record.clone().map(serde_json::from_value::<Pending>) else { return true };
+    if h.boot_id != boot_id() {
+        // Nothing of a previous boot is running or mounted; its save file (on a tmpfs) is gone.
+        p.backup = false;
+        p.paused = false;
+        p.frozen = false;
+        p.saved = None;
+        p.mount = None;
+        p.save_file = None;
     }
-    sweep_memory_mounts();
-    done
+    undo(lv, &h.vm, &mut p)
 }
 
 /// Unmounts the memory tmpfs of any phyllome that is gone (its plaintext memory
-/// state goes with it), record or not.
-fn sweep_memory_mounts() {
+/// state goes with it), but never one a lock's record still names: its save
+/// file may be all that is left of a running guest, until recovery restores it.
+pub(crate) fn sweep_memory_mounts() {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
+    let needed: Vec<String> =
+        oplock::all().into_iter().filter_map(|(_, h)| h.record?.get("mount")?.as_str().map(str::to_string)).collect();
     for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
         let Some(pid) = m.strip_prefix(&format!("{MEMORY_RUN}/")).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if !phyllome_alive(pid) {
+        if !phyllome_alive(pid) && !needed.iter().any(|n| n == m) {
             let _ = std::process::Command::new("umount").arg(m).status();
             let _ = std::fs::remove_dir(m);
         }
@@ -611,7 +648,7 @@ pub fn count(uuid: &str) -> usize {
 
 pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
     here(lv)?;
-    recover(lv);
+    vm::recover(lv);
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let current = current_of(&uuid);
     Ok(records(&uuid).iter().map(|r| info_of(r, current.as_deref())).collect())
@@ -622,10 +659,21 @@ pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
 
 /// Copies `src` to a new file `dst` (0600), leaving runs of zeros as holes, then syncs it.
 pub(crate) fn copy_sparse(src: &Path, dst: &Path, report: Report<'_>, interrupted: &AtomicBool) -> Result<u64> {
-    let mut from = std::fs::File::open(src).map_err(|e| io(src, e))?;
-    let total = from.metadata().map_err(|e| io(src, e))?.len();
     let mut to =
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(|e| io(dst, e))?;
+    copy_sparse_into(src, &mut to, dst, report, interrupted)
+}
+
+/// [`copy_sparse`] into a file made already (empty), `dst` its path.
+fn copy_sparse_into(
+    src: &Path,
+    to: &mut std::fs::File,
+    dst: &Path,
+    report: Report<'_>,
+    interrupted: &AtomicBool,
+) -> Result<u64> {
+    let mut from = std::fs::File::open(src).map_err(|e| io(src, e))?;
+    let total = from.metadata().map_err(|e| io(src, e))?.len();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let mut last = std::time::Instant::now();
@@ -756,7 +804,6 @@ fn here(lv: &Libvirt) -> Result<()> {
 pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) -> Result<SnapshotInfo> {
     here(lv)?;
     vm::recover(lv);
-    recover(lv);
     report(Progress::Step { step: "check" });
     let xml = lv.inactive_xml(vm_name).map_err(|e| {
         if e.is_no_domain() {
@@ -766,6 +813,9 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
         }
     })?;
     let s = domxml::parse(&xml).map_err(|e| VmError::Xml(vm_name.into(), e))?;
+    report(Progress::Step { step: "claim" });
+    // Held from here, so what is checked below stays true until the snapshot is made.
+    let mut op = Op::begin(lv, vm_name, &s.uuid, oplock::Operation::SnapshotCreate)?;
     let name = match &req.name {
         Some(n) => n.clone(),
         None => default_name(&s.uuid),
@@ -787,6 +837,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             sh.hostdevs.join(", ")
         )));
     }
+    vm::refuse_changed(lv, &s, "snapshot it: a snapshot would copy only the image over its encrypted volume")?;
     let running = matches!(state, State::Running | State::Paused);
     let prompt = s.encryption.as_deref() == Some("prompt");
     if req.memory {
@@ -842,13 +893,12 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
     if free < need + SPARE {
         return Err(SnapshotError::NoSpace {
             path: vdir.display().to_string(),
+            what: "for the snapshot",
             need_mib: (need + SPARE).div_ceil(1 << 20),
             free_mib: free >> 20,
         });
     }
 
-    report(Progress::Step { step: "claim" });
-    let mut op = Op::begin(lv, vm_name, &s.uuid)?;
     let r = (|| -> Result<Record> {
         let part = vdir.join(format!(".{name}.part"));
         let _ = std::fs::remove_dir_all(&part);
@@ -895,11 +945,12 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             let dir = memory_mount(&mut op.p, guest_bytes + (64 << 20))?;
             let file = format!("{dir}/memory.save");
             op.p.save_file = Some(file.clone());
+            // Recorded before libvirt is asked: it finishes a save whose caller died, and then only
+            // the file holds the guest.
+            op.p.saved = Some(state == State::Paused);
             op.save()?;
             op.step("save")?;
             lv.save(vm_name, &file)?;
-            op.p.saved = Some(state == State::Paused);
-            op.save()?;
             report(Progress::Step { step: "disk" });
             for c in &copies {
                 copy_sparse(Path::new(&c.path), &part.join(&c.file), report, &op.interrupted)?;
@@ -1048,7 +1099,7 @@ fn encrypt_memory(
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public();
     let out_path = part.join("memory.age");
-    let usage = vm_dir(&op.p.vm_uuid).join(snap).join("memory.age");
+    let usage = vm_dir(&op.uuid).join(snap).join("memory.age");
     let secret = lv.define_readable_secret(
         &usage.to_string_lossy(),
         &format!("phyllome: memory key of snapshot {snap} of VM {vm_name}"),
@@ -1119,13 +1170,15 @@ pub fn revert(
 ) -> Result<Reverted> {
     here(lv)?;
     vm::recover(lv);
-    recover(lv);
     report(Progress::Step { step: "check" });
     check_name(snap).map_err(|_| SnapshotError::NoSnapshot {
         vm: vm_name.into(),
         name: crate::text::printable(snap).into_owned(),
     })?;
     let s = vm::summary(lv, vm_name)?;
+    report(Progress::Step { step: "claim" });
+    // Held from here, so what is checked below stays true until the revert is done.
+    let mut op = Op::begin(lv, vm_name, &s.uuid, oplock::Operation::SnapshotRevert)?;
     let r = read_record(&s.uuid, snap)
         .ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
     let disks = writable_disks(lv, &s)?;
@@ -1154,52 +1207,51 @@ pub fn revert(
             )));
         }
     }
-    report(Progress::Step { step: "claim" });
-    let mut op = Op::begin(lv, vm_name, &s.uuid)?;
+    let tdir = tpm_dir(&s.uuid);
+    staging_space(&r, &sdir, &tdir)?;
     let res = (|| -> Result<Reverted> {
         // Stage every file beside the one it replaces, then swap them in.
         report(Progress::Step { step: "stage" });
         let mut swaps: Vec<(PathBuf, PathBuf)> = vec![];
         for d in &r.disks {
             let dst = Path::new(&d.path);
-            let staged = dst.with_file_name(format!(".{}.phyllome-revert", file_name(dst)));
+            let staged = staged_name(dst);
             let like = std::fs::metadata(dst).map_err(|e| io(dst, e))?;
             let _ = std::fs::remove_file(&staged);
-            op.p.staged.push(FileId { path: staged.to_string_lossy().into(), dev: 0, ino: 0, key: None });
-            copy_sparse(&sdir.join(&d.file), &staged, report, &op.interrupted)?;
+            let mut out = op.stage_file(&staged)?;
+            copy_sparse_into(&sdir.join(&d.file), &mut out, &staged, report, &op.interrupted)?;
             same_owner(&staged, &like)?;
-            *op.p.staged.last_mut().expect("pushed") =
-                FileId::of(&staged.to_string_lossy()).map_err(|e| io(&staged, e))?;
-            op.save()?;
+            op.step("stage")?;
             swaps.push((staged, dst.to_path_buf()));
         }
         let mut remove_nvram = false;
         if let Some(p) = &r.nvram {
             let dst = Path::new(p);
             if r.nvram_present {
-                let staged = dst.with_file_name(format!(".{}.phyllome-revert", file_name(dst)));
+                let staged = staged_name(dst);
                 let _ = std::fs::remove_file(&staged);
-                copy_sparse(&sdir.join("nvram"), &staged, &crate::progress::quiet, &op.interrupted)?;
+                let mut out = op.stage_file(&staged)?;
+                copy_sparse_into(&sdir.join("nvram"), &mut out, &staged, &crate::progress::quiet, &op.interrupted)?;
                 // Owned as the snapshot's copy was (libvirt's QEMU user, or root).
                 let like = std::fs::metadata(dst)
                     .or_else(|_| std::fs::metadata(sdir.join("nvram")))
                     .map_err(|e| io(dst, e))?;
                 same_owner(&staged, &like)?;
-                op.p.staged.push(FileId::of(&staged.to_string_lossy()).map_err(|e| io(&staged, e))?);
-                op.save()?;
                 swaps.push((staged, dst.to_path_buf()));
             } else {
                 remove_nvram = true;
             }
         }
-        let tdir = tpm_dir(&s.uuid);
         let mut tpm_staged = None;
         if r.tpm && r.tpm_present {
             let staged = tdir.with_file_name(".tpm2.phyllome-revert");
             let _ = std::fs::remove_dir_all(&staged);
             std::fs::create_dir_all(tdir.parent().expect("has a parent")).map_err(|e| io(&tdir, e))?;
+            op.p.staged.push(FileId { path: staged.to_string_lossy().into(), dev: 0, ino: 0, key: None });
+            op.save()?;
             copy_dir_files(&sdir.join("tpm"), &staged)?;
-            op.p.staged.push(FileId::of(&staged.to_string_lossy()).map_err(|e| io(&staged, e))?);
+            *op.p.staged.last_mut().expect("pushed") =
+                FileId::of(&staged.to_string_lossy()).map_err(|e| io(&staged, e))?;
             op.save()?;
             tpm_staged = Some(staged);
         }
@@ -1246,8 +1298,12 @@ pub fn revert(
             op.p.save_file = Some(file.clone());
             op.save()?;
             decrypt_memory(lv, &r, &file)?;
+            // Whole now: should this process die, recovery restores it (the disks are the snapshot's already).
+            op.p.saved = Some(r.state == "paused");
+            op.save()?;
             report(Progress::Step { step: "restore" });
             lv.restore(&file, r.state == "paused")?;
+            op.p.saved = None;
             drop_memory_mount(&mut op.p);
             op.save()?;
             r.state.clone()
@@ -1269,6 +1325,48 @@ pub fn revert(
     }
 }
 
+/// The name a revert stages a copy of `dst` under, beside it.
+fn staged_name(dst: &Path) -> PathBuf {
+    dst.with_file_name(format!(".{}.phyllome-revert", file_name(dst)))
+}
+
+/// Refuses a revert whose staged copies would not fit beside the files they
+/// replace (each file system: the snapshot's disks, NVRAM and TPM state, and a spare).
+fn staging_space(r: &Record, sdir: &Path, tdir: &Path) -> Result<()> {
+    let allocated = |p: &Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
+    let mut wants: Vec<(PathBuf, u64)> = vec![];
+    for d in &r.disks {
+        wants.push((Path::new(&d.path).parent().unwrap_or(Path::new("/")).into(), allocated(&sdir.join(&d.file))));
+    }
+    if let Some(n) = r.nvram.as_ref().filter(|_| r.nvram_present) {
+        wants.push((Path::new(n).parent().unwrap_or(Path::new("/")).into(), allocated(&sdir.join("nvram"))));
+    }
+    if r.tpm && r.tpm_present {
+        wants.push((tdir.parent().and_then(Path::parent).unwrap_or(Path::new("/")).into(), du(&sdir.join("tpm"))));
+    }
+    // Summed per file system (by device), checked where the first of them is.
+    let mut per_fs: Vec<(u64, PathBuf, u64)> = vec![];
+    for (dir, bytes) in wants {
+        let dev = std::fs::metadata(&dir).map(|m| m.dev()).unwrap_or(0);
+        match per_fs.iter_mut().find(|(d, _, _)| *d == dev) {
+            Some((_, _, sum)) => *sum += bytes,
+            None => per_fs.push((dev, dir, bytes)),
+        }
+    }
+    for (_, dir, need) in per_fs {
+        let free = free_space(&dir)?;
+        if free < need + SPARE {
+            return Err(SnapshotError::NoSpace {
+                path: dir.display().to_string(),
+                what: "to stage the revert",
+                need_mib: (need + SPARE).div_ceil(1 << 20),
+                free_mib: free >> 20,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -1279,7 +1377,7 @@ fn file_name(p: &Path) -> String {
 /// Deletes one snapshot: its folder and its memory key. Its children get its parent.
 pub fn delete(lv: &Libvirt, vm_name: &str, snap: &str) -> Result<()> {
     here(lv)?;
-    recover(lv);
+    vm::recover(lv);
     check_name(snap).map_err(|_| SnapshotError::NoSnapshot {
         vm: vm_name.into(),
         name: crate::text::printable(snap).into_owned(),
@@ -1287,7 +1385,7 @@ pub fn delete(lv: &Libvirt, vm_name: &str, snap: &str) -> Result<()> {
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let r =
         read_record(&uuid, snap).ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
-    let op = Op::begin(lv, vm_name, &uuid)?;
+    let op = Op::begin(lv, vm_name, &uuid, oplock::Operation::SnapshotDelete)?;
     let res = remove_one(lv, &r);
     op.finish();
     res
@@ -1405,6 +1503,14 @@ mod tests {
             Err(SnapshotError::Vm(VmError::Interrupted))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_save_file_is_whole_only_once_libvirt_wrote_its_final_magic() {
+        assert!(save_complete(b"LibvirtQemudSave\x02\0\0\0"));
+        assert!(!save_complete(b"LibvirtQemudPart\x02\0\0\0"), "libvirt is still writing it");
+        assert!(!save_complete(b""));
+        assert!(!save_complete(b"PHYLLOME-DECRYPTED"));
     }
 
     #[test]

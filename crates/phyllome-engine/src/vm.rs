@@ -50,6 +50,8 @@ pub enum VmError {
     Host(#[from] HostError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Lock(#[from] crate::oplock::LockError),
     #[error("a VM named {0:?} already exists")]
     NameBusy(String),
     #[error("no VM named {0:?}")]
@@ -112,6 +114,8 @@ pub enum VmError {
     NotHere { what: String, uri: String },
     #[error("cannot remove the VM's snapshots: {0}")]
     Snapshots(String),
+    #[error("{name} was changed outside Phyllome: {note}. Phyllome does not {action}. {undo}")]
+    ChangedOutside { name: String, note: String, action: String, undo: String },
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
@@ -464,6 +468,12 @@ pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
     if let Some(f) = &m.volume_file {
         files.remove_volume(&e.pool, f);
     }
+    // libvirt may list the volume while its file is gone (removed above, or by libvirt itself when a
+    // backup into it ended with its paused source): re-read the pool, or the next command of this
+    // name stumbles on a volume libvirt cannot find.
+    if m.volume_file.is_some() || m.paused_source.is_some() {
+        let _ = lv.refresh_pool(&e.pool);
+    }
     if let Some(uuid) = &m.secret_uuid {
         let _ = lv.undefine_secret_uuid(uuid);
     }
@@ -539,8 +549,13 @@ pub fn recover(lv: &Libvirt) -> Vec<String> {
         journal.finish(&e.name);
         cleaned.push(e.name);
     }
-    // Snapshot operations of dead processes: the VM back as it was, no half snapshot.
-    cleaned.extend(crate::snapshot::recover(lv));
+    // Operations of dead processes: their locks go, and a snapshot's record is undone first
+    // (the VM back as it was, no half snapshot).
+    let undo = |h: &crate::oplock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
+    cleaned.extend(crate::oplock::recover(lv, &undo));
+    crate::snapshot::sweep_memory_mounts();
+    // A dead import's staging folder (the whole bundle).
+    crate::bundle::sweep_staging();
     // Moves cut short: finished or undone where their destination answers.
     cleaned.extend(crate::migrate::recover(lv).into_iter().filter(|r| r.settled()).map(|r| r.vm));
     cleaned
@@ -826,6 +841,7 @@ pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
 /// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
 pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
     recover(lv);
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Start)?;
     let st = state(lv, name)?;
     if st == State::Running {
         return Ok(false);
@@ -835,9 +851,10 @@ pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Res
         lv.resume(name)?;
         return Ok(true);
     }
+    let s = summary(lv, name)?;
+    refuse_changed(lv, &s, "start it: the guest would write to an image that is not encrypted")?;
     // A qcow2 variable store lost since (libvirt cannot remake one itself).
     prepare_nvram(lv, name)?;
-    let s = summary(lv, name)?;
     if s.encryption.as_deref() == Some("prompt") {
         let Some(path) = s.main_disk().and_then(|d| d.luks_secret.clone()) else {
             return Err(VmError::Disk(format!("{name} has no encrypted disk to unlock")));
@@ -870,6 +887,7 @@ pub enum Stopped {
 /// Stops a VM gracefully: the ACPI power button, then (after half the
 /// timeout) the guest agent; forced off at the end only when `force`.
 pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: Report<'_>) -> Result<Stopped> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Shutoff => return Ok(Stopped::AlreadyOff),
         State::Paused => lv.resume(name)?,
@@ -915,6 +933,7 @@ pub fn kill(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Running => Ok(lv.suspend(name)?),
         State::Paused => Ok(()),
@@ -923,6 +942,7 @@ pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
+    crate::oplock::check(lv, name)?;
     match state(lv, name)? {
         State::Paused => {
             let io_error = lv.pause_reason(name)? == Some("I/O error");
@@ -970,6 +990,8 @@ pub struct Deleted {
     pub kept_disk: bool,
     /// Its snapshots, removed with it.
     pub snapshots: usize,
+    /// Images of it that stay, and why (an overlay made outside Phyllome, outside its pools).
+    pub left: Vec<String>,
 }
 
 /// Deletes a stopped VM: domain, NVRAM and TPM state, and (unless `keep_disk`)
@@ -982,18 +1004,41 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
 /// [`delete`] without the recovery first (for the recovery itself, which finishes a move
 /// by removing the source's copy).
 pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
+    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Delete)?;
     if state(lv, name)? != State::Shutoff {
         return Err(VmError::Running(name.into()));
     }
     let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
+    // Its volumes: the pool volumes its disks name, and those of a chain made outside Phyllome.
+    let changed = changed_disks(lv, &s);
+    let mut volumes: Vec<(String, String, Option<String>)> = s
+        .disks
+        .iter()
+        .filter(|d| d.device == "disk")
+        .filter_map(|d| Some((d.pool.clone()?, d.volume.clone()?, d.luks_secret.clone())))
+        .collect();
+    let mut left = vec![];
+    for c in &changed {
+        for image in [&c.top, &c.base] {
+            match image {
+                Image::Volume { pool, volume, secret } => volumes.push((pool.clone(), volume.clone(), secret.clone())),
+                Image::Outside(path) => left.push(format!(
+                    "{path}: an image of disk {} made outside Phyllome, outside its pool (not removed)",
+                    c.target
+                )),
+                Image::Unknown => left.push(format!(
+                    "the image under disk {} (not recorded, and its overlay cannot be read here)",
+                    c.target
+                )),
+            }
+        }
+    }
     if !keep_disk {
         // A disk another VM also uses is not this VM's to delete: refuse before anything is removed.
-        for d in s.disks.iter().filter(|d| d.device == "disk") {
-            if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
-                let path = lv.volume_info(pool, volume)?.map(|v| v.path);
-                if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
-                    return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
-                }
+        for (pool, volume, _) in &volumes {
+            let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+            if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
+                return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
             }
         }
     }
@@ -1014,25 +1059,132 @@ pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<De
         .filter_map(|p| files.id_of(p))
         .collect();
     remove_boot_files(&files, &copies);
-    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots };
+    let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots, left };
     if keep_disk {
         return Ok(out);
     }
-    for d in s.disks.iter().filter(|d| d.device == "disk") {
-        if let (Some(pool), Some(volume)) = (&d.pool, &d.volume) {
-            let path = lv.volume_info(pool, volume)?.map(|v| v.path);
-            if lv.delete_volume(pool, volume)? {
-                out.volumes.push(format!("{pool}/{volume}"));
-            }
-            let usage = d.luks_secret.clone().or(path);
-            if let Some(u) = usage {
-                if lv.undefine_volume_secret(&u)? {
-                    out.secrets += 1;
-                }
+    for (pool, volume, secret) in &volumes {
+        let path = lv.volume_info(pool, volume)?.map(|v| v.path);
+        if lv.delete_volume(pool, volume)? {
+            out.volumes.push(format!("{pool}/{volume}"));
+        }
+        // Its key: by the secret the definition names, else by the volume's path (its usage id).
+        for u in secret.iter().chain(path.iter()) {
+            let gone = if is_uuid(u) { lv.undefine_secret_uuid(u)? } else { lv.undefine_volume_secret(u)? };
+            if gone {
+                out.secrets += 1;
+                break;
             }
         }
     }
     Ok(out)
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// An image of a disk changed outside Phyllome, as far as this host can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    /// A volume of a pool (with the secret of its key, when encrypted).
+    Volume { pool: String, volume: String, secret: Option<String> },
+    /// A file outside the pools Phyllome knows of.
+    Outside(String),
+    /// Not recorded, and not readable from here.
+    Unknown,
+}
+
+/// A disk of a Phyllome VM changed outside Phyllome (an external snapshot's overlay), resolved.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub target: String,
+    /// The image the VM writes to now.
+    pub top: Image,
+    /// The image under it: Phyllome's volume.
+    pub base: Image,
+    /// libvirt recorded the chain (`<backingStore>`): the VM can run with it.
+    pub recorded: bool,
+}
+
+/// The disks of `s` changed outside Phyllome, their images resolved: from the
+/// chain libvirt recorded, else (on this host) from the overlay's qcow2 header.
+pub fn changed_disks(lv: &Libvirt, s: &DomainSummary) -> Vec<Changed> {
+    let pool_dir = |pool: &str| lv.pool_path(pool).ok().flatten();
+    // A file in a pool's folder is that pool's volume.
+    let as_image = |file: &str, pools: &[&str], secret: Option<String>| -> Image {
+        let parent = Path::new(file).parent().map(|p| p.to_string_lossy().into_owned());
+        for pool in pools {
+            if parent.is_some() && pool_dir(pool) == parent {
+                let volume = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                return Image::Volume { pool: pool.to_string(), volume, secret };
+            }
+        }
+        Image::Outside(file.to_string())
+    };
+    s.changed_outside()
+        .into_iter()
+        .map(|d| {
+            let base_pool = d.backing.first().and_then(|b| b.pool.clone());
+            let mut pools = vec![crate::POOL];
+            pools.extend(base_pool.as_deref());
+            let top = match (&d.pool, &d.volume, &d.file) {
+                (Some(p), Some(v), _) => {
+                    Image::Volume { pool: p.clone(), volume: v.clone(), secret: d.luks_secret.clone() }
+                }
+                (_, _, Some(f)) => as_image(f, &pools, d.luks_secret.clone()),
+                _ => Image::Unknown,
+            };
+            let base = match d.backing.first() {
+                Some(b) => match (&b.pool, &b.volume, &b.file) {
+                    (Some(p), Some(v), _) => {
+                        Image::Volume { pool: p.clone(), volume: v.clone(), secret: b.luks_secret.clone() }
+                    }
+                    (_, _, Some(f)) => as_image(f, &pools, b.luks_secret.clone()),
+                    _ => Image::Unknown,
+                },
+                None => match d.file.as_deref().filter(|_| lv.is_local()) {
+                    Some(f) => match phyllome_disk::backing_file(Path::new(f)) {
+                        // Its key's secret is found by the volume's path, its usage id.
+                        Ok(Some(b)) => as_image(&b, &pools, None),
+                        _ => Image::Unknown,
+                    },
+                    None => Image::Unknown,
+                },
+            };
+            Changed { target: d.target.clone(), top, base, recorded: !d.backing.is_empty() }
+        })
+        .collect()
+}
+
+/// Refuses `action` (e.g. "start it: ...") on a VM whose disks were changed outside
+/// Phyllome, saying how to undo the change.
+pub(crate) fn refuse_changed(lv: &Libvirt, s: &DomainSummary, action: &str) -> Result<()> {
+    let Some(note) = s.changed_outside_note() else { return Ok(()) };
+    let changed = changed_disks(lv, s);
+    let running = lv.state(&s.name).is_ok_and(|st| st != State::Shutoff);
+    let name = &s.name;
+    let commit: Vec<String> =
+        changed.iter().map(|c| format!("`virsh blockcommit {name} {} --active --pivot --delete`", c.target)).collect();
+    let merge = format!(
+        "{} (what the guest wrote to the overlay goes back into the encrypted volume), then drop libvirt's \
+         snapshot record (`virsh snapshot-list {name}`, `virsh snapshot-delete {name} SNAPSHOT --metadata`)",
+        commit.join(", ")
+    );
+    let undo = if running {
+        format!("To undo it while it runs: {merge}.")
+    } else if changed.iter().all(|c| c.recorded) {
+        format!("To undo it: `virsh start {name}`, then {merge}.")
+    } else {
+        format!(
+            "libvirt cannot start it this way either (the overlay keeps no record of the encrypted volume under it), \
+             so nothing was written to the overlay. To undo it: define {name} again as it was (the <domain> in \
+             `virsh snapshot-dumpxml {name} SNAPSHOT`; `virsh snapshot-list {name}` names it), drop the snapshot \
+             record (`virsh snapshot-delete {name} SNAPSHOT --metadata`) and remove the overlay. Or \
+             `phyllome delete {name}` removes the VM with its overlay, volume and key."
+        )
+    };
+    Err(VmError::ChangedOutside { name: name.clone(), note, action: action.into(), undo })
 }
 
 /// The name of another domain (not `uuid`) whose disks include the volume, if any.
@@ -1115,6 +1267,9 @@ pub struct VmRow {
     pub snapshots: usize,
     /// libvirt starts it when the host boots (`phyllome autostart`).
     pub autostart: bool,
+    /// Its disks were changed outside Phyllome (an external snapshot's overlay), in words:
+    /// `encrypted` is then false, as what the guest writes now is not.
+    pub changed_outside: Option<String>,
 }
 
 pub fn state_name(s: State) -> &'static str {
@@ -1157,6 +1312,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         disk_gib,
         snapshots: snapshot_count(lv, &s.uuid),
         autostart: lv.autostart(&s.name).unwrap_or(false),
+        changed_outside: s.changed_outside_note(),
     })
 }
 
@@ -1288,6 +1444,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
             state_reason,
             snapshots: snapshot_count(lv, &s.uuid),
             autostart: d.autostart,
+            changed_outside: s.changed_outside_note(),
         });
     }
     Ok(rows)

@@ -335,6 +335,8 @@ impl Libvirt {
         Ok(match reason {
             Enum::Known(R::Paused(Enum::Known(p))) => match p {
                 P::IOError => Some("I/O error"),
+                // libvirt writes its memory to a file (virDomainSave), then stops it.
+                P::Save => Some("saving"),
                 P::Watchdog => Some("watchdog"),
                 P::Crashed => Some("guest crashed"),
                 P::PostCopyFailed => Some("post-copy migration failed"),

@@ -387,3 +387,67 @@ fn a_windows11_bundle_is_refused_on_a_host_without_secure_boot_firmware() {
     assert!(msg.contains("apt install ovmf") && msg.contains("dnf install edk2-ovmf"), "{msg}");
     nothing_made(&target.0);
 }
+
+/// The staging folders of imports run by `pid`.
+fn staging_of(pid: u32) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir("/var/lib/phyllome/import") else { return vec![] };
+    rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{pid}-"))).map(|e| e.path()).collect()
+}
+
+#[test]
+fn a_killed_import_leaves_no_staging_folder_after_the_next_command() {
+    require_libvirt();
+    let vm = TestVm::new("bundle-kill");
+    ok(phyllome(&["create", &vm.0, "--os", "linux", "--disk-size", "1G", "--force", "--network", "none"]));
+    let file = TestFile::new("kill");
+    ok(export(&vm.0, &file));
+    let target = TestVm::new("bundle-kill-import");
+    // The bundle through a FIFO: all but its end, so the import waits for more with its disk staged.
+    let fifo = std::env::temp_dir().join(format!("{PREFIX}import-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .args(["import", fifo.to_str().unwrap(), "--name", &target.0, "--passphrase-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::Write;
+    child.stdin().write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    let bytes = std::fs::read(file.path()).unwrap();
+    let held = bytes.len() - 4096;
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let _ = w.write_all(&bytes[..held]);
+            // Held open (no end of file) until the test is done with the reader.
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(180));
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let staged = staging_of(child.id());
+        if staged.iter().any(|d| d.join("disk.qcow2").exists()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the import never staged the disk");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = child.id();
+    child.kill();
+    assert!(!staging_of(pid).is_empty(), "the kill left nothing to clean: the test proves nothing");
+    // Any next command removes the dead import's staging folder (the whole bundle).
+    ok(phyllome(&["list"]));
+    assert!(staging_of(pid).is_empty(), "the killed import's staging folder is left: {:?}", staging_of(pid));
+    let _ = done.send(());
+    let _ = writer.join();
+    let _ = std::fs::remove_file(&fifo);
+    nothing_made(&target.0);
+}

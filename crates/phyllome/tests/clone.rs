@@ -132,3 +132,92 @@ fn a_failed_clone_leaves_nothing_and_the_source_off() {
     ok(phyllome(&["clone", &src.0, &dst.0]));
     assert!(dst.exists());
 }
+
+/// The exit code and message of a refused command (`--json`: with its kind).
+fn refusal(args: &[&str]) -> (i32, String, String) {
+    refused(phyllome_stdin(args, "export passphrase\n"))
+}
+
+#[test]
+fn a_clone_holds_its_source_and_other_operations_on_it_are_refused_as_busy() {
+    require_libvirt();
+    let src = TestVm::new("clone-busy-src");
+    let dst = TestVm::new("clone-busy-dst");
+    let args = create_guest_args(&src.0, "", &[]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let uuid = virsh_ok(&["domuuid", &src.0]).trim().to_string();
+    let lock = format!("/var/lib/phyllome/operations/{uuid}.json");
+    // Held after its disk copy (the source was started paused and is off again) for 20 s.
+    let child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .env("PHYLLOME_TEST_PAUSE_AT", "boot-files")
+            .env("PHYLLOME_TEST_PAUSE_SECS", "20")
+            .args(["clone", &src.0, &dst.0])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !Path::new(&volume_path(&dst.0)).exists() || src.state() != "shut off" {
+        assert!(std::time::Instant::now() < deadline, "the clone never copied the disk");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(std::fs::read_to_string(&lock).unwrap().contains("\"op\":\"clone\""), "the clone holds no lock");
+    let export = std::env::temp_dir().join(format!("{}.phyllome", src.0));
+    let export = export.to_str().unwrap();
+    let snap = format!("{}-snap", src.0);
+    for args in [
+        vec!["snapshot", "create", src.0.as_str(), snap.as_str(), "--json"],
+        vec!["export", src.0.as_str(), "-o", export, "--passphrase-stdin", "--json"],
+        vec!["start", src.0.as_str()],
+        vec!["delete", src.0.as_str()],
+    ] {
+        let (code, kind, msg) = refusal(&args);
+        assert_eq!(code, 5, "{args:?}: {msg}");
+        assert!(kind == "conflict" || !args.contains(&"--json"), "{args:?}: {kind}");
+        let want = format!("busy: {} is being cloned by phyllome pid {}", src.0, child.id());
+        assert!(msg.contains(&want), "{args:?}: {msg}");
+    }
+    assert!(!Path::new(export).exists(), "the refused export wrote a file");
+    assert_eq!(src.state(), "shut off");
+    let out = child.wait_with_output();
+    assert!(out.status.success(), "the clone failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dst.exists());
+    assert!(!Path::new(&lock).exists(), "the clone's lock outlived it");
+    // Free again.
+    ok(phyllome(&["snapshot", "create", &src.0, &snap]));
+}
+
+#[test]
+fn a_clone_killed_while_copying_leaves_nothing_and_the_same_clone_then_succeeds() {
+    require_libvirt();
+    let src = TestVm::new("clone-kill-src");
+    let dst = TestVm::new("clone-kill-dst");
+    let args = create_guest_args(&src.0, "", &[]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut child = Background::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .args(["clone", &src.0, &dst.0])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Killed while QEMU copies into the new volume, once libvirt's pool lists it (another command refreshed it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(src.state() == "paused" && Path::new(&volume_path(&dst.0)).exists()) {
+        assert!(std::time::Instant::now() < deadline, "the clone never started its copy");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    virsh_ok(&["pool-refresh", "phyllome"]);
+    child.kill();
+    // The next command (this same clone) undoes the dead one and succeeds.
+    let c = json(phyllome(&["clone", &src.0, &dst.0, "--json"]));
+    assert_eq!(c["name"], dst.0.as_str());
+    assert_eq!(src.state(), "shut off", "the source was left paused");
+    ok(phyllome(&["delete", &dst.0]));
+    let vols = virsh_ok(&["vol-list", "phyllome"]);
+    assert!(!vols.contains(&format!("{}.qcow2", dst.0)), "libvirt still lists the deleted clone's volume: {vols}");
+}

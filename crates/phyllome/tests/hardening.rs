@@ -277,47 +277,10 @@ fn host_files_reach_a_guest_only_as_what_they_claim_and_keep_their_owner_and_mod
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A pool on a small tmpfs, removed (pool, mount, folder) however the test ends.
-struct SmallPool {
-    name: String,
-    dir: std::path::PathBuf,
-}
-
-impl SmallPool {
-    fn new(mib: u32) -> SmallPool {
-        let name = format!("{PREFIX}pool-{}", std::process::id());
-        let dir = std::path::PathBuf::from(format!("/tmp/{name}"));
-        let p = SmallPool { name, dir };
-        p.clean();
-        std::fs::create_dir_all(&p.dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
-            .arg(&p.dir)
-            .status();
-        assert!(st.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", p.dir.display());
-        virsh_ok(&["pool-define-as", &p.name, "dir", "--target", p.dir.to_str().unwrap()]);
-        virsh_ok(&["pool-start", &p.name]);
-        p
-    }
-
-    fn clean(&self) {
-        let _ = virsh(&["pool-destroy", &self.name]);
-        let _ = virsh(&["pool-undefine", &self.name]);
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-impl Drop for SmallPool {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
 #[test]
 fn a_full_pool_is_named_in_create_list_and_resume() {
     require_libvirt();
-    let pool = SmallPool::new(96);
+    let pool = SmallPool::new("pool", 96);
     let vm = TestVm::new("io-full");
     // The guest writes 512 MiB of random data to its disk: the 96 MiB pool fills.
     let out = Command::new(env!("CARGO_BIN_EXE_phyllome"))
@@ -396,4 +359,73 @@ fn a_kept_disk_can_be_listed_and_deleted_with_its_key_and_a_used_one_stays() {
     assert!(!secrets().contains(&path), "its key's secret is still there");
     let out = phyllome(&["volume", "delete", &volume]);
     assert_eq!(out.status.code(), Some(4), "a second delete: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A file a test made in Phyllome's pool, removed (and the pool re-read) however the test ends.
+struct PoolFile(String);
+
+impl Drop for PoolFile {
+    fn drop(&mut self) {
+        if std::fs::remove_file(&self.0).is_ok() {
+            let _ = virsh(&["pool-refresh", "phyllome"]);
+        }
+    }
+}
+
+#[test]
+fn a_disk_chain_made_outside_phyllome_is_named_refused_and_deleted_whole() {
+    require_libvirt();
+    let vm = TestVm::new("outside-chain");
+    let copy = TestVm::new("outside-chain-clone");
+    let out = guest(&vm.0).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = secret_of(&vm.0).expect("the disk's key");
+    // What the issue did: an external disk-only snapshot with virsh, the VM shut off.
+    let overlay = PoolFile(format!("{POOL_PATH}/{}-outside.qcow2", vm.0));
+    let spec = format!("vda,snapshot=external,file={}", overlay.0);
+    virsh_ok(&["snapshot-create-as", &vm.0, "outside", "--disk-only", "--diskspec", &spec]);
+
+    // `list` and `info` say the same: not all of it is encrypted, and why.
+    let rows: serde_json::Value = serde_json::from_str(&ok(phyllome(&["list", "--json"]))).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == vm.0.as_str()).cloned().unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(phyllome(&["info", &vm.0, "--json"]))).unwrap();
+    for (what, v) in [("list", &row), ("info", &info)] {
+        assert_eq!(v["encrypted"], false, "{what}: {v}");
+        let why = v["changed_outside"].as_str().unwrap_or_else(|| panic!("{what} does not say: {v}"));
+        assert!(why.contains(&overlay.0) && why.contains("not encrypted"), "{what}: {why}");
+    }
+    assert_eq!(row["changed_outside"], info["changed_outside"]);
+    let text = ok(phyllome(&["info", &vm.0]));
+    assert!(text.contains("changed outside Phyllome, not all encrypted"), "{text}");
+    let out = phyllome(&["list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with(&vm.0) && l.contains("changed")), "{table}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was changed outside Phyllome"));
+
+    // What cannot work is refused, saying what happened and how to undo it; nothing runs or is made.
+    let bundle = std::env::temp_dir().join(format!("{}.phyllome", vm.0));
+    let bundle = bundle.to_str().unwrap();
+    for args in [
+        vec!["start", vm.0.as_str()],
+        vec!["snapshot", "create", vm.0.as_str(), "--json"],
+        vec!["clone", vm.0.as_str(), copy.0.as_str(), "--json"],
+        vec!["export", vm.0.as_str(), "-o", bundle, "--passphrase-stdin", "--json"],
+    ] {
+        let (code, _, msg) = refused(phyllome_stdin(&args, "a bundle passphrase\n"));
+        assert_eq!(code, 5, "{args:?}: {msg}");
+        assert!(msg.contains("changed outside Phyllome") && msg.contains(&overlay.0), "{args:?}: {msg}");
+        assert!(msg.contains("snapshot-dumpxml") && msg.contains("phyllome delete"), "{args:?}: no way out: {msg}");
+    }
+    assert_eq!(vm.state(), "shut off");
+    assert!(!copy.exists() && !Path::new(bundle).exists());
+
+    // Delete removes it whole: the overlay, the volume under it and the volume's key.
+    let out = phyllome(&["delete", &vm.0]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!vm.exists());
+    assert!(!Path::new(&overlay.0).exists(), "the overlay is left");
+    assert!(!Path::new(&volume_path(&vm.0)).exists(), "the volume under the overlay is left");
+    assert!(!virsh(&["secret-dumpxml", &key]).status.success(), "the volume's key is left");
+    let vols = virsh_ok(&["vol-list", "phyllome"]);
+    assert!(!vols.contains(&vm.0), "libvirt still lists its volumes: {vols}");
 }

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const SNAPSHOTS: &str = "/var/lib/phyllome/snapshots";
-const PENDING: &str = "/var/lib/phyllome/pending-snapshots";
+const PENDING: &str = "/var/lib/phyllome/operations";
 
 /// The two memory tests one at a time: the kill test leaves a dead phyllome's tmpfs
 /// mounted until its next command, which the other would see as left behind.
@@ -352,41 +352,88 @@ fn bad_input_and_failures_leave_the_vm_as_it_was() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
 
+/// A `snapshot create --memory` of the VM, its process kept for a kill (`pause`: the test hook's step).
+fn memory_snapshot(vm: &TestVm, pause: Option<&str>) -> Background {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phyllome"));
+    cmd.env("PHYLLOME_CONNECT", URI).args(["snapshot", "create", &vm.0, "killed", "--memory"]);
+    if let Some(step) = pause {
+        cmd.env("PHYLLOME_TEST_PAUSE_AT", step);
+    }
+    Background::new(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// After a killed memory snapshot and the next command: the VM runs and its counter goes on,
+/// restored from the saved state (a new log, past 1, no boot) or never stopped (past `before`).
+fn counts_on(vm: &TestVm, before: u64, phase: &str) {
+    assert_eq!(vm.state(), "running", "{phase}: the VM was not left running: {}", serial_log(&vm.0));
+    let log = serial_log(&vm.0);
+    if log.contains("PHYLLOME-BOOT") {
+        assert!(last_count(&log).unwrap_or(0) >= before, "{phase}: the counter went back: {log}");
+    } else {
+        let first = wait_first_count(vm);
+        assert!(first > 1 && first + 2 >= before, "{phase}: restored at {first}, {before} before the kill: {log}");
+    }
+    let now = last_count(&serial_log(&vm.0)).unwrap_or(0);
+    wait_count(vm, now + 3);
+}
+
 #[test]
-fn a_kill_during_a_memory_snapshot_leaves_the_vm_running_and_no_snapshot() {
+fn kills_before_during_and_after_a_memory_save_leave_the_vm_running_and_no_snapshot() {
     require_libvirt();
     let _one = memory_test();
     let vm = TestVm::new("snap-kill");
     create(&vm, "counter", true);
     wait_count(&vm, 3);
     let id = uuid(&vm);
-    let secrets_before = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
-    // Held after the memory was saved (the VM is off, its RAM in the tmpfs), then killed.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phyllome"))
-        .env("PHYLLOME_CONNECT", URI)
-        .env("PHYLLOME_TEST_PAUSE_AT", "memory")
-        .args(["snapshot", "create", &vm.0, "killed", "--memory"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while vm.state() != "shut off" {
-        assert!(Instant::now() < deadline, "the memory was never saved");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let lock = Path::new(PENDING).join(format!("{id}.json"));
+    // The memory keys of this VM's snapshots (their usage is the snapshot's folder): other tests make keys too.
+    let keys_of = format!("{SNAPSHOTS}/{id}/");
+    let secrets =
+        || String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().filter(|l| l.contains(&keys_of)).count();
+    let secrets_before = secrets();
+    let killed = |child: &mut Background, phase: &str, before: u64| {
+        child.kill();
+        // The next phyllome command finds the dead snapshot and puts the VM back.
+        ok(phyllome(&["snapshot", "list", &vm.0]));
+        counts_on(&vm, before, phase);
+        assert!(!Path::new(SNAPSHOTS).join(&id).join("killed").exists(), "{phase}: a snapshot is left");
+        nothing_half_made(&id);
+        assert_eq!(secrets(), secrets_before, "{phase}: the memory key of the dead snapshot is left");
+    };
+
+    // Before the save: the intent is recorded, libvirt not asked yet.
+    let before = last_count(&serial_log(&vm.0)).unwrap();
+    let mut child = memory_snapshot(&vm, Some("save"));
+    wait_until("the save's record", 120, || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("\"saved\":false"))
+    });
+    killed(&mut child, "before the save", before);
+
+    // During the save: killed as soon as libvirt made the save file; libvirt goes on without the caller.
+    let before = last_count(&serial_log(&vm.0)).unwrap();
+    let mut child = memory_snapshot(&vm, None);
+    let file = format!("/run/phyllome/snapshot-memory/{}/memory.save", child.id());
+    wait_until("the save file", 120, || Path::new(&file).exists());
+    child.kill();
+    // libvirt was saving (it pauses the guest, then writes the file): the kill landed during the save.
+    let state = virsh_ok(&["domstate", &vm.0]).trim().to_string();
+    assert_ne!(state, "running", "the kill landed before the save");
+    killed(&mut child, "during the save", before);
+
+    // After the save: the VM is off, its RAM only in the tmpfs.
+    let before = last_count(&serial_log(&vm.0)).unwrap();
+    let mut child = memory_snapshot(&vm, Some("memory"));
+    wait_until("the save", 120, || vm.state() == "shut off");
     std::thread::sleep(Duration::from_millis(500));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // The next phyllome command finds the dead snapshot and puts the VM back.
-    ok(phyllome(&["snapshot", "list", &vm.0]));
-    assert_eq!(vm.state(), "running", "the VM was not restored");
-    let log = serial_log(&vm.0);
-    assert!(!log.contains("PHYLLOME-BOOT"), "it rebooted instead of resuming: {log}");
-    wait_count(&vm, wait_first_count(&vm) + 3);
-    assert!(!Path::new(SNAPSHOTS).join(&id).join("killed").exists());
-    nothing_half_made(&id);
-    let secrets_after = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).lines().count();
-    assert_eq!(secrets_after, secrets_before, "the memory key of the dead snapshot is left");
+    killed(&mut child, "after the save", before);
 }
 
 #[test]
@@ -418,4 +465,63 @@ fn a_passphrase_vm_is_snapshotted_stopped_and_no_snapshot_holds_its_key() {
     assert_eq!((r["state"].as_str(), r["forced_off"].as_bool()), (Some("running"), Some(true)));
     let log = wait_for_serial(&vm.0, "PHYLLOME-COUNT: 1", 240);
     assert!(log.contains("PHYLLOME-BOOT"), "a disk-only snapshot boots afresh: {log}");
+}
+
+/// Bytes free in the file system holding `dir` (`stat -f`).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    v[0] * v[1]
+}
+
+#[test]
+fn a_revert_killed_while_staging_or_short_of_space_leaves_no_copy_behind() {
+    require_libvirt();
+    let pool = SmallPool::new("snap-revert-pool", 160);
+    let vm = TestVm::new("snap-stage");
+    let args = create_guest_args(&vm.0, "phyllome.test=poweroff", &["--pool", &pool.name, "--no-encrypt"]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let id = uuid(&vm);
+    ok(phyllome(&["snapshot", "create", &vm.0, "one"]));
+    let disk = pool.dir.join(format!("{}.qcow2", vm.0));
+    let staged = pool.dir.join(format!(".{}.qcow2.phyllome-revert", vm.0));
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&disk).unwrap().ino();
+
+    // Killed with its copy staged: the next command removes the copy (the record names it from the start).
+    let mut child = Background::new(
+        Command::new(env!("CARGO_BIN_EXE_phyllome"))
+            .env("PHYLLOME_CONNECT", URI)
+            .env("PHYLLOME_TEST_PAUSE_AT", "stage")
+            .args(["snapshot", "revert", &vm.0, "one"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the staged copy", 120, || staged.exists());
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill();
+    ok(phyllome(&["snapshot", "list", &vm.0]));
+    assert!(!staged.exists(), "the killed revert's copy is left in the pool");
+    nothing_half_made(&id);
+    let vols = virsh_ok(&["vol-list", &pool.name]);
+    assert!(!vols.contains("phyllome-revert"), "libvirt lists the copy as a volume: {vols}");
+
+    // Too little space beside the disk for its copy: refused before anything is written.
+    let filler = pool.dir.join("filler");
+    let leave = 16u64 << 20;
+    let size = free_bytes(&pool.dir) - leave;
+    let st = Command::new("fallocate").args(["-l", &size.to_string()]).arg(&filler).status().unwrap();
+    assert!(st.success());
+    let (c, k, err) = refused(phyllome(&["snapshot", "revert", &vm.0, "one", "--json"]));
+    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert!(err.contains("not enough space") && err.contains("to stage the revert"), "{err}");
+    assert!(!staged.exists(), "a refused revert left its copy");
+    assert_eq!(std::fs::metadata(&disk).unwrap().ino(), ino, "the disk was replaced");
+    nothing_half_made(&id);
+    std::fs::remove_file(&filler).unwrap();
+    ok(phyllome(&["snapshot", "revert", &vm.0, "one"]));
+    assert_ne!(std::fs::metadata(&disk).unwrap().ino(), ino, "the revert did not put the snapshot's disk in place");
+    ok(phyllome(&["delete", &vm.0]));
 }

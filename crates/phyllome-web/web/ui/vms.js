@@ -181,7 +181,8 @@ function diskSource(d) {
 }
 
 function Overview({ vm, d }) {
-  const encryption = d.encryption ? ENCRYPTION[d.encryption] || d.encryption : (d.encrypted ? 'encrypted' : 'not encrypted');
+  const encryption = d.changed_outside ? `changed outside Phyllome, not all encrypted: ${d.changed_outside}`
+    : d.encryption ? ENCRYPTION[d.encryption] || d.encryption : (d.encrypted ? 'encrypted' : 'not encrypted');
   const disks = d.disks || [];
   const hasBus = disks.some((k) => k.bus);
   return html`<div id="overview" data-testid="overview">

@@ -265,6 +265,9 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
                 n => format!(", its {n} snapshots"),
             };
             progress(&format!("deleted {name} (domain, NVRAM, TPM state{snaps}; {disk})"));
+            for l in &d.left {
+                eprintln!("phyllome: warning: left {}", printable(l));
+            }
             Ok(())
         }
         VmCommand::List { json, .. } => list(&lv, json),
@@ -420,10 +423,21 @@ fn print_rows(hosts: Option<&[&str]>, rows: &[&vm::VmRow]) {
             r.vcpus,
             human_mib(r.memory_mib),
             r.disk_gib.map(|g| format!("{g} GiB")).unwrap_or_else(|| "-".into()),
-            if r.encrypted { "yes" } else { "no" },
+            if r.encrypted {
+                "yes"
+            } else if r.changed_outside.is_some() {
+                "changed"
+            } else {
+                "no"
+            },
             r.snapshots,
             if r.autostart { "on" } else { "off" }
         );
+    }
+    for (r, name) in rows.iter().zip(&names) {
+        if let Some(what) = &r.changed_outside {
+            eprintln!("phyllome: warning: {name} was changed outside Phyllome: {}", printable(what));
+        }
     }
 }
 
@@ -442,8 +456,16 @@ fn info(lv: &Libvirt, name: &str, json: bool) -> Fallible {
     }
     println!("vcpus:      {}", d.row.vcpus);
     println!("memory:     {}", human_mib(d.row.memory_mib));
-    let enc = d.encryption.as_deref().and_then(Encryption::parse).map(encryption_text);
-    println!("disk:       {} {}", d.row.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()), enc.unwrap_or(""));
+    let enc = match &d.row.changed_outside {
+        // What `list` says too: not all of it is encrypted any more.
+        Some(what) => Some(format!("changed outside Phyllome, not all encrypted: {}", printable(what))),
+        None => d.encryption.as_deref().and_then(Encryption::parse).map(|e| encryption_text(e).to_string()),
+    };
+    println!(
+        "disk:       {} {}",
+        d.row.disk_gib.map(|g| format!("{g} GiB")).unwrap_or("-".into()),
+        enc.unwrap_or_default()
+    );
     for disk in &d.disks {
         let src = match (&disk.pool, &disk.volume, &disk.file) {
             (Some(p), Some(v), _) => format!("{p}/{v}"),

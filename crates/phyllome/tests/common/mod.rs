@@ -41,10 +41,10 @@ impl TestVm {
                 }
             }
             let _ = std::fs::remove_dir_all(dir);
-            let _ = std::fs::remove_file(format!("/var/lib/phyllome/pending-snapshots/{uuid}.json"));
+            let _ = std::fs::remove_file(format!("/var/lib/phyllome/operations/{uuid}.json"));
         }
         virsh(&["destroy", &self.0]);
-        virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
+        virsh(&["undefine", &self.0, "--nvram", "--tpm", "--snapshots-metadata"]);
         virsh(&["vol-delete", &format!("{}.qcow2", self.0), "--pool", "phyllome"]);
         let _ = std::fs::remove_file(volume_path(&self.0));
         let secrets = String::from_utf8_lossy(&virsh(&["secret-list"]).stdout).into_owned();
@@ -192,6 +192,75 @@ impl TestPool {
 impl Drop for TestPool {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// A phyllome a test started in the background: killed (and reaped) on drop unless it was waited for,
+/// so a failing test leaves no command running on to make things after the cleanup.
+pub struct Background(Option<std::process::Child>);
+
+impl Background {
+    pub fn new(child: std::process::Child) -> Background {
+        Background(Some(child))
+    }
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+    /// kill -9, reaped.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("running").wait_with_output().unwrap()
+    }
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.0.as_mut().expect("running").stdin.take().expect("piped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A pool on a small tmpfs, removed (pool, mount, folder) however the test ends.
+pub struct SmallPool {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl SmallPool {
+    pub fn new(suffix: &str, mib: u32) -> SmallPool {
+        let name = format!("{PREFIX}{suffix}-{}", std::process::id());
+        let dir = PathBuf::from(format!("/tmp/{name}"));
+        let p = SmallPool { name, dir };
+        p.clean();
+        std::fs::create_dir_all(&p.dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .arg(&p.dir)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", p.dir.display());
+        virsh_ok(&["pool-define-as", &p.name, "dir", "--target", p.dir.to_str().unwrap()]);
+        virsh_ok(&["pool-start", &p.name]);
+        p
+    }
+
+    fn clean(&self) {
+        let _ = virsh(&["pool-destroy", &self.name]);
+        let _ = virsh(&["pool-undefine", &self.name]);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for SmallPool {
+    fn drop(&mut self) {
+        self.clean();
     }
 }
 
