@@ -150,6 +150,8 @@ pub enum BundleError {
     Refused(String),
     #[error("{0}")]
     CannotHere(String),
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{path}: {why}")]
     Io { path: String, why: String },
 }
@@ -167,6 +169,7 @@ impl BundleError {
             | BundleError::WrongPassphrase => ErrorKind::InvalidInput,
             BundleError::Refused(_) => ErrorKind::Conflict,
             BundleError::CannotHere(_) => ErrorKind::Unsupported,
+            BundleError::NoSpace(_) => ErrorKind::NoSpace,
             BundleError::Io { .. } => ErrorKind::Failed,
         }
     }
@@ -480,7 +483,7 @@ pub fn export(
     // The staging copy needs up to the disk's allocation in its pool.
     if let Ok(Some(free)) = lv.pool_free(&pool) {
         if free < vol.allocation + (256 << 20) {
-            return Err(BundleError::CannotHere(format!(
+            return Err(BundleError::NoSpace(format!(
                 "pool {pool} has {} MiB free: the export stages a re-encrypted copy of the disk ({} MiB written)",
                 free >> 20,
                 vol.allocation >> 20
@@ -932,7 +935,7 @@ fn import_inner(
         // The parts are staged first: refuse now rather than fill the disk half way.
         if let Ok(free) = fs4::available_space(&s.0) {
             if free < total + (64 << 20) {
-                return Err(BundleError::CannotHere(format!(
+                return Err(BundleError::NoSpace(format!(
                     "{STAGING_DIR} has {} MiB free: importing this bundle needs {} MiB there",
                     free >> 20,
                     (total >> 20) + 64

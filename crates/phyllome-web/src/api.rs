@@ -444,6 +444,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
         encryption: Some(encryption),
         pool: None,
         shares: Vec::new(),
+        share_force: false,
     };
     Ok((spec, passphrase))
 }
@@ -1117,6 +1118,18 @@ mod tests {
         assert_eq!(b(B::Vm(VmError::NoSuchVm("x".into()))).status, StatusCode::NOT_FOUND);
         assert_eq!(b(B::CannotHere("two disks".into())).status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(b(B::Io { path: "p".into(), why: "w".into() }).status, StatusCode::INTERNAL_SERVER_ERROR);
+        // Out of space is 507 with a kind of its own, whichever operation refuses.
+        let full = b(B::NoSpace("pool phyllome has 3 MiB free".into()));
+        assert_eq!((full.status, full.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        use phyllome_engine::isodir::IsoDirError as I;
+        let iso = ApiError::from(I::NoSpace { name: "a.iso".into(), need: 1, free: 64, spare: 64, held: 0 });
+        assert_eq!((iso.status, iso.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        let mid = ApiError::from(I::Full("a.iso".into()));
+        assert_eq!((mid.status, mid.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        assert!(!mid.message.contains(".part"), "{}", mid.message);
+        use phyllome_engine::snapshot::SnapshotError as S;
+        let snap = ApiError::from(S::NoSpace { path: "/x".into(), need_mib: 9, free_mib: 1 });
+        assert_eq!((snap.status, snap.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
         let down =
             phyllome_libvirt::Error { op: "cannot connect to qemu:///system".into(), message: "x".into(), code: 38 };
         assert_eq!(ApiError::from(down).status, StatusCode::SERVICE_UNAVAILABLE);

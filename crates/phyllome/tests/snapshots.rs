@@ -328,7 +328,7 @@ fn bad_input_and_failures_leave_the_vm_as_it_was() {
     let (c, k, err) = refused(phyllome(&["snapshot", "create", &vm.0, "full", "--json"]));
     let listing: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
     Command::new("umount").arg(&dir).status().unwrap();
-    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert_eq!((c, k.as_str()), (8, "no-space"), "{err}");
     assert!(err.contains("not enough space"), "{err}");
     assert!(listing.is_empty(), "a full disk left {listing:?}");
     nothing_half_made(&id);
