@@ -228,7 +228,8 @@ fn file_name(vm: &str) -> String {
 #[utoipa::path(get, operation_id = "downloadExport", path = "/api/v1/exports/{token}", tag = "vms",
     params(("token" = String, Path, description = "The ticket's token")),
     responses((status = 200, description = "the bundle (a tar stream)", content_type = "application/octet-stream",
-        body = Vec<u8>)))]
+        body = Vec<u8>),
+        (status = 507, description = "no space in the pool to stage the re-encrypted disk", body = ErrorBody)))]
 pub async fn download_export(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -297,6 +298,9 @@ pub struct ImportQuery {
     name: Option<String>,
     /// Read and check the whole bundle and say what this host would make of it; make nothing.
     dry_run: Option<bool>,
+    /// Share the host folders the bundle names even where adding the share would be refused
+    /// (the host's own folders, a folder holding a VM's disk).
+    force: Option<bool>,
 }
 
 /// Percent-decoding (`%XX`); None for a malformed escape.
@@ -351,7 +355,8 @@ fn passphrase_of(headers: &HeaderMap) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     responses((status = 201, description = "made", body = Imported),
         (status = 200, description = "dry run: what would be made, nothing was", body = Imported),
         (status = 411, body = ErrorBody),
-        (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody)))]
+        (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody),
+        (status = 507, description = "no space to stage the bundle", body = ErrorBody)))]
 pub async fn import_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -369,6 +374,7 @@ pub async fn import_vm(
     let passphrase = passphrase_of(&headers)?;
     let name = q.name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
     let dry_run = q.dry_run.unwrap_or(false);
+    let force = q.force.unwrap_or(false);
     // Held by the import's worker, so it lasts as long as the import even when the client goes.
     let Ok(permit) = Arc::clone(&app.imports).try_acquire_owned() else {
         return Err(ApiError::new(
@@ -389,7 +395,7 @@ pub async fn import_vm(
         let mut input = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let r = (|| {
             let lv = app2.libvirt()?;
-            let opts = ImportOptions { name, passphrase: &passphrase, dry_run, host: None };
+            let opts = ImportOptions { name, passphrase: &passphrase, dry_run, host: None, force };
             let r = bundle::import(&lv, &mut input, len, &opts, &phyllome_engine::progress::quiet);
             if let Ok(i) = &r {
                 if !i.dry_run {
