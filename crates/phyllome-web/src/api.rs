@@ -467,6 +467,8 @@ pub struct StepEvent {
 /// (StepEvent) ending with one `created` (Created) or `error` (ErrorBody) event.
 #[utoipa::path(post, operation_id = "createVm", path = "/api/v1/vms", tag = "vms", request_body = CreateBody,
     responses((status = 201, body = Created),
+        (status = 404, description = "no such network or storage pool", body = ErrorBody),
+        (status = 422, description = "this host cannot run it (UEFI, TPM, secure-boot firmware...)", body = ErrorBody),
         (status = 200, description = "with Accept: text/event-stream: progress, then created or error",
          content_type = "text/event-stream", body = String)))]
 async fn create_vm(
@@ -851,6 +853,13 @@ pub struct OsRow {
     recommended_memory_mib: u64,
     recommended_disk_gib: u64,
     min_cpus: u32,
+    /// `uefi` or `bios`.
+    firmware: &'static str,
+    /// With UEFI: `required` (always on), `preferred` (on when the host has the firmware) or `off`
+    /// (off unless create's `secure_boot` asks); null with BIOS, which has none.
+    secure_boot: Option<&'static str>,
+    /// Why, in the catalog's words.
+    firmware_why: &'static str,
 }
 
 /// The guest OS catalog.
@@ -870,6 +879,17 @@ async fn list_os() -> Json<Vec<OsRow>> {
                 recommended_memory_mib: p.resources.recommended_memory_mib,
                 recommended_disk_gib: p.resources.recommended_disk_gib,
                 min_cpus: p.resources.min_cpus,
+                firmware: match p.firmware.value {
+                    catalog::FirmwarePolicy::Bios => "bios",
+                    catalog::FirmwarePolicy::Uefi { .. } => "uefi",
+                },
+                secure_boot: match p.firmware.value {
+                    catalog::FirmwarePolicy::Bios => None,
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Required } => Some("required"),
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Preferred } => Some("preferred"),
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Off } => Some("off"),
+                },
+                firmware_why: p.firmware.why,
             })
             .collect(),
     )

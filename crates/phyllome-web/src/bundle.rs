@@ -135,6 +135,7 @@ impl Tickets {
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
     /// The passphrase that will open the bundle (never logged or kept on disk).
+    #[schema(min_length = 1)]
     passphrase: String,
 }
 
@@ -350,7 +351,8 @@ fn passphrase_of(headers: &HeaderMap) -> Result<Zeroizing<Vec<u8>>, ApiError> {
 /// `dry_run=true` makes nothing. One import at a time per server (409 meanwhile).
 #[utoipa::path(post, operation_id = "importVm", path = "/api/v1/import", tag = "vms",
     params(ImportQuery,
-        ("X-Phyllome-Passphrase" = String, Header, description = "The bundle's passphrase, percent-encoded UTF-8")),
+        ("X-Phyllome-Passphrase" = String, Header, description = "The bundle's passphrase, percent-encoded UTF-8",
+            min_length = 1, max_length = 4096)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bundle"),
     responses((status = 201, description = "made", body = Imported),
         (status = 200, description = "dry run: what would be made, nothing was", body = Imported),
