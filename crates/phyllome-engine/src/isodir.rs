@@ -258,11 +258,19 @@ pub fn receive(
         None => None,
     };
     let part_path = dir.join(format!(".{name}.part"));
+    // The partial file is the folder's own business: errors name the copy, not it.
+    let copying = |e: std::io::Error| {
+        if is_full(&e) {
+            IsoDirError::Full(name.clone())
+        } else {
+            IsoDirError::Io(format!("writing {name} into the ISO folder"), e)
+        }
+    };
     let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&part_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             IsoDirError::Exists(name.clone())
         } else {
-            io(&part_path, e)
+            copying(e)
         }
     })?;
     let part = Partial(Some(part_path.clone()));
@@ -280,8 +288,7 @@ pub fn receive(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io(Path::new(&name), e)),
         };
-        let written = |e: std::io::Error| if is_full(&e) { IsoDirError::Full(name.clone()) } else { io(&part_path, e) };
-        out.write_all(&buf[..n]).map_err(written)?;
+        out.write_all(&buf[..n]).map_err(copying)?;
         if let Some(h) = &held {
             h.wrote(n as u64);
         }
@@ -289,7 +296,7 @@ pub fn receive(
         done += n as u64;
         progress(Progress::Bytes { done, total });
     }
-    out.sync_all().map_err(|e| if is_full(&e) { IsoDirError::Full(name.clone()) } else { io(&part_path, e) })?;
+    out.sync_all().map_err(copying)?;
     drop(out);
     let info = iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
     // A hard link fails when the name was taken meanwhile; rename would replace it.
