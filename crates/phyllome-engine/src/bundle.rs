@@ -150,6 +150,8 @@ pub enum BundleError {
     Refused(String),
     #[error("{0}")]
     CannotHere(String),
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{path}: {why}")]
     Io { path: String, why: String },
 }
@@ -167,6 +169,7 @@ impl BundleError {
             | BundleError::WrongPassphrase => ErrorKind::InvalidInput,
             BundleError::Refused(_) => ErrorKind::Conflict,
             BundleError::CannotHere(_) => ErrorKind::Unsupported,
+            BundleError::NoSpace(_) => ErrorKind::NoSpace,
             BundleError::Io { .. } => ErrorKind::Failed,
         }
     }
@@ -213,6 +216,14 @@ pub fn request_for(
         b.initrd = initrd.map(String::from);
     }
     spec
+}
+
+/// A manifest's shares as the domain has them (tags and folders as written there).
+pub fn manifest_shares(m: &crate::manifest::Manifest) -> Vec<phyllome_model::domain::Share> {
+    m.shares
+        .iter()
+        .map(|s| phyllome_model::domain::Share { dir: s.dir.clone(), tag: s.tag.clone(), readonly: !s.writable })
+        .collect()
 }
 
 /// The pure part of the re-tuning: the plan for `spec` on `host`.
@@ -281,33 +292,54 @@ pub fn changes(from: &[SavedChoice], to: &[Choice]) -> Vec<Change> {
     out
 }
 
-/// The explanation an import prints: the exporting host, what changed and why.
+/// The explanation an import prints for a terminal: the exporting host, what changed and why.
+/// What comes from the bundle (its host, its choices) is anyone's text: it is shown escaped
+/// ([`crate::text::printable`]).
 pub fn render_changes(source: &SourceHost, here: &SourceHost, changes: &[Change]) -> String {
-    let mut out = format!(
-        "exported on: {} ({} {}), libvirt {}, QEMU {}\nimported on: {} ({} {}), libvirt {}, QEMU {}\n",
-        source.virt_type,
-        source.cpu_vendor,
-        source.cpu_model,
-        source.libvirt,
-        source.qemu,
-        here.virt_type,
-        here.cpu_vendor,
-        here.cpu_model,
-        here.libvirt,
-        here.qemu
-    );
+    use crate::text::printable;
+    let host = |h: &SourceHost| {
+        format!(
+            "{} ({} {}), libvirt {}, QEMU {}",
+            printable(&h.virt_type),
+            printable(&h.cpu_vendor),
+            printable(&h.cpu_model),
+            printable(&h.libvirt),
+            printable(&h.qemu)
+        )
+    };
+    let mut out = format!("exported on: {}\nimported on: {}\n", host(source), host(here));
     if changes.is_empty() {
         out.push_str("changed: nothing (this host chooses as the exporting one did)\n");
     }
     for c in changes {
         out.push_str(&format!(
             "changed {}: {} -> {}\n    why: {}\n",
-            c.item,
-            c.from.as_deref().unwrap_or("(none)"),
-            c.to.as_deref().unwrap_or("(none)"),
-            c.why
+            printable(&c.item),
+            printable(c.from.as_deref().unwrap_or("(none)")),
+            printable(c.to.as_deref().unwrap_or("(none)")),
+            printable(&c.why)
         ));
     }
+    out
+}
+
+/// What of this host an imported VM reaches, for a terminal: every host folder the bundle
+/// shares with it, and its network (escaped: the folders come from the bundle).
+pub fn render_reach(imported: &Imported) -> String {
+    use crate::text::printable;
+    let mut out = String::new();
+    if imported.shares.is_empty() {
+        out.push_str("host folders shared with it: none\n");
+    }
+    for sh in &imported.shares {
+        out.push_str(&format!(
+            "host folder shared with it: {} as {}, {}\n",
+            printable(&sh.dir),
+            printable(&sh.tag),
+            if sh.readonly { "read-only" } else { "writable" }
+        ));
+    }
+    out.push_str(&format!("network: {}\n", printable(&imported.network)));
     out
 }
 
@@ -477,14 +509,14 @@ pub fn export(
     let (host, _) = crate::hostinfo::gather(lv, true).map_err(VmError::from)?;
     let boot = manifest.boot.as_ref().map(|b| ("/bundle/vmlinuz", b.initrd.as_ref().map(|_| "/bundle/initrd.img")));
     let spec = request_for(&manifest, vol.capacity, boot);
-    let choices = plan_on(name, &spec, &host, vec![])
+    let choices = plan_on(name, &spec, &host, manifest_shares(&manifest))
         .map(|p| p.choices.iter().map(SavedChoice::from).collect())
         .unwrap_or_default();
 
     // The staging copy needs up to the disk's allocation in its pool.
     if let Ok(Some(free)) = lv.pool_free(&pool) {
         if free < vol.allocation + (256 << 20) {
-            return Err(BundleError::CannotHere(format!(
+            return Err(BundleError::NoSpace(format!(
                 "pool {pool} has {} MiB free: the export stages a re-encrypted copy of the disk ({} MiB written)",
                 free >> 20,
                 vol.allocation >> 20
@@ -697,6 +729,9 @@ pub struct ImportOptions<'a> {
     pub dry_run: bool,
     /// Plan against this recorded host instead of this one (only with `dry_run`).
     pub host: Option<Host>,
+    /// Share the folders the bundle names even where `share add` would refuse them
+    /// without `--force` (the host's own folders, a folder holding a VM's disk).
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -713,6 +748,11 @@ pub struct Imported {
     /// Every choice for this host (`--explain`).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub choices: Vec<Choice>,
+    /// What of this host the VM reaches: the host folders shared with it (from the bundle's
+    /// manifest, checked as `share add` checks them) and its network (`none`, `user` or a
+    /// libvirt network's name).
+    pub shares: Vec<crate::share::ShareRow>,
+    pub network: String,
     pub warnings: Vec<String>,
     /// The domain XML this host gets (with `--dry-run`).
     pub xml: Option<String>,
@@ -811,17 +851,40 @@ fn read_small(r: &mut impl Read, what: &str, size: u64) -> std::result::Result<V
     Ok(v)
 }
 
+/// What is wrong with an age part of the bundle, in the bundle's terms (age's own
+/// messages speak of age files and suggest upgrading age).
+fn age_damage(what: &str, e: &age::DecryptError) -> BundleError {
+    use age::DecryptError as D;
+    BundleError::Damaged(match e {
+        D::InvalidHeader | D::UnknownFormat => format!("{what} is not an encrypted part as an export writes it"),
+        D::InvalidMac => format!("{what}'s header was changed"),
+        D::DecryptionFailed | D::KeyDecryptionFailed => format!("{what} was changed or cut, and does not decrypt"),
+        D::NoMatchingKeys => format!("{what} is not encrypted to this bundle's keys"),
+        D::ExcessiveWork { required, .. } => {
+            format!("{what} asks for scrypt work 2^{required}, more than an import does (at most 2^{MAX_SCRYPT_LOG_N})")
+        }
+        D::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => format!("{what} ends early"),
+        _ => format!("{what} cannot be decrypted"),
+    })
+}
+
+/// The same for an error while reading the decrypted stream (a changed or cut body).
+fn age_read_damage(what: &str, e: &std::io::Error) -> BundleError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => BundleError::Damaged(format!("{what} ends early")),
+        _ => BundleError::Damaged(format!("{what} was changed or cut, and does not decrypt")),
+    }
+}
+
 fn age_decrypt(
     identity: &age::x25519::Identity,
     bytes: &[u8],
     what: &str,
 ) -> std::result::Result<Vec<u8>, BundleError> {
-    let dec = age::Decryptor::new(bytes).map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
-    let mut r = dec
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+    let dec = age::Decryptor::new(bytes).map_err(|e| age_damage(what, &e))?;
+    let mut r = dec.decrypt(std::iter::once(identity as &dyn age::Identity)).map_err(|e| age_damage(what, &e))?;
     let mut out = vec![];
-    r.read_to_end(&mut out).map_err(|e| BundleError::Damaged(format!("{what}: {e}")))?;
+    r.read_to_end(&mut out).map_err(|e| age_read_damage(what, &e))?;
     Ok(out)
 }
 
@@ -951,7 +1014,7 @@ fn import_inner(
         // The parts are staged first: refuse now rather than fill the disk half way.
         if let Ok(free) = fs4::available_space(&s.0) {
             if free < total + (64 << 20) {
-                return Err(BundleError::CannotHere(format!(
+                return Err(BundleError::NoSpace(format!(
                     "{STAGING_DIR} has {} MiB free: importing this bundle needs {} MiB there",
                     free >> 20,
                     (total >> 20) + 64
@@ -966,17 +1029,36 @@ fn import_inner(
     });
     let spec = request_for(&manifest, info.disk_virtual_size, boot.as_ref().map(|(k, i)| (k.as_str(), i.as_deref())));
     let mut warnings = vec![];
-    // Shares: the folder must exist here; one that does not is left out, and said.
+    // Shares: whoever made the bundle chose them, not this host's owner. The folder must exist
+    // here (one that does not is left out, and said) and pass `share add`'s guards.
     let mut spec = spec;
-    spec.shares.retain(|sh| {
-        let dir = crate::share::parse_spec(sh).map(|(d, _, _)| d).unwrap_or_default();
-        let keep = opts.host.is_some() || Path::new(&dir).is_dir();
-        if !keep {
-            warnings.push(format!("shared folder {sh} does not exist on this host: left out (phyllome share add)"));
-        }
-        keep
-    });
-    let plan = plan_on(&name, &spec, &host, vec![])?;
+    let mut shares = vec![];
+    for sh in std::mem::take(&mut spec.shares) {
+        let (dir, tag, writable) = crate::share::parse_spec(&sh)?;
+        let from_bundle = |e: VmError| match e {
+            VmError::BadShare(why) => VmError::BadShare(format!("the bundle shares {dir} with the VM: {why}")),
+            e => e,
+        };
+        let share = if opts.host.is_some() {
+            // A recorded host: its folders cannot be looked at from here; the guards still apply.
+            if !opts.force {
+                crate::share::guard(Path::new(&dir), &[]).map_err(from_bundle)?;
+            }
+            let tag = tag.clone().unwrap_or_else(|| crate::share::default_tag(Path::new(&dir)));
+            phyllome_model::domain::Share { dir: dir.clone(), tag, readonly: !writable }
+        } else if Path::new(&dir).is_dir() {
+            crate::share::resolve(lv, &dir, tag.as_deref(), writable, opts.force).map_err(from_bundle)?
+        } else {
+            warnings.push(format!("shared folder {dir} does not exist on this host: left out (phyllome share add)"));
+            continue;
+        };
+        shares.push(share);
+        spec.shares.push(sh);
+    }
+    spec.share_force = opts.force;
+    let plan = plan_on(&name, &spec, &host, shares.clone())?;
+    let shares: Vec<crate::share::ShareRow> =
+        shares.into_iter().map(|s| crate::share::ShareRow { tag: s.tag, dir: s.dir, readonly: s.readonly }).collect();
     if let Some(i) = &manifest.media.iso {
         warnings.push(format!("install medium {i} is not attached: the imported VM is installed"));
     }
@@ -1030,7 +1112,7 @@ fn import_inner(
     let sealed = read_small(&mut e, "keys.age", size)?;
     drop(e);
     let keys: Keys = {
-        let dec = age::Decryptor::new(sealed.as_slice()).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?;
+        let dec = age::Decryptor::new(sealed.as_slice()).map_err(|e| age_damage("keys.age", &e))?;
         if !dec.is_scrypt() {
             return Err(BundleError::Damaged("keys.age is not sealed with a passphrase".into()));
         }
@@ -1038,11 +1120,12 @@ fn import_inner(
         id.set_max_work_factor(MAX_SCRYPT_LOG_N);
         let mut r = dec.decrypt(std::iter::once(&id as &dyn age::Identity)).map_err(|e| match e {
             age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BundleError::WrongPassphrase,
-            other => BundleError::Damaged(format!("keys.age: {other}")),
+            other => age_damage("keys.age", &other),
         })?;
         let mut plain = vec![];
-        r.read_to_end(&mut plain).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?;
-        serde_json::from_slice(&plain).map_err(|e| BundleError::Damaged(format!("keys.age: {e}")))?
+        r.read_to_end(&mut plain).map_err(|e| age_read_damage("keys.age", &e))?;
+        serde_json::from_slice(&plain)
+            .map_err(|_| BundleError::Damaged("keys.age does not hold the keys an export seals".into()))?
     };
     let listed: Vec<&str> = std::iter::once("bundle.json").chain(info.parts.iter().map(String::as_str)).collect();
     if keys.sha256.keys().map(String::as_str).collect::<Vec<_>>() != {
@@ -1071,6 +1154,8 @@ fn import_inner(
         here: SourceHost::of(&host),
         changes: changes.clone(),
         choices: plan.choices.clone(),
+        shares: shares.clone(),
+        network: spec.network.clone(),
         warnings,
         xml,
     };

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Unsupported,
     /// libvirtd cannot be reached.
     Unavailable,
+    /// Not enough space for it: a file system or a storage pool is (nearly) full.
+    NoSpace,
     /// Interrupted (Ctrl-C, SIGTERM); what the command made was removed.
     Interrupted,
 }
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NoSpace => "no-space",
             ErrorKind::Interrupted => "interrupted",
         }
     }
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 5,
             ErrorKind::Unsupported => 6,
             ErrorKind::Unavailable => 7,
+            ErrorKind::NoSpace => 8,
             ErrorKind::Interrupted => 130,
         }
     }
@@ -138,9 +142,10 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
     } else if let Some(e) = e.downcast_ref::<crate::isodir::IsoDirError>() {
         use crate::isodir::IsoDirError as I;
         match e {
-            I::BadName(_) | I::NotIso(..) | I::NoSpace { .. } => ErrorKind::InvalidInput,
+            I::BadName(_) | I::NotIso(..) => ErrorKind::InvalidInput,
+            I::NoSpace { .. } | I::Full { .. } => ErrorKind::NoSpace,
             I::Exists(_) | I::InUse { .. } => ErrorKind::Conflict,
-            I::Missing(_) => ErrorKind::NotFound,
+            I::Missing(_) | I::NoFile(_) => ErrorKind::NotFound,
             I::Interrupted => ErrorKind::Interrupted,
             I::Libvirt(l) => libvirt(l),
             I::Io(..) => ErrorKind::Failed,
@@ -193,6 +198,7 @@ mod tests {
             ErrorKind::Conflict,
             ErrorKind::Unsupported,
             ErrorKind::Unavailable,
+            ErrorKind::NoSpace,
             ErrorKind::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|k| k.exit_code()).collect();

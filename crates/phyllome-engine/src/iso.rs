@@ -79,6 +79,10 @@ pub struct IsoInfo {
 pub enum IsoError {
     #[error("not an ISO 9660 image (no primary volume descriptor at sector 16)")]
     NotIso,
+    #[error("no such file")]
+    Missing,
+    #[error("not a regular file")]
+    NotAFile,
     #[error("cannot read the image: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -206,10 +210,34 @@ pub fn directory_names(d: &[u8]) -> Vec<String> {
     names
 }
 
-/// Reads an ISO file.
+/// Reads an ISO file: a regular file, or a drive (a block device such as
+/// `/dev/sr0`). Anything else is refused without waiting on it: the file is
+/// opened non-blocking (a FIFO would hold a plain open until a writer came)
+/// and judged by what was opened, so a swap after a check cannot slip one in.
 pub fn inspect(path: &std::path::Path) -> Result<IsoInfo, IsoError> {
-    let mut f = std::fs::File::open(path)?;
-    parse(&mut f)
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            IsoError::Missing
+        } else {
+            IsoError::Io(e)
+        }
+    })?;
+    let meta = f.metadata()?;
+    if meta.is_file() {
+        let mut f = f;
+        return parse(&mut f);
+    }
+    if !meta.file_type().is_block_device() {
+        return Err(IsoError::NotAFile);
+    }
+    // A drive is read without O_NONBLOCK: opened again, and still the same device.
+    use std::os::unix::fs::MetadataExt;
+    let mut drive = std::fs::File::open(path)?;
+    if drive.metadata()?.rdev() != meta.rdev() {
+        return Err(IsoError::NotAFile);
+    }
+    parse(&mut drive)
 }
 
 impl detect::Ids for Identifiers {
@@ -498,5 +526,26 @@ pub(crate) mod tests {
         truncated[66] = 200; // 200 entries announced, one there
         assert_eq!(boot_catalog(&truncated), Boot { bios: true, uefi: true });
         assert_eq!(directory_names(&[0u8; 10]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn files_that_are_not_images_are_refused_without_waiting_on_them() {
+        let dir = std::env::temp_dir().join(format!("phyllome-iso-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.iso");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // With no writer, a plain open of a FIFO waits forever: this must answer at once.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || tx.send(inspect(&f).map(|_| ())));
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("inspect of a FIFO returns");
+        assert!(matches!(r, Err(IsoError::NotAFile)), "{r:?}");
+        assert!(matches!(inspect(&dir), Err(IsoError::NotAFile)), "a folder");
+        assert!(matches!(inspect(&dir.join("none.iso")), Err(IsoError::Missing)));
+        let img = dir.join("deb.iso");
+        std::fs::write(&img, image("Debian 12.8.0 amd64 n", "", "", None, &[])).unwrap();
+        assert_eq!(inspect(&img).unwrap().ids.volume_id, "Debian 12.8.0 amd64 n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

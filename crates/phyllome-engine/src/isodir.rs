@@ -25,8 +25,16 @@ pub enum IsoDirError {
     Missing(String),
     #[error("{name} is used by VM {vm}: it stays")]
     InUse { name: String, vm: String },
-    #[error("{name} needs {need} MiB, but the ISO folder's file system has {free} MiB free")]
-    NoSpace { name: String, need: u64, free: u64 },
+    #[error("{0} does not exist")]
+    NoFile(String),
+    #[error(
+        "{name} needs {need} MiB: the ISO folder's file system has {free} MiB free, and keeps {spare} MiB of it \
+         spare (a full host file system hurts every VM on it){}",
+        under_way(*.held)
+    )]
+    NoSpace { name: String, need: u64, free: u64, spare: u64, held: u64 },
+    #[error("the ISO folder's file system filled up while {0} was written: the partial copy was removed")]
+    Full(String),
     #[error("interrupted: the partial copy was removed")]
     Interrupted,
     #[error("{0}: {1}")]
@@ -36,6 +44,83 @@ pub enum IsoDirError {
 }
 
 pub type Result<T> = std::result::Result<T, IsoDirError>;
+
+fn under_way(held_mib: u64) -> String {
+    if held_mib == 0 {
+        String::new()
+    } else {
+        format!(", and {held_mib} MiB are held for the copies under way")
+    }
+}
+
+/// Space left free on the ISO folder's file system: a full host file system hurts every VM on it.
+pub const SPARE: u64 = 64 << 20;
+
+/// What copies under way in this process still have to write, per file
+/// system (its device number): free space does not count it yet, so a copy
+/// checked while others run is checked against free space less this. The web
+/// server is one process, so this covers its concurrent uploads.
+static UNDER_WAY: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
+
+struct Held {
+    id: u64,
+    dev: u64,
+    left: u64,
+}
+
+/// The space one copy holds until it is dropped.
+struct Reservation {
+    id: u64,
+}
+
+fn under_way_lock() -> std::sync::MutexGuard<'static, Vec<Held>> {
+    UNDER_WAY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Reservation {
+    /// Holds `size` bytes on `dir`'s file system when `free` (its free space now), less
+    /// what other copies there still hold, leaves `SPARE` beside it.
+    fn take(dir: &Path, name: &str, size: u64, free: impl FnOnce() -> std::io::Result<u64>) -> Result<Reservation> {
+        use std::os::unix::fs::MetadataExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let io = |e: std::io::Error| IsoDirError::Io(dir.display().to_string(), e);
+        let dev = std::fs::metadata(dir).map_err(io)?.dev();
+        // Checked and held under one lock, so two copies never both count the same bytes.
+        let mut all = under_way_lock();
+        let free = free().map_err(io)?;
+        let held: u64 = all.iter().filter(|h| h.dev == dev).map(|h| h.left).sum();
+        if size.saturating_add(SPARE).saturating_add(held) > free {
+            return Err(IsoDirError::NoSpace {
+                name: name.to_string(),
+                need: size.div_ceil(1 << 20),
+                free: free >> 20,
+                spare: SPARE >> 20,
+                held: held.div_ceil(1 << 20),
+            });
+        }
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        all.push(Held { id, dev, left: size });
+        Ok(Reservation { id })
+    }
+
+    /// `n` more bytes are written (and so counted by free space).
+    fn wrote(&self, n: u64) {
+        if let Some(h) = under_way_lock().iter_mut().find(|h| h.id == self.id) {
+            h.left = h.left.saturating_sub(n);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        under_way_lock().retain(|h| h.id != self.id);
+    }
+}
+
+/// Out of space (or quota) on the way: said as such, not as an I/O error naming a file.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
 
 /// A safe name for a file in the ISO folder, from whatever a user or a
 /// browser gave: the last path part, characters outside `A-Za-z0-9._+-`
@@ -168,19 +253,24 @@ pub fn receive(
     if target.exists() {
         return Err(IsoDirError::Exists(name));
     }
-    if let Some(size) = size {
-        let free = fs4::available_space(dir).map_err(|e| io(dir, e))?;
-        // Keep 64 MiB spare: a full host file system hurts every VM on it.
-        if size.saturating_add(64 << 20) > free {
-            return Err(IsoDirError::NoSpace { name, need: size.div_ceil(1 << 20), free: free >> 20 });
-        }
-    }
+    let held = match size {
+        Some(size) => Some(Reservation::take(dir, &name, size, || fs4::available_space(dir))?),
+        None => None,
+    };
     let part_path = dir.join(format!(".{name}.part"));
+    // The partial file is the folder's own business: errors name the copy, not it.
+    let copying = |e: std::io::Error| {
+        if is_full(&e) {
+            IsoDirError::Full(name.clone())
+        } else {
+            IsoDirError::Io(format!("writing {name} into the ISO folder"), e)
+        }
+    };
     let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&part_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             IsoDirError::Exists(name.clone())
         } else {
-            io(&part_path, e)
+            copying(e)
         }
     })?;
     let part = Partial(Some(part_path.clone()));
@@ -198,12 +288,15 @@ pub fn receive(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io(Path::new(&name), e)),
         };
-        out.write_all(&buf[..n]).map_err(|e| io(&part_path, e))?;
+        out.write_all(&buf[..n]).map_err(copying)?;
+        if let Some(h) = &held {
+            h.wrote(n as u64);
+        }
         hash.update(&buf[..n]);
         done += n as u64;
         progress(Progress::Bytes { done, total });
     }
-    out.sync_all().map_err(|e| io(&part_path, e))?;
+    out.sync_all().map_err(copying)?;
     drop(out);
     let info = iso::inspect(&part_path).map_err(|e| IsoDirError::NotIso(name.clone(), e.to_string()))?;
     // A hard link fails when the name was taken meanwhile; rename would replace it.
@@ -215,20 +308,31 @@ pub fn receive(
         }
     })?;
     drop(part);
+    drop(held);
     let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let iso = described(name, done, Ok(info));
     Ok(Added { path: target.display().to_string(), sha256, iso })
 }
 
+/// `phyllome iso inspect FILE`: what an image says about itself. A missing
+/// file is not found; a FIFO, a folder or a device other than a drive is not an ISO.
+pub fn inspect(file: &Path) -> Result<iso::IsoInfo> {
+    iso::inspect(file).map_err(|e| match e {
+        iso::IsoError::Missing => IsoDirError::NoFile(file.display().to_string()),
+        e => IsoDirError::NotIso(file.display().to_string(), e.to_string()),
+    })
+}
+
 /// `phyllome iso add FILE`: copies a host file into the folder (Ctrl-C removes the partial copy).
 pub fn add(dir: &Path, file: &Path, name: Option<&str>, progress: Report<'_>) -> Result<Added> {
     let io = |e: std::io::Error| IsoDirError::Io(file.display().to_string(), e);
+    // Refused before copying gigabytes: the image must read as an ISO now (and a regular file: a copy
+    // of a drive is made with other tools).
+    inspect(file)?;
     let meta = std::fs::metadata(file).map_err(io)?;
     if !meta.is_file() {
         return Err(IsoDirError::NotIso(file.display().to_string(), "not a regular file".into()));
     }
-    // Refused before copying gigabytes: the image must read as an ISO now.
-    iso::inspect(file).map_err(|e| IsoDirError::NotIso(file.display().to_string(), e.to_string()))?;
     let name =
         name.map(str::to_string).unwrap_or_else(|| file.file_name().unwrap_or_default().to_string_lossy().into_owned());
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -319,6 +423,31 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("deb.iso")], "no partial file is left");
         let listed = list(&d).unwrap();
         assert_eq!((listed.len(), listed[0].os_name.as_deref()), (1, Some("Debian 12")));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn copies_under_way_hold_their_space_until_they_end() {
+        let d = dir("held");
+        std::fs::create_dir_all(&d).unwrap();
+        const MIB: u64 = 1 << 20;
+        let free = 300 * MIB;
+        let a = Reservation::take(&d, "a.iso", 100 * MIB, || Ok(free)).unwrap();
+        let b = Reservation::take(&d, "b.iso", 100 * MIB, || Ok(free)).unwrap();
+        // 300 MiB free, 200 held, 64 spare: a third 100 MiB copy does not fit, and the refusal says why.
+        let e = Reservation::take(&d, "c.iso", 100 * MIB, || Ok(free)).err().unwrap();
+        let IsoDirError::NoSpace { held, spare, .. } = &e else { panic!("{e:?}") };
+        assert!(*held >= 200 && *spare == 64, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("64 MiB") && text.contains("spare") && text.contains("under way"), "{text}");
+        assert_eq!(crate::errors::classify(&e), crate::errors::ErrorKind::NoSpace);
+        // What a copy wrote is in free space already: it holds only the rest.
+        assert!(Reservation::take(&d, "c.iso", 30 * MIB, || Ok(free - 100 * MIB)).is_err());
+        a.wrote(100 * MIB);
+        assert!(Reservation::take(&d, "c.iso", 30 * MIB, || Ok(free - 100 * MIB)).is_ok());
+        drop(b);
+        drop(a);
+        assert!(Reservation::take(&d, "c.iso", 200 * MIB, || Ok(free)).is_ok(), "ended copies hold nothing");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

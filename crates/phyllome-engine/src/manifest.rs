@@ -239,6 +239,7 @@ impl Manifest {
                 .iter()
                 .map(|s| format!("{}:{}{}", s.dir, s.tag, if s.writable { ":rw" } else { "" }))
                 .collect(),
+            share_force: false,
         }
     }
 }

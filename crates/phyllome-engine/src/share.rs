@@ -10,29 +10,54 @@ use phyllome_model::Feature;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// Folders never shared without `--force`: the host's configuration, boot and
-/// root's home, libvirt's state and Phyllome's own (with the ISO folder).
-pub const CRITICAL: &[&str] = &["/etc", "/boot", "/root", "/var/lib/libvirt", "/var/lib/phyllome"];
+/// Folders never shared without `--force`, nor anything inside them: the
+/// host's configuration, boot and root's home, its programs and libraries,
+/// the kernel's interfaces and devices, libvirt's state and sockets, and
+/// Phyllome's own (with the ISO folder).
+pub const CRITICAL: &[&str] = &[
+    "/etc",
+    "/boot",
+    "/root",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/var/lib/phyllome",
+];
+
+/// The host's system folders that are refused themselves (and so is any
+/// folder holding them), though a folder inside them may be shared (`/var/www`).
+pub const SYSTEM: &[&str] = &["/var", "/run", "/srv", "/home", "/mnt", "/media", "/tmp"];
 
 /// virtiofs tags are at most 36 bytes.
 const MAX_TAG: usize = 36;
 
 /// Why sharing `dir` would expose the host, if it would: `dir` is, holds, or
-/// lies inside a critical folder, or holds one of `disks` (VM disk images).
+/// lies inside a critical folder, is or holds a system folder, or is or holds
+/// one of `disks` (VM disk images and variable stores).
 pub fn critical(dir: &Path, disks: &[PathBuf]) -> Option<String> {
     if dir == Path::new("/") {
         return Some("/ is the whole host".into());
     }
-    for c in CRITICAL.iter().map(Path::new) {
+    for c in CRITICAL.iter().chain(SYSTEM).map(Path::new) {
         if dir == c {
             return Some(format!("{} is one of the host's own folders", dir.display()));
-        }
-        if dir.starts_with(c) {
-            return Some(format!("{} is inside {}", dir.display(), c.display()));
         }
         if c.starts_with(dir) {
             return Some(format!("{} holds {}", dir.display(), c.display()));
         }
+    }
+    if let Some(c) = CRITICAL.iter().map(Path::new).find(|c| dir.starts_with(c)) {
+        return Some(format!("{} is inside {}", dir.display(), c.display()));
     }
     disks.iter().find(|d| d.starts_with(dir)).map(|d| format!("{} holds the VM disk {}", dir.display(), d.display()))
 }
@@ -86,31 +111,56 @@ pub fn resolve(lv: &Libvirt, dir: &str, tag: Option<&str>, writable: bool, force
         return Err(VmError::BadShare(format!("{dir} is not a folder")));
     }
     if !force {
-        let disks = vm_disks(lv)?;
-        if let Some(why) = critical(&real, &disks) {
-            return Err(VmError::BadShare(format!(
-                "{why}: sharing it would expose the host (--force to share it anyway)"
-            )));
-        }
+        guard(&real, &vm_disks(lv)?)?;
     }
     let tag = tag.map(str::to_string).unwrap_or_else(|| default_tag(&real));
     validate_tag(&tag)?;
     Ok(Share { dir: real.display().to_string(), tag, readonly: !writable })
 }
 
-/// The disk images of every domain (their `<source file=...>`).
-fn vm_disks(lv: &Libvirt) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// `share add`'s refusal of a folder [`critical`] names (what `--force` overrides).
+pub fn guard(dir: &Path, disks: &[PathBuf]) -> Result<()> {
+    match critical(dir, disks) {
+        Some(why) => {
+            Err(VmError::BadShare(format!("{why}: sharing it would expose the host (--force to share it anyway)")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Where every domain keeps its disks and UEFI variables: `<source file=...>`,
+/// and pool volumes (`<source pool=... volume=...>`, Phyllome's own disks)
+/// resolved through their pool, each with its symlinks resolved.
+pub fn vm_disks(lv: &Libvirt) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut volumes: Vec<(String, String)> = Vec::new();
     for d in lv.list_all()? {
-        if let Ok(doc) = roxmltree::Document::parse(&d.xml) {
-            for disk in doc.descendants().filter(|n| n.has_tag_name("disk")) {
-                if let Some(f) = disk.children().find(|c| c.has_tag_name("source")).and_then(|s| s.attribute("file")) {
-                    out.push(PathBuf::from(f));
-                }
+        let Ok(s) = crate::domxml::parse(&d.xml) else { continue };
+        for disk in &s.disks {
+            match (&disk.file, &disk.pool, &disk.volume) {
+                (Some(f), _, _) => files.push(f.clone()),
+                (None, Some(p), Some(v)) => volumes.push((p.clone(), v.clone())),
+                _ => {}
             }
         }
+        files.extend(s.nvram.map(|n| n.path));
     }
-    Ok(out)
+    // One listing a pool; a volume the pool no longer lists is where the pool would keep it.
+    // A pool's folder, and its volumes' names and paths.
+    type Pool = (Option<String>, Vec<(String, String)>);
+    let mut pools: std::collections::BTreeMap<String, Pool> = Default::default();
+    for (pool, volume) in volumes {
+        if !pools.contains_key(&pool) {
+            let listed = lv.volumes(&pool)?.into_iter().map(|(n, v)| (n, v.path)).collect();
+            pools.insert(pool.clone(), (lv.pool_path(&pool)?, listed));
+        }
+        let (dir, listed) = &pools[&pool];
+        match listed.iter().find(|(n, _)| *n == volume) {
+            Some((_, path)) => files.push(path.clone()),
+            None => files.extend(dir.as_ref().map(|d| format!("{}/{volume}", d.trim_end_matches('/')))),
+        }
+    }
+    Ok(files.into_iter().map(|f| std::fs::canonicalize(&f).unwrap_or_else(|_| PathBuf::from(f))).collect())
 }
 
 /// One share of a VM.
@@ -272,12 +322,38 @@ mod tests {
             "/var/lib/phyllome/isos",
             "/srv",
             "/srv/vms",
+            "/srv/vms/a.qcow2",
+            // The host's programs, libraries and kernel interfaces, and libvirt's sockets.
+            "/usr",
+            "/usr/local/share",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib64",
+            "/opt",
+            "/opt/tool",
+            "/proc",
+            "/proc/1",
+            "/sys",
+            "/dev",
+            "/dev/shm",
+            "/run",
+            "/run/libvirt",
+            "/run/libvirt/qemu",
+            "/tmp",
+            "/home",
         ] {
             assert!(critical(Path::new(d), &disks).is_some(), "{d}");
         }
-        for d in ["/srv/data", "/home/me/share", "/var/tmp/x", "/etcetera"] {
+        for d in ["/srv/data", "/home/me/share", "/var/tmp/x", "/var/www", "/etcetera", "/tmp/x", "/run/media/me/usb"] {
             assert_eq!(critical(Path::new(d), &disks), None, "{d}");
         }
+        // Above a VM's disk, however far up.
+        let deep = vec![PathBuf::from("/tmp/a/b/c/vm.qcow2")];
+        for d in ["/tmp/a", "/tmp/a/b/c"] {
+            assert!(critical(Path::new(d), &deep).unwrap().contains("VM disk"), "{d}");
+        }
+        assert_eq!(critical(Path::new("/tmp/a/other"), &deep), None);
     }
 
     #[test]

@@ -104,10 +104,8 @@ impl SnapshotError {
             SnapshotError::Vm(e) => crate::errors::classify(e),
             SnapshotError::Libvirt(e) => crate::errors::classify(e),
             SnapshotError::Feature(_) | SnapshotError::CannotHere(_) => K::Unsupported,
-            SnapshotError::BadName(_)
-            | SnapshotError::BadDescription(_)
-            | SnapshotError::Refused(_)
-            | SnapshotError::NoSpace { .. } => K::InvalidInput,
+            SnapshotError::BadName(_) | SnapshotError::BadDescription(_) | SnapshotError::Refused(_) => K::InvalidInput,
+            SnapshotError::NoSpace { .. } => K::NoSpace,
             SnapshotError::NoSnapshot { .. } => K::NotFound,
             SnapshotError::Exists { .. } | SnapshotError::RevertRunning(_) | SnapshotError::Changed { .. } => {
                 K::Conflict

@@ -6,7 +6,7 @@
 //! [`report`]); [`Sampler::sample`] is the I/O.
 
 use crate::vm::{Result, VmError};
-use phyllome_libvirt::{DomainStats, Libvirt, Value};
+use phyllome_libvirt::{DomainStats, Libvirt, Monitor, Value};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -32,14 +32,17 @@ pub struct Counters {
     pub unused_kib: Option<u64>,
     /// Resident memory of the QEMU process on the host, KiB.
     pub rss_kib: Option<u64>,
-    pub disk_read_bytes: u64,
-    pub disk_write_bytes: u64,
-    pub disk_read_reqs: u64,
-    pub disk_write_reqs: u64,
+    /// Disk counters, from QEMU: None when it did not answer for this sample.
+    pub disk_read_bytes: Option<u64>,
+    pub disk_write_bytes: Option<u64>,
+    pub disk_read_reqs: Option<u64>,
+    pub disk_write_reqs: Option<u64>,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
     /// When its QEMU process started (Unix seconds; local hosts only).
     pub started_unix: Option<u64>,
+    /// Whether its QEMU answered for this sample (see `phyllome_libvirt::Monitor`).
+    pub monitor: Monitor,
 }
 
 impl Counters {
@@ -55,8 +58,23 @@ impl Counters {
 
 /// Reads libvirt's flat field list (`cpu.time`, `block.0.wr.bytes`...) into [`Counters`].
 pub fn counters(d: &DomainStats) -> Counters {
-    let mut c = Counters { name: d.name.clone(), uuid: d.uuid.clone(), state: "other", ..Default::default() };
+    let mut c = Counters {
+        name: d.name.clone(),
+        uuid: d.uuid.clone(),
+        state: "other",
+        monitor: d.monitor,
+        ..Default::default()
+    };
     let mut steal: Option<u64> = None;
+    let answered = d.monitor == Monitor::Answered;
+    let add = |sum: &mut Option<u64>, v: u64| *sum = Some(sum.unwrap_or(0) + v);
+    if answered {
+        // Zero until a disk says otherwise (a VM may have none).
+        c.disk_read_bytes = Some(0);
+        c.disk_write_bytes = Some(0);
+        c.disk_read_reqs = Some(0);
+        c.disk_write_reqs = Some(0);
+    }
     for (key, value) in &d.fields {
         let v = value.as_u64();
         match key.as_str() {
@@ -86,10 +104,10 @@ pub fn counters(d: &DomainStats) -> Counters {
                 }
                 match (group, field) {
                     ("vcpu", "delay") => steal = Some(steal.unwrap_or(0) + v),
-                    ("block", "rd.bytes") => c.disk_read_bytes += v,
-                    ("block", "wr.bytes") => c.disk_write_bytes += v,
-                    ("block", "rd.reqs") => c.disk_read_reqs += v,
-                    ("block", "wr.reqs") => c.disk_write_reqs += v,
+                    ("block", "rd.bytes") if answered => add(&mut c.disk_read_bytes, v),
+                    ("block", "wr.bytes") if answered => add(&mut c.disk_write_bytes, v),
+                    ("block", "rd.reqs") if answered => add(&mut c.disk_read_reqs, v),
+                    ("block", "wr.reqs") if answered => add(&mut c.disk_write_reqs, v),
                     ("net", "rx.bytes") => c.net_rx_bytes += v,
                     ("net", "tx.bytes") => c.net_tx_bytes += v,
                     _ => {}
@@ -127,7 +145,9 @@ pub struct Sample {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmStats {
     pub name: String,
-    /// `running`, `paused`, `shut off` or `other`.
+    /// `running`, `paused`, `shut off`, `other`, or `stuck`: running, but its QEMU has not
+    /// answered libvirt for over a second (stopped or hung), so only what libvirt knows
+    /// without it is given (CPU time, memory assigned, network).
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: &'static str,
     pub vcpus: Option<u64>,
@@ -164,9 +184,9 @@ pub struct DiskStats {
     pub write_bytes_per_sec: Option<f64>,
     pub read_iops: Option<f64>,
     pub write_iops: Option<f64>,
-    /// Totals since the VM started.
-    pub read_bytes: u64,
-    pub written_bytes: u64,
+    /// Totals since the VM started (absent when its QEMU did not answer).
+    pub read_bytes: Option<u64>,
+    pub written_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -206,6 +226,8 @@ pub struct StatsReport {
     pub vms: Vec<VmStats>,
 }
 
+pub const STUCK: &str = "its QEMU has not answered libvirt for over a second (stopped or hung): CPU, memory assigned and network are shown, disk figures and QEMU's RSS are not";
+
 pub const NO_GUEST_MEMORY: &str = "the guest reports no memory use: its balloon driver has not reported yet (it does every 10 s), or it has none (Windows needs virtio-win's), or no balloon device";
 
 /// Per second, when the counter did not go back (a VM that restarted starts from 0).
@@ -222,12 +244,12 @@ fn round2(v: f64) -> f64 {
 pub fn vm_stats(prev: Option<&Counters>, cur: &Counters, secs: f64, now_unix: u64) -> VmStats {
     let p = prev.filter(|p| p.uuid == cur.uuid);
     let ns_percent = |a: Option<u64>, b: Option<u64>| rate(a, b, secs).map(|ns| round2(ns / 1e7));
-    let per_sec = |a: Option<u64>, b: u64| rate(a, Some(b), secs).map(round2);
+    let per_sec = |a: Option<u64>, b: Option<u64>| rate(a, b, secs).map(round2);
     let kib = |v: Option<u64>| v.map(|k| k * 1024);
     let used_kib = cur.used_kib();
     VmStats {
         name: cur.name.clone(),
-        state: cur.state,
+        state: if cur.monitor == Monitor::Stuck { "stuck" } else { cur.state },
         vcpus: cur.vcpus,
         uptime_secs: cur.started_unix.map(|s| now_unix.saturating_sub(s)),
         cpu_percent: ns_percent(p.and_then(|p| p.cpu_ns), cur.cpu_ns),
@@ -240,16 +262,16 @@ pub fn vm_stats(prev: Option<&Counters>, cur: &Counters, secs: f64, now_unix: u6
             note: used_kib.is_none().then_some(NO_GUEST_MEMORY),
         },
         disk: DiskStats {
-            read_bytes_per_sec: per_sec(p.map(|p| p.disk_read_bytes), cur.disk_read_bytes),
-            write_bytes_per_sec: per_sec(p.map(|p| p.disk_write_bytes), cur.disk_write_bytes),
-            read_iops: per_sec(p.map(|p| p.disk_read_reqs), cur.disk_read_reqs),
-            write_iops: per_sec(p.map(|p| p.disk_write_reqs), cur.disk_write_reqs),
+            read_bytes_per_sec: per_sec(p.and_then(|p| p.disk_read_bytes), cur.disk_read_bytes),
+            write_bytes_per_sec: per_sec(p.and_then(|p| p.disk_write_bytes), cur.disk_write_bytes),
+            read_iops: per_sec(p.and_then(|p| p.disk_read_reqs), cur.disk_read_reqs),
+            write_iops: per_sec(p.and_then(|p| p.disk_write_reqs), cur.disk_write_reqs),
             read_bytes: cur.disk_read_bytes,
             written_bytes: cur.disk_write_bytes,
         },
         network: NetworkStats {
-            rx_bytes_per_sec: per_sec(p.map(|p| p.net_rx_bytes), cur.net_rx_bytes),
-            tx_bytes_per_sec: per_sec(p.map(|p| p.net_tx_bytes), cur.net_tx_bytes),
+            rx_bytes_per_sec: per_sec(p.map(|p| p.net_rx_bytes), Some(cur.net_rx_bytes)),
+            tx_bytes_per_sec: per_sec(p.map(|p| p.net_tx_bytes), Some(cur.net_tx_bytes)),
             rx_bytes: cur.net_rx_bytes,
             tx_bytes: cur.net_tx_bytes,
         },
@@ -304,8 +326,8 @@ pub fn stopped(name: &str) -> VmStats {
             write_bytes_per_sec: None,
             read_iops: None,
             write_iops: None,
-            read_bytes: 0,
-            written_bytes: 0,
+            read_bytes: None,
+            written_bytes: None,
         },
         network: NetworkStats { rx_bytes_per_sec: None, tx_bytes_per_sec: None, rx_bytes: 0, tx_bytes: 0 },
     }
@@ -426,6 +448,7 @@ mod tests {
             name: name.into(),
             uuid: format!("uuid-{name}"),
             fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            monitor: Monitor::Answered,
         }
     }
 
@@ -459,7 +482,7 @@ mod tests {
         let c = counters(&busy(2_000_000_000, 8192));
         assert_eq!(c.state, "running");
         assert_eq!((c.cpu_ns, c.vcpus, c.steal_ns), (Some(2_000_000_000), Some(2), Some(400_000_000)));
-        assert_eq!((c.disk_write_bytes, c.disk_write_reqs, c.disk_read_bytes), (8192, 2, 100));
+        assert_eq!((c.disk_write_bytes, c.disk_write_reqs, c.disk_read_bytes), (Some(8192), Some(2), Some(100)));
         assert_eq!((c.net_rx_bytes, c.net_tx_bytes), (5000, 0));
         assert_eq!(counters(&raw("p", &[("state.state", Value::Int(3))])).state, "paused");
     }
@@ -506,6 +529,33 @@ mod tests {
         assert_eq!(v.memory.used_bytes, None);
         assert_eq!(v.memory.note, Some(NO_GUEST_MEMORY));
         assert_eq!(v.memory.assigned_bytes, Some(1 << 30), "the balloon size is known without a driver");
+    }
+
+    #[test]
+    fn a_vm_whose_qemu_does_not_answer_is_stuck_and_gives_no_made_up_disk_figures() {
+        let host = HostFacts { hostname: "h".into(), memory_bytes: 1, cpus: 1 };
+        let t0 = Instant::now();
+        let a = sample(t0, 0, vec![counters(&busy(1_000_000_000, 1 << 20))]);
+        // The next sample: libvirt read it without QEMU (no block counters, no RSS), and QEMU is stuck.
+        let mut stuck = busy(1_000_000_000, 0);
+        stuck.fields.retain(|(k, _)| !k.starts_with("block.") || k.ends_with(".name") || k == "block.count");
+        stuck.monitor = Monitor::Stuck;
+        let c = counters(&stuck);
+        assert_eq!((c.disk_write_bytes, c.disk_read_reqs), (None, None), "unknown, not zero");
+        let b = sample(t0 + Duration::from_secs(1), 1, vec![c.clone()]);
+        let v = &report(&host, Some(&a), &b).vms[0];
+        assert_eq!(v.state, "stuck");
+        assert_eq!((v.disk.write_bytes_per_sec, v.disk.written_bytes), (None, None));
+        assert_eq!(v.cpu_percent, Some(0.0), "CPU time comes without QEMU: a stopped QEMU uses none");
+        // Answering again: no rate against the sample without figures (it would be a spike from zero).
+        let back = sample(t0 + Duration::from_secs(2), 2, vec![counters(&busy(1_000_000_000, 2 << 20))]);
+        let v = &report(&host, Some(&b), &back).vms[0];
+        assert_eq!((v.state, v.disk.write_bytes_per_sec), ("running", None));
+        // A busy VM (another job held it) keeps its state; its disk figures are unknown for that sample.
+        let mut held = busy(1_000_000_000, 0);
+        held.monitor = Monitor::Busy;
+        let v = &report(&host, Some(&a), &sample(t0 + Duration::from_secs(1), 1, vec![counters(&held)])).vms[0];
+        assert_eq!((v.state, v.disk.written_bytes), ("running", None));
     }
 
     #[test]

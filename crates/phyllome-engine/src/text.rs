@@ -27,6 +27,16 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`printable`] line by line: the line breaks stay, everything else that could
+/// change how a terminal shows the rest is escaped (a document built from text
+/// that came from elsewhere, such as a bundle's domain XML).
+pub fn printable_lines(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c != '\n' && unsafe_char(c)) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(s.split('\n').map(printable).collect::<Vec<_>>().join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +50,7 @@ mod tests {
         assert_eq!(printable("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
         assert_eq!(printable("\u{2067}x\u{2069}"), "\\u{2067}x\\u{2069}");
         assert_eq!(printable("日本語-ok"), "日本語-ok");
+        assert_eq!(printable_lines("<a>\n  <b>x</b>\n</a>\n"), "<a>\n  <b>x</b>\n</a>\n");
+        assert_eq!(printable_lines("a\u{1b}[2J\nb\tc\n"), "a\\u{1b}[2J\nb\\u{9}c\n");
     }
 }

@@ -36,6 +36,8 @@ pub struct VmSpec {
     pub pool: Option<String>,
     /// `--share HOSTDIR[:TAG][:rw]`, checked by [`plan`].
     pub shares: Vec<String>,
+    /// Share folders that `share add` refuses without `--force` (an import given `--force`).
+    pub share_force: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,9 +217,9 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     // A direct-boot kernel and initrd are this machine's files, copied to the VM's host.
     check_files(&req)?;
     let detected = media_checks(&mut req, lv.is_local())?;
-    for spec in &spec.shares {
-        let (dir, tag, writable) = crate::share::parse_spec(spec)?;
-        let s = crate::share::resolve(lv, &dir, tag.as_deref(), writable, false)?;
+    for share in &spec.shares {
+        let (dir, tag, writable) = crate::share::parse_spec(share)?;
+        let s = crate::share::resolve(lv, &dir, tag.as_deref(), writable, spec.share_force)?;
         if req.shares.iter().any(|o| o.tag == s.tag) {
             return Err(VmError::BadShare(format!("two shares tagged {}: give each its own tag (HOSTDIR:TAG)", s.tag)));
         }

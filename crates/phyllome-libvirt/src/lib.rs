@@ -19,7 +19,7 @@ pub use hostdev::Applied;
 pub use jobs::Job;
 pub use migrate::{MigrateAsk, MigrationStats};
 pub use node::NodeMemory;
-pub use stats::{DomainStats, Value};
+pub use stats::{DomainStats, Monitor, Value, STATS_MAX, STATS_WITHIN};
 pub use storage::VolumeInfo;
 use virt::connect::Connect;
 use virt::domain::Domain;

@@ -445,6 +445,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
         encryption: Some(encryption),
         pool: None,
         shares: Vec::new(),
+        share_force: false,
     };
     Ok((spec, passphrase))
 }
@@ -467,6 +468,8 @@ pub struct StepEvent {
 /// (StepEvent) ending with one `created` (Created) or `error` (ErrorBody) event.
 #[utoipa::path(post, operation_id = "createVm", path = "/api/v1/vms", tag = "vms", request_body = CreateBody,
     responses((status = 201, body = Created),
+        (status = 404, description = "no such network or storage pool", body = ErrorBody),
+        (status = 422, description = "this host cannot run it (UEFI, TPM, secure-boot firmware...)", body = ErrorBody),
         (status = 200, description = "with Accept: text/event-stream: progress, then created or error",
          content_type = "text/event-stream", body = String)))]
 async fn create_vm(
@@ -851,6 +854,13 @@ pub struct OsRow {
     recommended_memory_mib: u64,
     recommended_disk_gib: u64,
     min_cpus: u32,
+    /// `uefi` or `bios`.
+    firmware: &'static str,
+    /// With UEFI: `required` (always on), `preferred` (on when the host has the firmware) or `off`
+    /// (off unless create's `secure_boot` asks); null with BIOS, which has none.
+    secure_boot: Option<&'static str>,
+    /// Why, in the catalog's words.
+    firmware_why: &'static str,
 }
 
 /// The guest OS catalog.
@@ -870,6 +880,17 @@ async fn list_os() -> Json<Vec<OsRow>> {
                 recommended_memory_mib: p.resources.recommended_memory_mib,
                 recommended_disk_gib: p.resources.recommended_disk_gib,
                 min_cpus: p.resources.min_cpus,
+                firmware: match p.firmware.value {
+                    catalog::FirmwarePolicy::Bios => "bios",
+                    catalog::FirmwarePolicy::Uefi { .. } => "uefi",
+                },
+                secure_boot: match p.firmware.value {
+                    catalog::FirmwarePolicy::Bios => None,
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Required } => Some("required"),
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Preferred } => Some("preferred"),
+                    catalog::FirmwarePolicy::Uefi { secure_boot: catalog::SecureBoot::Off } => Some("off"),
+                },
+                firmware_why: p.firmware.why,
             })
             .collect(),
     )
@@ -1118,6 +1139,18 @@ mod tests {
         assert_eq!(b(B::Vm(VmError::NoSuchVm("x".into()))).status, StatusCode::NOT_FOUND);
         assert_eq!(b(B::CannotHere("two disks".into())).status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(b(B::Io { path: "p".into(), why: "w".into() }).status, StatusCode::INTERNAL_SERVER_ERROR);
+        // Out of space is 507 with a kind of its own, whichever operation refuses.
+        let full = b(B::NoSpace("pool phyllome has 3 MiB free".into()));
+        assert_eq!((full.status, full.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        use phyllome_engine::isodir::IsoDirError as I;
+        let iso = ApiError::from(I::NoSpace { name: "a.iso".into(), need: 1, free: 64, spare: 64, held: 0 });
+        assert_eq!((iso.status, iso.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        let mid = ApiError::from(I::Full("a.iso".into()));
+        assert_eq!((mid.status, mid.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        assert!(!mid.message.contains(".part"), "{}", mid.message);
+        use phyllome_engine::snapshot::SnapshotError as S;
+        let snap = ApiError::from(S::NoSpace { path: "/x".into(), what: "for the snapshot", need_mib: 9, free_mib: 1 });
+        assert_eq!((snap.status, snap.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
         let down =
             phyllome_libvirt::Error { op: "cannot connect to qemu:///system".into(), message: "x".into(), code: 38 };
         assert_eq!(ApiError::from(down).status, StatusCode::SERVICE_UNAVAILABLE);

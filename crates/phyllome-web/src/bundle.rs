@@ -135,6 +135,7 @@ impl Tickets {
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
     /// The passphrase that will open the bundle (never logged or kept on disk).
+    #[schema(min_length = 1)]
     passphrase: String,
 }
 
@@ -228,7 +229,8 @@ fn file_name(vm: &str) -> String {
 #[utoipa::path(get, operation_id = "downloadExport", path = "/api/v1/exports/{token}", tag = "vms",
     params(("token" = String, Path, description = "The ticket's token")),
     responses((status = 200, description = "the bundle (a tar stream)", content_type = "application/octet-stream",
-        body = Vec<u8>)))]
+        body = Vec<u8>),
+        (status = 507, description = "no space in the pool to stage the re-encrypted disk", body = ErrorBody)))]
 pub async fn download_export(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -297,6 +299,9 @@ pub struct ImportQuery {
     name: Option<String>,
     /// Read and check the whole bundle and say what this host would make of it; make nothing.
     dry_run: Option<bool>,
+    /// Share the host folders the bundle names even where adding the share would be refused
+    /// (the host's own folders, a folder holding a VM's disk).
+    force: Option<bool>,
 }
 
 /// Percent-decoding (`%XX`); None for a malformed escape.
@@ -346,12 +351,14 @@ fn passphrase_of(headers: &HeaderMap) -> Result<Zeroizing<Vec<u8>>, ApiError> {
 /// `dry_run=true` makes nothing. One import at a time per server (409 meanwhile).
 #[utoipa::path(post, operation_id = "importVm", path = "/api/v1/import", tag = "vms",
     params(ImportQuery,
-        ("X-Phyllome-Passphrase" = String, Header, description = "The bundle's passphrase, percent-encoded UTF-8")),
+        ("X-Phyllome-Passphrase" = String, Header, description = "The bundle's passphrase, percent-encoded UTF-8",
+            min_length = 1, max_length = 4096)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bundle"),
     responses((status = 201, description = "made", body = Imported),
         (status = 200, description = "dry run: what would be made, nothing was", body = Imported),
         (status = 411, body = ErrorBody),
-        (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody)))]
+        (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody),
+        (status = 507, description = "no space to stage the bundle", body = ErrorBody)))]
 pub async fn import_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -369,6 +376,7 @@ pub async fn import_vm(
     let passphrase = passphrase_of(&headers)?;
     let name = q.name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
     let dry_run = q.dry_run.unwrap_or(false);
+    let force = q.force.unwrap_or(false);
     // Held by the import's worker, so it lasts as long as the import even when the client goes.
     let Ok(permit) = Arc::clone(&app.imports).try_acquire_owned() else {
         return Err(ApiError::new(
@@ -389,7 +397,7 @@ pub async fn import_vm(
         let mut input = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let r = (|| {
             let lv = app2.libvirt()?;
-            let opts = ImportOptions { name, passphrase: &passphrase, dry_run, host: None };
+            let opts = ImportOptions { name, passphrase: &passphrase, dry_run, host: None, force };
             let r = bundle::import(&lv, &mut input, len, &opts, &phyllome_engine::progress::quiet);
             if let Ok(i) = &r {
                 if !i.dry_run {

@@ -44,7 +44,7 @@ pub struct ErrorBody {
     /// What went wrong, for people.
     pub error: String,
     /// Its class: `failed`, `invalid-input`, `not-found`, `conflict`,
-    /// `unsupported`, `unavailable`, `interrupted`, or for the server's own
+    /// `unsupported`, `unavailable`, `no-space`, `interrupted`, or for the server's own
     /// refusals `unauthorized`, `forbidden`, `throttled`, `busy`.
     pub kind: String,
 }
@@ -58,6 +58,7 @@ impl ApiError {
             StatusCode::CONFLICT => "conflict",
             StatusCode::TOO_MANY_REQUESTS => "throttled",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::INSUFFICIENT_STORAGE => "no-space",
             s if s.is_client_error() => "invalid-input",
             _ => "failed",
         };
@@ -92,6 +93,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::Unavailable | ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -105,23 +107,13 @@ impl From<phyllome_engine::vm::VmError> for ApiError {
 
 impl From<phyllome_engine::isodir::IsoDirError> for ApiError {
     fn from(e: phyllome_engine::isodir::IsoDirError) -> ApiError {
-        match e {
-            phyllome_engine::isodir::IsoDirError::NoSpace { .. } => {
-                ApiError { status: StatusCode::INSUFFICIENT_STORAGE, message: e.to_string(), kind: "invalid-input" }
-            }
-            _ => ApiError::from_engine(&e),
-        }
+        ApiError::from_engine(&e)
     }
 }
 
 impl From<phyllome_engine::snapshot::SnapshotError> for ApiError {
     fn from(e: phyllome_engine::snapshot::SnapshotError) -> ApiError {
-        match e {
-            phyllome_engine::snapshot::SnapshotError::NoSpace { .. } => {
-                ApiError { status: StatusCode::INSUFFICIENT_STORAGE, message: e.to_string(), kind: "invalid-input" }
-            }
-            _ => ApiError::from_engine(&e),
-        }
+        ApiError::from_engine(&e)
     }
 }
 

@@ -93,7 +93,15 @@ struct State {
     sample: Option<Arc<Sample>>,
     report: Option<Arc<StatsReport>>,
     rings: HashMap<String, VecDeque<Point>>,
+    /// libvirtd could not be reached at the last try (no connection, or it went away).
+    unreachable: bool,
 }
+
+/// How old the latest sample may be while libvirtd answers, slowly: a VM that is
+/// killed holds libvirt's lock on it for as long as its QEMU takes to die, and the
+/// statistics of every VM wait for it. Seconds of that must not turn a scrape
+/// into 503; a libvirtd that answers nothing for this long has no current figures.
+const STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The samples the server keeps.
 pub struct Hub {
@@ -123,17 +131,32 @@ impl Hub {
             if conn.as_ref().is_none_or(|(lv, _)| !lv.is_alive()) {
                 prev = None;
                 conn = Libvirt::connect(uri).ok().and_then(|lv| Sampler::new(&lv).ok().map(|s| (lv, s)));
+                if conn.is_none() {
+                    self.lock().unreachable = true;
+                }
             }
             if let Some((lv, sampler)) = conn.as_mut() {
-                match sampler.sample(lv) {
+                let began = std::time::Instant::now();
+                let sampled = sampler.sample(lv);
+                if began.elapsed() > self.interval {
+                    tracing::debug!(ms = began.elapsed().as_millis() as u64, ok = sampled.is_ok(), "slow stats sample");
+                }
+                match sampled {
                     Ok(cur) => {
                         let report = stats::report(&sampler.host, prev.as_ref(), &cur);
                         self.record(&sampler.host, &cur, report);
                         prev = Some(cur);
                     }
                     Err(e) => {
+                        // One failed sample (libvirt's own retries and fallbacks are behind it) keeps the
+                        // connection and the previous sample: only a connection that died is made again.
                         tracing::debug!(error = %e, "stats sample failed");
-                        conn = None;
+                        let gone =
+                            phyllome_engine::errors::classify(&e) == phyllome_engine::errors::ErrorKind::Unavailable;
+                        if gone || !lv.is_alive() {
+                            self.lock().unreachable = true;
+                            conn = None;
+                        }
                     }
                 }
             }
@@ -165,18 +188,24 @@ impl Hub {
         let now = cur.unix_ms;
         st.rings.retain(|_, r| r.back().is_some_and(|p| now.saturating_sub(p.t_ms) <= window_ms));
         st.facts = Some(facts.clone());
+        st.unreachable = false;
         st.sample = Some(Arc::new(cur.clone()));
         st.report = Some(Arc::new(report));
     }
 
-    /// How old the latest sample may be and still be shown: older, libvirtd is
-    /// not answering, and figures from then would pass for current ones.
-    fn max_age(&self) -> Duration {
-        (self.interval * 5).max(Duration::from_secs(5))
+    /// How old the latest sample may be and still be shown: once libvirtd cannot
+    /// be reached, five intervals (figures from then would pass for current ones);
+    /// while it answers, however slowly, [`STALE_AFTER`].
+    fn max_age(&self, st: &State) -> Duration {
+        if st.unreachable {
+            (self.interval * 5).max(Duration::from_secs(5))
+        } else {
+            STALE_AFTER.max(self.interval * 5)
+        }
     }
 
     fn fresh(&self, st: &State) -> bool {
-        st.sample.as_ref().is_some_and(|s| s.taken.elapsed() <= self.max_age())
+        st.sample.as_ref().is_some_and(|s| s.taken.elapsed() <= self.max_age(st))
     }
 
     /// The latest report (None before the first sample, or when it is stale).
@@ -301,7 +330,7 @@ impl prometheus_client::collector::Collector for Metrics {
         let host = self.facts.hostname.as_str();
         let vms = &self.sample.vms;
         type Get = fn(&Counters) -> Option<f64>;
-        let per_vm: [(&str, &str, prometheus_client::metrics::MetricType, Get); 14] = [
+        let per_vm: [(&str, &str, prometheus_client::metrics::MetricType, Get); 15] = [
             ("phyllome_vm_cpu_seconds", "CPU time of the VM's QEMU process", Counter, |c| {
                 c.cpu_ns.map(|n| n as f64 / 1e9)
             }),
@@ -325,16 +354,16 @@ impl prometheus_client::collector::Collector for Metrics {
                 c.rss_kib.map(|k| (k * 1024) as f64)
             }),
             ("phyllome_vm_disk_read_bytes", "bytes read from the VM's disks", Counter, |c| {
-                Some(c.disk_read_bytes as f64)
+                c.disk_read_bytes.map(|v| v as f64)
             }),
             ("phyllome_vm_disk_written_bytes", "bytes written to the VM's disks", Counter, |c| {
-                Some(c.disk_write_bytes as f64)
+                c.disk_write_bytes.map(|v| v as f64)
             }),
             ("phyllome_vm_disk_read_requests", "read requests to the VM's disks", Counter, |c| {
-                Some(c.disk_read_reqs as f64)
+                c.disk_read_reqs.map(|v| v as f64)
             }),
             ("phyllome_vm_disk_write_requests", "write requests to the VM's disks", Counter, |c| {
-                Some(c.disk_write_reqs as f64)
+                c.disk_write_reqs.map(|v| v as f64)
             }),
             ("phyllome_vm_network_receive_bytes", "bytes the VM's interfaces received", Counter, |c| {
                 Some(c.net_rx_bytes as f64)
@@ -345,6 +374,13 @@ impl prometheus_client::collector::Collector for Metrics {
             ("phyllome_vm_start_time_seconds", "when the VM's QEMU process started (Unix time)", Gauge, |c| {
                 c.started_unix.map(|s| s as f64)
             }),
+            (
+                "phyllome_vm_stuck",
+                "1 when the VM's QEMU has not answered libvirt for over a second (stopped or hung): its disk \
+                 counters and QEMU's RSS are left out until it answers",
+                Gauge,
+                |c| Some(if c.monitor == phyllome_libvirt::Monitor::Stuck { 1.0 } else { 0.0 }),
+            ),
         ];
         for (name, help, kind, get) in per_vm {
             let values: Vec<(&str, f64)> = vms.iter().filter_map(|c| get(c).map(|v| (c.name.as_str(), v))).collect();
@@ -399,7 +435,7 @@ mod tests {
             vcpus: Some(2),
             assigned_kib: Some(1 << 20),
             rss_kib: Some(1 << 18),
-            disk_write_bytes: cpu_s * 1000,
+            disk_write_bytes: Some(cpu_s * 1000),
             ..Default::default()
         }
     }
@@ -484,5 +520,37 @@ mod tests {
         assert!(!c.contains("# EOF"));
         let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
         assert_eq!(samples(&c), samples(&m), "the samples are the same");
+    }
+
+    #[test]
+    fn a_slow_libvirtd_keeps_the_last_sample_and_an_unreachable_one_does_not() {
+        let h = hub();
+        let facts = HostFacts { hostname: "h".into(), memory_bytes: 1, cpus: 1 };
+        let Some(then) = Instant::now().checked_sub(Duration::from_secs(8)) else { return };
+        let s = Sample { taken: then, unix: 1, unix_ms: 1000, vms: vec![counters("a", 1)] };
+        h.record(&facts, &s, stats::report(&facts, None, &s));
+        assert!(h.metrics().is_some() && h.report().is_some(), "8 s old while libvirtd answers slowly: served");
+        h.lock().unreachable = true;
+        assert!(h.metrics().is_none() && h.report().is_none(), "8 s old once libvirtd is gone: not current");
+    }
+
+    #[test]
+    fn a_stuck_vm_is_a_series_of_its_own_and_the_others_are_served() {
+        let h = hub();
+        let facts = HostFacts { hostname: "h".into(), memory_bytes: 8 << 30, cpus: 4 };
+        let stuck = Counters {
+            monitor: phyllome_libvirt::Monitor::Stuck,
+            disk_write_bytes: None,
+            rss_kib: None,
+            ..counters("frozen", 3)
+        };
+        let cur = Sample { taken: Instant::now(), unix: 1, unix_ms: 1000, vms: vec![counters("web", 3), stuck] };
+        h.record(&facts, &cur, stats::report(&facts, None, &cur));
+        let m = h.metrics().unwrap();
+        assert!(m.contains("phyllome_vm_stuck{host=\"h\",vm=\"frozen\"} 1"), "{m}");
+        assert!(m.contains("phyllome_vm_stuck{host=\"h\",vm=\"web\"} 0"), "{m}");
+        assert!(m.contains("phyllome_vm_disk_written_bytes_total{host=\"h\",vm=\"web\"} 3000.0"), "{m}");
+        assert!(!m.contains("phyllome_vm_disk_written_bytes_total{host=\"h\",vm=\"frozen\"}"), "no made-up zero:\n{m}");
+        assert_eq!(h.report().unwrap().vms.iter().find(|v| v.name == "frozen").unwrap().state, "stuck");
     }
 }

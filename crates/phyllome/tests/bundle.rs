@@ -451,3 +451,127 @@ fn a_killed_import_leaves_no_staging_folder_after_the_next_command() {
     let _ = std::fs::remove_file(&fifo);
     nothing_made(&target.0);
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// A copy of a bundle re-sealed as its maker (who knows the passphrase) can write one: its manifest
+/// and bundle.json edited, their checksums changed to match inside keys.age.
+fn reseal(from: &str, to: &str, manifest: impl Fn(String) -> String, info: impl Fn(&mut serde_json::Value)) {
+    use std::io::Write;
+    let mut p = parts(from);
+    let mut keys = open_keys(from);
+    for (name, data) in p.iter_mut() {
+        match name.as_str() {
+            "manifest.toml" => *data = manifest(String::from_utf8(data.clone()).unwrap()).into_bytes(),
+            "bundle.json" => {
+                let mut v: serde_json::Value = serde_json::from_slice(data).unwrap();
+                info(&mut v);
+                *data = serde_json::to_vec_pretty(&v).unwrap();
+            }
+            _ => continue,
+        }
+        keys["sha256"][name.as_str()] = sha256_hex(data).into();
+    }
+    let mut r = age::scrypt::Recipient::new(PASS.to_string().into());
+    r.set_work_factor(18);
+    let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+    let mut sealed = vec![];
+    let mut w = enc.wrap_output(&mut sealed).unwrap();
+    w.write_all(&serde_json::to_vec(&keys).unwrap()).unwrap();
+    w.finish().unwrap();
+    p.iter_mut().find(|(n, _)| n == "keys.age").unwrap().1 = sealed;
+    write_parts(to, &p);
+}
+
+#[test]
+fn a_resealed_bundle_shares_no_host_folder_unsaid_and_its_text_reaches_the_terminal_escaped() {
+    require_libvirt();
+    let vm = TestVm::new("bundle-share");
+    let args = create_guest_args(&vm.0, "", &[]);
+    ok(phyllome(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let file = TestFile::new("share");
+    ok(export(&vm.0, &file));
+    let target = TestVm::new("bundle-share-import");
+    let data = PathBuf::from(format!("/var/tmp/{PREFIX}bundle-share-{}", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _data = Gone(data.clone());
+
+    // /usr shared writable, and terminal escape sequences in the exporting host's CPU and a choice.
+    let evil = TestFile::new("share-usr");
+    let shares = format!(
+        "\n[[shares]]\ntag = \"usr\"\ndir = \"/usr\"\nwritable = true\n\n[[shares]]\ntag = \"data\"\ndir = \"{}\"\n",
+        data.display()
+    );
+    reseal(
+        file.path(),
+        evil.path(),
+        |m| m + &shares,
+        |i| {
+            i["source"]["cpu_model"] = "\u{1b}[2J\u{1b}]0;owned\u{7}Evil CPU".into();
+            i["choices"][0]["choice"] = "\u{1b}[31mred".into();
+        },
+    );
+    let import = |extra: &[&str]| {
+        let mut a = vec!["import", evil.path(), "--name", &target.0, "--passphrase-stdin"];
+        a.extend_from_slice(extra);
+        phyllome_stdin_env(&a, &format!("{PASS}\n"), &[])
+    };
+    // Refused as `share add` refuses it, by a dry run and by the import itself; nothing made.
+    for extra in [&["--dry-run", "--json"][..], &["--json"][..]] {
+        let (code, kind, msg) = refused(import(extra));
+        assert_eq!((code, kind.as_str()), (3, "invalid-input"), "{extra:?}: {msg}");
+        assert!(msg.contains("/usr") && msg.contains("--force"), "{msg}");
+        nothing_made(&target.0);
+    }
+    // With --force: every share is in the plan, said in words and in the XML.
+    let out = import(&["--dry-run", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("host folder shared with it: /usr as usr, writable"), "{text}");
+    assert!(text.contains(&format!("host folder shared with it: {} as data, read-only", data.display())), "{text}");
+    assert!(text.contains("network: none"), "{text}");
+    assert!(text.contains("<source dir='/usr'/>"), "{text}");
+    // What came from the bundle is escaped: no raw escape or bell reaches the terminal.
+    assert!(!out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07), "raw control bytes in: {text:?}");
+    assert!(text.contains("\\u{1b}[2J") && text.contains("Evil CPU"), "{text}");
+    assert!(text.contains("\\u{1b}[31mred"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&ok(import(&["--dry-run", "--force", "--json"]))).unwrap();
+    let dirs: Vec<_> = v["shares"].as_array().unwrap().iter().map(|s| s["dir"].as_str().unwrap()).collect();
+    assert_eq!(dirs, ["/usr", data.to_str().unwrap()], "{v}");
+    assert_eq!((v["shares"][0]["readonly"].as_bool(), v["network"].as_str()), (Some(false), Some("none")));
+    nothing_made(&target.0);
+
+    // A damaged keys.age is said to be that, in the bundle's words.
+    for garbage in [b"age-encryption.org/v9\n-> x\n".as_slice(), b"no age file at all\n".as_slice()] {
+        let mut p = parts(file.path());
+        p.iter_mut().find(|(n, _)| n == "keys.age").unwrap().1 = garbage.to_vec();
+        let broken = TestFile::new("share-keys");
+        write_parts(broken.path(), &p);
+        let out = phyllome_stdin_env(
+            &["import", broken.path(), "--name", &target.0, "--passphrase-stdin", "--json"],
+            &format!("{PASS}\n"),
+            &[],
+        );
+        let (code, _, msg) = refused(out);
+        assert_eq!(code, 3, "{msg}");
+        assert!(msg.contains("keys.age") && msg.contains("damaged"), "{msg}");
+        assert!(!msg.contains("upgrading") && !msg.contains("age file"), "{msg}");
+        nothing_made(&target.0);
+    }
+}

@@ -289,3 +289,54 @@ fn a_real_hybrid_iso_boots_the_guest_through_ovmf_and_through_seabios_and_the_fo
         .unwrap();
     assert_eq!(err_json(&out)["kind"], "invalid-input", "no path may leave the folder");
 }
+
+#[test]
+fn a_fifo_is_refused_at_once_and_a_missing_file_is_not_found_everywhere() {
+    let s = Scratch::new("iso-kinds");
+    let bin = env!("CARGO_BIN_EXE_phyllome");
+    let fifo = s.path("pipe.iso");
+    run(Command::new("mkfifo").arg(&fifo));
+    let folder = s.path("isos");
+    // A FIFO with no writer: opening it for reading would wait forever. Both are refused at once.
+    for args in [vec!["iso", "inspect", "--json"], vec!["iso", "add", "--json", "--dir", folder.to_str().unwrap()]] {
+        let started = std::time::Instant::now();
+        let mut child = Command::new(bin)
+            .args(&args)
+            .arg(&fifo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} on a FIFO still waits after 10 s");
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let e = err_json(&out);
+        assert_eq!(e["kind"], "invalid-input", "{e}");
+        assert!(e["error"].as_str().unwrap().contains("not a regular file"), "{e}");
+    }
+    // A missing file: not found (4), from inspect, add and create alike.
+    let missing = s.path("none.iso");
+    let inspect = Command::new(bin).args(["iso", "inspect", "--json"]).arg(&missing).output().unwrap();
+    let add = Command::new(bin).args(["iso", "add", "--json", "--dir"]).arg(&folder).arg(&missing).output().unwrap();
+    let vm = TestVm::new("iso-missing");
+    let create = Command::new(bin)
+        .env("PHYLLOME_CONNECT", URI)
+        .args(["create", &vm.0, "--os", "linux", "--network", "none", "--json", "--iso"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    for (what, out) in [("iso inspect", &inspect), ("iso add", &add), ("create --iso", &create)] {
+        assert_eq!(out.status.code(), Some(4), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(err_json(out)["kind"], "not-found", "{what}");
+        assert!(err_json(out)["error"].as_str().unwrap().contains("does not exist"), "{what}: {:?}", err_json(out));
+    }
+    assert!(!vm.exists());
+    assert!(!folder.exists() || std::fs::read_dir(&folder).unwrap().next().is_none(), "nothing was added");
+}

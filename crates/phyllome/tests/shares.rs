@@ -142,3 +142,88 @@ fn a_guest_reads_a_read_only_share_writes_a_writable_one_and_cannot_leave_it() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(ok(phyllome(&["share", "list", &vm.0, "--json"])).trim(), "[]", "refusals changed nothing");
 }
+
+/// A directory pool outside libvirt's own folders, with one volume; removed with its folder on drop.
+struct OutsidePool {
+    name: String,
+    base: PathBuf,
+}
+
+impl Drop for OutsidePool {
+    fn drop(&mut self) {
+        virsh(&["vol-delete", "disk.qcow2", "--pool", &self.name]);
+        virsh(&["pool-destroy", &self.name]);
+        virsh(&["pool-undefine", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+#[test]
+fn folders_at_or_above_a_pool_volume_and_the_hosts_system_folders_are_refused() {
+    require_libvirt();
+    let pid = std::process::id();
+    let base = PathBuf::from(format!("/var/tmp/{PREFIX}guard-{pid}"));
+    let pool_dir = base.join("vms/pool");
+    let other = base.join("data");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let pool = OutsidePool { name: format!("{PREFIX}guard-{pid}"), base: base.clone() };
+    virsh_ok(&["pool-define-as", &pool.name, "dir", "--target", pool_dir.to_str().unwrap()]);
+    virsh_ok(&["pool-start", &pool.name]);
+    virsh_ok(&["vol-create-as", &pool.name, "disk.qcow2", "1M", "--format", "qcow2"]);
+    // A VM whose disk is that pool volume, as Phyllome's own disks are (<source pool=... volume=...>).
+    let dom = TestDomain::adopt(&format!("{PREFIX}guard-{pid}"));
+    let xml = format!(
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+         <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source pool='{}' volume='disk.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        dom.name, pool.name
+    );
+    let file = base.join("dom.xml");
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+
+    let refused_dirs = [
+        pool_dir.display().to_string(),
+        base.join("vms").display().to_string(),
+        base.display().to_string(),
+        "/usr".into(),
+        "/usr/share".into(),
+        "/bin".into(),
+        "/lib".into(),
+        "/opt".into(),
+        "/var".into(),
+        "/proc".into(),
+        "/sys".into(),
+        "/dev".into(),
+        "/run/libvirt".into(),
+        "/run".into(),
+    ];
+    for dir in &refused_dirs {
+        if !Path::new(dir).exists() {
+            continue;
+        }
+        let out = phyllome(&["share", "add", &dom.name, dir, "--writable", "--json"]);
+        assert_eq!(out.status.code(), Some(3), "{dir} must be refused: {}", String::from_utf8_lossy(&out.stdout));
+        let e: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+        assert!(e["error"].as_str().unwrap().contains("--force"), "{e}");
+    }
+    let e: serde_json::Value =
+        serde_json::from_slice(&phyllome(&["share", "add", &dom.name, pool_dir.to_str().unwrap(), "--json"]).stderr)
+            .unwrap();
+    assert!(e["error"].as_str().unwrap().contains("holds the VM disk"), "{e}");
+    assert_eq!(ok(phyllome(&["share", "list", &dom.name, "--json"])).trim(), "[]", "refusals changed nothing");
+    // A folder beside the disk's is fine.
+    let added: serde_json::Value = serde_json::from_str(&ok(phyllome(&[
+        "share",
+        "add",
+        &dom.name,
+        other.to_str().unwrap(),
+        "--writable",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(added["dir"], other.display().to_string());
+}

@@ -328,7 +328,7 @@ fn bad_input_and_failures_leave_the_vm_as_it_was() {
     let (c, k, err) = refused(phyllome(&["snapshot", "create", &vm.0, "full", "--json"]));
     let listing: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
     Command::new("umount").arg(&dir).status().unwrap();
-    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert_eq!((c, k.as_str()), (8, "no-space"), "{err}");
     assert!(err.contains("not enough space"), "{err}");
     assert!(listing.is_empty(), "a full disk left {listing:?}");
     nothing_half_made(&id);
@@ -515,7 +515,7 @@ fn a_revert_killed_while_staging_or_short_of_space_leaves_no_copy_behind() {
     let st = Command::new("fallocate").args(["-l", &size.to_string()]).arg(&filler).status().unwrap();
     assert!(st.success());
     let (c, k, err) = refused(phyllome(&["snapshot", "revert", &vm.0, "one", "--json"]));
-    assert_eq!((c, k.as_str()), (3, "invalid-input"), "{err}");
+    assert_eq!((c, k.as_str()), (8, "no-space"), "{err}");
     assert!(err.contains("not enough space") && err.contains("to stage the revert"), "{err}");
     assert!(!staged.exists(), "a refused revert left its copy");
     assert_eq!(std::fs::metadata(&disk).unwrap().ino(), ino, "the disk was replaced");

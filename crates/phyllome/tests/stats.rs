@@ -6,6 +6,14 @@ mod web_common;
 use std::process::Command;
 use web_common::*;
 
+/// One test at a time: each measures guests that spin a CPU, and two at once on a small host
+/// would measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn create(vm: &TestVm, cmdline: &str) {
     require_guest();
     let out = phyllome()
@@ -42,6 +50,7 @@ fn metric(text: &str, name: &str, vm: &str) -> Option<f64> {
 
 #[test]
 fn a_busy_guest_and_an_idle_one_are_told_apart_by_stats_api_and_metrics() {
+    let _one = one_at_a_time();
     let busy = TestVm::new("stats-busy");
     let idle = TestVm::new("stats-idle");
     create(&busy, "phyllome.test=busy");
@@ -195,4 +204,153 @@ fn a_busy_guest_and_an_idle_one_are_told_apart_by_stats_api_and_metrics() {
     let st = s.get(&format!("/api/v1/vms/{}/stats", stopped.0));
     assert_eq!(st.status, 200, "a VM that exists but never ran has an empty history");
     assert!(st.json()["current"].is_null());
+}
+
+/// A VM's QEMU stopped with SIGSTOP (it takes no command, libvirtd still answers), and
+/// continued on drop, before the VM's own guard removes it.
+struct Stopped(u32);
+
+impl Stopped {
+    fn qemu_of(vm: &TestVm) -> Stopped {
+        let pid: u32 =
+            std::fs::read_to_string(format!("/run/libvirt/qemu/{}.pid", vm.0)).unwrap().trim().parse().unwrap();
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// `phyllome ARGS` that must end within `secs`; its output.
+fn bounded(args: &[&str], secs: u64) -> std::process::Output {
+    let mut child = phyllome()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("phyllome {args:?} did not answer within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_stuck_vm_is_reported_as_such_and_the_others_are_served() {
+    let _one = one_at_a_time();
+    let frozen = TestVm::new("stats-frozen");
+    let other = TestVm::new("stats-other");
+    create(&frozen, "");
+    create(&other, "phyllome.test=busy");
+    wait_for("the frozen guest's shell", 120, || serial_log(&frozen.0).contains("PHYLLOME-READY"));
+    wait_for("the other guest's load", 120, || serial_log(&other.0).contains("PHYLLOME-BUSY"));
+    let stop = Stopped::qemu_of(&frozen);
+
+    // The CLI: within a bound, the stuck VM said so, the other one measured.
+    let out = bounded(&["stats", "--json", "--interval", "2"], 20);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (s, o) = (vm(&r, &frozen.0), vm(&r, &other.0));
+    assert_eq!(s["state"], "stuck", "{s}");
+    assert!(s["disk"]["write_bytes_per_sec"].is_null() && s["disk"]["written_bytes"].is_null(), "{s}");
+    assert_eq!(o["state"], "running", "{o}");
+    assert!(f(&o["cpu_percent"]) > 10.0 && f(&o["disk"]["write_bytes_per_sec"]) > 1e5, "{o}");
+    let out = bounded(&["stats", &frozen.0, &other.0, "--interval", "0.5"], 20);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with(&frozen.0) && l.contains("stuck")), "{text}");
+    assert!(text.contains(&format!("stuck: {}: its QEMU has not answered", frozen.0)), "{text}");
+
+    // The server: /metrics answers with the other VM's series and the stuck one marked; so does the API.
+    let server = Server::start(&[]);
+    let out = phyllome().args(["user", "token", USER, "--metrics", "--state-dir"]).arg(&server.state).output().unwrap();
+    let token = format!("Bearer {}", String::from_utf8_lossy(&out.stdout).trim());
+    let mut last = String::new();
+    wait_for("/metrics with both VMs", 30, || {
+        let r = server.request("GET", "/metrics", &[("Authorization", &token)], None);
+        last = r.text();
+        r.status == 200
+            && metric(&last, "phyllome_vm_stuck", &frozen.0) == Some(1.0)
+            && metric(&last, "phyllome_vm_disk_written_bytes_total", &other.0).is_some()
+    });
+    assert_eq!(metric(&last, "phyllome_vm_stuck", &other.0), Some(0.0), "{last}");
+    assert!(metric(&last, "phyllome_vm_cpu_seconds_total", &other.0).is_some(), "{last}");
+    // For 10 s, every scrape answers 200 and the other VM's figures go on.
+    let s = server.admin();
+    for _ in 0..10 {
+        let m = server.request("GET", "/metrics", &[("Authorization", &token)], None);
+        assert_eq!(m.status, 200, "{}", m.text());
+        let st = s.get("/api/v1/stats");
+        assert_eq!(st.status, 200, "{}", st.text());
+        let v = st.json();
+        assert_eq!(vm(&v, &frozen.0)["state"], "stuck", "{v}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let rates = s.get("/api/v1/stats").json();
+    assert!(f(&vm(&rates, &other.0)["cpu_percent"]) > 10.0, "{rates}");
+
+    // Continued, it answers again.
+    drop(stop);
+    wait_for("the VM to answer again", 30, || {
+        let v = s.get("/api/v1/stats").json();
+        v["vms"].as_array().is_some_and(|l| l.iter().any(|x| x["name"] == frozen.0.as_str() && x["state"] == "running"))
+    });
+}
+
+#[test]
+fn vms_coming_and_going_never_turn_a_scrape_into_503() {
+    let _one = one_at_a_time();
+    let server = Server::start(&["--log-level", "debug"]);
+    let out = phyllome().args(["user", "token", USER, "--state-dir"]).arg(&server.state).output().unwrap();
+    let token = format!("Bearer {}", String::from_utf8_lossy(&out.stdout).trim());
+    wait_for("the first sample", 20, || {
+        server.request("GET", "/api/v1/stats", &[("Authorization", &token)], None).status == 200
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, auth, stop) = (server.addr.clone(), token.clone(), std::sync::Arc::clone(&done));
+    let scraper = std::thread::spawn(move || {
+        let mut seen = vec![];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for path in ["/metrics", "/api/v1/stats"] {
+                let r = http(&addr, "GET", path, &[("Authorization", &auth)], None);
+                seen.push((path, r.status, r.text()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        seen
+    });
+    for i in 0..3 {
+        let vm = TestVm::new(&format!("stats-churn-{i}"));
+        create(&vm, "");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        // The last one goes slowly: its QEMU stopped, libvirt holds the VM for the 10 s its SIGTERM
+        // waits before SIGKILL, and every VM's statistics wait for it meanwhile.
+        let _stopped = (i == 2).then(|| Stopped::qemu_of(&vm));
+        let out = phyllome().args(["kill", &vm.0]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = phyllome().args(["delete", &vm.0]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = scraper.join().unwrap();
+    let bad: Vec<_> = seen.iter().filter(|(_, status, _)| *status != 200).collect();
+    assert!(seen.len() > 40, "only {} scrapes", seen.len());
+    let log: Vec<String> = server.log_text().lines().filter(|l| l.contains("stats sample")).map(String::from).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} scrapes failed: {:?}\n{}",
+        bad.len(),
+        seen.len(),
+        &bad[..bad.len().min(5)],
+        log.join("\n")
+    );
 }

@@ -86,3 +86,32 @@ fn web_ui_in_chromium_login_create_console_stop_delete() {
     assert!(shares_left.is_empty(), "the shares step left its folder: {shares_left:?}");
     assert!(!server.log_text().contains(PASSWORD));
 }
+
+#[test]
+fn web_ui_create_offers_secure_boot_and_the_console_points_to_serial() {
+    require_guest();
+    browser_dir();
+    let server = Server::start(&[]);
+    // Made through the UI with Secure Boot switched on (not started).
+    let secure = TestVm::new("web-sb");
+    // A guest whose kernel writes only to its serial port: a black screen.
+    let serial = TestVm::new("web-serial");
+    let out = phyllome()
+        .args(["create", &serial.0, "--os", "linux", "--memory", "512M", "--disk-size", "4G", "--network", "none"])
+        .args(["--kernel", &format!("{GUEST}/vmlinuz"), "--initrd", &format!("{GUEST}/initrd.img")])
+        .args(["--cmdline", "console=ttyS0 panic=-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out_dir = artifacts().join("create-console");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let config = serde_json::json!({
+        "url": server.url, "user": USER, "password": PASSWORD, "artifacts": out_dir,
+        "secureBootVm": secure.0, "serialVm": serial.0,
+    });
+    run_browser(&server, "create-console.test.mjs", &config);
+    // What the switch asked for is what libvirt has: secure-boot firmware with Microsoft keys.
+    let xml = virsh_ok(&["dumpxml", "--inactive", &secure.0]);
+    assert!(xml.contains("<feature enabled='yes' name='secure-boot'/>"), "{xml}");
+    assert!(xml.contains("<feature enabled='yes' name='enrolled-keys'/>"), "{xml}");
+}

@@ -166,3 +166,125 @@ fn uploads_stream_to_disk_with_constant_memory_and_refusals_leave_nothing() {
     assert!(files(&folder.0).is_empty());
     let _ = std::fs::remove_dir_all(iso.parent().unwrap());
 }
+
+/// A small tmpfs mounted on a folder of its own, unmounted and removed however the test ends.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(tag: &str, mib: u64) -> SmallFs {
+        let dir = temp_dir(tag);
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot mount a tmpfs at {}", dir.display());
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn concurrent_uploads_hold_their_space_and_a_full_disk_is_a_clean_507() {
+    // An ISO's volume descriptors (xorriso), then zeros: an image that reads as an ISO.
+    let src = temp_dir("media-head");
+    std::fs::create_dir_all(src.join("tree")).unwrap();
+    std::fs::write(src.join("tree/README.TXT"), "hello\n").unwrap();
+    let iso = src.join("head.iso");
+    let made = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "Debian 12.8.0 amd64 n", "-o"])
+        .arg(&iso)
+        .arg(src.join("tree"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let head = std::fs::read(&iso).unwrap()[..65536].to_vec();
+    let fs = SmallFs::mount("media-small", 128);
+    let state = temp_dir("media-small-state");
+    assert!(add_user(&state, USER, PASSWORD).status.success());
+    let server = Server::start_with_media(&state, &fs.0, &[]);
+    let auth = token(&server);
+
+    // Three 50 MiB uploads at once into 128 MiB (64 MiB of it kept spare): each holds the head of its
+    // request for a second, so all three are checked before any byte lands. One fits; the others are
+    // refused for space before writing, naming the reserve and what the others hold.
+    let len = 50u64 << 20;
+    let uploads: Vec<_> = (0..3)
+        .map(|i| {
+            let (addr, auth, head) = (server.addr.clone(), auth.clone(), head.clone());
+            std::thread::spawn(move || {
+                put_stream(&addr, &format!("/api/v1/media/up{i}.iso"), &auth, len, |at, b| {
+                    if at == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1500));
+                    }
+                    b.fill(0);
+                    if at == 0 {
+                        b[..head.len()].copy_from_slice(&head);
+                    }
+                })
+            })
+        })
+        .collect();
+    let answers: Vec<Resp> = uploads.into_iter().map(|t| t.join().unwrap()).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    let bodies: Vec<String> = answers.iter().map(Resp::text).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?} {bodies:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 507).count(), 2, "{statuses:?} {bodies:?}");
+    for r in answers.iter().filter(|r| r.status == 507) {
+        let v = r.json();
+        assert_eq!(v["kind"], "no-space", "the refusal's kind matches its status: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("spare") && msg.contains("held for the copies under way"), "{msg}");
+        assert!(!msg.contains(".part"), "{msg}");
+    }
+    let landed: Vec<String> = files(&fs.0);
+    assert_eq!(landed.len(), 1, "one ISO and no partial file: {landed:?}");
+    std::fs::remove_file(fs.0.join(&landed[0])).unwrap();
+
+    // A refusal for space: its own kind, the reserve named (1 MiB does not fit in 64 MiB spare... of 64 MiB).
+    let filler = fs.0.join(".filler");
+    let free_now = |p: &Path| {
+        let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(p).output().unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut it = t.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        it.next().unwrap() * it.next().unwrap()
+    };
+    std::fs::write(&filler, vec![1u8; (free_now(&fs.0) - (64 << 20)) as usize]).unwrap();
+    let r = put_stream(&server.addr, "/api/v1/media/small.iso", &auth, 1 << 20, |_, b| b.fill(0));
+    assert_eq!(r.status, 507, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["kind"], "no-space", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("keeps 64 MiB of it spare"), "{v}");
+    std::fs::remove_file(&filler).unwrap();
+
+    // Out of space on the way (something else filled the disk after the check): 507, said cleanly,
+    // and the partial copy is gone.
+    let fill_at = filler.clone();
+    let dir = fs.0.clone();
+    let r = put_stream(&server.addr, "/api/v1/media/late.iso", &auth, 40 << 20, move |at, b| {
+        if at == 0 {
+            // Checked and held by now: fill the disk behind its back.
+            std::thread::sleep(std::time::Duration::from_millis(800));
+            let _ = std::fs::write(&fill_at, vec![1u8; (free_now(&dir) - (4 << 20)) as usize]);
+        }
+        b.fill(0);
+        if at == 0 {
+            b[..head.len()].copy_from_slice(&head);
+        }
+    });
+    assert_eq!(r.status, 507, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["kind"], "no-space", "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("filled up") && !msg.contains(".part") && !msg.contains(&*fs.0.to_string_lossy()), "{msg}");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(files(&fs.0).is_empty(), "no partial file is left: {:?}", files(&fs.0));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&src);
+}

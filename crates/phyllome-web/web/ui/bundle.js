@@ -131,6 +131,7 @@ function hostText(h) {
 function ImportResult({ r }) {
   const changes = r.changes || [];
   const warnings = r.warnings || [];
+  const shares = r.shares || [];
   return html`<div id="import-result" data-testid="import-result" data-dry-run=${r.dry_run ? 'true' : 'false'}
       data-changes=${changes.length} role="status">
     <p class="ok" id="import-summary">${r.dry_run
@@ -145,6 +146,13 @@ function ImportResult({ r }) {
         <td class="mono wrap">${c.to === null || c.to === undefined ? '(none)' : c.to}</td><td class="why">${c.why}</td></tr>`)}</tbody>
     </table>` : html`<p id="import-no-changes" data-testid="import-no-changes">Nothing: this host chooses every
       device as the exporting one did.</p>`}
+    <h3>What of this host it reaches</h3>
+    <ul id="import-reach" data-testid="import-reach" data-shares=${shares.length}>
+      ${shares.length ? shares.map((sh) => html`<li data-dir=${sh.dir}>Host folder <span class="mono">${sh.dir}</span>
+        shared as <span class="mono">${sh.tag}</span>, ${sh.readonly ? 'read-only' : html`<strong>writable</strong>`}</li>`)
+    : html`<li>No host folder is shared with it.</li>`}
+      <li>Network: <span class="mono">${r.network}</span></li>
+    </ul>
     ${warnings.length ? html`<ul class="warnings" id="import-warnings" data-testid="import-warnings">
       ${warnings.map((w) => html`<li>${w}</li>`)}</ul>` : null}
   </div>`;
@@ -162,6 +170,7 @@ export function ImportDialog({ onClose }) {
   const [pass, setPass] = useState('');
   const [name, setName] = useState('');
   const [dryRun, setDryRun] = useState(false);
+  const [force, setForce] = useState(false);
   const [phase, setPhase] = useState('form'); // form | uploading | checking | done | failed
   const [progress, setProgress] = useState({ loaded: 0, total: 0 });
   const [result, setResult] = useState(null);
@@ -188,6 +197,7 @@ export function ImportDialog({ onClose }) {
     const q = new URLSearchParams();
     if (name.trim()) q.set('name', name.trim());
     q.set('dry_run', dry ? 'true' : 'false');
+    if (force) q.set('force', 'true');
     setError('');
     setResult(null);
     setProgress({ loaded: 0, total: file.size });
@@ -276,6 +286,10 @@ export function ImportDialog({ onClose }) {
         <label class="check"><input type="checkbox" id="import-dry-run" data-testid="import-dry-run" name="dry_run"
           checked=${dryRun} onChange=${(e) => setDryRun(e.target.checked)} />
           Dry run: check the bundle and show what would change, make nothing</label>
+        <label class="check"><input type="checkbox" id="import-force" data-testid="import-force" name="force"
+          checked=${force} onChange=${(e) => setForce(e.target.checked)} />
+          Share the bundle's host folders even where adding the share would be refused (the host's own folders,
+          a folder holding a VM's disk)</label>
       </div>
       ${phase === 'form' ? null : html`
         <p id="import-file-summary">${file ? html`<span class="mono">${file.name}</span> (${bytes(file.size)})` : null}</p>

@@ -3,7 +3,7 @@
 // "not running" and connects by itself once the VM runs.
 
 import {
-  html, useState, useEffect, useRef, api, vmPath, wsUrl, wsProtocols, isActive,
+  html, useState, useEffect, useRef, api, vmPath, vmHash, wsUrl, wsProtocols, isActive,
 } from './lib.js';
 
 const NOVNC = '/vendor/novnc/core/rfb.js';
@@ -28,6 +28,24 @@ function Status({ id, status, onRetry, vmName }) {
   </span>`;
 }
 
+// Whether the screen shows nothing: all but a few pixels (a cursor) of one colour.
+function blankScreen(screen) {
+  const c = screen && screen.querySelector('canvas');
+  if (!c || !c.width || !c.height) return false;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const first = (d[0] << 16) | (d[1] << 8) | d[2];
+  let other = 0;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4 * 7) {
+    n += 1;
+    if (((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]) !== first) other += 1;
+  }
+  return other / n < 0.001;
+}
+
+// Seconds of a blank screen after which the console says where the guest's output may be.
+const BLANK_SECS = 5;
+
 export function VncConsole({ name, vm }) {
   const active = isActive(vm);
   const screenRef = useRef(null);
@@ -35,6 +53,24 @@ export function VncConsole({ name, vm }) {
   const [status, setStatus] = useState({ text: active ? 'connecting…' : 'not running' });
   const [connected, setConnected] = useState(false);
   const [attempt, setAttempt] = useState(0);
+  const [blank, setBlank] = useState(false);
+
+  // A guest that writes only to its serial port leaves the screen black: say so, and where to look.
+  useEffect(() => {
+    setBlank(false);
+    if (!connected) return undefined;
+    let since = null;
+    const timer = setInterval(() => {
+      if (!blankScreen(screenRef.current)) {
+        since = null;
+        setBlank(false);
+        return;
+      }
+      since = since || Date.now();
+      if (Date.now() - since >= BLANK_SECS * 1000) setBlank(true);
+    }, 1000);
+    return () => clearInterval(timer);
+  }, [connected]);
 
   useEffect(() => {
     setConnected(false);
@@ -91,6 +127,10 @@ export function VncConsole({ name, vm }) {
       <button type="button" id="ctrl-alt-del" disabled=${!connected}
         onClick=${() => rfbRef.current && rfbRef.current.sendCtrlAltDel()}>Send Ctrl-Alt-Del</button>
     </div>
+    ${connected && blank ? html`<p class="hint" id="console-blank-hint" data-testid="console-blank-hint" role="status">
+      The screen has shown nothing for ${BLANK_SECS} seconds: ${name}'s guest may write only to its serial port
+      (a kernel started with <span class="mono">console=ttyS0</span>, a headless installer).
+      ${' '}<a href=${vmHash(name, 'serial')} id="console-open-serial">Open the serial console</a>.</p>` : null}
     <div id="screen" ref=${screenRef} class=${active ? '' : 'off'}></div>
   </div>`;
 }

@@ -103,7 +103,24 @@ let osCache = null;
 const blankForm = {
   name: '', os: '', memory: '', cpus: '', disk_size: '', iso: '', network: '', encryption: 'secret',
   passphrase: '', passphrase2: '', kernel: '', initrd: '', cmdline: '', start: true,
+  secure_boot: false, drivers: '', disk_bus: '', force: false,
 };
+
+// The Secure Boot switch of an OS (GET /api/v1/os): whether it is on, whether the person may change it, and why.
+export function secureBootOf(p, asked) {
+  if (!p) return { on: !!asked, fixed: false, note: '' };
+  switch (p.secure_boot) {
+    case 'required': return { on: true, fixed: true, note: `always on for ${p.name}: it refuses to install without it` };
+    case 'preferred': return { on: true, fixed: true, note: 'on when this host has secure-boot firmware with Microsoft keys' };
+    case 'off': return {
+      on: !!asked,
+      fixed: false,
+      note: asked ? 'on, with Microsoft keys (for shim-signed kernels): the host needs that firmware'
+        : 'off by default: unsigned kernels and modules just work',
+    };
+    default: return { on: false, fixed: true, note: `${p.name} starts from BIOS, which has no Secure Boot` };
+  }
+}
 
 function Field({ label, wide, children }) {
   return html`<label class=${wide ? 'wide' : ''}>${label} ${children}</label>`;
@@ -231,6 +248,10 @@ export function CreateDialog({ onClose, onOpenVm }) {
       if (String(form[k]).trim()) body[k] = String(form[k]).trim();
     }
     if (String(form.cpus).trim()) body.cpus = Number(form.cpus);
+    if (profile && profile.secure_boot === 'off' && form.secure_boot) body.secure_boot = true;
+    if (form.drivers) body.drivers = form.drivers;
+    if (form.disk_bus) body.disk_bus = form.disk_bus;
+    if (form.force) body.force = true;
     if (form.encryption === 'prompt') {
       if (form.passphrase !== form.passphrase2) {
         setError('The two passphrases differ.');
@@ -273,6 +294,11 @@ export function CreateDialog({ onClose, onOpenVm }) {
   if (form.iso) osChoices.unshift(['', iso && iso.os_name ? `detect from ISO (${iso.os_name})` : 'detect from ISO']);
   const minCpus = profile && profile.min_cpus;
   const busy = phase === 'running';
+  const sb = secureBootOf(profile, form.secure_boot);
+  // Driver discs first (known by their content), then the other ISOs.
+  const driverChoices = files.filter((f) => f.kind === 'iso')
+    .sort((a, b) => Number(!!b.virtio_win) - Number(!!a.virtio_win))
+    .map((f) => [f.name, f.virtio_win ? `${f.name} (driver disc)` : f.name]);
 
   const fields = html`
     <div class="grid">
@@ -295,6 +321,10 @@ export function CreateDialog({ onClose, onOpenVm }) {
         <option value="secret">encrypted (random key)</option>
         <option value="prompt">encrypted (passphrase at each start)</option>
         <option value="none">not encrypted</option></select>` })}
+      ${Field({ label: 'Secure Boot', children: html`<span class="check switch">
+        <input name="secure_boot" type="checkbox" role="switch" id="create-secure-boot" data-testid="create-secure-boot"
+          checked=${sb.on} disabled=${sb.fixed} aria-describedby="create-secure-boot-note" onChange=${set('secure_boot')} />
+        <span class="hint" id="create-secure-boot-note" data-testid="create-secure-boot-note">${sb.note}</span></span>` })}
       ${form.encryption === 'prompt' ? [
         Field({ label: 'Disk passphrase', children: html`<input name="passphrase" type="password" required autocomplete="new-password"
           value=${form.passphrase} onInput=${set('passphrase')} />` }),
@@ -313,6 +343,17 @@ export function CreateDialog({ onClose, onOpenVm }) {
         ${Field({ label: 'Kernel command line', wide: true, children: html`<input name="cmdline" value=${form.cmdline}
           onInput=${set('cmdline')} placeholder="console=ttyS0" />` })}
       </div>
+    </details>
+    <details id="create-more" open=${!!(form.drivers || form.disk_bus || form.force)}>
+      <summary>Drivers, disk bus, size check</summary>
+      <div class="grid">
+        ${Field({ label: 'Driver ISO', children: html`<select name="drivers" value=${form.drivers} onInput=${set('drivers')}>
+          ${Options({ list: driverChoices, blank: '(auto: the ISO folder\'s virtio-win disc, for Windows)' })}</select>` })}
+        ${Field({ label: 'Disk bus', children: html`<select name="disk_bus" value=${form.disk_bus} onInput=${set('disk_bus')}>
+          ${Options({ list: [['virtio', 'virtio'], ['sata', 'SATA (guests without virtio drivers)']], blank: '(the OS\'s choice)' })}</select>` })}
+      </div>
+      <label class="check"><input name="force" type="checkbox" checked=${form.force} onChange=${set('force')} />
+        Create even if the disk is smaller than the OS's usual minimum</label>
     </details>
     <label class="check"><input name="start" type="checkbox" checked=${form.start} onChange=${set('start')} /> Start it once created</label>
     <p class="hint" id="media-hint">${media === null ? 'Reading the ISO folder…'

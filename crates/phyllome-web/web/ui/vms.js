@@ -93,8 +93,10 @@ export function VmActions({ vm, inList, onError, onDeleted, onClone, onExport, o
         title=${`Move ${vm.name} to another host (the check comes first)`}
         onClick=${() => { onError(''); onMigrate(); }}>Migrate</button>` : null}
     ${button('delete', 'Delete', s === 'shut off', 'danger-text')}
-    ${inList ? html`<a class="button" data-action="console" href=${vmHash(vm.name, 'console')}
-        aria-label=${`Console of ${vm.name}`}>Console</a>` : null}
+    ${inList ? html`<button type="button" data-action="console" disabled=${!isActive(vm)}
+        aria-label=${`Console of ${vm.name}`}
+        title=${isActive(vm) ? `The screen of ${vm.name}` : `${vm.name} is ${s}: its screen shows once it runs`}
+        onClick=${() => { location.hash = vmHash(vm.name, 'console'); }}>Console</button>` : null}
   </div>`;
 }
 

@@ -5,7 +5,7 @@ use super::vm::{read_passphrase, Steps};
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::bundle::{self, ImportOptions};
-use phyllome_engine::text::printable;
+use phyllome_engine::text::{printable, printable_lines};
 use phyllome_libvirt::Libvirt;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ pub struct ImportArgs {
     /// Read the passphrase as one line on standard input (the bundle must then be a file).
     #[arg(long)]
     pub passphrase_stdin: bool,
+    /// Share the host folders the bundle names even where `share add` refuses them without --force.
+    #[arg(long)]
+    pub force: bool,
     /// Plan against a recorded host (`phyllome host facts --record DIR`) instead of this one; with --dry-run.
     #[arg(long, value_name = "DIR", requires = "dry_run", hide = true)]
     pub host_facts: Option<PathBuf>,
@@ -196,7 +199,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
     };
     let steps = Steps::new(&format!("import {}", a.bundle));
     let report = reporter(&steps);
-    let opts = ImportOptions { name: a.name.clone(), passphrase: &pass, dry_run: a.dry_run, host };
+    let opts = ImportOptions { name: a.name.clone(), passphrase: &pass, dry_run: a.dry_run, host, force: a.force };
     let imported = bundle::import(&lv, &mut input, total, &opts, &report)?;
     drop(report);
     drop(steps);
@@ -205,6 +208,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
         return Ok(());
     }
     print!("{}", bundle::render_changes(&imported.source, &imported.here, &imported.changes));
+    print!("{}", bundle::render_reach(&imported));
     if a.explain {
         println!("every choice on this host:");
         for c in &imported.choices {
@@ -219,11 +223,17 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
             if !a.explain {
                 println!("domain XML for this host (--explain says why for each device):");
             }
-            print!("{x}");
+            // Built from the bundle's manifest (a kernel command line...): escaped, line by line.
+            print!("{}", printable_lines(x));
         }
         println!("dry run: every part matches its checksum; nothing was made");
     } else {
-        println!("imported {} ({}): start it with `phyllome start {}`", imported.name, imported.os, imported.name);
+        println!(
+            "imported {} ({}): start it with `phyllome start {}`",
+            printable(&imported.name),
+            printable(&imported.os),
+            printable(&imported.name)
+        );
     }
     Ok(())
 }

@@ -49,8 +49,7 @@ pub enum IsoCommand {
 pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
     match cmd {
         IsoCommand::Inspect { file, json } => {
-            let info = iso::inspect(&file)
-                .map_err(|e| isodir::IsoDirError::NotIso(file.display().to_string(), e.to_string()))?;
+            let info = isodir::inspect(&file)?;
             let d = iso::detect(&info);
             if json {
                 let v = serde_json::json!({

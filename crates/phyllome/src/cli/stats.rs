@@ -156,7 +156,17 @@ pub fn table(r: &StatsReport) -> String {
         let names: Vec<_> = silent.iter().map(|v| printable(&v.name).into_owned()).collect();
         out.push_str(&format!("memory used unknown for {}: {}\n", names.join(", "), stats::NO_GUEST_MEMORY));
     }
+    if let Some(line) = stuck_line(r) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
+}
+
+/// The VMs whose QEMU does not answer, and what that means, when there are some.
+fn stuck_line(r: &StatsReport) -> Option<String> {
+    let stuck: Vec<_> = r.vms.iter().filter(|v| v.state == "stuck").map(|v| printable(&v.name).into_owned()).collect();
+    (!stuck.is_empty()).then(|| format!("stuck: {}: {}", stuck.join(", "), stats::STUCK))
 }
 
 /// Aligns rows in columns (the name left, figures right), each line cut to `width` characters.
@@ -299,6 +309,7 @@ fn draw(r: &StatsReport, by: SortBy) -> std::io::Result<()> {
         text.push("no VM is running".into());
     } else {
         text.extend(layout(&rows, cols));
+        text.extend(stuck_line(r).map(|l| l.chars().take(cols).collect()));
     }
     let mut out = std::io::stdout();
     queue!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;

@@ -123,6 +123,7 @@ impl VmArgs {
                 Encryption::Secret
             }),
             pool: Some(self.pool.clone()),
+            share_force: false,
         }
     }
 }

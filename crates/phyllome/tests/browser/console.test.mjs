@@ -301,6 +301,7 @@ try {
       return s && s.colours >= 2 && s.other > 0.002 && s.top > 0.002 ? s : null;
     });
     console.log(`  canvas ${stats.width}x${stats.height}, ${stats.colours} colours, ${(stats.other * 100).toFixed(2)} % off-background (${(stats.top * 100).toFixed(2)} % in the top three text lines)`);
+    assert(!(await page.$('[data-testid=console-blank-hint]')), 'a screen with the guest on it is said to be blank');
     await shot('07-console');
   });
 
@@ -421,7 +422,14 @@ try {
   });
 
   await step('a stopped VM\'s console, serial console and usage say "not running"', async () => {
-    await clickRowButton(cfg.vm, 'console');
+    // The list offers no console for it; its page's Console tab says why.
+    assert(await page.evaluate((n) => {
+      const tr = [...document.querySelectorAll('#vm-rows tr')].find((r) => r.dataset.vm === n);
+      return tr.querySelector('[data-action="console"]').disabled;
+    }, cfg.vm), "a shut-off VM's Console button is enabled in the list");
+    await clickInRow(cfg.vm, 'td.name a');
+    await page.waitForSelector('#vm-detail #tab-console');
+    await page.click('#tab-console');
     await page.waitForSelector('#screen');
     await waitUntil('the console to say not running', 10, async () => (await text('#console-status')) === 'not running');
     await page.waitForTimeout(500);
