@@ -42,18 +42,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use zeroize::Zeroizing;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(export_vm)).routes(routes!(download_export))
-}
-
-/// The import, outside the 64 KiB body limit.
-pub(super) fn upload_routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(import_vm))
-}
 
 /// How long a download ticket stays valid.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -164,7 +153,7 @@ pub struct ExportTicket {
     responses((status = 201, body = ExportTicket),
         (status = 422, description = "this VM cannot be exported (several disks, a typed passphrase...)", body = ErrorBody),
         (status = 429, description = "too many download links outstanding: use one or wait a minute", body = ErrorBody)))]
-async fn export_vm(
+pub(super) async fn export_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -241,7 +230,7 @@ fn file_name(vm: &str) -> String {
     responses((status = 200, description = "the bundle (a tar stream)", content_type = "application/octet-stream",
         body = Vec<u8>),
         (status = 507, description = "no space in the pool to stage the re-encrypted disk", body = ErrorBody)))]
-async fn download_export(
+pub(super) async fn download_export(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(token): Name,
@@ -369,7 +358,7 @@ fn passphrase_of(headers: &HeaderMap) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         (status = 411, body = ErrorBody),
         (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody),
         (status = 507, description = "no space to stage the bundle", body = ErrorBody)))]
-async fn import_vm(
+pub(super) async fn import_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     query: Result<Query<ImportQuery>, QueryRejection>,

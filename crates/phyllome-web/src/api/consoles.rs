@@ -12,12 +12,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use std::sync::Arc;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(console)).routes(routes!(serial))
-}
 
 fn upgrade_required() -> ApiError {
     ApiError::new(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket (version 13) endpoint")
@@ -33,7 +27,7 @@ enum Vnc {
 #[utoipa::path(get, operation_id = "console", path = "/api/v1/vms/{name}/console", tag = "vms", params(("name" = String, Path)),
     responses((status = 101, description = "switching to the WebSocket protocol"),
         (status = 409, body = crate::http::ErrorBody, description = "the VM is not running, or has no display it can reach")))]
-async fn console(
+pub(super) async fn console(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -83,7 +77,7 @@ async fn console(
 #[utoipa::path(get, operation_id = "serial", path = "/api/v1/vms/{name}/serial", tag = "vms", params(("name" = String, Path)),
     responses((status = 101, description = "switching to the WebSocket protocol"),
         (status = 409, body = crate::http::ErrorBody, description = "the VM is not running")))]
-async fn serial(
+pub(super) async fn serial(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,

@@ -16,25 +16,11 @@ use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new()
-        .routes(routes!(openapi))
-        .routes(routes!(list_os))
-        .routes(routes!(get_os))
-        .routes(routes!(list_networks))
-        .routes(routes!(host_check))
-        .routes(routes!(list_devices))
-        .routes(routes!(host_stats))
-        .routes(routes!(vm_stats))
-}
 
 /// This document.
 #[utoipa::path(get, operation_id = "getOpenApi", path = "/api/v1/openapi.json", tag = "meta",
     responses((status = 200, body = Object, content_type = "application/json")))]
-async fn openapi(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn openapi(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], app.openapi.clone()).into_response()
 }
 
@@ -60,7 +46,7 @@ pub struct OsRow {
 
 /// The guest OS catalog.
 #[utoipa::path(get, operation_id = "listOs", path = "/api/v1/os", tag = "catalog", responses((status = 200, body = Vec<OsRow>)))]
-async fn list_os() -> Json<Vec<OsRow>> {
+pub(super) async fn list_os() -> Json<Vec<OsRow>> {
     Json(
         catalog::profiles()
             .iter()
@@ -94,7 +80,7 @@ async fn list_os() -> Json<Vec<OsRow>> {
 /// One guest OS model: its devices and why.
 #[utoipa::path(get, operation_id = "getOs", path = "/api/v1/os/{id}", tag = "catalog", params(("id" = String, Path)),
     responses((status = 200, body = Object)))]
-async fn get_os(Name(id): Name) -> ApiResult<Response> {
+pub(super) async fn get_os(Name(id): Name) -> ApiResult<Response> {
     match catalog::profile(&id) {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown OS id {id:?}"))),
@@ -113,7 +99,7 @@ pub struct NetworkRow {
 
 /// libvirt's networks, and which are active (create offers those only).
 #[utoipa::path(get, operation_id = "listNetworks", path = "/api/v1/networks", tag = "host", responses((status = 200, body = Vec<NetworkRow>)))]
-async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<NetworkRow>>> {
+pub(super) async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<NetworkRow>>> {
     let v = blocking(&app, |_, lv| {
         Ok(lv.networks()?.into_iter().map(|(name, active, forward)| NetworkRow { name, active, forward }).collect())
     })
@@ -123,7 +109,7 @@ async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<Networ
 
 /// Is this host ready to run guests well (the `phyllome check` report).
 #[utoipa::path(get, operation_id = "hostCheck", path = "/api/v1/host/check", tag = "host", responses((status = 200, body = Object)))]
-async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
+pub(super) async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
     let report = blocking(&app, |app, lv| {
         let inputs = hostinfo::check_inputs(Ok(lv), &app.config.uri);
         Ok(check::run(Path::new("/"), &inputs))
@@ -134,7 +120,7 @@ async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
 
 /// PCI and USB devices and whether each can be passed through (`phyllome devices`).
 #[utoipa::path(get, operation_id = "listDevices", path = "/api/v1/devices", tag = "host", responses((status = 200, body = Object)))]
-async fn list_devices() -> ApiResult<Json<serde_json::Value>> {
+pub(super) async fn list_devices() -> ApiResult<Json<serde_json::Value>> {
     let v = tokio::task::spawn_blocking(|| {
         let inv = phyllome_host::devices::read_devices(Path::new("/"));
         let mut v = serde_json::to_value(&inv).unwrap_or_default();
@@ -159,7 +145,7 @@ const NO_STATS: &str =
 /// from the server's latest sample (taken every second).
 #[utoipa::path(get, operation_id = "getStats", path = "/api/v1/stats", tag = "stats",
     responses((status = 200, body = phyllome_engine::stats::StatsReport)))]
-async fn host_stats(State(app): State<Arc<App>>) -> ApiResult<Response> {
+pub(super) async fn host_stats(State(app): State<Arc<App>>) -> ApiResult<Response> {
     match app.stats.report() {
         Some(r) => Ok(Json(&*r).into_response()),
         None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, NO_STATS)),
@@ -169,7 +155,7 @@ async fn host_stats(State(app): State<Arc<App>>) -> ApiResult<Response> {
 /// One VM's last ten minutes, a point a second (the UI's charts), and its figures now.
 #[utoipa::path(get, operation_id = "getVmStats", path = "/api/v1/vms/{name}/stats", tag = "stats",
     params(("name" = String, Path)), responses((status = 200, body = crate::stats::History)))]
-async fn vm_stats(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Response> {
+pub(super) async fn vm_stats(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Response> {
     if let Some(h) = app.stats.history(&name) {
         return Ok(Json(h).into_response());
     }

@@ -14,17 +14,6 @@ use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(list_media)).routes(routes!(delete_media))
-}
-
-/// The upload, outside the 64 KiB body limit.
-pub(super) fn upload_routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(upload_media))
-}
 
 /// A file in the ISO folder, by its name (never a path: a web user picks from the folder).
 pub fn media_file(dir: &Path, what: &str, name: &str) -> Result<String, ApiError> {
@@ -135,7 +124,7 @@ fn read_media(dir: &Path) -> MediaList {
 
 /// Files in the host's ISO folder (installer ISOs, kernels, initrds) that create may use.
 #[utoipa::path(get, operation_id = "listMedia", path = "/api/v1/media", tag = "host", responses((status = 200, body = MediaList)))]
-async fn list_media(State(app): State<Arc<App>>) -> ApiResult<Json<MediaList>> {
+pub(super) async fn list_media(State(app): State<Arc<App>>) -> ApiResult<Json<MediaList>> {
     let dir = app.config.media_dir.clone();
     let v = tokio::task::spawn_blocking(move || read_media(&dir))
         .await
@@ -151,7 +140,7 @@ async fn list_media(State(app): State<Arc<App>>) -> ApiResult<Json<MediaList>> {
     params(("name" = String, Path, description = "The file name (made safe; must end in .iso)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = phyllome_engine::isodir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
-async fn upload_media(
+pub(super) async fn upload_media(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -182,7 +171,7 @@ async fn upload_media(
 /// Remove an ISO no VM uses from the host's ISO folder.
 #[utoipa::path(delete, operation_id = "deleteMedia", path = "/api/v1/media/{name}", tag = "host",
     params(("name" = String, Path)), responses((status = 200, body = Object)))]
-async fn delete_media(
+pub(super) async fn delete_media(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,

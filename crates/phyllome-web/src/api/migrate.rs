@@ -18,22 +18,12 @@ use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new()
-        .routes(routes!(list_hosts))
-        .routes(routes!(migrate_check))
-        .routes(routes!(migrate_vm))
-        .routes(routes!(clean_host))
-}
 
 /// The hosts whose VMs the list shows (`local` first, then `phyllome host list`'s, as they were when the server
 /// started) and whether each answers now.
 #[utoipa::path(get, operation_id = "listHosts", path = "/api/v1/hosts", tag = "hosts",
     responses((status = 200, body = Vec<crate::inventory::HostState>)))]
-async fn list_hosts(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_hosts(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], app.inventory.hosts()).into_response()
 }
 
@@ -84,7 +74,7 @@ fn destination(app: &App, to: &str) -> Result<String, ApiError> {
 #[utoipa::path(post, operation_id = "checkMigration", path = "/api/v1/vms/{name}/migrate/check", tag = "hosts",
     params(("name" = String, Path)), request_body = MigrateBody,
     responses((status = 200, body = phyllome_engine::migrate::Checked)))]
-async fn migrate_check(
+pub(super) async fn migrate_check(
     State(app): State<Arc<App>>,
     Name(name): Name,
     JsonBody(b): JsonBody<MigrateBody>,
@@ -109,7 +99,7 @@ async fn migrate_check(
     params(("name" = String, Path)), request_body = MigrateBody,
     responses((status = 200, body = phyllome_engine::migrate::Migrated),
         (status = 422, body = ErrorBody, description = "the check failed: the error names the failed items")))]
-async fn migrate_vm(
+pub(super) async fn migrate_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -164,7 +154,7 @@ pub struct Cleaned {
 /// there removed); one still under way, or a VM defined on both hosts and running here, is only said.
 #[utoipa::path(post, operation_id = "cleanHost", path = "/api/v1/hosts/{name}/clean", tag = "hosts",
     params(("name" = String, Path), CleanQuery), responses((status = 200, body = Cleaned)))]
-async fn clean_host(
+pub(super) async fn clean_host(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,

@@ -13,17 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new()
-        .routes(routes!(login))
-        .routes(routes!(logout))
-        .routes(routes!(session))
-        .routes(routes!(list_tokens))
-        .routes(routes!(revoke_token))
-}
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +48,7 @@ fn cookie_header(app: &App, name: &'static str, value: &str, max_age: Option<Dur
     request_body = LoginBody,
     responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody,
         description = "too many failed logins: retry after Retry-After seconds")))]
-async fn login(
+pub(super) async fn login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -123,7 +112,7 @@ async fn login(
 
 /// End this session.
 #[utoipa::path(post, operation_id = "logout", path = "/api/v1/logout", tag = "session", responses((status = 200, body = Ok_)))]
-async fn logout(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
+pub(super) async fn logout(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
     if let Some(key) = who.session {
         app.auth.sessions.remove(&key);
     }
@@ -134,7 +123,7 @@ async fn logout(State(app): State<Arc<App>>, Extension(who): Extension<Principal
 
 /// Who is logged in, and the CSRF token to send in X-CSRF-Token.
 #[utoipa::path(get, operation_id = "getSession", path = "/api/v1/session", tag = "session", responses((status = 200, body = SessionInfo)))]
-async fn session(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Json<SessionInfo> {
+pub(super) async fn session(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Json<SessionInfo> {
     Json(SessionInfo { user: who.user, csrf: who.csrf, idle_timeout_secs: app.auth.sessions.idle().as_secs() })
 }
 
@@ -151,7 +140,7 @@ pub struct TokenRow {
 
 /// Your API tokens, with when each was made and last used.
 #[utoipa::path(get, operation_id = "listTokens", path = "/api/v1/tokens", tag = "session", responses((status = 200, body = Vec<TokenRow>)))]
-async fn list_tokens(
+pub(super) async fn list_tokens(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
 ) -> ApiResult<Json<Vec<TokenRow>>> {
@@ -170,7 +159,7 @@ async fn list_tokens(
 /// Revoke one of your API tokens.
 #[utoipa::path(delete, operation_id = "revokeToken", path = "/api/v1/tokens/{id}", tag = "session", params(("id" = String, Path)),
     responses((status = 200, body = Ok_)))]
-async fn revoke_token(
+pub(super) async fn revoke_token(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(id): Name,

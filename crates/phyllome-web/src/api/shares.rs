@@ -8,17 +8,11 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(list_shares, add_share)).routes(routes!(remove_share))
-}
 
 /// A VM's shared folders (virtiofs), as its definition has them.
 #[utoipa::path(get, operation_id = "listShares", path = "/api/v1/vms/{name}/shares", tag = "vms",
     params(("name" = String, Path)), responses((status = 200, body = Vec<phyllome_engine::share::ShareRow>)))]
-async fn list_shares(
+pub(super) async fn list_shares(
     State(app): State<Arc<App>>,
     Name(name): Name,
 ) -> ApiResult<Json<Vec<phyllome_engine::share::ShareRow>>> {
@@ -41,7 +35,7 @@ pub struct ShareBody {
 #[utoipa::path(post, operation_id = "addShare", path = "/api/v1/vms/{name}/shares", tag = "vms",
     params(("name" = String, Path)), request_body = ShareBody,
     responses((status = 200, body = phyllome_engine::share::ShareChange)))]
-async fn add_share(
+pub(super) async fn add_share(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -59,7 +53,7 @@ async fn add_share(
 #[utoipa::path(delete, operation_id = "removeShare", path = "/api/v1/vms/{name}/shares/{tag}", tag = "vms",
     params(("name" = String, Path), ("tag" = String, Path)),
     responses((status = 200, body = phyllome_engine::share::ShareChange)))]
-async fn remove_share(
+pub(super) async fn remove_share(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     axum::extract::Path((name, tag)): axum::extract::Path<(String, String)>,

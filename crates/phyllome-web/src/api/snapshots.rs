@@ -11,20 +11,11 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new()
-        .routes(routes!(list_snapshots, create_snapshot))
-        .routes(routes!(delete_snapshot))
-        .routes(routes!(revert_snapshot))
-}
 
 /// A VM's snapshots, oldest first.
 #[utoipa::path(get, operation_id = "listSnapshots", path = "/api/v1/vms/{name}/snapshots", tag = "snapshots",
     params(("name" = String, Path)), responses((status = 200, body = Vec<phyllome_engine::snapshot::SnapshotInfo>)))]
-async fn list_snapshots(
+pub(super) async fn list_snapshots(
     State(app): State<Arc<App>>,
     Name(name): Name,
 ) -> ApiResult<Json<Vec<phyllome_engine::snapshot::SnapshotInfo>>> {
@@ -49,7 +40,7 @@ pub struct SnapshotBody {
         (status = 200, description = "with Accept: text/event-stream: progress, then done or error",
          content_type = "text/event-stream", body = String),
         (status = 507, description = "not enough space for the snapshot", body = ErrorBody)))]
-async fn create_snapshot(
+pub(super) async fn create_snapshot(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -82,7 +73,7 @@ pub struct RevertBody {
 #[utoipa::path(post, operation_id = "revertSnapshot", path = "/api/v1/vms/{name}/snapshots/{snapshot}/revert",
     tag = "snapshots", params(("name" = String, Path), ("snapshot" = String, Path)), request_body = RevertBody,
     responses((status = 200, body = phyllome_engine::snapshot::Reverted)))]
-async fn revert_snapshot(
+pub(super) async fn revert_snapshot(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -112,7 +103,7 @@ async fn revert_snapshot(
 #[utoipa::path(delete, operation_id = "deleteSnapshot", path = "/api/v1/vms/{name}/snapshots/{snapshot}",
     tag = "snapshots", params(("name" = String, Path), ("snapshot" = String, Path)),
     responses((status = 200, body = Ok_)))]
-async fn delete_snapshot(
+pub(super) async fn delete_snapshot(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     axum::extract::Path((name, snap)): axum::extract::Path<(String, String)>,

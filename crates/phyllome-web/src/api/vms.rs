@@ -27,23 +27,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new()
-        .routes(routes!(events))
-        .routes(routes!(list_vms, create_vm))
-        .routes(routes!(get_vm, delete_vm))
-        .routes(routes!(start_vm))
-        .routes(routes!(stop_vm))
-        .routes(routes!(kill_vm))
-        .routes(routes!(pause_vm))
-        .routes(routes!(resume_vm))
-        .routes(routes!(clone_vm))
-        .routes(routes!(set_autostart))
-        .routes(routes!(vm_manifest))
-}
 
 /// While libvirtd cannot be reached: the last list read, marked stale.
 #[derive(Serialize, ToSchema)]
@@ -61,7 +44,7 @@ pub struct StaleList {
 #[utoipa::path(get, operation_id = "listVms", path = "/api/v1/vms", tag = "vms",
     responses((status = 200, body = Vec<crate::inventory::ListedVm>), (status = 503, body = StaleList,
         description = "this host's libvirtd cannot be reached: the last list read, marked stale")))]
-async fn list_vms(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_vms(State(app): State<Arc<App>>) -> Response {
     let status = app.inventory.status();
     let list = app.inventory.current();
     if status.stale {
@@ -180,7 +163,7 @@ fn spec_from(app: &App, b: &CreateBody) -> Result<(VmSpec, Option<Vec<u8>>), Api
         (status = 422, description = "this host cannot run it (UEFI, TPM, secure-boot firmware...)", body = ErrorBody),
         (status = 200, description = "with Accept: text/event-stream: progress, then created or error",
          content_type = "text/event-stream", body = String)))]
-async fn create_vm(
+pub(super) async fn create_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -216,7 +199,11 @@ pub struct VmPage {
 /// Details of one VM.
 #[utoipa::path(get, operation_id = "getVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = VmPage)))]
-async fn get_vm(State(app): State<Arc<App>>, Name(name): Name, Query(h): Query<HostQuery>) -> ApiResult<Json<VmPage>> {
+pub(super) async fn get_vm(
+    State(app): State<Arc<App>>,
+    Name(name): Name,
+    Query(h): Query<HostQuery>,
+) -> ApiResult<Json<VmPage>> {
     let host = h.name();
     let local = host == LOCAL;
     let page = blocking_on(&app, host, move |_, lv| {
@@ -248,7 +235,7 @@ pub struct DeleteQuery {
 /// Delete a stopped VM with its disk and secrets (keep_disk=true keeps the disk).
 #[utoipa::path(delete, operation_id = "deleteVm", path = "/api/v1/vms/{name}", tag = "vms", params(("name" = String, Path), DeleteQuery),
     responses((status = 200, body = Deleted)))]
-async fn delete_vm(
+pub(super) async fn delete_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -308,7 +295,7 @@ fn action_on(app: &App, host: &str, name: &str, result: &str) -> Action {
 /// Start a VM (a passphrase-locked disk needs `passphrase`).
 #[utoipa::path(post, operation_id = "startVm", path = "/api/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path)),
     request_body(content = StartBody, description = "optional"), responses((status = 200, body = Action)))]
-async fn start_vm(
+pub(super) async fn start_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -332,7 +319,7 @@ async fn start_vm(
 /// Shut a VM down gracefully (ACPI, then the guest agent); `force` powers off at the timeout.
 #[utoipa::path(post, operation_id = "stopVm", path = "/api/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path), HostQuery),
     request_body(content = StopBody, description = "optional"), responses((status = 200, body = Action)))]
-async fn stop_vm(
+pub(super) async fn stop_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -383,7 +370,7 @@ async fn simple(
 /// Power a VM off at once.
 #[utoipa::path(post, operation_id = "killVm", path = "/api/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
-async fn kill_vm(
+pub(super) async fn kill_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -395,7 +382,7 @@ async fn kill_vm(
 /// Pause a running VM.
 #[utoipa::path(post, operation_id = "pauseVm", path = "/api/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
-async fn pause_vm(
+pub(super) async fn pause_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -407,7 +394,7 @@ async fn pause_vm(
 /// Resume a paused VM.
 #[utoipa::path(post, operation_id = "resumeVm", path = "/api/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path), HostQuery),
     responses((status = 200, body = Action)))]
-async fn resume_vm(
+pub(super) async fn resume_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -422,7 +409,7 @@ async fn resume_vm(
 /// any host does, and `logout` when the session ends.
 #[utoipa::path(get, operation_id = "events", path = "/api/v1/events", tag = "vms",
     responses((status = 200, description = "an event stream", content_type = "text/event-stream", body = String)))]
-async fn events(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
+pub(super) async fn events(State(app): State<Arc<App>>, Extension(who): Extension<Principal>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     let mut list = app.inventory.subscribe();
     let mut status = app.inventory.subscribe_status();
@@ -493,7 +480,7 @@ pub struct CloneBody {
     responses((status = 201, body = phyllome_engine::clone::Cloned),
         (status = 200, description = "with Accept: text/event-stream: progress, then done or error",
          content_type = "text/event-stream", body = String)))]
-async fn clone_vm(
+pub(super) async fn clone_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -522,7 +509,7 @@ pub struct AutostartBody {
 /// Turn a VM's autostart on or off.
 #[utoipa::path(put, operation_id = "setAutostart", path = "/api/v1/vms/{name}/autostart", tag = "vms",
     params(("name" = String, Path)), request_body = AutostartBody, responses((status = 200, body = Ok_)))]
-async fn set_autostart(
+pub(super) async fn set_autostart(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -549,7 +536,7 @@ pub struct ManifestOut {
 /// A VM's manifest: what was chosen for it, never host paths or host-derived devices.
 #[utoipa::path(get, operation_id = "vmManifest", path = "/api/v1/vms/{name}/manifest", tag = "vms",
     params(("name" = String, Path)), responses((status = 200, body = ManifestOut)))]
-async fn vm_manifest(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<ManifestOut>> {
+pub(super) async fn vm_manifest(State(app): State<Arc<App>>, Name(name): Name) -> ApiResult<Json<ManifestOut>> {
     let (m, notes) = blocking(&app, move |_, lv| Ok(phyllome_engine::manifest::of_vm(lv, &name)?)).await?;
     Ok(Json(ManifestOut { toml: m.to_toml(&notes), notes }))
 }
