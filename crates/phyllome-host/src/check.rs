@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use phyllome_model::capability::{Version, MIN_LIBVIRT, RECOMMENDED_QEMU};
+use phyllome_model::capability::{MIN_LIBVIRT, RECOMMENDED_QEMU};
+use phyllome_model::Version;
 /// Below this many logical CPUs the host cannot run a guest beside itself.
 pub const MIN_CPUS: u32 = 2;
 pub const RECOMMENDED_CPUS: u32 = 4;

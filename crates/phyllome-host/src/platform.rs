@@ -6,7 +6,7 @@
 //! (each answers at once and exits).
 
 use crate::facts::at;
-use phyllome_model::capability::{Swtpm, Virtiofsd};
+use phyllome_model::platform::{Swtpm, Virtiofsd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 

@@ -2,7 +2,7 @@
 //! each guest OS gets, and why.
 //!
 //! A profile states intent ("virtio disk", "secure boot required"); the
-//! builder (`crate::build`) then adapts that intent to the host (KVM or TCG,
+//! builder (the `build` module) then adapts that intent to the host (KVM or TCG,
 //! firmware, swtpm, render node) and records its own reasons. Every choice
 //! carries its reason as data, so `phyllome os show` and `phyllome xml
 //! --explain` print the same words the code acts on.

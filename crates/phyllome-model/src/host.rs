@@ -4,7 +4,7 @@
 //! recorded fixture); the model only consumes them, so every host-dependent
 //! decision can be tested against recorded hosts without touching one.
 
-use crate::capability::Platform;
+use crate::platform::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -80,7 +80,7 @@ pub struct HostFacts {
     #[serde(default)]
     pub virtio_win_iso: Option<String>,
     /// libvirt's, QEMU's, swtpm's and virtiofsd's versions and abilities: what
-    /// [`crate::capability`] decides features from.
+    /// `capability` decides features from.
     #[serde(default)]
     pub platform: Platform,
 }

@@ -5,6 +5,7 @@
 //! - [`build`]: adapts a profile to a host's facts and a user's request;
 //! - [`domain`]: the typed libvirt domain it produces, rendered by [`xml`];
 //! - [`host`]: the host facts the builder consumes;
+//! - [`platform`]: what the host's libvirt, QEMU, swtpm and virtiofsd are (part of the host facts);
 //! - [`capability`]: what the host's libvirt/QEMU versions can do, decided in one place;
 //! - [`input`]: validation of names, sizes and paths.
 
@@ -16,8 +17,10 @@ pub mod domain;
 pub mod host;
 pub mod hostdev;
 pub mod input;
+pub mod platform;
 pub mod xml;
 
 pub use build::{build, BuildError, DiskRef, Encryption, NetworkChoice, Plan, Request};
-pub use capability::{Feature, Platform, Unsupported, Version};
+pub use capability::{Feature, Unsupported};
 pub use host::{DomainCaps, Host, HostFacts};
+pub use platform::{Platform, Version};

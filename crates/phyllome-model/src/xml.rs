@@ -1,6 +1,6 @@
 //! A minimal XML element tree and writer.
 //!
-//! The typed domain model (`crate::domain`) lowers itself to this tree; the
+//! The typed domain model (the `domain` module) lowers itself to this tree; the
 //! writer escapes every attribute value and text node, so names and paths are
 //! safe whatever characters they contain.
 

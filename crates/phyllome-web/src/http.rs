@@ -17,16 +17,23 @@
 //! (tower-http's header layers, in [`crate::router`]); a span per request
 //! (tower-http's trace layer) records method, route template, status,
 //! duration and user.
+//!
+//! Here too is what every handler (the `api` modules) shares: the error type
+//! and its statuses ([`ApiError`]), the body and path extractors ([`JsonBody`],
+//! [`Name`]), libvirt calls on the blocking pool ([`blocking`]), which host a
+//! VM route acts on (`?host=`, [`host_param`]), and the log's who-did-what.
 
 use crate::auth::Principal;
 use crate::{assets, App};
 use axum::body::Body;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use phyllome_engine::errors::ErrorKind;
+use phyllome_engine::hosts::LOCAL;
+use phyllome_libvirt::Libvirt;
 use std::sync::Arc;
 
 /// A failed request: status, a message for people and the error's class
@@ -350,11 +357,18 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
         let axum::extract::Path(v) = axum::extract::Path::<String>::from_request_parts(parts, s)
             .await
             .map_err(|_| ApiError::bad("the name in the path is not valid UTF-8"))?;
-        if v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control) {
-            return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
-        }
+        check_path_names(&[&v])?;
         Ok(Name(v))
     }
+}
+
+/// Names from a route's path (`{name}`, `{snapshot}`...): any string libvirt
+/// could hold, never an empty one, one over 1024 bytes or one with control characters.
+pub fn check_path_names(values: &[&str]) -> Result<(), ApiError> {
+    if values.iter().any(|v| v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control)) {
+        return Err(ApiError::bad("not a valid name: it is empty, too long, or holds control characters"));
+    }
+    Ok(())
 }
 
 /// Unknown paths (after authentication).
@@ -368,6 +382,122 @@ pub async fn not_found(req: Request<Body>) -> Response {
 
 pub async fn method_not_allowed() -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+// ---- what the handlers share -------------------------------------------------
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs `f` with the libvirt connection on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App, &Libvirt) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking_on(app, LOCAL.to_string(), f).await
+}
+
+/// [`blocking`] with the connection to host `host` (`local`: this host's).
+pub async fn blocking_on<T: Send + 'static>(
+    app: &Arc<App>,
+    host: String,
+    f: impl FnOnce(&App, &Libvirt) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || {
+        let lv = app.libvirt_on(&host)?;
+        f(&app, &lv)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the request's worker failed"))?
+}
+
+/// A host name no configured host has (404).
+pub fn no_such_host(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no host named {} (GET /api/v1/hosts lists them)", shown(name)))
+}
+
+/// `?host=NAME`: which host's VM a route acts on.
+#[derive(serde::Deserialize, utoipa::IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct HostQuery {
+    /// The VM's host: `local` (the default) or a name from GET /api/v1/hosts.
+    host: Option<String>,
+}
+
+impl HostQuery {
+    pub fn name(&self) -> String {
+        self.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| LOCAL.to_string())
+    }
+}
+
+/// The VM routes that act on another host's VM too (`?host=NAME`): the ones
+/// that are libvirt calls only. The others read or write this host's files
+/// (NVRAM, boot files, the journal, the ISO folder) and stay `local`.
+pub const ON_ANY_HOST: &[(&str, &str)] = &[
+    ("GET", "/api/v1/vms/{name}"),
+    ("POST", "/api/v1/vms/{name}/stop"),
+    ("POST", "/api/v1/vms/{name}/kill"),
+    ("POST", "/api/v1/vms/{name}/pause"),
+    ("POST", "/api/v1/vms/{name}/resume"),
+];
+
+/// A route layer: `?host=` names a configured host (else 404), and a VM
+/// route not in [`ON_ANY_HOST`] refuses any host but `local` (422).
+pub async fn host_param(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let host = Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.get("host").cloned())
+        .filter(|h| !h.is_empty() && h != LOCAL);
+    let Some(host) = host else { return next.run(req).await };
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let route = route.unwrap_or_default();
+    if !route.starts_with("/api/v1/vms/{name}") {
+        return next.run(req).await;
+    }
+    if app.host_uri(&host).is_none() {
+        return no_such_host(&host).into_response();
+    }
+    if !ON_ANY_HOST.iter().any(|(m, p)| req.method().as_str() == *m && route == *p) {
+        return ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "this acts on this host's VMs only (host=local): on host {} the API offers the VM's page, stop, \
+                 kill, pause and resume; migrate a VM here to do more",
+                shown(&host)
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Who did what, in the server's log.
+pub fn who_did(who: &Principal, what: &str, name: &str) {
+    tracing::info!("{}: {what} {}", shown(&who.user), shown(name));
+}
+
+/// [`who_did`] on host `host` (named in the log unless it is `local`).
+pub fn who_did_on(who: &Principal, what: &str, name: &str, host: &str) {
+    if host == LOCAL {
+        who_did(who, what, name);
+    } else {
+        tracing::info!("{}: {what} {} on host {}", shown(&who.user), shown(name), shown(host));
+    }
+}
+
+/// Whether the principal's session or token still holds; `touch` restarts a session's idle time.
+pub fn still_valid(app: &App, who: &Principal, touch: bool) -> bool {
+    match (&who.session, &who.token) {
+        (Some(key), _) => app.auth.sessions.get_key(key, touch).is_some(),
+        (None, Some(id)) => app.auth.token_exists(id),
+        (None, None) => false,
+    }
+}
+
+// The answer of a change that has nothing more to say (a plain comment: the API document names it only).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Ok_ {
+    pub ok: bool,
 }
 
 #[cfg(test)]
@@ -437,5 +567,42 @@ mod tests {
         assert_eq!(shown("a\nphyllome serve: root logged in"), "\"a\\nphyllome serve: root logged in\"");
         assert_eq!(shown("\u{1b}[31mred"), "\"\\u{1b}[31mred\"");
         assert_eq!(shown("\u{202e}x"), "\"\u{202e}x\"".replace('\u{202e}', "\\u{202e}"));
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses() {
+        let s = |e: phyllome_engine::vm::VmError| ApiError::from(e).status;
+        assert_eq!(s(VmError::NoSuchVm("x".into())), StatusCode::NOT_FOUND);
+        assert_eq!(s(VmError::Running("x".into())), StatusCode::CONFLICT);
+        assert_eq!(s(VmError::NetworkInactive("default".into())), StatusCode::CONFLICT);
+        assert_eq!(s(VmError::EmptyPassphrase), StatusCode::BAD_REQUEST);
+        use phyllome_engine::bundle::BundleError as B;
+        use phyllome_engine::vm::VmError;
+        let b = |e: B| ApiError::from(e);
+        assert_eq!(
+            (b(B::WrongPassphrase).status, b(B::WrongPassphrase).kind),
+            (StatusCode::BAD_REQUEST, "invalid-input")
+        );
+        assert_eq!(b(B::Truncated("disk.qcow2 ends early".into())).status, StatusCode::BAD_REQUEST);
+        assert_eq!(b(B::Refused("x is running".into())).status, StatusCode::CONFLICT);
+        assert_eq!(b(B::Vm(VmError::NameBusy("x".into()))).status, StatusCode::CONFLICT);
+        assert_eq!(b(B::Vm(VmError::NoSuchVm("x".into()))).status, StatusCode::NOT_FOUND);
+        assert_eq!(b(B::CannotHere("two disks".into())).status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(b(B::Io { path: "p".into(), why: "w".into() }).status, StatusCode::INTERNAL_SERVER_ERROR);
+        // Out of space is 507 with a kind of its own, whichever operation refuses.
+        let full = b(B::NoSpace("pool phyllome has 3 MiB free".into()));
+        assert_eq!((full.status, full.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        use phyllome_engine::isodir::IsoDirError as I;
+        let iso = ApiError::from(I::NoSpace { name: "a.iso".into(), need: 1, free: 64, spare: 64, held: 0 });
+        assert_eq!((iso.status, iso.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        let mid = ApiError::from(I::Full("a.iso".into()));
+        assert_eq!((mid.status, mid.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        assert!(!mid.message.contains(".part"), "{}", mid.message);
+        use phyllome_engine::snapshot::SnapshotError as S;
+        let snap = ApiError::from(S::NoSpace { path: "/x".into(), what: "for the snapshot", need_mib: 9, free_mib: 1 });
+        assert_eq!((snap.status, snap.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
+        let down =
+            phyllome_libvirt::Error { op: "cannot connect to qemu:///system".into(), message: "x".into(), code: 38 };
+        assert_eq!(ApiError::from(down).status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

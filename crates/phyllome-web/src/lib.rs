@@ -2,13 +2,14 @@
 //! over the same engine as the CLI (`phyllome_engine`), so the API refuses
 //! what the CLI refuses.
 //!
-//! - [`api`]: the handlers, each with its OpenAPI entry (utoipa);
-//! - [`http`]: the request pipeline: Host and origin checks, authentication, CSRF;
+//! - [`api`]: the handlers, one module per resource, each with its OpenAPI entry (utoipa);
+//! - [`http`]: the request pipeline (Host and origin checks, authentication, CSRF, `?host=`)
+//!   and what every handler shares: errors, extractors, libvirt on the blocking pool;
+//! - [`job`]: long operations (create, snapshot, clone, migrate) as JSON or as event streams;
 //! - [`openapi`]: what the document adds for every route;
-//! - [`bundle`]: export (a one-time download link, then a stream) and import of VM bundles;
 //! - [`auth`]: accounts, API tokens, sessions, login throttling, hashing slots;
 //! - [`inventory`]: the VM list of every host, kept current by each host's libvirt lifecycle events;
-//! - [`ws`]: the VNC and serial consoles over WebSockets;
+//! - [`ws`]: how the VNC and serial consoles' bytes move over WebSockets;
 //! - [`stats`]: a sample of every running VM a second, for charts and `/metrics`;
 //! - [`tls`]: rustls, with a kept self-signed certificate by default;
 //! - [`assets`]: the UI's files, its libraries and noVNC.
@@ -22,10 +23,10 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
-pub mod bundle;
 pub mod crypto;
 pub mod http;
 pub mod inventory;
+pub mod job;
 pub mod openapi;
 pub mod stats;
 pub mod tls;
@@ -130,7 +131,7 @@ pub struct App {
     pub novnc: Option<PathBuf>,
     pub vendor: Option<PathBuf>,
     /// Export download tickets (passphrases in memory only).
-    pub exports: bundle::Tickets,
+    pub exports: api::bundle::Tickets,
     /// One import at a time (the engine stages imports in a folder named by the process).
     pub imports: Arc<tokio::sync::Semaphore>,
     /// One migration at a time per server.
@@ -164,12 +165,7 @@ impl App {
         if name == phyllome_engine::hosts::LOCAL {
             return Ok(self.libvirt()?);
         }
-        let Some(uri) = self.host_uri(name) else {
-            return Err(http::ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("no host named {} (GET /api/v1/hosts lists them)", http::shown(name)),
-            ));
-        };
+        let Some(uri) = self.host_uri(name) else { return Err(http::no_such_host(name)) };
         let conns = || self.remote.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lv) = conns().get(name).filter(|l| l.is_alive()) {
             return Ok(Arc::clone(lv));
@@ -244,7 +240,7 @@ pub fn router(app_state: impl FnOnce(bytes::Bytes) -> Arc<App>) -> (axum::Router
     let doc = openapi::finish(doc);
     let app = app_state(bytes::Bytes::from(serde_json::to_vec_pretty(&doc).expect("serializable")));
     let api = api
-        .route_layer(from_fn_with_state(Arc::clone(&app), api::host_param))
+        .route_layer(from_fn_with_state(Arc::clone(&app), http::host_param))
         .route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
     let upload = upload.route_layer(from_fn_with_state(Arc::clone(&app), http::csrf));
     let files = axum::Router::new()
@@ -414,7 +410,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Started)) -> Result<(), Serv
             tls: is_tls,
             novnc: novnc2,
             vendor,
-            exports: bundle::Tickets::default(),
+            exports: api::bundle::Tickets::default(),
             imports: Arc::new(tokio::sync::Semaphore::new(1)),
             migrations: Arc::new(tokio::sync::Semaphore::new(1)),
             lv: Mutex::new(None),

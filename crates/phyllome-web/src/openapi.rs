@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document. Its paths and schemas come from the handlers'
-//! `#[utoipa::path]` attributes and their types (see [`crate::api::routes`]);
+//! `#[utoipa::path]` attributes and their types (see `api::routes`);
 //! this module adds what every route shares, from the same rules the
 //! pipeline applies ([`crate::http`]): the security scheme, the CSRF flag
 //! (`x-phyllome-csrf`), and the refusals any route can answer with.

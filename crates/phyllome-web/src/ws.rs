@@ -1,8 +1,8 @@
-//! The consoles in the browser: WebSockets (axum's, over tungstenite) to a
-//! VM's VNC display and to its serial console.
+//! How a console's bytes move between a browser's WebSocket (axum's, over
+//! tungstenite) and a VM (the handlers are `api::consoles`):
 //!
 //! - VNC: the display listens on loopback or a unix socket only (libvirt's
-//!   default); bytes go both ways in binary frames.
+//!   default; [`vnc_target`] reads where); bytes go both ways in binary frames.
 //! - Serial: libvirt's console stream (`virDomainOpenConsole`, as `virsh
 //!   console`), moved by one blocking thread per console.
 //!
@@ -11,16 +11,8 @@
 //! session ends (logout, expiry, user removed) closes with 1008, and one
 //! whose VM stopped with 1000.
 
-use crate::api::{blocking, still_valid};
-use crate::auth::Principal;
-use crate::http::{ApiError, Name};
 use crate::App;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +25,7 @@ pub const MAX_CLIENT_FRAME: usize = 1 << 20;
 /// Bytes read from VNC at a time (one frame each).
 const CHUNK: usize = 256 * 1024;
 /// How often a console asks whether its session still holds.
-const CHECK: Duration = Duration::from_secs(2);
+pub const CHECK: Duration = Duration::from_secs(2);
 
 /// Why a proxied console ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,11 +54,9 @@ fn close_for(e: &axum::Error) -> Message {
     }
 }
 
-fn upgrade_required() -> ApiError {
-    ApiError::new(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket (version 13) endpoint")
-}
-
-fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+/// The WebSocket settings of every console: the `binary` subprotocol, frames and messages of at most
+/// [`MAX_CLIENT_FRAME`] bytes.
+pub fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.protocols(["binary"]).max_frame_size(MAX_CLIENT_FRAME).max_message_size(MAX_CLIENT_FRAME)
 }
 
@@ -158,91 +148,14 @@ async fn watch_session(check: Duration, active: &AtomicBool, alive: impl Fn(bool
     }
 }
 
-enum Vnc {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-/// WebSocket to the VM's VNC display (RFB over binary frames). Browsers send
-/// the CSRF token as the subprotocol `phyllome-csrf.TOKEN` next to `binary`.
-#[utoipa::path(get, operation_id = "console", path = "/api/v1/vms/{name}/console", tag = "vms", params(("name" = String, Path)),
-    responses((status = 101, description = "switching to the WebSocket protocol"),
-        (status = 409, body = crate::http::ErrorBody, description = "the VM is not running, or has no display it can reach")))]
-pub async fn console(
-    State(app): State<Arc<App>>,
-    Extension(who): Extension<Principal>,
-    Name(name): Name,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|_| upgrade_required())?;
-    let target = match app.config.console_override {
-        Some(addr) => VncTarget::Tcp(addr),
-        None => {
-            blocking(&app, move |_, lv| {
-                phyllome_engine::vm::summary(lv, &name)?;
-                let xml = lv.xml(&name)?;
-                vnc_target(&xml).map_err(|e| match e {
-                    VncLookup::None => {
-                        ApiError::new(StatusCode::CONFLICT, format!("{name} is not running (or has no VNC display)"))
-                    }
-                    VncLookup::NotLoopback(a) => ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "{name}'s display listens on {a}; phyllome proxies loopback and unix-socket displays only"
-                        ),
-                    ),
-                })
-            })
-            .await?
-        }
-    };
-    let vnc = match &target {
-        VncTarget::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(|s| {
-            let _ = s.set_nodelay(true);
-            Vnc::Tcp(s)
-        }),
-        VncTarget::Unix(p) => tokio::net::UnixStream::connect(p).await.map(Vnc::Unix),
-    }
-    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot reach the display: {e}")))?;
-    Ok(configure(ws).on_upgrade(move |socket| async move {
-        let alive = |active: bool| still_valid(&app, &who, active);
-        let _ = match vnc {
-            Vnc::Tcp(v) => proxy(socket, v, CHECK, alive).await,
-            Vnc::Unix(v) => proxy(socket, v, CHECK, alive).await,
-        };
-    }))
-}
-
-/// WebSocket to the VM's serial console (raw bytes in binary frames both
-/// ways). Browsers send the CSRF token as the subprotocol `phyllome-csrf.TOKEN`.
-#[utoipa::path(get, operation_id = "serial", path = "/api/v1/vms/{name}/serial", tag = "vms", params(("name" = String, Path)),
-    responses((status = 101, description = "switching to the WebSocket protocol"),
-        (status = 409, body = crate::http::ErrorBody, description = "the VM is not running")))]
-pub async fn serial(
-    State(app): State<Arc<App>>,
-    Extension(who): Extension<Principal>,
-    Name(name): Name,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|_| upgrade_required())?;
-    let n = name.clone();
-    blocking(&app, move |_, lv| {
-        let row = phyllome_engine::vm::row(lv, &n)?;
-        if row.state != "running" && row.state != "paused" {
-            return Err(ApiError::new(StatusCode::CONFLICT, format!("{n} is not running")));
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(configure(ws).on_upgrade(move |socket| async move {
-        let alive = |active: bool| still_valid(&app, &who, active);
-        let _ = serial_proxy(Arc::clone(&app), name, socket, alive).await;
-    }))
-}
-
 /// The serial console: one blocking thread owns the libvirt stream and
 /// moves bytes both ways; the async side moves WebSocket messages.
-async fn serial_proxy(app: Arc<App>, name: String, socket: WebSocket, alive: impl Fn(bool) -> bool + Send) -> Ended {
+pub async fn serial_proxy(
+    app: Arc<App>,
+    name: String,
+    socket: WebSocket,
+    alive: impl Fn(bool) -> bool + Send,
+) -> Ended {
     let (to_ws, mut from_console) = tokio::sync::mpsc::channel::<Bytes>(16);
     let (to_console, mut keys) = tokio::sync::mpsc::channel::<Bytes>(16);
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,7 +1,7 @@
 //! `phyllome export` / `phyllome import`: a VM as one encrypted file, re-tuned where it lands.
 
-use super::snapshot::reporter;
-use super::vm::{read_passphrase, Steps};
+use super::prompt::read_passphrase;
+use super::render::{human, reporter, Steps};
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::bundle::{self, ImportOptions};
@@ -160,7 +160,7 @@ pub fn export(uri: &str, a: ExportArgs) -> Fallible {
     for n in &exported.notes {
         eprintln!("phyllome: {}", printable(n));
     }
-    let size = super::stats::human(exported.bytes as f64);
+    let size = human(exported.bytes as f64);
     match path {
         Some(p) => {
             println!("exported {} to {} ({size}; disk, UEFI variables and TPM state encrypted)", a.name, p.display())

@@ -1,5 +1,6 @@
 //! `phyllome iso inspect|list|add|remove`: install media, and what they hold.
 
+use super::render::{byte_bar, human};
 use super::Fallible;
 use clap::Subcommand;
 use phyllome_engine::hostfiles::here_only_uri;
@@ -7,7 +8,6 @@ use phyllome_engine::iso;
 use phyllome_engine::isodir;
 use phyllome_engine::progress::Progress;
 use phyllome_engine::text::printable;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -97,7 +97,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
                 println!(
                     "{:w$}  {:>9}  {:<14}  {:<13}  {}",
                     printable(&r.name),
-                    super::stats::human(r.size_bytes as f64),
+                    human(r.size_bytes as f64),
                     boots,
                     if r.virtio_win { "virtio-win" } else { "-" },
                     printable(&os)
@@ -106,16 +106,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
         }
         IsoCommand::Add { file, name, dir, json } => {
             here_only_uri(uri, "the ISO folder (this machine's)")?;
-            let bar = if std::io::stderr().is_terminal() && !json {
-                let b = indicatif::ProgressBar::new(0);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
+            let bar = byte_bar(!json);
             let report = |p: Progress<'_>| {
                 if let Progress::Bytes { done, total } = p {
                     bar.set_length(total);
@@ -130,7 +121,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
                 return Ok(());
             }
             let os = a.iso.os_name.clone().unwrap_or_else(|| "no OS detected".into());
-            println!("added {} ({}, {})", a.path, super::stats::human(a.iso.size_bytes as f64), printable(&os));
+            println!("added {} ({}, {})", a.path, human(a.iso.size_bytes as f64), printable(&os));
             println!("sha256 {}", a.sha256);
         }
         IsoCommand::Remove { name, dir, json } => {

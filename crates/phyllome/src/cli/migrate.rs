@@ -1,7 +1,6 @@
 //! `phyllome migrate VM --to URI`: libvirt's migration, checked first, with the encrypted disk, TPM and NVRAM.
 
-use super::snapshot::reporter;
-use super::vm::Steps;
+use super::render::{human, reporter, Steps};
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::migrate::{self, Request};
@@ -29,10 +28,6 @@ pub struct MigrateArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
-}
-
-fn mib(b: u64) -> String {
-    super::stats::human(b as f64)
 }
 
 pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
@@ -93,9 +88,9 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
         m.mode,
         printable(&a.to),
         m.stats.time_elapsed_ms as f64 / 1000.0,
-        mib(m.stats.disk_processed),
-        mib(m.stats.disk_total),
-        mib(m.stats.memory_processed),
+        human(m.stats.disk_processed as f64),
+        human(m.stats.disk_total as f64),
+        human(m.stats.memory_processed as f64),
         m.removed_from_source.join(", ")
     );
     if !m.changes.is_empty() {

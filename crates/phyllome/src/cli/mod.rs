@@ -13,6 +13,8 @@ pub mod manifest;
 pub mod migrate;
 pub mod os;
 pub mod packaging;
+pub mod prompt;
+pub mod render;
 pub mod serve;
 pub mod setup;
 pub mod share;

@@ -1,5 +1,6 @@
 //! `phyllome serve` (the web UI and REST API) and `phyllome user` (its accounts).
 
+use super::render::utc;
 use super::Fallible;
 use clap::{Args, Subcommand};
 use phyllome_web::{self as web, auth, tls::TlsMode};
@@ -229,22 +230,4 @@ pub fn user(cmd: UserCommand) -> Fallible {
         }
     }
     Ok(())
-}
-
-/// UNIX seconds as `YYYY-MM-DD HH:MM UTC`.
-pub(crate) fn utc(secs: u64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(secs as i64) {
-        Ok(t) => format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), t.month() as u8, t.day(), t.hour(), t.minute()),
-        Err(_) => secs.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(super::utc(1_796_169_600), "2026-12-02 00:00 UTC");
-        assert_eq!(super::utc(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
-    }
 }

@@ -1,13 +1,12 @@
 //! `phyllome snapshot create|list|revert|delete`: whole-VM snapshots.
 
-use super::vm::{read_passphrase, Steps};
+use super::prompt::read_passphrase;
+use super::render::{human, reporter, utc, Steps};
 use super::Fallible;
 use clap::Subcommand;
-use phyllome_engine::progress::Progress;
 use phyllome_engine::snapshot;
 use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;
-use std::cell::Cell;
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
@@ -52,24 +51,6 @@ pub enum SnapshotCommand {
     },
 }
 
-/// Renders steps and byte counts on the spinner ("disk 1.2 GiB / 4.0 GiB").
-pub(crate) fn reporter(steps: &Steps) -> impl Fn(Progress<'_>) + '_ {
-    let step = Cell::new("");
-    move |p| match p {
-        Progress::Step { step: s } => {
-            step.set(s);
-            steps.report(p)
-        }
-        Progress::Bytes { done, total } if total > 0 => steps.0.set_message(format!(
-            "{} {} / {}",
-            step.get(),
-            super::stats::human(done as f64),
-            super::stats::human(total as f64)
-        )),
-        other => steps.report(other),
-    }
-}
-
 pub fn run(uri: &str, cmd: SnapshotCommand) -> Fallible {
     let lv = Libvirt::connect(uri)?;
     match cmd {
@@ -86,7 +67,7 @@ pub fn run(uri: &str, cmd: SnapshotCommand) -> Fallible {
                     s.name,
                     if s.memory { "with memory, " } else { "" },
                     s.consistency,
-                    super::stats::human(s.size_bytes as f64),
+                    human(s.size_bytes as f64),
                     s.name
                 );
             }
@@ -107,10 +88,10 @@ pub fn run(uri: &str, cmd: SnapshotCommand) -> Fallible {
                     println!(
                         "{:w$}  {:20}  {:8}  {:6}  {:>9}  {:w$}  {}",
                         format!("{}{}", r.name, if r.current { "*" } else { "" }),
-                        super::serve::utc(r.created),
+                        utc(r.created),
                         r.state,
                         if r.memory { "yes" } else { "no" },
-                        super::stats::human(r.size_bytes as f64),
+                        human(r.size_bytes as f64),
                         r.parent.as_deref().unwrap_or("-"),
                         printable(r.description.as_deref().unwrap_or("")).lines().next().unwrap_or("")
                     );

@@ -1,5 +1,6 @@
 //! `phyllome stats` and `phyllome top`: what the running VMs use.
 
+use super::render::human;
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::stats::{self, Sampler, StatsReport, VmStats};
@@ -63,24 +64,6 @@ pub fn stats(uri: &str, args: StatsArgs) -> Fallible {
         }
         std::io::stdout().flush()?;
         prev = cur;
-    }
-}
-
-/// Bytes the short way: `512B`, `3.4K`, `1.2G` (powers of 1024).
-pub fn human(bytes: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut v = bytes;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0}B")
-    } else if v < 10.0 {
-        format!("{v:.1}{}", UNITS[u])
-    } else {
-        format!("{v:.0}{}", UNITS[u])
     }
 }
 
@@ -324,11 +307,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_read_short() {
-        assert_eq!(human(512.0), "512B");
-        assert_eq!(human(1536.0), "1.5K");
-        assert_eq!(human(300.0 * 1024.0 * 1024.0), "300M");
-        assert_eq!(human(24.0 * (1u64 << 30) as f64), "24G");
+    fn uptimes_read_short() {
         assert_eq!(uptime(59), "0m59s");
         assert_eq!(uptime(3 * 3600 + 120), "3h02m");
         assert_eq!(uptime(2 * 86400 + 3600), "2d01h");

@@ -1,16 +1,16 @@
 //! VM lifecycle commands: create, start, stop, kill, pause, resume, delete,
 //! list, info, console, display, screenshot.
 
+use super::prompt::read_passphrase;
+use super::render::{note, reporter, Steps};
 use super::xml::VmArgs;
 use super::Fallible;
 use clap::{Args, Subcommand};
 use phyllome_engine::model::input::human_mib;
 use phyllome_engine::model::Encryption;
-use phyllome_engine::progress::Progress;
 use phyllome_engine::text::printable;
-use phyllome_engine::vm::{self, VmError};
+use phyllome_engine::vm;
 use phyllome_libvirt::Libvirt;
-use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -102,67 +102,6 @@ pub struct CreateArgs {
     json: bool,
 }
 
-fn progress(msg: &str) {
-    eprintln!("phyllome: {msg}");
-}
-
-/// Renders the engine's progress: a spinner naming the step on a terminal,
-/// and the notes as lines (the only output when standard error is not a terminal).
-pub(crate) struct Steps(pub(crate) indicatif::ProgressBar);
-
-impl Steps {
-    pub(crate) fn new(what: &str) -> Steps {
-        let bar = if std::io::stderr().is_terminal() {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            b.set_prefix(what.to_string());
-            b.enable_steady_tick(Duration::from_millis(120));
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        Steps(bar)
-    }
-
-    pub(crate) fn report(&self, p: Progress<'_>) {
-        match p {
-            Progress::Step { step } => self.0.set_message(step.to_string()),
-            Progress::Note { message } if self.0.is_hidden() => progress(message),
-            Progress::Note { message } => self.0.println(format!("phyllome: {message}")),
-            Progress::Bytes { .. } => {}
-        }
-    }
-}
-
-impl Drop for Steps {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
-}
-
-/// Reads a passphrase without echo from the terminal, or one line from
-/// standard input when it is not a terminal (scripts, tests). Never from
-/// arguments or the environment.
-pub(crate) fn read_passphrase(prompt: &str, confirm: bool) -> vm::Result<Vec<u8>> {
-    let io = |e: std::io::Error| VmError::Disk(format!("cannot read the passphrase: {e}"));
-    if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(prompt).map_err(io)?;
-        if confirm {
-            let again = rpassword::prompt_password("Repeat the passphrase: ").map_err(io)?;
-            if again != first {
-                return Err(VmError::Disk("the two passphrases differ".into()));
-            }
-        }
-        return Ok(first.into_bytes());
-    }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
-    Ok(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
-}
-
 fn encryption_text(e: Encryption) -> &'static str {
     match e {
         Encryption::Secret => "encrypted (LUKS, random key in a private libvirt secret)",
@@ -181,9 +120,9 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
         VmCommand::Start { name, console: attach } => {
             let started = vm::start(&lv, &name, &|| read_passphrase(&format!("Passphrase of {name}'s disk: "), false))?;
             if started {
-                progress(&format!("started {name}"));
+                note(&format!("started {name}"));
             } else {
-                progress(&format!("{name} is already running"));
+                note(&format!("{name} is already running"));
             }
             if attach {
                 return console(uri, &name);
@@ -200,41 +139,33 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
                 vm::Stopped::GuestAgent => "shut down (guest agent)",
                 vm::Stopped::Forced => "did not shut down in time and was powered off (--force)",
             };
-            progress(&format!("{name} {msg}"));
+            note(&format!("{name} {msg}"));
             Ok(())
         }
         VmCommand::Kill { name } => {
             vm::kill(&lv, &name)?;
-            progress(&format!("{name} powered off"));
+            note(&format!("{name} powered off"));
             Ok(())
         }
         VmCommand::Pause { name } => {
             vm::pause(&lv, &name)?;
-            progress(&format!("{name} paused: `phyllome resume {name}` lets it run again"));
+            note(&format!("{name} paused: `phyllome resume {name}` lets it run again"));
             Ok(())
         }
         VmCommand::Resume { name } => {
             vm::resume(&lv, &name)?;
-            progress(&format!("{name} running again"));
+            note(&format!("{name} running again"));
             Ok(())
         }
         VmCommand::Clone { name, new_name, keep_tpm, json } => {
             let steps = Steps::new(&format!("clone {name} as {new_name}"));
-            let bytes = |p: Progress<'_>| match p {
-                Progress::Bytes { done, total } if total > 0 => steps.0.set_message(format!(
-                    "disk {} / {}",
-                    super::stats::human(done as f64),
-                    super::stats::human(total as f64)
-                )),
-                other => steps.report(other),
-            };
-            let c = phyllome_engine::clone::clone(&lv, &name, &new_name, keep_tpm, &bytes)?;
+            let c = phyllome_engine::clone::clone(&lv, &name, &new_name, keep_tpm, &reporter(&steps))?;
             drop(steps);
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
                 let tpm = if c.kept_tpm { "the TPM state copied" } else { "a fresh TPM" };
-                progress(&format!("cloned {name} as {new_name} (its own disk key, NVRAM copied, {tpm})"));
+                note(&format!("cloned {name} as {new_name} (its own disk key, NVRAM copied, {tpm})"));
             }
             Ok(())
         }
@@ -244,9 +175,9 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
             if json {
                 println!("{}", serde_json::json!({ "name": name, "autostart": on }));
             } else if on {
-                progress(&format!("{name} starts when the host boots (libvirt's autostart)"));
+                note(&format!("{name} starts when the host boots (libvirt's autostart)"));
             } else {
-                progress(&format!("{name} no longer starts when the host boots"));
+                note(&format!("{name} no longer starts when the host boots"));
             }
             Ok(())
         }
@@ -264,7 +195,7 @@ pub fn run(uri: &str, cmd: VmCommand) -> Fallible {
                 1 => ", its snapshot".to_string(),
                 n => format!(", its {n} snapshots"),
             };
-            progress(&format!("deleted {name} (domain, NVRAM, TPM state{snaps}; {disk})"));
+            note(&format!("deleted {name} (domain, NVRAM, TPM state{snaps}; {disk})"));
             for l in &d.left {
                 eprintln!("phyllome: warning: left {}", printable(l));
             }

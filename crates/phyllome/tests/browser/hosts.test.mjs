@@ -1,5 +1,5 @@
 // Browser test of `phyllome serve` with two hosts, driven by
-// crates/phyllome/tests/web_hosts.rs, which starts a second libvirtd
+// crates/phyllome/tests/web_two_hosts.rs, which starts a second libvirtd
 // (scripts/second-host.sh), the server with a hosts file naming it, and
 // passes the settings as JSON on standard input.
 //

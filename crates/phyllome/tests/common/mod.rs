@@ -127,6 +127,22 @@ pub fn phyllome(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_phyllome")).env("PHYLLOME_CONNECT", URI).args(args).output().unwrap()
 }
 
+/// A recorded host tree of `fixtures/sysroots/` (what `--root` takes).
+pub fn sysroot(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sysroots").join(name);
+    p.canonicalize().unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+/// `phyllome attach ARGS...`: its exit code, standard output and standard error.
+pub fn attach(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = phyllome(&[&["attach"], args].concat());
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Whether `phyllome host facts` says this host's libvirt/QEMU can do `feature` (an id of the capability record).
 pub fn host_supports(feature: &str) -> bool {
     let out = phyllome(&["host", "facts", "--json"]);

@@ -6,7 +6,7 @@
 //!
 //! Diffs are compared with golden files, `fixtures/golden/apply/CASE.txt`, the
 //! VM names (which carry the test's PID) written as placeholders; regenerate
-//! them on purpose with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome --test apply`.
+//! them on purpose with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome --test libvirt_apply`.
 //!
 //! A manifest names its kernel and initrd by file name in the host's ISO folder:
 //! each test links the test guest's there under names of its own

@@ -1,7 +1,6 @@
 //! The `phyllome` binary's catalog and xml commands, as a user runs them.
 
-mod common;
-use common::phyllome;
+use crate::common::phyllome;
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

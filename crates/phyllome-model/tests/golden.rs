@@ -3,12 +3,12 @@
 //! Inputs: `fixtures/hosts/HOST/{host.json,domcaps.xml}`. Expected output:
 //! `fixtures/golden/HOST/OS.xml` (or `OS.err` when the host cannot run that
 //! OS), plus `OS.explain` with the choices and warnings. Regenerate on purpose
-//! with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test --test golden`; the diff then
+//! with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome-model --test golden`; the diff then
 //! shows every change to generated output in review.
 
-use phyllome_engine::model::build::{build, NetworkChoice, Request};
-use phyllome_engine::model::catalog;
-use phyllome_engine::request::disk_ref;
+use phyllome_model::build::{build, DiskRef, NetworkChoice, Request};
+use phyllome_model::catalog;
+use phyllome_model::Encryption;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,7 +27,7 @@ fn hosts() -> Vec<PathBuf> {
 }
 
 /// The request every golden file is made from: defaults, an installer ISO,
-/// an encrypted disk in Phyllome's pool, the default network.
+/// an encrypted disk in Phyllome's pool (the volume create makes), the default network.
 pub fn golden_request(os: &str) -> Request {
     let name = format!("golden-{os}");
     let mut req = Request {
@@ -35,12 +35,12 @@ pub fn golden_request(os: &str) -> Request {
         name: name.clone(),
         iso: Some("/var/lib/phyllome/iso/installer & <setup>.iso".into()),
         network: NetworkChoice::Default,
-        disk: Some(disk_ref(
-            &name,
-            phyllome_engine::POOL,
-            phyllome_engine::POOL_PATH,
-            phyllome_engine::model::Encryption::Secret,
-        )),
+        disk: Some(DiskRef {
+            pool: "phyllome".into(),
+            volume: format!("{name}.qcow2"),
+            path: format!("/var/lib/libvirt/images/phyllome/{name}.qcow2"),
+            encryption: Encryption::Secret,
+        }),
         version: "golden".into(),
         ..Default::default()
     };
@@ -159,7 +159,7 @@ fn golden_xml_validates_against_libvirt_schema() {
 /// The hosts the issue asks for are among the recorded ones, and they differ where it matters.
 #[test]
 fn recorded_hosts_cover_kvm_tcg_intel_amd_and_missing_pieces() {
-    use phyllome_engine::model::host::{CpuVendor, KvmState};
+    use phyllome_model::host::{CpuVendor, KvmState};
     let loaded: Vec<_> = hosts().iter().map(|h| phyllome_host::fixture::load(h).unwrap()).collect();
     assert!(loaded.iter().any(|h| h.facts.kvm != KvmState::Usable && h.caps.virt_type == "qemu"));
     assert!(loaded

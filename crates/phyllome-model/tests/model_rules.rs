@@ -2,12 +2,11 @@
 //! between KVM and TCG, what a missing piece of the host does, and how bad
 //! input is refused.
 
-use phyllome_engine::model::build::{build, BuildError, NetworkChoice, Request};
-use phyllome_engine::model::catalog::Bus;
-use phyllome_engine::model::host::KvmState;
-use phyllome_engine::model::input::InputError;
-use phyllome_engine::model::Host;
-use phyllome_engine::request::disk_ref;
+use phyllome_model::build::{build, BuildError, DiskRef, NetworkChoice, Request};
+use phyllome_model::catalog::Bus;
+use phyllome_model::host::KvmState;
+use phyllome_model::input::InputError;
+use phyllome_model::{Encryption, Host};
 use std::path::Path;
 
 fn host(name: &str) -> Host {
@@ -20,7 +19,12 @@ fn req(os: &str) -> Request {
         os: os.into(),
         name: "vm1".into(),
         network: NetworkChoice::None,
-        disk: Some(disk_ref("vm1", "phyllome", "/pool", phyllome_engine::model::Encryption::Secret)),
+        disk: Some(DiskRef {
+            pool: "phyllome".into(),
+            volume: "vm1.qcow2".into(),
+            path: "/pool/vm1.qcow2".into(),
+            encryption: Encryption::Secret,
+        }),
         version: "test".into(),
         ..Default::default()
     }

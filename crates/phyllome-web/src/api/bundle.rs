@@ -26,9 +26,8 @@
 //! No passphrase or token reaches the log or an error's text: requests are
 //! logged by route template and user (see `lib.rs`), never headers or paths.
 
-use crate::api::{blocking, who_did};
 use crate::auth::Principal;
-use crate::http::{ApiError, ErrorBody, JsonBody, Name};
+use crate::http::{blocking, shown, who_did, ApiError, ErrorBody, JsonBody, Name};
 use crate::App;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -154,7 +153,7 @@ pub struct ExportTicket {
     responses((status = 201, body = ExportTicket),
         (status = 422, description = "this VM cannot be exported (several disks, a typed passphrase...)", body = ErrorBody),
         (status = 429, description = "too many download links outstanding: use one or wait a minute", body = ErrorBody)))]
-pub async fn export_vm(
+pub(super) async fn export_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(name): Name,
@@ -231,7 +230,7 @@ fn file_name(vm: &str) -> String {
     responses((status = 200, description = "the bundle (a tar stream)", content_type = "application/octet-stream",
         body = Vec<u8>),
         (status = 507, description = "no space in the pool to stage the re-encrypted disk", body = ErrorBody)))]
-pub async fn download_export(
+pub(super) async fn download_export(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Name(token): Name,
@@ -258,9 +257,9 @@ pub async fn download_export(
         let r = bundle::export(&lv, &ticket.vm, &ticket.passphrase, &mut out, &phyllome_engine::progress::quiet);
         app2.inventory.refresh(&ticket.vm);
         match r {
-            Ok(e) => tracing::info!(vm = %crate::http::shown(&ticket.vm), bytes = e.bytes, "export sent"),
+            Ok(e) => tracing::info!(vm = %shown(&ticket.vm), bytes = e.bytes, "export sent"),
             Err(e) => {
-                tracing::warn!(vm = %crate::http::shown(&ticket.vm), "export failed: {e}");
+                tracing::warn!(vm = %shown(&ticket.vm), "export failed: {e}");
                 let _ = tx.blocking_send(Chunk::Failed(e.into()));
             }
         }
@@ -359,7 +358,7 @@ fn passphrase_of(headers: &HeaderMap) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         (status = 411, body = ErrorBody),
         (status = 422, description = "this host cannot run the VM (firmware, TPM...)", body = ErrorBody),
         (status = 507, description = "no space to stage the bundle", body = ErrorBody)))]
-pub async fn import_vm(
+pub(super) async fn import_vm(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     query: Result<Query<ImportQuery>, QueryRejection>,
@@ -418,7 +417,7 @@ pub async fn import_vm(
     .await
     .map_err(|_| ApiError::internal("the import's worker failed"))??;
     if !imported.dry_run {
-        tracing::info!("{}: imported {}", crate::http::shown(&who.user), crate::http::shown(&imported.name));
+        tracing::info!("{}: imported {}", shown(&who.user), shown(&imported.name));
     }
     let status = if imported.dry_run { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(imported)).into_response())

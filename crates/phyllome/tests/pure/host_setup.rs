@@ -1,7 +1,6 @@
 //! `phyllome host setup` and `phyllome image kickstart`, as a user runs them.
 
-mod common;
-use common::phyllome;
+use crate::common::phyllome;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,13 @@
+//! The `phyllome` crate's tests that need neither libvirtd nor a VM, in one
+//! binary (`cargo test -p phyllome --test pure`): the commands over recorded
+//! host trees and fixtures, as a user runs them, and import's re-tuning for
+//! every recorded host. `scripts/test.sh --pure` runs them with every crate's
+//! other pure tests.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod check_devices;
+mod cli;
+mod host_setup;
+mod import_golden;
