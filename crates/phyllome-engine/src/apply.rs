@@ -11,7 +11,7 @@
 
 use crate::domxml::{self, DomainSummary};
 use crate::manifest::{self, Manifest, ManifestError, ShareEntry};
-use crate::progress::{note, Report};
+use crate::op::progress::{note, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::domain::{Asked, METADATA_NS};
@@ -453,14 +453,14 @@ fn check_create(lv: &Libvirt, file: &str, want: &Manifest, source: &str) -> Resu
     let in_file = |e: VmError| ApplyError::InFile { file: file.into(), source: Box::new(e) };
     let p = vm::plan(lv, &want.name, &spec_of(want, source)).map_err(in_file)?;
     let disk = p.disk.clone().expect("plan() always asks for a disk");
-    vm::preflight(lv, &want.name, &p, &disk, false, &crate::progress::quiet).map_err(in_file)?;
+    vm::preflight(lv, &want.name, &p, &disk, false, &crate::op::progress::quiet).map_err(in_file)?;
     Ok(())
 }
 
 /// The host's facts, gathered once for all the manifests.
 fn host<'a>(lv: &Libvirt, cache: &'a mut Option<phyllome_model::Host>) -> vm::Result<&'a phyllome_model::Host> {
     if cache.is_none() {
-        *cache = Some(crate::hostinfo::gather(lv, true)?.0);
+        *cache = Some(crate::host_facts::gather(lv, true)?.0);
     }
     Ok(cache.as_ref().expect("gathered"))
 }
@@ -488,7 +488,7 @@ fn check_changes(
             version: crate::VERSION.to_string(),
             // The disk's minimum is advice at create; an existing VM's disk only grows.
             force: true,
-            disk: Some(crate::request::disk_ref(&want.name, crate::POOL, crate::POOL_PATH, build::Encryption::None)),
+            disk: Some(crate::media::files::disk_ref(&want.name, crate::POOL, crate::POOL_PATH, build::Encryption::None)),
             ..Default::default()
         };
         // Only when the profile builds on this host at all is a refusal the size's.

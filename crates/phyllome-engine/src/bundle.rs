@@ -21,8 +21,8 @@
 //! every checksum before anything is made; then create's journal makes the VM
 //! all or nothing.
 
-use crate::journal::{Entry, Journal};
-use crate::progress::{note, Progress, Report};
+use crate::op::journal::{Entry, Journal};
+use crate::op::progress::{note, Progress, Report};
 use crate::vm::{self, Result, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
@@ -181,8 +181,8 @@ impl From<phyllome_libvirt::Error> for BundleError {
     }
 }
 
-impl From<crate::journal::JournalError> for BundleError {
-    fn from(e: crate::journal::JournalError) -> Self {
+impl From<crate::op::journal::JournalError> for BundleError {
+    fn from(e: crate::op::journal::JournalError) -> Self {
         BundleError::Vm(e.into())
     }
 }
@@ -237,7 +237,7 @@ pub fn plan_on(name: &str, spec: &vm::VmSpec, host: &Host, shares: Vec<phyllome_
     let req = build::Request {
         name: name.to_string(),
         network,
-        disk: Some(crate::request::disk_ref(name, crate::POOL, crate::POOL_PATH, Encryption::Secret)),
+        disk: Some(crate::media::files::disk_ref(name, crate::POOL, crate::POOL_PATH, Encryption::Secret)),
         version: crate::VERSION.to_string(),
         shares,
         ..spec.request.clone()
@@ -451,7 +451,7 @@ fn append_part<W: Write>(
 /// keyed by Phyllome's secret (not a typed passphrase). For front ends that
 /// answer before the export starts (the web API's download ticket).
 pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
-    crate::oplock::check(lv, name)?;
+    crate::op::lock::check(lv, name)?;
     export_source(lv, name).map(|_| ())
 }
 
@@ -460,7 +460,7 @@ pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), Bun
 type Source = (crate::domxml::DomainSummary, usize, String, String);
 
 fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, BundleError> {
-    crate::hostfiles::here_only(lv, "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)")?;
+    crate::host_files::here_only(lv, "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)")?;
     match vm::state(lv, name)? {
         State::Shutoff => {}
         _ => {
@@ -500,13 +500,13 @@ pub fn export(
     if passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }
-    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Export)?;
+    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Export)?;
     let (s, disk, pool, volume) = export_source(lv, name)?;
     let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
     let pool_dir = lv.pool_path(&pool)?.ok_or_else(|| VmError::NoPool(pool.clone()))?;
     let (manifest, mut notes) = crate::manifest::of_vm(lv, name)?;
-    let (host, _) = crate::hostinfo::gather(lv, true).map_err(VmError::from)?;
+    let (host, _) = crate::host_facts::gather(lv, true).map_err(VmError::from)?;
     let boot = manifest.boot.as_ref().map(|b| ("/bundle/vmlinuz", b.initrd.as_ref().map(|_| "/bundle/initrd.img")));
     let spec = request_for(&manifest, vol.capacity, boot);
     let choices = plan_on(name, &spec, &host, manifest_shares(&manifest))
@@ -799,7 +799,7 @@ impl Staging {
         let staging = Staging(dir);
         // Its boot, with the pid in its name: whoever finds it after this process is gone removes it.
         let boot = staging.0.join(STAGING_BOOT);
-        std::fs::write(&boot, crate::journal::boot_id()).map_err(|e| io(&boot, e))?;
+        std::fs::write(&boot, crate::op::journal::boot_id()).map_err(|e| io(&boot, e))?;
         Ok(staging)
     }
 }
@@ -817,7 +817,7 @@ const STAGING_BOOT: &str = ".boot_id";
 /// another boot): every command's recovery (`vm::recover`) calls it.
 pub(crate) fn sweep_staging() {
     let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
-    let boot = crate::journal::boot_id();
+    let boot = crate::op::journal::boot_id();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(Ok(pid)) = name.split_once('-').map(|(p, _)| p.parse::<u32>()) else { continue };
@@ -825,7 +825,7 @@ pub(crate) fn sweep_staging() {
             continue;
         }
         let other_boot = std::fs::read_to_string(e.path().join(STAGING_BOOT)).is_ok_and(|b| b.trim() != boot);
-        if other_boot || !crate::journal::phyllome_alive(pid) {
+        if other_boot || !crate::op::journal::phyllome_alive(pid) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -913,7 +913,7 @@ pub fn import(
     opts: &ImportOptions<'_>,
     progress: Report<'_>,
 ) -> std::result::Result<Imported, BundleError> {
-    crate::hostfiles::here_only(
+    crate::host_files::here_only(
         lv,
         "import (the bundle is staged here and its disk and state move into this host's folders)",
     )?;
@@ -1004,7 +1004,7 @@ fn import_inner(
     // Refusals this host can tell now, before reading the disk: the name, and whether it can run the VM at all.
     let host = match &opts.host {
         Some(h) => h.clone(),
-        None => crate::hostinfo::gather(lv, true).map_err(VmError::from)?.0,
+        None => crate::host_facts::gather(lv, true).map_err(VmError::from)?.0,
     };
     if opts.host.is_none() && lv.exists(&name)? {
         return Err(VmError::NameBusy(name).into());

@@ -14,8 +14,8 @@
 //!   object is recorded by identity as it is made, and a failure, Ctrl-C or
 //!   kill -9 removes exactly those (and powers the paused source off).
 
-use crate::journal::{Entry, FileId, Journal};
-use crate::progress::{note, Progress, Report};
+use crate::op::journal::{Entry, FileId, Journal};
+use crate::op::progress::{note, Progress, Report};
 use crate::snapshot::{backup_xml, copy_sparse, same_owner};
 use crate::vm::{self, Result, VmError};
 use phyllome_libvirt::{Libvirt, State};
@@ -127,11 +127,11 @@ pub(crate) fn reencrypt_stopped(
 
 /// Clones the stopped VM `from` as `to`.
 pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
-    crate::hostfiles::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")?;
+    crate::host_files::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")?;
     vm::recover(lv);
     phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
     // The source is this clone's until it is done: no snapshot, export or start of it meanwhile.
-    let _held = crate::oplock::take(lv, from, crate::oplock::Operation::Clone)?;
+    let _held = crate::op::lock::take(lv, from, crate::op::lock::Operation::Clone)?;
     if vm::state(lv, from)? != State::Shutoff {
         return Err(VmError::Running(from.into()));
     }
@@ -235,7 +235,7 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
                 let (Ok(rest), Some(name)) = (f.strip_prefix(&src_boot), f.file_name()) else { continue };
                 let _ = rest;
                 let dst = dst_boot.join(name);
-                copy_sparse(f, &dst, &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                copy_sparse(f, &dst, &crate::op::progress::quiet, &interrupted).map_err(snap_err)?;
                 entry
                     .made
                     .boot_files
@@ -249,7 +249,7 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         at("nvram")?;
         if let Some((old, new)) = &nvram {
             if Path::new(old).exists() {
-                copy_sparse(Path::new(old), Path::new(new), &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                copy_sparse(Path::new(old), Path::new(new), &crate::op::progress::quiet, &interrupted).map_err(snap_err)?;
                 entry.made.nvram_file = Some(FileId::of(new).map_err(|e| VmError::Disk(e.to_string()))?);
                 journal.record(&entry)?;
                 let like = std::fs::metadata(old).map_err(|e| VmError::Nvram(e.to_string()))?;

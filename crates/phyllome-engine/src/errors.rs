@@ -2,9 +2,9 @@
 //! and `--json` `kind`, and (later) the API's status. One table, documented in
 //! the README.
 
-use crate::hostinfo::HostError;
-use crate::journal::JournalError;
-use crate::request::FileError;
+use crate::host_facts::HostError;
+use crate::op::journal::JournalError;
+use crate::media::files::FileError;
 use crate::vm::VmError;
 use phyllome_model::build::BuildError;
 use serde::Serialize;
@@ -139,8 +139,8 @@ fn manifest(e: &crate::manifest::ManifestError) -> ErrorKind {
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
     if let Some(e) = e.downcast_ref::<VmError>() {
         vm(e)
-    } else if let Some(e) = e.downcast_ref::<crate::isodir::IsoDirError>() {
-        use crate::isodir::IsoDirError as I;
+    } else if let Some(e) = e.downcast_ref::<crate::media::iso_dir::IsoDirError>() {
+        use crate::media::iso_dir::IsoDirError as I;
         match e {
             I::BadName(_) | I::NotIso(..) => ErrorKind::InvalidInput,
             I::NoSpace { .. } | I::Full { .. } => ErrorKind::NoSpace,
@@ -165,7 +165,7 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         e.kind()
     } else if let Some(e) = e.downcast_ref::<crate::migrate::MigrateError>() {
         e.kind()
-    } else if let Some(e) = e.downcast_ref::<crate::hosts::HostsError>() {
+    } else if let Some(e) = e.downcast_ref::<crate::remotes::HostsError>() {
         e.kind()
     } else if let Some(e) = e.downcast_ref::<BuildError>() {
         build(e)

@@ -25,7 +25,7 @@
 //!   the next migration to that host and `phyllome host clean` ([`clean`]) do it;
 //!   until then the VM does not start here (it may run there).
 
-use crate::progress::{note, Progress, Report};
+use crate::op::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, MigrateAsk, MigrationStats, State};
 use serde::Serialize;
@@ -440,7 +440,7 @@ fn shares_item(
     let tags = shares.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join(" ");
     if live {
         let feature = phyllome_model::capability::Feature::VirtiofsMigration;
-        let here = match crate::hostinfo::gather(src, false) {
+        let here = match crate::host_facts::gather(src, false) {
             Ok((host, _)) => match host.check(feature) {
                 Ok(()) => "this host has them".to_string(),
                 Err(u) => format!("this host has {}", u.have),
@@ -591,13 +591,13 @@ impl Made {
 
     /// The process that wrote it is gone (killed, or the host rebooted since).
     fn is_orphan(&self) -> bool {
-        self.boot_id != crate::journal::boot_id() || !crate::journal::phyllome_alive(self.pid)
+        self.boot_id != crate::op::journal::boot_id() || !crate::op::journal::phyllome_alive(self.pid)
     }
 
     /// Made through the connection `lv` (recovery acts on a record only through the source
     /// it was made from, never another host's).
     fn made_through(&self, lv: &Libvirt) -> bool {
-        crate::journal::same_connection(self.from.as_deref(), lv)
+        crate::op::journal::same_connection(self.from.as_deref(), lv)
     }
 
     /// Every record in `dir`.
@@ -618,7 +618,7 @@ impl Made {
     /// now has that process id (and so those names).
     fn remove_sockets(&mut self) {
         use std::os::unix::fs::FileTypeExt;
-        if self.pid != std::process::id() && crate::journal::phyllome_alive(self.pid) {
+        if self.pid != std::process::id() && crate::op::journal::phyllome_alive(self.pid) {
             return;
         }
         for s in self.sockets.drain(..) {
@@ -647,7 +647,7 @@ fn settle_lock(dir: &Path) -> Option<std::fs::File> {
 
 /// A destination as messages name it: its host name when it was added as one.
 fn host_label(uri: &str) -> String {
-    crate::hosts::Hosts::open().name_of(uri).unwrap_or_else(|| uri.to_string())
+    crate::remotes::Hosts::open().name_of(uri).unwrap_or_else(|| uri.to_string())
 }
 
 /// What became of a move cut short, from both hosts' libvirt, by the VM's UUID.
@@ -946,7 +946,7 @@ pub fn recover(src: &Libvirt) -> Vec<Settled> {
     let mut out = vec![];
     // Read again under the lock: another command may have settled some meanwhile.
     for mut m in Made::all(&dir).into_iter().filter(|m| m.is_orphan() && m.made_through(src)) {
-        let dst = reached.entry(m.to.clone()).or_insert_with(|| crate::hosts::connect_within(&m.to, RECOVER_WITHIN));
+        let dst = reached.entry(m.to.clone()).or_insert_with(|| crate::remotes::connect_within(&m.to, RECOVER_WITHIN));
         match dst {
             Ok(dst) => out.push(settle(src, dst, &mut m, &dir, false, false)),
             Err(why) => {
@@ -1042,7 +1042,7 @@ struct Tuning {
 
 fn tuning_here(src: &Libvirt, name: &str, capacity: u64) -> Option<Tuning> {
     let (manifest, _) = crate::manifest::of_vm(src, name).ok()?;
-    let (host, _) = crate::hostinfo::gather(src, true).ok()?;
+    let (host, _) = crate::host_facts::gather(src, true).ok()?;
     let spec = crate::bundle::request_for(&manifest, capacity, None);
     let from = crate::bundle::plan_on(name, &spec, &host, vec![])
         .ok()?
@@ -1092,7 +1092,7 @@ fn plan_there(
     name: &str,
     t: &Tuning,
 ) -> std::result::Result<(phyllome_model::build::Plan, crate::bundle::SourceHost), String> {
-    let host = crate::hostinfo::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
+    let host = crate::host_facts::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
     let plan = crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())?;
     Ok((plan, crate::bundle::SourceHost::of(&host)))
 }
@@ -1132,7 +1132,7 @@ fn retune(
     }
     // Tuned there now: what `phyllome xml --vm` compares with later.
     let chosen: Vec<_> = plan.choices.iter().map(crate::bundle::SavedChoice::from).collect();
-    let _ = crate::tuned::record(dst, name, &there, &chosen);
+    let _ = crate::retune::record(dst, name, &there, &chosen);
     Ok(crate::bundle::changes(&t.from, &plan.choices))
 }
 
@@ -1142,7 +1142,7 @@ const CARRIED_MAX: u64 = 512 << 20;
 /// A file of the source host (None when it does not exist there), read where it is: through
 /// the source's libvirt when that is another host, never from this machine's disk.
 fn on_source(src: &Libvirt, path: &str) -> std::io::Result<Option<Vec<u8>>> {
-    let files = crate::hostfiles::HostFiles::of(src);
+    let files = crate::host_files::HostFiles::of(src);
     if !files.exists(path)? {
         return Ok(None);
     }
@@ -1155,7 +1155,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
     // connection below, however long it takes to answer).
     let mut settled = recover(src);
     vm::recover(src);
-    let _held = crate::oplock::take(src, name, crate::oplock::Operation::Migrate)?;
+    let _held = crate::op::lock::take(src, name, crate::op::lock::Operation::Migrate)?;
     vm::refuse_changed(
         src,
         &vm::summary(src, name)?,
@@ -1201,7 +1201,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         to: req.to.clone(),
         from: Some(src.uri()),
         pid: std::process::id(),
-        boot_id: crate::journal::boot_id(),
+        boot_id: crate::op::journal::boot_id(),
         volume: format!("{name}.qcow2"),
         ..Made::default()
     };
@@ -1435,7 +1435,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -
         (Some(t), true) => match plan_there(&dst, name, t) {
             Ok((plan, _)) => {
                 // It runs as tuned here: recorded so `phyllome xml --vm` there can say what a cold boot changes.
-                if let Err(e) = crate::tuned::record(&dst, name, &t.here, &t.from) {
+                if let Err(e) = crate::retune::record(&dst, name, &t.here, &t.from) {
                     notes.push(format!("what it was tuned to here could not be recorded there: {e}"));
                 }
                 changes = crate::bundle::changes(&t.from, &plan.choices);
@@ -1507,7 +1507,7 @@ mod tests {
             uuid: "0b6c1a4e-0000-4000-8000-000000000001".into(),
             to: "qemu+ssh://root@b/system".into(),
             pid: std::process::id(),
-            boot_id: crate::journal::boot_id(),
+            boot_id: crate::op::journal::boot_id(),
             volume: "v.qcow2".into(),
             secret: Some("s-uuid".into()),
             volume_key: Some("/pool/v.qcow2".into()),

@@ -102,7 +102,7 @@ pub fn parse_spec(spec: &str) -> Result<(String, Option<String>, bool)> {
 /// The checked share for `dir`: an existing absolute folder, not critical
 /// unless `force`, with a valid tag.
 pub fn resolve(lv: &Libvirt, dir: &str, tag: Option<&str>, writable: bool, force: bool) -> Result<Share> {
-    crate::hostfiles::here_only(lv, "sharing a folder (the folder is checked on this machine)")?;
+    crate::host_files::here_only(lv, "sharing a folder (the folder is checked on this machine)")?;
     if !dir.starts_with('/') {
         return Err(VmError::BadShare(format!("{dir:?}: give the folder's absolute path")));
     }
@@ -239,7 +239,7 @@ pub fn add(lv: &Libvirt, vm: &str, dir: &str, tag: Option<&str>, writable: bool,
         return Err(VmError::NoSuchVm(vm.to_string()));
     }
     let share = resolve(lv, dir, tag, writable, force)?;
-    let (host, _) = crate::hostinfo::gather(lv, false)?;
+    let (host, _) = crate::host_facts::gather(lv, false)?;
     host.check(if share.readonly { Feature::ReadonlyVirtiofs } else { Feature::Virtiofs })
         .map_err(phyllome_model::build::BuildError::from)?;
     let inactive = lv.inactive_xml(vm)?;

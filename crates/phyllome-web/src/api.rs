@@ -18,9 +18,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use phyllome_engine::hostinfo;
-use phyllome_engine::hosts::LOCAL;
-use phyllome_engine::progress::Progress;
+use phyllome_engine::host_facts;
+use phyllome_engine::remotes::LOCAL;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmSpec};
 use phyllome_host::check;
 use phyllome_libvirt::Libvirt;
@@ -694,7 +694,7 @@ async fn stop_vm(
     let host = h.name();
     who_did_on(&who, "stop", &name, &host);
     let a = blocking_on(&app, host.clone(), move |app, lv| {
-        let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::progress::quiet);
+        let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::op::progress::quiet);
         app.inventory.refresh_on(&host, &name);
         let how = match r? {
             vm::Stopped::AlreadyOff => "already shut off",
@@ -920,7 +920,7 @@ pub struct MediaFile {
     os_name: Option<String>,
     /// For an ISO: whether it boots BIOS and UEFI.
     #[serde(skip_serializing_if = "Option::is_none")]
-    boot: Option<phyllome_engine::iso::Boot>,
+    boot: Option<phyllome_engine::media::iso::Boot>,
     /// For an ISO: a virtio-win driver disc (found by its content).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     virtio_win: bool,
@@ -946,20 +946,20 @@ fn media_kind(name: &str) -> &'static str {
     }
 }
 
-/// What an ISO of the folder holds (`isodir::describe`), read once per
+/// What an ISO of the folder holds (`iso_dir::describe`), read once per
 /// (path, size, mtime): an unknown ISO costs a pass over osinfo-db, and the
 /// create dialog lists media every time it opens. Bounded: the cache starts
 /// over past 256 files.
-fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> phyllome_engine::isodir::IsoFile {
+fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> phyllome_engine::media::iso_dir::IsoFile {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
-    static CACHE: Mutex<Option<HashMap<Key, phyllome_engine::isodir::IsoFile>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<HashMap<Key, phyllome_engine::media::iso_dir::IsoFile>>> = Mutex::new(None);
     let key: Key = (path.to_path_buf(), meta.len(), meta.modified().ok());
     if let Some(hit) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return hit.clone();
     }
-    let facts = phyllome_engine::isodir::describe(path);
+    let facts = phyllome_engine::media::iso_dir::describe(path);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     if map.len() >= 256 {
@@ -1028,7 +1028,7 @@ async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<Networ
 #[utoipa::path(get, operation_id = "hostCheck", path = "/api/v1/host/check", tag = "host", responses((status = 200, body = Object)))]
 async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
     let report = blocking(&app, |app, lv| {
-        let inputs = hostinfo::check_inputs(Ok(lv), &app.config.uri);
+        let inputs = host_facts::check_inputs(Ok(lv), &app.config.uri);
         Ok(check::run(Path::new("/"), &inputs))
     })
     .await?;
@@ -1142,7 +1142,7 @@ mod tests {
         // Out of space is 507 with a kind of its own, whichever operation refuses.
         let full = b(B::NoSpace("pool phyllome has 3 MiB free".into()));
         assert_eq!((full.status, full.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
-        use phyllome_engine::isodir::IsoDirError as I;
+        use phyllome_engine::media::iso_dir::IsoDirError as I;
         let iso = ApiError::from(I::NoSpace { name: "a.iso".into(), need: 1, free: 64, spare: 64, held: 0 });
         assert_eq!((iso.status, iso.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
         let mid = ApiError::from(I::Full("a.iso".into()));
@@ -1222,7 +1222,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 #[utoipa::path(put, operation_id = "uploadMedia", path = "/api/v1/media/{name}", tag = "host",
     params(("name" = String, Path, description = "The file name (made safe; must end in .iso)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = phyllome_engine::isodir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 201, body = phyllome_engine::media::iso_dir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
 async fn upload_media(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -1244,7 +1244,7 @@ async fn upload_media(
     let added = tokio::task::spawn_blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let never = std::sync::atomic::AtomicBool::new(false);
-        phyllome_engine::isodir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::progress::quiet)
+        phyllome_engine::media::iso_dir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::op::progress::quiet)
     })
     .await
     .map_err(|_| ApiError::internal("the upload's worker failed"))??;
@@ -1261,7 +1261,7 @@ async fn delete_media(
 ) -> ApiResult<Json<serde_json::Value>> {
     who_did(&who, "remove medium", &name);
     let path =
-        blocking(&app, move |app, lv| Ok(phyllome_engine::isodir::remove(lv, &app.config.media_dir, &name)?)).await?;
+        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?)).await?;
     Ok(Json(serde_json::json!({ "removed": path })))
 }
 
@@ -1365,7 +1365,7 @@ async fn snapshot_job<T: Serialize + Send + 'static>(
 ) -> ApiResult<Response> {
     if !wants_events(headers) {
         let r = blocking(app, move |app, lv| {
-            let r = f(lv, &phyllome_engine::progress::quiet);
+            let r = f(lv, &phyllome_engine::op::progress::quiet);
             app.inventory.refresh(&vm);
             r
         })

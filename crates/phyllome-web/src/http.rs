@@ -105,8 +105,8 @@ impl From<phyllome_engine::vm::VmError> for ApiError {
     }
 }
 
-impl From<phyllome_engine::isodir::IsoDirError> for ApiError {
-    fn from(e: phyllome_engine::isodir::IsoDirError) -> ApiError {
+impl From<phyllome_engine::media::iso_dir::IsoDirError> for ApiError {
+    fn from(e: phyllome_engine::media::iso_dir::IsoDirError) -> ApiError {
         ApiError::from_engine(&e)
     }
 }

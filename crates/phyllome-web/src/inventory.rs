@@ -13,7 +13,7 @@
 //! (a disk resized behind our back, a libvirtd restart).
 
 use bytes::Bytes;
-use phyllome_engine::hosts::{Host, LOCAL};
+use phyllome_engine::remotes::{Host, LOCAL};
 use phyllome_engine::vm::{self, VmError, VmRow};
 use phyllome_libvirt::Libvirt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

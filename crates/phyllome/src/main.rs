@@ -208,10 +208,10 @@ fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, Box<dyn s
             host::HostCommand::Add { .. } | host::HostCommand::List { .. } | host::HostCommand::Remove { .. }
         )
     );
-    if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::hosts::LOCAL {
+    if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::remotes::LOCAL {
         return Ok(cli.connect.clone());
     }
-    Ok(phyllome_engine::hosts::Hosts::open().uri(name)?)
+    Ok(phyllome_engine::remotes::Hosts::open().uri(name)?)
 }
 
 /// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").

@@ -8,7 +8,7 @@
 
 use phyllome_engine::model::build::{build, NetworkChoice, Request};
 use phyllome_engine::model::catalog;
-use phyllome_engine::request::disk_ref;
+use phyllome_engine::media::files::disk_ref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

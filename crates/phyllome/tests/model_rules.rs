@@ -7,7 +7,7 @@ use phyllome_engine::model::catalog::Bus;
 use phyllome_engine::model::host::KvmState;
 use phyllome_engine::model::input::InputError;
 use phyllome_engine::model::Host;
-use phyllome_engine::request::disk_ref;
+use phyllome_engine::media::files::disk_ref;
 use std::path::Path;
 
 fn host(name: &str) -> Host {

@@ -3,7 +3,7 @@
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::apply::{self, Action, Outcome, VmDiff};
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;
 use std::path::PathBuf;

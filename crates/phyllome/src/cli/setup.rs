@@ -35,7 +35,7 @@ fn pool_state(uri: &str) -> PoolState {
 }
 
 pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
-    phyllome_engine::hostfiles::here_only_uri(uri, "host setup (it changes this machine)")?;
+    phyllome_engine::host_files::here_only_uri(uri, "host setup (it changes this machine)")?;
     let canon: PathBuf = root.canonicalize().map_err(|e| format!("--root {}: {e}", root.display()))?;
     if !canon.is_dir() {
         return Err(format!("--root {}: not a directory", root.display()).into());

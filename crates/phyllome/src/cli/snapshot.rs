@@ -3,7 +3,7 @@
 use super::vm::{read_passphrase, Steps};
 use super::Fallible;
 use clap::Subcommand;
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::snapshot;
 use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;

@@ -6,7 +6,7 @@ use super::Fallible;
 use clap::{Args, Subcommand};
 use phyllome_engine::model::input::human_mib;
 use phyllome_engine::model::Encryption;
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::text::printable;
 use phyllome_engine::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
@@ -338,9 +338,9 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
 /// `hosts` entry with `reached: false` and its name in `unreachable`), not a failure: the exit is 0
 /// when at least one host answered, and the first host's error's code when none did.
 fn list_all_hosts(local_uri: &str, json: bool) -> Fallible {
-    use phyllome_engine::hosts::{self, Hosts};
+    use phyllome_engine::remotes::{self, Hosts};
     let all = Hosts::open().all(local_uri)?;
-    let results = hosts::on_each(&all, hosts::REACH_WITHIN, vm::list);
+    let results = remotes::on_each(&all, remotes::REACH_WITHIN, vm::list);
     if results.iter().all(|(_, r)| r.is_err()) {
         // None answered: the first host's error is the command's, the others are warnings.
         let mut errors = results.into_iter().filter_map(|(_, r)| r.err());

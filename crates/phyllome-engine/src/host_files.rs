@@ -12,7 +12,7 @@
 //! libvirt by the volume key libvirt gave it (for a directory pool, its path), and
 //! it is removed only while that key is still there.
 
-use crate::journal::FileId;
+use crate::op::journal::FileId;
 use crate::vm::VmError;
 use phyllome_libvirt::{Libvirt, Perms};
 use std::io::{Error, ErrorKind, Result, Seek, SeekFrom, Write};

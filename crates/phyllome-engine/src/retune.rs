@@ -96,7 +96,7 @@ pub fn plan_for(lv: &Libvirt, name: &str, host: &Host) -> vm::Result<phyllome_mo
 /// What `name` would be at its next cold boot on `lv`'s host, and what changes from the
 /// host it was tuned on (when recorded). Changes nothing.
 pub fn next_boot(lv: &Libvirt, name: &str) -> vm::Result<NextBoot> {
-    let (host, _) = crate::hostinfo::gather(lv, true)?;
+    let (host, _) = crate::host_facts::gather(lv, true)?;
     let current =
         lv.inactive_xml(name).map_err(|e| if e.is_no_domain() { VmError::NoSuchVm(name.into()) } else { e.into() })?;
     let plan = plan_for(lv, name, &host)?;

@@ -1,7 +1,7 @@
 //! From user input to a model request, with the checks that need the host's
 //! file system (the model itself does no I/O).
 
-use crate::media::{self, Claim};
+use crate::media::magic::{self, Claim};
 use phyllome_model::build::{DiskRef, Encryption, Request};
 use phyllome_model::catalog::Family;
 use std::path::Path;
@@ -64,15 +64,15 @@ fn check_file(what: &'static str, path: &str, claim: Claim) -> Result<(), FileEr
             err(e)
         }
     })?;
-    let mut head = Vec::with_capacity(media::HEAD);
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, media::HEAD as u64), &mut head).map_err(|e| {
+    let mut head = Vec::with_capacity(magic::HEAD);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, magic::HEAD as u64), &mut head).map_err(|e| {
         if block {
             FileError::UnreadableDevice { what, path: path.to_string(), err: e.to_string() }
         } else {
             err(e)
         }
     })?;
-    if !media::check(claim, &head) {
+    if !magic::check(claim, &head) {
         return Err(FileError::NotWhatItClaims { what, path: path.to_string(), expected: claim.expected() });
     }
     // Read-only installer media are given to QEMU as they are (libvirt is told not to

@@ -3,8 +3,8 @@
 //! OS it holds. A copy lands whole or not at all: it is written beside its
 //! final name, hashed as it goes, and renamed only once complete.
 
-use crate::iso::{self, Boot};
-use crate::progress::{Progress, Report};
+use crate::media::iso::{self, Boot};
+use crate::op::progress::{Progress, Report};
 use phyllome_libvirt::Libvirt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -374,7 +374,7 @@ pub fn remove(lv: &Libvirt, dir: &Path, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::quiet;
+    use crate::op::progress::quiet;
 
     #[test]
     fn names_are_made_safe_and_stay_in_the_folder() {
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn a_copy_lands_whole_with_its_hash_or_not_at_all() {
         let d = dir("copy");
-        let img = crate::iso::tests::image("Debian 12.8.0 amd64 n", "", "", None, &[]);
+        let img = crate::media::iso::tests::image("Debian 12.8.0 amd64 n", "", "", None, &[]);
         let seen = std::cell::Cell::new(0u64);
         let r = receive(&d, "deb.iso", Some(img.len() as u64), &mut &img[..], &AtomicBool::new(false), &|p| {
             if let Progress::Bytes { done, .. } = p {

@@ -3,11 +3,11 @@
 //! both call these; nothing here prints.
 
 use crate::domxml::{self, DomainSummary};
-use crate::hostfiles::{here_only, HostFiles, Owner};
-use crate::hostinfo::{self, HostError};
-use crate::journal::{Entry, FileId, Journal, JournalError};
-use crate::progress::{note, Progress, Report};
-use crate::request::{check_files, disk_ref, FileError};
+use crate::host_files::{here_only, HostFiles, Owner};
+use crate::host_facts::{self, HostError};
+use crate::op::journal::{Entry, FileId, Journal, JournalError};
+use crate::op::progress::{note, Progress, Report};
+use crate::media::files::{check_files, disk_ref, FileError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
 use serde::Serialize;
@@ -53,7 +53,7 @@ pub enum VmError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
-    Lock(#[from] crate::oplock::LockError),
+    Lock(#[from] crate::op::lock::LockError),
     #[error("a VM named {0:?} already exists")]
     NameBusy(String),
     #[error("no VM named {0:?}")]
@@ -130,7 +130,7 @@ pub type Result<T> = std::result::Result<T, VmError>;
 /// descriptor), whether it boots on the profile's firmware, and for Windows
 /// the virtio-win disc of the ISO folder, found by its content.
 fn media_checks(req: &mut Request, local: bool) -> Result<Option<phyllome_model::detect::Detected>> {
-    use crate::iso;
+    use crate::media::iso;
     use phyllome_model::catalog::{self, Family, FirmwarePolicy};
     let info = match &req.iso {
         // Relative paths are refused by the model, with a clearer message.
@@ -231,7 +231,7 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     let pool = spec.pool.clone().unwrap_or_else(|| crate::POOL.to_string());
     let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| crate::POOL_PATH.to_string());
     req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
-    let (host, _) = hostinfo::gather(lv, true)?;
+    let (host, _) = host_facts::gather(lv, true)?;
     let mut plan = build::build(&req, &host)?;
     if let Some(d) = detected {
         plan.choices.insert(
@@ -379,7 +379,7 @@ fn disk_image(gib: u64, encryption: Encryption, key: Option<&[u8]>) -> Result<Ve
         return phyllome_disk::bytes(gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
             .map_err(|e| VmError::Disk(e.to_string()));
     }
-    let scratch = crate::hostfiles::Scratch::new().map_err(|e| VmError::Disk(format!("a scratch folder: {e}")))?;
+    let scratch = crate::host_files::Scratch::new().map_err(|e| VmError::Disk(format!("a scratch folder: {e}")))?;
     let path = scratch.path("disk.qcow2");
     create_disk(&path, gib, key.map(|k| (k, PASSPHRASE_ITER_MS)))?;
     std::fs::read(&path).map_err(|e| VmError::Disk(format!("{path}: {e}")))
@@ -420,7 +420,7 @@ pub fn prepare_nvram_with(
     };
     let tv = |e: std::io::Error| VmError::Nvram(format!("{template}: {e}"));
     let raw = files.read(template, TEMPLATE_MAX).map_err(tv)?;
-    let scratch = crate::hostfiles::Scratch::new().map_err(tv)?;
+    let scratch = crate::host_files::Scratch::new().map_err(tv)?;
     let (from, to) = (scratch.path("template"), scratch.path("vars.qcow2"));
     std::fs::write(&from, &raw).map_err(tv)?;
     let out = Command::new("qemu-img")
@@ -546,15 +546,15 @@ pub(crate) fn preflight(
 pub fn recover(lv: &Libvirt) -> Vec<String> {
     let journal = Journal::open();
     let mut cleaned = Vec::new();
-    for e in journal.orphans().into_iter().filter(|e| crate::journal::same_connection(e.uri.as_deref(), lv)) {
+    for e in journal.orphans().into_iter().filter(|e| crate::op::journal::same_connection(e.uri.as_deref(), lv)) {
         rollback(lv, &e);
         journal.finish(&e.name);
         cleaned.push(e.name);
     }
     // Operations of dead processes: their locks go, and a snapshot's record is undone first
     // (the VM back as it was, no half snapshot).
-    let undo = |h: &crate::oplock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
-    cleaned.extend(crate::oplock::recover(lv, &undo));
+    let undo = |h: &crate::op::lock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
+    cleaned.extend(crate::op::lock::recover(lv, &undo));
     crate::snapshot::sweep_memory_mounts();
     // A dead import's staging folder (the whole bundle).
     crate::bundle::sweep_staging();
@@ -843,7 +843,7 @@ pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
 /// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
 pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
     recover(lv);
-    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Start)?;
+    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Start)?;
     let st = state(lv, name)?;
     if st == State::Running {
         return Ok(false);
@@ -889,7 +889,7 @@ pub enum Stopped {
 /// Stops a VM gracefully: the ACPI power button, then (after half the
 /// timeout) the guest agent; forced off at the end only when `force`.
 pub fn stop(lv: &Libvirt, name: &str, timeout: Duration, force: bool, progress: Report<'_>) -> Result<Stopped> {
-    crate::oplock::check(lv, name)?;
+    crate::op::lock::check(lv, name)?;
     match state(lv, name)? {
         State::Shutoff => return Ok(Stopped::AlreadyOff),
         State::Paused => lv.resume(name)?,
@@ -935,7 +935,7 @@ pub fn kill(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
-    crate::oplock::check(lv, name)?;
+    crate::op::lock::check(lv, name)?;
     match state(lv, name)? {
         State::Running => Ok(lv.suspend(name)?),
         State::Paused => Ok(()),
@@ -944,7 +944,7 @@ pub fn pause(lv: &Libvirt, name: &str) -> Result<()> {
 }
 
 pub fn resume(lv: &Libvirt, name: &str) -> Result<()> {
-    crate::oplock::check(lv, name)?;
+    crate::op::lock::check(lv, name)?;
     match state(lv, name)? {
         State::Paused => {
             let io_error = lv.pause_reason(name)? == Some("I/O error");
@@ -1006,7 +1006,7 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
 /// [`delete`] without the recovery first (for the recovery itself, which finishes a move
 /// by removing the source's copy).
 pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
-    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Delete)?;
+    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Delete)?;
     if state(lv, name)? != State::Shutoff {
         return Err(VmError::Running(name.into()));
     }
@@ -1388,7 +1388,7 @@ pub fn explain(lv: &Libvirt, name: &str) -> Result<Vec<build::Choice>> {
         version: crate::VERSION.to_string(),
         ..Default::default()
     };
-    let (host, _) = hostinfo::gather(lv, true)?;
+    let (host, _) = host_facts::gather(lv, true)?;
     Ok(build::build(&req, &host)?.choices)
 }
 

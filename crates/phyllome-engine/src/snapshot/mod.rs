@@ -35,9 +35,9 @@
 //! kill -9 leaves the VM as it was and no half snapshot.
 
 use crate::domxml;
-use crate::journal::{boot_id, phyllome_alive, FileId};
-use crate::oplock;
-use crate::progress::{note, Progress, Report};
+use crate::op::journal::{boot_id, phyllome_alive, FileId};
+use crate::op::lock;
+use crate::op::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::xml::Element;
@@ -324,15 +324,15 @@ struct Op<'a> {
     vm: String,
     uuid: String,
     p: Pending,
-    lock: Option<oplock::Lock>,
+    lock: Option<lock::Lock>,
     interrupted: Arc<AtomicBool>,
     hooks: Vec<signal_hook::SigId>,
 }
 
 impl<'a> Op<'a> {
     /// Claims the VM for one snapshot operation: its lock, refused while another operation holds it.
-    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str, what: oplock::Operation) -> Result<Op<'a>> {
-        let lock = oplock::take_uuid(lv, vm, uuid, what).map_err(VmError::from)?;
+    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str, what: lock::Operation) -> Result<Op<'a>> {
+        let lock = lock::take_uuid(lv, vm, uuid, what).map_err(VmError::from)?;
         let interrupted = Arc::new(AtomicBool::new(false));
         let hooks = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
             .iter()
@@ -343,7 +343,7 @@ impl<'a> Op<'a> {
 
     fn save(&mut self) -> Result<()> {
         let lock = self.lock.as_mut().expect("held until finish");
-        lock.record(&self.p).map_err(|e| io(oplock::LOCK_DIR, e))
+        lock.record(&self.p).map_err(|e| io(lock::LOCK_DIR, e))
     }
 
     /// A step: test hooks (PHYLLOME_TEST_FAIL_AT / PAUSE_AT) and Ctrl-C.
@@ -404,7 +404,7 @@ impl<'a> Op<'a> {
 }
 
 impl Drop for Op<'_> {
-    /// A refusal before anything was recorded: the lock goes with the op (see `oplock::Lock`).
+    /// A refusal before anything was recorded: the lock goes with the op (see `lock::Lock`).
     fn drop(&mut self) {
         for h in self.hooks.drain(..) {
             signal_hook::low_level::unregister(h);
@@ -538,7 +538,7 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
 /// Finishes what the snapshot operation of a dead process left (its record in
 /// the VM's lock): the VM as it was, no half snapshot. True when done; false
 /// while libvirt is still busy with the VM (the lock stays for the next command).
-pub(crate) fn recover_record(lv: &Libvirt, h: &oplock::Holder) -> bool {
+pub(crate) fn recover_record(lv: &Libvirt, h: &lock::Holder) -> bool {
     let Some(Ok(mut p)) = h.record.clone().map(serde_json::from_value::<Pending>) else { return true };
     if h.boot_id != boot_id() {
         // Nothing of a previous boot is running or mounted; its save file (on a tmpfs) is gone.
@@ -558,7 +558,7 @@ pub(crate) fn recover_record(lv: &Libvirt, h: &oplock::Holder) -> bool {
 pub(crate) fn sweep_memory_mounts() {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
     let needed: Vec<String> =
-        oplock::all().into_iter().filter_map(|(_, h)| h.record?.get("mount")?.as_str().map(str::to_string)).collect();
+        lock::all().into_iter().filter_map(|(_, h)| h.record?.get("mount")?.as_str().map(str::to_string)).collect();
     for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
         let Some(pid) = m.strip_prefix(&format!("{MEMORY_RUN}/")).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
@@ -718,7 +718,7 @@ pub(crate) fn copy_dir_files(src: &Path, dst: &Path) -> Result<()> {
             continue;
         }
         let to = dst.join(e.file_name());
-        copy_sparse(&e.path(), &to, &crate::progress::quiet, &AtomicBool::new(false))?;
+        copy_sparse(&e.path(), &to, &crate::op::progress::quiet, &AtomicBool::new(false))?;
         same_owner(&to, &m)?;
     }
     same_owner(dst, &meta)
@@ -795,7 +795,7 @@ fn memory_mount(p: &mut Pending, bytes: u64) -> Result<String> {
 /// Snapshots are folders of this machine holding copies of the VM's disk images, UEFI
 /// variables and TPM state: refused, before anything is made, for a VM of another host.
 fn here(lv: &Libvirt) -> Result<()> {
-    Ok(crate::hostfiles::here_only(lv, "snapshots (they copy the VM's disk images, UEFI variables and TPM state)")?)
+    Ok(crate::host_files::here_only(lv, "snapshots (they copy the VM's disk images, UEFI variables and TPM state)")?)
 }
 
 /// Takes a snapshot of the VM `vm_name`.
@@ -813,7 +813,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
     let s = domxml::parse(&xml).map_err(|e| VmError::Xml(vm_name.into(), e))?;
     report(Progress::Step { step: "claim" });
     // Held from here, so what is checked below stays true until the snapshot is made.
-    let mut op = Op::begin(lv, vm_name, &s.uuid, oplock::Operation::SnapshotCreate)?;
+    let mut op = Op::begin(lv, vm_name, &s.uuid, lock::Operation::SnapshotCreate)?;
     let name = match &req.name {
         Some(n) => n.clone(),
         None => default_name(&s.uuid),
@@ -855,7 +855,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             )));
         }
     } else if running {
-        let (host, _) = crate::hostinfo::gather(lv, false).map_err(VmError::from)?;
+        let (host, _) = crate::host_facts::gather(lv, false).map_err(VmError::from)?;
         host.check(phyllome_model::Feature::LiveDiskCopy)?;
         if prompt {
             return Err(SnapshotError::Refused(format!(
@@ -930,7 +930,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             if let Some(p) = &record.nvram {
                 if record.nvram_present {
                     let to = part.join("nvram");
-                    copy_sparse(Path::new(p), &to, &crate::progress::quiet, &AtomicBool::new(false))?;
+                    copy_sparse(Path::new(p), &to, &crate::op::progress::quiet, &AtomicBool::new(false))?;
                 }
             }
             if record.tpm && record.tpm_present {
@@ -1176,7 +1176,7 @@ pub fn revert(
     let s = vm::summary(lv, vm_name)?;
     report(Progress::Step { step: "claim" });
     // Held from here, so what is checked below stays true until the revert is done.
-    let mut op = Op::begin(lv, vm_name, &s.uuid, oplock::Operation::SnapshotRevert)?;
+    let mut op = Op::begin(lv, vm_name, &s.uuid, lock::Operation::SnapshotRevert)?;
     let r = read_record(&s.uuid, snap)
         .ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
     let disks = writable_disks(lv, &s)?;
@@ -1229,7 +1229,7 @@ pub fn revert(
                 let staged = staged_name(dst);
                 let _ = std::fs::remove_file(&staged);
                 let mut out = op.stage_file(&staged)?;
-                copy_sparse_into(&sdir.join("nvram"), &mut out, &staged, &crate::progress::quiet, &op.interrupted)?;
+                copy_sparse_into(&sdir.join("nvram"), &mut out, &staged, &crate::op::progress::quiet, &op.interrupted)?;
                 // Owned as the snapshot's copy was (libvirt's QEMU user, or root).
                 let like = std::fs::metadata(dst)
                     .or_else(|_| std::fs::metadata(sdir.join("nvram")))
@@ -1383,7 +1383,7 @@ pub fn delete(lv: &Libvirt, vm_name: &str, snap: &str) -> Result<()> {
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let r =
         read_record(&uuid, snap).ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
-    let op = Op::begin(lv, vm_name, &uuid, oplock::Operation::SnapshotDelete)?;
+    let op = Op::begin(lv, vm_name, &uuid, lock::Operation::SnapshotDelete)?;
     let res = remove_one(lv, &r);
     op.finish();
     res
@@ -1486,18 +1486,18 @@ mod tests {
         data[(3 << 20) - 1] = 7;
         std::fs::write(&src, &data).unwrap();
         let dst = dir.join("dst");
-        let n = copy_sparse(&src, &dst, &crate::progress::quiet, &AtomicBool::new(false)).unwrap();
+        let n = copy_sparse(&src, &dst, &crate::op::progress::quiet, &AtomicBool::new(false)).unwrap();
         assert_eq!(n, data.len() as u64);
         assert_eq!(std::fs::read(&dst).unwrap(), data);
         let m = std::fs::metadata(&dst).unwrap();
         assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
         assert_eq!(m.mode() & 0o777, 0o600);
         // An existing destination is never overwritten.
-        assert!(copy_sparse(&src, &dst, &crate::progress::quiet, &AtomicBool::new(false)).is_err());
+        assert!(copy_sparse(&src, &dst, &crate::op::progress::quiet, &AtomicBool::new(false)).is_err());
         // An interrupted copy stops.
         let stop = AtomicBool::new(true);
         assert!(matches!(
-            copy_sparse(&src, &dir.join("x"), &crate::progress::quiet, &stop),
+            copy_sparse(&src, &dir.join("x"), &crate::op::progress::quiet, &stop),
             Err(SnapshotError::Vm(VmError::Interrupted))
         ));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -14,7 +14,7 @@
 //! holds (a revert that starts the VM, a migration that deletes its source):
 //! that inner take is a no-op.
 
-use crate::journal::{boot_id, phyllome_alive, same_connection};
+use crate::op::journal::{boot_id, phyllome_alive, same_connection};
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
