@@ -9,6 +9,7 @@
 //! - `--prune` removes only VMs whose Phyllome metadata says apply made them from this same
 //!   FILE or DIR (`<phyllome:applied from='/abs/path'/>`), never another VM of the host.
 
+use crate::errors::{Classify, ErrorKind};
 use crate::domxml::{self, DomainSummary};
 use crate::manifest::{self, Manifest, ManifestError, ShareEntry};
 use crate::op::progress::{note, Report};
@@ -72,6 +73,16 @@ pub enum ApplyError {
     InFile { file: String, source: Box<VmError> },
     #[error(transparent)]
     Vm(#[from] VmError),
+}
+
+impl Classify for ApplyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Manifest(e) => e.kind(),
+            ApplyError::InFile { source, .. } => source.kind(),
+            ApplyError::Vm(e) => e.kind(),
+        }
+    }
 }
 
 impl From<phyllome_libvirt::Error> for ApplyError {
@@ -702,6 +713,16 @@ fn change(lv: &Libvirt, want: &Manifest, h: &Have, now: &[&Change], progress: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_errors_fall_into_their_class() {
+        let missing = ManifestError::Missing("/vms".into());
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        let field = ManifestError::Field { file: "a.toml".into(), field: "disk_size", why: "smaller".into() };
+        assert_eq!(ApplyError::from(field).kind(), ErrorKind::InvalidInput);
+        let busy = ApplyError::InFile { file: "a.toml".into(), source: Box::new(VmError::Running("a".into())) };
+        assert_eq!(busy.kind(), ErrorKind::Conflict);
+    }
 
     const VM: &str = r#"
 version = 1

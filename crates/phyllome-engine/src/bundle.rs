@@ -21,6 +21,7 @@
 //! every checksum before anything is made; then create's journal makes the VM
 //! all or nothing.
 
+use crate::errors::Classify;
 use crate::op::journal::{Entry, Journal};
 use crate::op::progress::{note, Progress, Report};
 use crate::vm::{self, Result, VmError};
@@ -156,11 +157,11 @@ pub enum BundleError {
     Io { path: String, why: String },
 }
 
-impl BundleError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for BundleError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind;
         match self {
-            BundleError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
+            BundleError::Vm(v) => v.kind(),
             BundleError::Manifest(_)
             | BundleError::NotABundle(_)
             | BundleError::Version(_)

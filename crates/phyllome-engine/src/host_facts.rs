@@ -2,6 +2,7 @@
 //! libvirt's versions, host and domain capabilities, swtpm and virtiofsd (the
 //! capability record, [`phyllome_model::capability`]), and the KVM probe.
 
+use crate::errors::{Classify, ErrorKind};
 use phyllome_host::{kvm, parse_domcaps, platform, read_facts};
 use phyllome_libvirt::Libvirt;
 use phyllome_model::host::KvmState;
@@ -14,6 +15,15 @@ pub enum HostError {
     Libvirt(#[from] phyllome_libvirt::Error),
     #[error("cannot read libvirt's domain capabilities: {0}")]
     Domcaps(#[from] phyllome_host::domcaps::DomcapsError),
+}
+
+impl Classify for HostError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HostError::Libvirt(e) => e.kind(),
+            HostError::Domcaps(_) => ErrorKind::Failed,
+        }
+    }
 }
 
 /// The QEMU binary the KVM probe runs.

@@ -6,6 +6,7 @@
 //! and the Rust ecosystem's `toml` crate maps it onto typed structs through
 //! serde, refusing unknown keys as the format requires.
 
+use crate::errors::{Classify, ErrorKind};
 use crate::domxml;
 use crate::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
@@ -112,6 +113,18 @@ pub enum ManifestError {
     Missing(String),
     #[error("{file}: {why}")]
     Unreadable { file: String, why: String },
+}
+
+impl Classify for ManifestError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ManifestError::Missing(_) => ErrorKind::NotFound,
+            ManifestError::Unreadable { .. } => ErrorKind::Failed,
+            ManifestError::Syntax { .. } | ManifestError::Version { .. } | ManifestError::Field { .. } => {
+                ErrorKind::InvalidInput
+            }
+        }
+    }
 }
 
 fn file_name(p: &str) -> String {

@@ -25,6 +25,7 @@
 //!   the next migration to that host and `phyllome host clean` ([`clean`]) do it;
 //!   until then the VM does not start here (it may run there).
 
+use crate::errors::Classify;
 use crate::op::progress::{note, Progress, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, MigrateAsk, MigrationStats, State};
@@ -151,11 +152,11 @@ pub enum MigrateError {
     ArrivedAnyway { vm: String, why: String },
 }
 
-impl MigrateError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for MigrateError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind;
         match self {
-            MigrateError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
+            MigrateError::Vm(v) => v.kind(),
             MigrateError::Unreachable { .. } => ErrorKind::Unavailable,
             MigrateError::Refused { .. } => ErrorKind::Unsupported,
             MigrateError::Failed { .. } | MigrateError::LeftThere { .. } | MigrateError::ArrivedAnyway { .. } => {

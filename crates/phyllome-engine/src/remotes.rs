@@ -11,6 +11,7 @@
 //! The name `local` is this host's own connection (`--connect`, by default
 //! `qemu:///system`) and cannot be added.
 
+use crate::errors::Classify;
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -62,8 +63,8 @@ pub enum HostsError {
     OnHost { name: String, why: String },
 }
 
-impl HostsError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for HostsError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind;
         match self {
             HostsError::BadName(_) | HostsError::Reserved(_) | HostsError::BadUri(_) => ErrorKind::InvalidInput,

@@ -26,7 +26,7 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use phyllome_engine::errors::ErrorKind;
+use phyllome_engine::errors::{Classify, ErrorKind};
 use std::sync::Arc;
 
 /// A failed request: status, a message for people and the error's class
@@ -75,8 +75,8 @@ impl ApiError {
 
     /// An engine error, by its class: the client's fault is a 4xx, an
     /// unreachable libvirtd a 503, and only a real failure a 500.
-    pub fn from_engine(e: &(dyn std::error::Error + 'static)) -> ApiError {
-        let kind = phyllome_engine::errors::classify(e);
+    pub fn from_engine(e: &dyn Classify) -> ApiError {
+        let kind = e.kind();
         let status = status_of(kind);
         let message = match kind {
             ErrorKind::Unavailable => format!("libvirtd cannot be reached now: {e}"),

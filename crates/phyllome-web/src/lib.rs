@@ -101,6 +101,13 @@ pub struct Started {
     pub novnc: Option<PathBuf>,
 }
 
+/// The server could not start or went down: the operation failed.
+impl phyllome_engine::errors::Classify for ServeError {
+    fn kind(&self) -> phyllome_engine::errors::ErrorKind {
+        phyllome_engine::errors::ErrorKind::Failed
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]

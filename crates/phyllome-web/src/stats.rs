@@ -152,7 +152,7 @@ impl Hub {
                         // connection and the previous sample: only a connection that died is made again.
                         tracing::debug!(error = %e, "stats sample failed");
                         let gone =
-                            phyllome_engine::errors::classify(&e) == phyllome_engine::errors::ErrorKind::Unavailable;
+                            phyllome_engine::errors::Classify::kind(&e) == phyllome_engine::errors::ErrorKind::Unavailable;
                         if gone || !lv.is_alive() {
                             self.lock().unreachable = true;
                             conn = None;

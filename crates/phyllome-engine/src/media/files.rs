@@ -1,6 +1,7 @@
 //! From user input to a model request, with the checks that need the host's
 //! file system (the model itself does no I/O).
 
+use crate::errors::{Classify, ErrorKind};
 use crate::media::magic::{self, Claim};
 use phyllome_model::build::{DiskRef, Encryption, Request};
 use phyllome_model::catalog::Family;
@@ -33,6 +34,16 @@ pub enum FileError {
     KernelInterface { what: &'static str, path: String },
     #[error("{what} {path:?} cannot be read by QEMU's user {user} ({why}); Phyllome does not change its owner or mode. Make it readable (e.g. chmod o+r, and o+x on its folders), or copy it into /var/lib/phyllome/isos")]
     NotReadableByQemu { what: &'static str, path: String, user: String, why: String },
+}
+
+impl Classify for FileError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FileError::Missing { .. } => ErrorKind::NotFound,
+            FileError::Unreadable { .. } | FileError::UnreadableDevice { .. } => ErrorKind::Failed,
+            _ => ErrorKind::InvalidInput,
+        }
+    }
 }
 
 /// Opens the file a request names and checks that it is what it claims to be.

@@ -3,6 +3,7 @@
 //! OS it holds. A copy lands whole or not at all: it is written beside its
 //! final name, hashed as it goes, and renamed only once complete.
 
+use crate::errors::{Classify, ErrorKind};
 use crate::media::iso::{self, Boot};
 use crate::op::progress::{Progress, Report};
 use phyllome_libvirt::Libvirt;
@@ -41,6 +42,20 @@ pub enum IsoDirError {
     Io(String, std::io::Error),
     #[error(transparent)]
     Libvirt(#[from] phyllome_libvirt::Error),
+}
+
+impl Classify for IsoDirError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            IsoDirError::BadName(_) | IsoDirError::NotIso(..) => ErrorKind::InvalidInput,
+            IsoDirError::NoSpace { .. } | IsoDirError::Full { .. } => ErrorKind::NoSpace,
+            IsoDirError::Exists(_) | IsoDirError::InUse { .. } => ErrorKind::Conflict,
+            IsoDirError::Missing(_) | IsoDirError::NoFile(_) => ErrorKind::NotFound,
+            IsoDirError::Interrupted => ErrorKind::Interrupted,
+            IsoDirError::Libvirt(e) => e.kind(),
+            IsoDirError::Io(..) => ErrorKind::Failed,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, IsoDirError>;
@@ -440,7 +455,7 @@ mod tests {
         assert!(*held >= 200 && *spare == 64, "{e}");
         let text = e.to_string();
         assert!(text.contains("64 MiB") && text.contains("spare") && text.contains("under way"), "{text}");
-        assert_eq!(crate::errors::classify(&e), crate::errors::ErrorKind::NoSpace);
+        assert_eq!(e.kind(), crate::errors::ErrorKind::NoSpace);
         // What a copy wrote is in free space already: it holds only the rest.
         assert!(Reservation::take(&d, "c.iso", 30 * MIB, || Ok(free - 100 * MIB)).is_err());
         a.wrote(100 * MIB);

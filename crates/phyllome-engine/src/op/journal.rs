@@ -6,6 +6,7 @@
 //! removes exactly those objects, only while their identity still matches, so
 //! an interrupted create leaves nothing behind and touches nothing it did not make.
 
+use crate::errors::{Classify, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,15 @@ pub enum JournalError {
     Busy(String),
     #[error("journal {0}: {1}")]
     Io(String, std::io::Error),
+}
+
+impl Classify for JournalError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            JournalError::Busy(_) => ErrorKind::Conflict,
+            JournalError::Io(..) => ErrorKind::Failed,
+        }
+    }
 }
 
 impl Journal {

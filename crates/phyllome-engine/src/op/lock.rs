@@ -14,6 +14,7 @@
 //! holds (a revert that starts the VM, a migration that deletes its source):
 //! that inner take is a no-op.
 
+use crate::errors::Classify;
 use crate::op::journal::{boot_id, phyllome_alive, same_connection};
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
@@ -95,8 +96,8 @@ pub enum LockError {
     Io { vm: String, path: String, why: String },
 }
 
-impl LockError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for LockError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         match self {
             LockError::Busy { .. } | LockError::Unrecovered { .. } => crate::errors::ErrorKind::Conflict,
             LockError::Io { .. } => crate::errors::ErrorKind::Failed,

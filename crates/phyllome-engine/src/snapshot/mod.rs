@@ -34,6 +34,7 @@
 //! guest, a saved memory file, staged revert files) so a failure, Ctrl-C or a
 //! kill -9 leaves the VM as it was and no half snapshot.
 
+use crate::errors::Classify;
 use crate::domxml;
 use crate::op::journal::{boot_id, phyllome_alive, FileId};
 use crate::op::lock;
@@ -97,12 +98,12 @@ fn io(what: impl AsRef<Path>, e: std::io::Error) -> SnapshotError {
     SnapshotError::Io(what.as_ref().display().to_string(), e)
 }
 
-impl SnapshotError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for SnapshotError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind as K;
         match self {
-            SnapshotError::Vm(e) => crate::errors::classify(e),
-            SnapshotError::Libvirt(e) => crate::errors::classify(e),
+            SnapshotError::Vm(e) => e.kind(),
+            SnapshotError::Libvirt(e) => e.kind(),
             SnapshotError::Feature(_) | SnapshotError::CannotHere(_) => K::Unsupported,
             SnapshotError::BadName(_) | SnapshotError::BadDescription(_) | SnapshotError::Refused(_) => K::InvalidInput,
             SnapshotError::NoSpace { .. } => K::NoSpace,

@@ -2,6 +2,7 @@
 //! stop, kill, pause, resume, delete, list, info. The CLI and the web API
 //! both call these; nothing here prints.
 
+use crate::errors::{Classify, ErrorKind};
 use crate::domxml::{self, DomainSummary};
 use crate::host_files::{here_only, HostFiles, Owner};
 use crate::host_facts::{self, HostError};
@@ -121,6 +122,43 @@ pub enum VmError {
     #[error("injected failure at step {0} (PHYLLOME_TEST_FAIL_AT)")]
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Injected(String),
+}
+
+impl Classify for VmError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            VmError::Build(e) => e.kind(),
+            VmError::File(e) => e.kind(),
+            VmError::Libvirt(e) => e.kind(),
+            VmError::Host(e) => e.kind(),
+            VmError::Journal(e) => e.kind(),
+            VmError::Lock(e) => e.kind(),
+            VmError::NameBusy(_)
+            | VmError::VolumeExists { .. }
+            | VmError::SecretExists(_)
+            | VmError::Running(_)
+            | VmError::NotRunning(_)
+            | VmError::DiskShared { .. }
+            | VmError::NetworkInactive(_)
+            | VmError::IoPaused { .. }
+            | VmError::VolumeInUse { .. }
+            | VmError::MoveUnfinished { .. }
+            | VmError::ChangedOutside { .. } => ErrorKind::Conflict,
+            VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
+            VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => {
+                ErrorKind::NotFound
+            }
+            VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
+            VmError::BadShare(_)
+            | VmError::NoOs(_)
+            | VmError::Iso { .. }
+            | VmError::UnknownMedia { .. }
+            | VmError::IsoFirmware { .. } => ErrorKind::InvalidInput,
+            VmError::Interrupted => ErrorKind::Interrupted,
+            VmError::NotHere { .. } => ErrorKind::Unsupported,
+            _ => ErrorKind::Failed,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, VmError>;
@@ -1450,4 +1488,22 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
         });
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_errors_fall_into_their_class() {
+        let kind = |e: VmError| crate::errors::Failure::from(e).kind();
+        assert_eq!(kind(VmError::NameBusy("x".into())), ErrorKind::Conflict);
+        assert_eq!(kind(VmError::NoSuchVm("x".into())), ErrorKind::NotFound);
+        assert_eq!(kind(VmError::Interrupted), ErrorKind::Interrupted);
+        let missing = FileError::Missing { what: "ISO", path: "/x".into() };
+        assert_eq!(kind(VmError::File(missing)), ErrorKind::NotFound);
+        assert_eq!(kind(VmError::Build(BuildError::ZeroCpus)), ErrorKind::InvalidInput);
+        let tpm = BuildError::NoTpm { os: "Windows 11", why: "swtpm is not installed" };
+        assert_eq!(kind(VmError::Build(tpm)), ErrorKind::Unsupported);
+    }
 }

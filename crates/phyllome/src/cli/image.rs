@@ -1,5 +1,6 @@
 //! `phyllome image`: the Phyllome OS images (a Fedora Remix based on Fedora Server).
 
+use phyllome_engine::errors::Failure;
 use super::Fallible;
 use clap::{Args, Subcommand, ValueEnum};
 use phyllome_system::kickstart::{self, Bootloader, Edition, Recipe};
@@ -77,7 +78,7 @@ pub fn kickstart(args: KickstartArgs) -> Fallible {
         phyllome_repo: args.phyllome_repo,
         disk: args.disk,
     };
-    let text = kickstart::render(&recipe)?;
+    let text = kickstart::render(&recipe).map_err(Failure::failed)?;
     match args.output {
         Some(path) => {
             std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

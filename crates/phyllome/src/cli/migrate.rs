@@ -69,7 +69,7 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
             );
         }
         if !c.ok {
-            return Err(Box::new(migrate::MigrateError::Refused { vm: a.name, to: a.to, why: c.failures() }));
+            return Err(migrate::MigrateError::Refused { vm: a.name, to: a.to, why: c.failures() }.into());
         }
         return Ok(());
     }

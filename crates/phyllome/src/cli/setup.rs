@@ -1,6 +1,7 @@
 //! `phyllome host setup`: configures this host for virtualization, showing
 //! every change first (`phyllome_system::setup` plans, `::apply` applies).
 
+use phyllome_engine::errors::Failure;
 use super::Fallible;
 use phyllome_libvirt::Libvirt;
 use phyllome_system::apply::{apply, run_command, Executor, Outcome};
@@ -53,7 +54,7 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
         pool_path: phyllome_engine::POOL_PATH.into(),
         pool_state: if live { pool_state(uri) } else { PoolState::Unknown("a --root tree".into()) },
     };
-    let plan = plan(&opts)?;
+    let plan = plan(&opts).map_err(Failure::failed)?;
     println!(
         "phyllome host setup on {}{}",
         if live { "this host".to_string() } else { canon.display().to_string() },
@@ -64,7 +65,7 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
         return Ok(());
     }
     println!("\napplying:");
-    let outcomes = apply(&canon, live, &plan, &mut Live { uri })?;
+    let outcomes = apply(&canon, live, &plan, &mut Live { uri }).map_err(Failure::failed)?;
     let mut left = 0;
     for (i, (change, outcome)) in plan.changes.iter().zip(&outcomes).enumerate() {
         match outcome {
