@@ -9,8 +9,8 @@
 //! - `--prune` removes only VMs whose Phyllome metadata says apply made them from this same
 //!   FILE or DIR (`<phyllome:applied from='/abs/path'/>`), never another VM of the host.
 
-use crate::errors::{Classify, ErrorKind};
 use crate::domxml::{self, DomainSummary};
+use crate::errors::{Classify, ErrorKind};
 use crate::manifest::{self, Manifest, ManifestError, ShareEntry};
 use crate::op::progress::{note, Report};
 use crate::vm::{self, VmError};
@@ -435,7 +435,7 @@ pub struct Plan {
 
 /// The create request of a manifest, marked as made by apply from `source`.
 fn spec_of(want: &Manifest, source: &str) -> vm::VmSpec {
-    let mut spec = want.spec(Path::new(crate::ISO_DIR));
+    let mut spec = want.spec(Path::new(crate::paths::ISO_DIR));
     spec.request.applied_from = Some(source.to_string());
     spec
 }
@@ -499,7 +499,12 @@ fn check_changes(
             version: crate::VERSION.to_string(),
             // The disk's minimum is advice at create; an existing VM's disk only grows.
             force: true,
-            disk: Some(crate::media::files::disk_ref(&want.name, crate::POOL, crate::POOL_PATH, build::Encryption::None)),
+            disk: Some(crate::media::files::disk_ref(
+                &want.name,
+                crate::POOL,
+                crate::paths::POOL_PATH,
+                build::Encryption::None,
+            )),
             ..Default::default()
         };
         // Only when the profile builds on this host at all is a refusal the size's.

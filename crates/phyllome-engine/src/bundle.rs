@@ -21,9 +21,13 @@
 //! every checksum before anything is made; then create's journal makes the VM
 //! all or nothing.
 
+use crate::disk::reencrypt::ReEncrypt;
 use crate::errors::Classify;
-use crate::op::journal::{Entry, Journal};
+use crate::op::journal::Journal;
 use crate::op::progress::{note, Progress, Report};
+use crate::op::record::{Operation, Record};
+use crate::op::{undo, Op};
+use crate::paths::STAGING_DIR;
 use crate::vm::{self, Result, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
@@ -35,15 +39,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The `format` of `bundle.json`.
 pub const FORMAT: &str = "phyllome-bundle";
 /// The bundle format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-/// Where imports stage the parts they read, before checking them.
-pub const STAGING_DIR: &str = "/var/lib/phyllome/import";
 /// The largest small part (bundle.json, manifest, NVRAM, TPM state, keys) read into memory.
 const SMALL_PART: u64 = 64 << 20;
 /// scrypt's work factor for the export passphrase: 2^18 (256 MiB of memory,
@@ -182,6 +183,30 @@ impl From<phyllome_libvirt::Error> for BundleError {
     }
 }
 
+impl From<crate::host_files::NotHere> for BundleError {
+    fn from(e: crate::host_files::NotHere) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::op::StepError> for BundleError {
+    fn from(e: crate::op::StepError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::disk::DiskError> for BundleError {
+    fn from(e: crate::disk::DiskError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::op::lock::LockError> for BundleError {
+    fn from(e: crate::op::lock::LockError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
 impl From<crate::op::journal::JournalError> for BundleError {
     fn from(e: crate::op::journal::JournalError) -> Self {
         BundleError::Vm(e.into())
@@ -205,7 +230,7 @@ pub fn request_for(
     info_disk_size: u64,
     boot: Option<(&str, Option<&str>)>,
 ) -> vm::VmSpec {
-    let mut spec = m.spec(Path::new(crate::ISO_DIR));
+    let mut spec = m.spec(Path::new(crate::paths::ISO_DIR));
     spec.request.iso = None;
     spec.request.drivers = None;
     spec.request.disk_size = Some(format!("{}G", info_disk_size.div_ceil(1 << 30).max(1)));
@@ -238,14 +263,14 @@ pub fn plan_on(name: &str, spec: &vm::VmSpec, host: &Host, shares: Vec<phyllome_
     let req = build::Request {
         name: name.to_string(),
         network,
-        disk: Some(crate::media::files::disk_ref(name, crate::POOL, crate::POOL_PATH, Encryption::Secret)),
+        disk: Some(crate::media::files::disk_ref(name, crate::POOL, crate::paths::POOL_PATH, Encryption::Secret)),
         version: crate::VERSION.to_string(),
         shares,
         ..spec.request.clone()
     };
     let mut plan = build::build(&req, host)?;
     if let Some(b) = &mut plan.domain.direct_boot {
-        let dir = vm::boot_dir(name);
+        let dir = crate::paths::boot_dir(name);
         b.kernel = format!("{dir}/vmlinuz");
         if let Some(i) = &mut b.initrd {
             *i = format!("{dir}/initrd.img");
@@ -452,7 +477,7 @@ fn append_part<W: Write>(
 /// keyed by Phyllome's secret (not a typed passphrase). For front ends that
 /// answer before the export starts (the web API's download ticket).
 pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
-    crate::op::lock::check(lv, name)?;
+    crate::op::lock::check(lv, name).map_err(VmError::from)?;
     export_source(lv, name).map(|_| ())
 }
 
@@ -461,7 +486,10 @@ pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), Bun
 type Source = (crate::domxml::DomainSummary, usize, String, String);
 
 fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, BundleError> {
-    crate::host_files::here_only(lv, "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)")?;
+    crate::host_files::here_only(
+        lv,
+        "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)",
+    )?;
     match vm::state(lv, name)? {
         State::Shutoff => {}
         _ => {
@@ -501,7 +529,7 @@ pub fn export(
     if passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }
-    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Export)?;
+    let _held = crate::op::lock::take(lv, name, Operation::Export)?;
     let (s, disk, pool, volume) = export_source(lv, name)?;
     let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
@@ -528,19 +556,15 @@ pub fn export(
     // The journal: a claim in a name no VM can have, with the paused source,
     // the temporary secret and the staging copy recorded by identity.
     let claim = format!("+export+{name}");
-    let mut entry =
-        Entry { uri: Some(lv.uri()), ..Entry::new(&claim, &pool, &format!(".phyllome-export-{name}.qcow2"), &staging) };
+    let mut entry = Record::new(lv, Operation::Export, &claim);
+    entry.made.pool = Some(pool.clone());
+    entry.made.volume = Some(format!(".phyllome-export-{name}.qcow2"));
+    entry.made.volume_path = Some(staging.clone());
     let journal = Journal::open();
     journal.begin(&entry)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
-        .collect();
-    let at = |st: &'static str| -> std::result::Result<(), BundleError> {
-        progress(Progress::Step { step: st });
-        Ok(vm::step(st, &interrupted)?)
-    };
+    let op = Op::begin();
+    let interrupted = op.flag();
+    let at = |st: &'static str| -> std::result::Result<(), BundleError> { Ok(op.at(progress, st)?) };
     let result = (|| -> std::result::Result<Exported, BundleError> {
         if Path::new(&staging).exists() || lv.volume_secret(&staging)?.is_some() {
             return Err(BundleError::Refused(format!(
@@ -548,7 +572,7 @@ pub fn export(
             )));
         }
         at("disk")?;
-        let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+        let key = crate::disk::image::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
         let secret = lv.define_volume_secret(&staging, &format!("phyllome: export key of VM {name}"), false, &key)?;
         entry.made.secret_uuid = Some(secret.clone());
         journal.record(&entry)?;
@@ -556,18 +580,8 @@ pub fn export(
             progress,
             &format!("re-encrypting {name}'s disk under the export key (QEMU copies it with {name} paused)"),
         );
-        crate::clone::reencrypt_stopped(
-            lv,
-            name,
-            &s.uuid,
-            &d.target,
-            &staging,
-            &secret,
-            &journal,
-            &mut entry,
-            &interrupted,
-            progress,
-        )?;
+        let copy = ReEncrypt { vm: name, vm_uuid: &s.uuid, target: &d.target, dest: &staging, secret: &secret };
+        copy.run(lv, &journal, &mut entry, interrupted, progress)?;
         // The key is now in the bundle's hands only; libvirt need not keep it.
         let _ = lv.undefine_secret_uuid(&secret);
         entry.made.secret_uuid = None;
@@ -585,11 +599,11 @@ pub fn export(
             }
             _ => None,
         };
-        let tpm_dir = crate::snapshot::tpm_dir(&s.uuid);
+        let tpm_dir = crate::paths::tpm_dir(&s.uuid);
         let tpm =
             if tpm_dir.is_dir() { Some(enc("tpm", &tar_files(&tpm_dir).map_err(|e| io(&tpm_dir, e))?)?) } else { None };
         let boot_files: Vec<&String> =
-            s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)).collect();
+            s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::paths::BOOT_DIR)).collect();
         let boot = if boot_files.is_empty() {
             None
         } else {
@@ -657,7 +671,7 @@ pub fn export(
                 }
             }
             let f = std::fs::File::open(&staging).map_err(|e| io(&staging, e))?;
-            let disk = Stop { inner: std::io::BufReader::with_capacity(1 << 20, f), flag: &interrupted };
+            let disk = Stop { inner: std::io::BufReader::with_capacity(1 << 20, f), flag: interrupted };
             append_part(&mut tar, "disk.qcow2", disk, disk_len, &mut sums).map_err(|e| {
                 if interrupted.load(Ordering::Relaxed) {
                     BundleError::Vm(VmError::Interrupted)
@@ -709,11 +723,9 @@ pub fn export(
         );
         Ok(Exported { name: name.into(), bytes: w.written, parts: sizes, notes })
     })();
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
+    drop(op);
     // The staging copy and the temporary key go, whatever happened (by identity).
-    vm::rollback(lv, &entry);
+    undo::made_objects(lv, &claim, &entry.made);
     journal.finish(&claim);
     result
 }
@@ -800,7 +812,7 @@ impl Staging {
         let staging = Staging(dir);
         // Its boot, with the pid in its name: whoever finds it after this process is gone removes it.
         let boot = staging.0.join(STAGING_BOOT);
-        std::fs::write(&boot, crate::op::journal::boot_id()).map_err(|e| io(&boot, e))?;
+        std::fs::write(&boot, crate::op::record::boot_id()).map_err(|e| io(&boot, e))?;
         Ok(staging)
     }
 }
@@ -811,26 +823,9 @@ impl Drop for Staging {
     }
 }
 
-/// The file in a staging folder that names the boot of the import that made it.
-const STAGING_BOOT: &str = ".boot_id";
-
-/// Removes the staging folders of imports whose process is gone (killed, or of
-/// another boot): every command's recovery (`vm::recover`) calls it.
-pub(crate) fn sweep_staging() {
-    let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
-    let boot = crate::op::journal::boot_id();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(Ok(pid)) = name.split_once('-').map(|(p, _)| p.parse::<u32>()) else { continue };
-        if pid == std::process::id() {
-            continue;
-        }
-        let other_boot = std::fs::read_to_string(e.path().join(STAGING_BOOT)).is_ok_and(|b| b.trim() != boot);
-        if other_boot || !crate::op::journal::phyllome_alive(pid) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
+/// The file in a staging folder that names the boot of the import that made it (whoever finds
+/// the folder after that import is gone removes it: `op::recover`).
+const STAGING_BOOT: &str = crate::op::recover::STAGING_BOOT;
 
 fn damaged_or_truncated(what: &str, e: std::io::Error) -> BundleError {
     match e.kind() {
@@ -917,7 +912,8 @@ pub fn import(
     crate::host_files::here_only(
         lv,
         "import (the bundle is staged here and its disk and state move into this host's folders)",
-    )?;
+    )
+    .map_err(VmError::from)?;
     vm::recover(lv);
     if opts.passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
@@ -925,16 +921,8 @@ pub fn import(
     let passphrase = String::from_utf8(opts.passphrase.to_vec())
         .map_err(|_| BundleError::WrongPassphrase)
         .map(SecretString::from)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
-        .collect();
-    let r = import_inner(lv, input, total, opts, passphrase, &interrupted, progress);
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
-    r
+    let op = Op::begin();
+    import_inner(lv, input, total, opts, passphrase, op.flag(), progress)
 }
 
 fn import_inner(

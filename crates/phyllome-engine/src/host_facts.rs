@@ -85,9 +85,11 @@ pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::c
     let libvirt = lv
         .clone()
         .and_then(|lv| lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()));
-    let migrations = lv.as_ref().ok().map(|lv| crate::migrate::unsettled(lv));
-    let pool_path =
-        lv.ok().and_then(|lv| lv.pool_path(crate::POOL).ok().flatten()).unwrap_or_else(|| crate::POOL_PATH.into());
+    let migrations = lv.as_ref().ok().map(|lv| crate::op::moves::unsettled(lv));
+    let pool_path = lv
+        .ok()
+        .and_then(|lv| lv.pool_path(crate::POOL).ok().flatten())
+        .unwrap_or_else(|| crate::paths::POOL_PATH.into());
     // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
     let kvm_probe = if Path::new("/dev/kvm").exists() {
         qemu_binary().map(|qemu| kvm::probe_cached(&qemu, &phyllome_host::facts::read_firmware(Path::new("/"))))

@@ -19,8 +19,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use phyllome_engine::host_facts;
-use phyllome_engine::remotes::LOCAL;
 use phyllome_engine::op::progress::Progress;
+use phyllome_engine::remotes::LOCAL;
 use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmSpec};
 use phyllome_host::check;
 use phyllome_libvirt::Libvirt;
@@ -1244,7 +1244,14 @@ async fn upload_media(
     let added = tokio::task::spawn_blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let never = std::sync::atomic::AtomicBool::new(false);
-        phyllome_engine::media::iso_dir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::op::progress::quiet)
+        phyllome_engine::media::iso_dir::receive(
+            &dir,
+            &name,
+            Some(len),
+            &mut sync,
+            &never,
+            &phyllome_engine::op::progress::quiet,
+        )
     })
     .await
     .map_err(|_| ApiError::internal("the upload's worker failed"))??;
@@ -1261,7 +1268,8 @@ async fn delete_media(
 ) -> ApiResult<Json<serde_json::Value>> {
     who_did(&who, "remove medium", &name);
     let path =
-        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?)).await?;
+        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?))
+            .await?;
     Ok(Json(serde_json::json!({ "removed": path })))
 }
 
@@ -1719,7 +1727,7 @@ pub struct CleanQuery {
 pub struct Cleaned {
     host: String,
     dry_run: bool,
-    moves: Vec<phyllome_engine::migrate::Settled>,
+    moves: Vec<phyllome_engine::op::moves::Settled>,
 }
 
 /// Settle the migrations of this host's VMs to host `name` that were cut short (`phyllome host clean NAME`): a

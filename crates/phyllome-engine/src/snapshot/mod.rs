@@ -34,29 +34,27 @@
 //! guest, a saved memory file, staged revert files) so a failure, Ctrl-C or a
 //! kill -9 leaves the VM as it was and no half snapshot.
 
-use crate::errors::Classify;
+use crate::disk::copy::{
+    dir_files as copy_dir_files, du, same_owner, sparse as copy_sparse, sparse_into as copy_sparse_into,
+};
+use crate::disk::DiskError;
 use crate::domxml;
-use crate::op::journal::{boot_id, phyllome_alive, FileId};
+use crate::domxml::shape;
+use crate::errors::Classify;
+use crate::host_files::FileId;
 use crate::op::lock;
 use crate::op::progress::{note, Progress, Report};
+use crate::op::record::{Made, Operation};
+use crate::op::undo::{self, drop_memory_mount};
+use crate::paths::{tpm_dir, MEMORY_RUN, SNAPSHOT_DIR};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, State};
-use phyllome_model::xml::Element;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
 
-/// Where snapshots live: one folder per VM (by UUID), one per snapshot.
-pub const SNAPSHOT_DIR: &str = "/var/lib/phyllome/snapshots";
-/// Where a memory state is in plaintext while it is saved or restored: a tmpfs
-/// mounted for the operation, so it is never on the host's disk.
-const MEMORY_RUN: &str = "/run/phyllome/snapshot-memory";
-/// libvirt's swtpm state folders (`UUID/tpm2`).
-const SWTPM_DIR: &str = "/var/lib/libvirt/swtpm";
 /// Kept free beyond what a snapshot needs.
 const SPARE: u64 = 64 << 20;
 
@@ -93,6 +91,40 @@ pub enum SnapshotError {
 }
 
 pub type Result<T> = std::result::Result<T, SnapshotError>;
+
+impl From<DiskError> for SnapshotError {
+    fn from(e: DiskError) -> Self {
+        match e {
+            DiskError::Io(path, e) => SnapshotError::Io(path, e),
+            DiskError::Stopped(s) => SnapshotError::Vm(s.into()),
+            DiskError::Job(why) => SnapshotError::Io(
+                "disk copy".into(),
+                std::io::Error::other(why.unwrap_or_else(|| "the backup job failed".into())),
+            ),
+            DiskError::Libvirt(e) => SnapshotError::Libvirt(e),
+            DiskError::Journal(e) => SnapshotError::Vm(e.into()),
+            DiskError::Image(why) => SnapshotError::Io("disk copy".into(), std::io::Error::other(why)),
+        }
+    }
+}
+
+impl From<crate::op::StepError> for SnapshotError {
+    fn from(e: crate::op::StepError) -> Self {
+        SnapshotError::Vm(e.into())
+    }
+}
+
+impl From<crate::host_files::NotHere> for SnapshotError {
+    fn from(e: crate::host_files::NotHere) -> Self {
+        SnapshotError::Vm(e.into())
+    }
+}
+
+impl From<lock::LockError> for SnapshotError {
+    fn from(e: lock::LockError) -> Self {
+        SnapshotError::Vm(e.into())
+    }
+}
 
 fn io(what: impl AsRef<Path>, e: std::io::Error) -> SnapshotError {
     SnapshotError::Io(what.as_ref().display().to_string(), e)
@@ -219,151 +251,46 @@ fn check_description(d: &str) -> Result<()> {
     Ok(())
 }
 
-/// What of a domain's definition a snapshot cares about (pure, for tests).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shape {
-    pub tpm_emulator: bool,
-    /// Passed-through devices, in words.
-    pub hostdevs: Vec<String>,
-    /// Devices QEMU cannot save with the RAM, in words.
-    pub memory_blockers: Vec<String>,
-}
-
-pub fn shape(xml: &str) -> std::result::Result<Shape, roxmltree::Error> {
-    let doc = roxmltree::Document::parse(xml)?;
-    let mut s = Shape::default();
-    let Some(devices) = doc.root_element().children().find(|n| n.has_tag_name("devices")) else {
-        return Ok(s);
-    };
-    for d in devices.children().filter(|n| n.is_element()) {
-        match d.tag_name().name() {
-            "tpm" => {
-                s.tpm_emulator |=
-                    d.children().any(|b| b.has_tag_name("backend") && b.attribute("type") == Some("emulator"))
-            }
-            "hostdev" => {
-                let addr = d
-                    .descendants()
-                    .find(|n| n.has_tag_name("address"))
-                    .map(|a| {
-                        a.attributes().map(|x| format!("{}={}", x.name(), x.value())).collect::<Vec<_>>().join(" ")
-                    })
-                    .unwrap_or_default();
-                s.hostdevs.push(format!("{} {}", d.attribute("type").unwrap_or("hostdev"), addr).trim().to_string());
-            }
-            // QEMU 10.0 marks virtio-sound unmigratable: "non-migratable device: .../virtio-sound-device".
-            "sound" if d.attribute("model") == Some("virtio") => {
-                s.memory_blockers.push("virtio-sound (QEMU cannot save its state)".into())
-            }
-            // virtiofsd's state is not part of the VM's: QEMU refuses to save a VM with a vhost-user-fs device.
-            "filesystem"
-                if d.children().any(|c| c.has_tag_name("driver") && c.attribute("type") == Some("virtiofs")) =>
-            {
-                let tag =
-                    d.children().find(|c| c.has_tag_name("target")).and_then(|t| t.attribute("dir")).unwrap_or("?");
-                s.memory_blockers.push(format!("the shared folder {tag:?} (virtiofs state cannot be saved)"))
-            }
-            _ => {}
-        }
-    }
-    Ok(s)
-}
-
-/// The `<domainbackup>` that copies `disks` (target, destination, secret UUID)
-/// and skips the rest of `skip`.
-pub fn backup_xml(disks: &[(String, String, Option<String>)], skip: &[String]) -> String {
-    let mut all = Element::new("disks");
-    for (target, file, secret) in disks {
-        let enc = secret.as_ref().map(|u| {
-            Element::new("encryption")
-                .attr("format", "luks")
-                .child(Element::new("secret").attr("type", "passphrase").attr("uuid", u.clone()))
-        });
-        all = all.child(
-            Element::new("disk")
-                .attr("name", target.clone())
-                .attr("backup", "yes")
-                .attr("type", "file")
-                .child(Element::new("driver").attr("type", "qcow2"))
-                .child(Element::new("target").attr("file", file.clone()).child_opt(enc)),
-        );
-    }
-    for target in skip {
-        all = all.child(Element::new("disk").attr("name", target.clone()).attr("backup", "no"));
-    }
-    Element::new("domainbackup").attr("mode", "push").child(all).render()
-}
-
 // ---------------------------------------------------------------------------
-// The pending record: what is under way, for rollback and crash recovery.
-// It lives in the VM's operation lock (`oplock`), which also keeps other operations off the VM.
+// The operation: what it made or changed is recorded (`op::record::Made`) in the VM's
+// operation lock, which also keeps other operations off the VM.
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Pending {
-    /// The `.NAME.part` folder being built.
-    part: Option<FileId>,
-    memory_secret: Option<String>,
-    /// A push backup was begun and may still run.
-    backup: bool,
-    /// The guest's filesystems were frozen by the agent.
-    frozen: bool,
-    /// The VM was paused by this operation.
-    paused: bool,
-    /// The tmpfs holding a plaintext memory state, and the file in it.
-    mount: Option<String>,
-    save_file: Option<String>,
-    /// The VM's state is in `save_file`, or libvirt may be writing it there (recorded
-    /// before the save is asked, since libvirt finishes a save whose caller died): a
-    /// VM found shut off with a complete save file is restored (paused or not).
-    saved: Option<bool>,
-    /// Files being staged (revert's copies), by path before they exist, by inode once made.
-    staged: Vec<FileId>,
-}
-
-struct Op<'a> {
+struct SnapshotOp<'a> {
     lv: &'a Libvirt,
     vm: String,
     uuid: String,
-    p: Pending,
+    p: Made,
     lock: Option<lock::Lock>,
-    interrupted: Arc<AtomicBool>,
-    hooks: Vec<signal_hook::SigId>,
+    op: crate::op::Op,
 }
 
-impl<'a> Op<'a> {
+impl<'a> SnapshotOp<'a> {
     /// Claims the VM for one snapshot operation: its lock, refused while another operation holds it.
-    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str, what: lock::Operation) -> Result<Op<'a>> {
-        let lock = lock::take_uuid(lv, vm, uuid, what).map_err(VmError::from)?;
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let hooks = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-            .iter()
-            .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
-            .collect();
-        Ok(Op { lv, vm: vm.into(), uuid: uuid.into(), p: Pending::default(), lock: Some(lock), interrupted, hooks })
+    fn begin(lv: &'a Libvirt, vm: &str, uuid: &str, what: Operation) -> Result<SnapshotOp<'a>> {
+        let lock = lock::take_uuid(lv, vm, uuid, what)?;
+        let op = crate::op::Op::begin();
+        Ok(SnapshotOp { lv, vm: vm.into(), uuid: uuid.into(), p: Made::default(), lock: Some(lock), op })
     }
 
     fn save(&mut self) -> Result<()> {
         let lock = self.lock.as_mut().expect("held until finish");
-        lock.record(&self.p).map_err(|e| io(lock::LOCK_DIR, e))
+        lock.record(&self.p).map_err(|e| io(crate::paths::LOCK_DIR, e))
     }
 
     /// A step: test hooks (PHYLLOME_TEST_FAIL_AT / PAUSE_AT) and Ctrl-C.
     fn step(&self, name: &str) -> Result<()> {
-        Ok(vm::step(name, &self.interrupted)?)
+        Ok(self.op.step(name)?)
     }
 
     /// Ctrl-C only, inside a step's loop.
     fn check(&self) -> Result<()> {
-        if self.interrupted.load(Ordering::Relaxed) {
-            return Err(SnapshotError::Vm(VmError::Interrupted));
-        }
-        Ok(())
+        Ok(self.op.check()?)
     }
 
     /// Makes a new file (0600) to stage into, recorded by path before it exists and by inode once made.
     fn stage_file(&mut self, path: &Path) -> Result<std::fs::File> {
         let name = path.to_string_lossy().into_owned();
-        self.p.staged.push(FileId { path: name.clone(), dev: 0, ino: 0, key: None });
+        self.p.staged.push(FileId::planned(&name));
         self.save()?;
         let f =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
@@ -377,145 +304,24 @@ impl<'a> Op<'a> {
         if let Some(l) = self.lock.take() {
             l.release();
         }
-        for h in self.hooks.drain(..) {
-            signal_hook::low_level::unregister(h);
-        }
     }
 
     /// Undoes what is recorded, then finishes (or, when libvirt is still busy with the VM,
     /// leaves the record for the next command).
     fn fail(mut self, e: SnapshotError) -> SnapshotError {
-        let done = undo(self.lv, &self.vm, &mut self.p);
-        let interrupted = self.interrupted.load(Ordering::Relaxed);
+        let done = undo::changed_state(self.lv, &self.vm, &mut self.p);
+        let interrupted = self.op.interrupted();
         if done {
             self.finish();
         } else {
             let _ = self.save();
             drop(self.lock.take());
-            for h in self.hooks.drain(..) {
-                signal_hook::low_level::unregister(h);
-            }
         }
         if interrupted {
             SnapshotError::Vm(VmError::Interrupted)
         } else {
             e
         }
-    }
-}
-
-impl Drop for Op<'_> {
-    /// A refusal before anything was recorded: the lock goes with the op (see `lock::Lock`).
-    fn drop(&mut self) {
-        for h in self.hooks.drain(..) {
-            signal_hook::low_level::unregister(h);
-        }
-    }
-}
-
-/// How long recovery waits for a job libvirt goes on with (a save, a restore) to end.
-const SETTLE: Duration = Duration::from_secs(120);
-
-/// Waits until libvirt is done with the VM: no job (a save or restore it goes on
-/// with after its caller died), not paused for a save (as it is a moment after
-/// the save's job ended) and not on its way down ("in shutdown" after a save).
-/// False when it is still busy after [`SETTLE`].
-fn settle(lv: &Libvirt, vm: &str) -> bool {
-    let until = std::time::Instant::now() + SETTLE;
-    loop {
-        let busy = lv.job(vm).is_ok_and(|j| j.active)
-            || match lv.state(vm) {
-                Ok(State::Other) => true,
-                Ok(State::Paused) => lv.pause_reason(vm).is_ok_and(|r| r == Some("saving")),
-                _ => false,
-            };
-        if !busy {
-            return true;
-        }
-        if std::time::Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Whether a file libvirt saved a domain into is whole: libvirt writes the
-/// header's magic as `LibvirtQemudPart` first, and `LibvirtQemudSave` once the
-/// save completed.
-pub fn save_complete(header: &[u8]) -> bool {
-    header.starts_with(b"LibvirtQemudSave")
-}
-
-fn save_file_complete(path: &str) -> bool {
-    let mut head = [0u8; 16];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && save_complete(&head)
-}
-
-/// Puts the VM back as it was and removes what a failed operation made.
-/// False when libvirt is still busy with the VM (its save or restore goes on):
-/// the record must stay for a later try.
-fn undo(lv: &Libvirt, vm: &str, p: &mut Pending) -> bool {
-    if p.backup {
-        if lv.job(vm).is_ok_and(|j| j.active) {
-            let _ = lv.abort_job(vm);
-            for _ in 0..100 {
-                if !lv.job(vm).is_ok_and(|j| j.active) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        p.backup = false;
-    }
-    if p.paused {
-        if lv.state(vm).is_ok_and(|s| s == State::Paused) {
-            let _ = lv.resume(vm);
-        }
-        p.paused = false;
-    }
-    if p.frozen {
-        let _ = lv.fs_thaw(vm);
-        p.frozen = false;
-    }
-    if let (Some(paused), Some(file)) = (p.saved, &p.save_file) {
-        // Held open meanwhile, its tmpfs cannot be unmounted under it (by the sweep of a phyllome
-        // that knows no such record, such as an older one still running).
-        let _busy = std::fs::File::open(file);
-        // libvirt goes on with a save (or restore) its caller asked for: wait for its end, then
-        // a VM that is off with its state whole in the file runs again; one that runs is left so.
-        if !settle(lv, vm) {
-            return false;
-        }
-        if lv.state(vm).is_ok_and(|s| s == State::Shutoff) && save_file_complete(file) {
-            let _ = lv.restore(file, paused);
-        }
-        p.saved = None;
-    }
-    drop_memory_mount(p);
-    for f in p.staged.drain(..) {
-        // A path recorded before its file was made names a file only a revert of this VM makes.
-        if f.ino == 0 || f.still_there() {
-            let _ = remove_any(Path::new(&f.path));
-        }
-    }
-    if let Some(part) = p.part.take() {
-        if part.still_there() && part.path.starts_with(SNAPSHOT_DIR) {
-            let _ = std::fs::remove_dir_all(&part.path);
-        }
-    }
-    if let Some(uuid) = p.memory_secret.take() {
-        let _ = lv.undefine_secret_uuid(&uuid);
-    }
-    true
-}
-
-fn drop_memory_mount(p: &mut Pending) {
-    if let Some(f) = p.save_file.take() {
-        let _ = std::fs::remove_file(f);
-    }
-    if let Some(m) = p.mount.take() {
-        let _ = std::process::Command::new("umount").arg(&m).status();
-        let _ = std::fs::remove_dir(&m);
     }
 }
 
@@ -526,49 +332,6 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
     f.write_all(data).map_err(|e| io(path, e))?;
     f.sync_all().map_err(|e| io(path, e))
-}
-
-fn remove_any(p: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(p)?.is_dir() {
-        std::fs::remove_dir_all(p)
-    } else {
-        std::fs::remove_file(p)
-    }
-}
-
-/// Finishes what the snapshot operation of a dead process left (its record in
-/// the VM's lock): the VM as it was, no half snapshot. True when done; false
-/// while libvirt is still busy with the VM (the lock stays for the next command).
-pub(crate) fn recover_record(lv: &Libvirt, h: &lock::Holder) -> bool {
-    let Some(Ok(mut p)) = h.record.clone().map(serde_json::from_value::<Pending>) else { return true };
-    if h.boot_id != boot_id() {
-        // Nothing of a previous boot is running or mounted; its save file (on a tmpfs) is gone.
-        p.backup = false;
-        p.paused = false;
-        p.frozen = false;
-        p.saved = None;
-        p.mount = None;
-        p.save_file = None;
-    }
-    undo(lv, &h.vm, &mut p)
-}
-
-/// Unmounts the memory tmpfs of any phyllome that is gone (its plaintext memory
-/// state goes with it), but never one a lock's record still names: its save
-/// file may be all that is left of a running guest, until recovery restores it.
-pub(crate) fn sweep_memory_mounts() {
-    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
-    let needed: Vec<String> =
-        lock::all().into_iter().filter_map(|(_, h)| h.record?.get("mount")?.as_str().map(str::to_string)).collect();
-    for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
-        let Some(pid) = m.strip_prefix(&format!("{MEMORY_RUN}/")).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !phyllome_alive(pid) && !needed.iter().any(|n| n == m) {
-            let _ = std::process::Command::new("umount").arg(m).status();
-            let _ = std::fs::remove_dir(m);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -614,18 +377,6 @@ fn records(uuid: &str) -> Vec<Record> {
     out
 }
 
-/// Bytes a folder's files take on disk.
-fn du(path: &Path) -> u64 {
-    let Ok(dir) = std::fs::read_dir(path) else { return 0 };
-    dir.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => du(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn info_of(r: &Record, current: Option<&str>) -> SnapshotInfo {
     SnapshotInfo {
         size_bytes: du(&vm_dir(&r.vm_uuid).join(&r.name)),
@@ -651,86 +402,6 @@ pub fn list(lv: &Libvirt, vm_name: &str) -> Result<Vec<SnapshotInfo>> {
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let current = current_of(&uuid);
     Ok(records(&uuid).iter().map(|r| info_of(r, current.as_deref())).collect())
-}
-
-// ---------------------------------------------------------------------------
-// Copies.
-
-/// Copies `src` to a new file `dst` (0600), leaving runs of zeros as holes, then syncs it.
-pub(crate) fn copy_sparse(src: &Path, dst: &Path, report: Report<'_>, interrupted: &AtomicBool) -> Result<u64> {
-    let mut to =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(|e| io(dst, e))?;
-    copy_sparse_into(src, &mut to, dst, report, interrupted)
-}
-
-/// [`copy_sparse`] into a file made already (empty), `dst` its path.
-fn copy_sparse_into(
-    src: &Path,
-    to: &mut std::fs::File,
-    dst: &Path,
-    report: Report<'_>,
-    interrupted: &AtomicBool,
-) -> Result<u64> {
-    let mut from = std::fs::File::open(src).map_err(|e| io(src, e))?;
-    let total = from.metadata().map_err(|e| io(src, e))?.len();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    let mut last = std::time::Instant::now();
-    loop {
-        if interrupted.load(Ordering::Relaxed) {
-            return Err(SnapshotError::Vm(VmError::Interrupted));
-        }
-        let n = from.read(&mut buf).map_err(|e| io(src, e))?;
-        if n == 0 {
-            break;
-        }
-        for chunk in buf[..n].chunks(64 << 10) {
-            if chunk.iter().all(|b| *b == 0) {
-                to.seek(SeekFrom::Current(chunk.len() as i64)).map_err(|e| io(dst, e))?;
-            } else {
-                to.write_all(chunk).map_err(|e| io(dst, e))?;
-            }
-        }
-        done += n as u64;
-        if last.elapsed() > Duration::from_millis(200) {
-            report(Progress::Bytes { done, total });
-            last = std::time::Instant::now();
-        }
-    }
-    to.set_len(done).map_err(|e| io(dst, e))?;
-    to.sync_all().map_err(|e| io(dst, e))?;
-    report(Progress::Bytes { done, total });
-    Ok(done)
-}
-
-/// Gives `path` the owner and mode of `like`.
-pub(crate) fn same_owner(path: &Path, like: &std::fs::Metadata) -> Result<()> {
-    std::os::unix::fs::chown(path, Some(like.uid()), Some(like.gid())).map_err(|e| io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(like.mode() & 0o7777)).map_err(|e| io(path, e))
-}
-
-/// Copies the regular files of folder `src` (not libvirt's `.lock`) into new folder `dst`, owner and mode kept.
-pub(crate) fn copy_dir_files(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir(dst).map_err(|e| io(dst, e))?;
-    let meta = std::fs::metadata(src).map_err(|e| io(src, e))?;
-    for e in std::fs::read_dir(src).map_err(|e| io(src, e))?.flatten() {
-        let m = e.metadata().map_err(|x| io(e.path(), x))?;
-        if !m.is_file() || e.file_name() == ".lock" {
-            continue;
-        }
-        let to = dst.join(e.file_name());
-        copy_sparse(&e.path(), &to, &crate::op::progress::quiet, &AtomicBool::new(false))?;
-        same_owner(&to, &m)?;
-    }
-    same_owner(dst, &meta)
-}
-
-pub(crate) fn tpm_dir(uuid: &str) -> PathBuf {
-    Path::new(SWTPM_DIR).join(uuid).join("tpm2")
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The writable disks of a domain: (target, image path).
@@ -772,7 +443,7 @@ pub(crate) fn mem_available() -> u64 {
 }
 
 /// Mounts a private tmpfs of `bytes` for a plaintext memory state; returns the folder.
-fn memory_mount(p: &mut Pending, bytes: u64) -> Result<String> {
+fn memory_mount(p: &mut Made, bytes: u64) -> Result<String> {
     let dir = format!("{MEMORY_RUN}/{}", std::process::id());
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io(&dir, e))?;
@@ -814,7 +485,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
     let s = domxml::parse(&xml).map_err(|e| VmError::Xml(vm_name.into(), e))?;
     report(Progress::Step { step: "claim" });
     // Held from here, so what is checked below stays true until the snapshot is made.
-    let mut op = Op::begin(lv, vm_name, &s.uuid, lock::Operation::SnapshotCreate)?;
+    let mut op = SnapshotOp::begin(lv, vm_name, &s.uuid, Operation::SnapshotCreate)?;
     let name = match &req.name {
         Some(n) => n.clone(),
         None => default_name(&s.uuid),
@@ -912,9 +583,9 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
         let mut record = Record {
             name: name.clone(),
             vm_uuid: s.uuid.clone(),
-            created: now(),
+            created: crate::op::record::now(),
             description: req.description.clone(),
-            state: vm::state_name(state).into(),
+            state: crate::domxml::state_name(state).into(),
             memory: req.memory,
             consistency: String::new(),
             parent: current_of(&s.uuid),
@@ -952,7 +623,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             lv.save(vm_name, &file)?;
             report(Progress::Step { step: "disk" });
             for c in &copies {
-                copy_sparse(Path::new(&c.path), &part.join(&c.file), report, &op.interrupted)?;
+                copy_sparse(Path::new(&c.path), &part.join(&c.file), report, op.op.flag())?;
             }
             report(Progress::Step { step: "nvram-tpm" });
             copy_small(&record)?;
@@ -994,7 +665,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
             let skip: Vec<String> = s.disks.iter().filter(|d| d.device != "disk").map(|d| d.target.clone()).collect();
             op.p.backup = true;
             op.save()?;
-            lv.backup_begin(vm_name, &backup_xml(&targets, &skip))?;
+            lv.backup_begin(vm_name, &crate::disk::backup::backup_xml(&targets, &skip))?;
             // The disks' point in time is fixed; now NVRAM and TPM, paused only for that.
             if state == State::Running {
                 report(Progress::Step { step: "pause" });
@@ -1022,14 +693,14 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &Request, report: Report<'_>) ->
                 note(report, "no guest agent answered: the disks are crash-consistent, as after a power cut");
             }
             report(Progress::Step { step: "copy" });
-            wait_backup(lv, vm_name, &op, report)?;
+            crate::disk::backup::wait(lv, vm_name, op.op.flag(), report)?;
             op.p.backup = false;
             op.save()?;
         } else {
             report(Progress::Step { step: "disk" });
             for c in &copies {
                 op.step("disk")?;
-                copy_sparse(Path::new(&c.path), &part.join(&c.file), report, &op.interrupted)?;
+                copy_sparse(Path::new(&c.path), &part.join(&c.file), report, op.op.flag())?;
             }
             report(Progress::Step { step: "nvram-tpm" });
             copy_small(&record)?;
@@ -1064,30 +735,11 @@ fn default_name(uuid: &str) -> String {
         .expect("a free name")
 }
 
-/// Waits for the push backup to end, reporting its bytes; fails when it failed.
-fn wait_backup(lv: &Libvirt, vm_name: &str, op: &Op<'_>, report: Report<'_>) -> Result<()> {
-    loop {
-        op.check()?;
-        let j = lv.job(vm_name)?;
-        if !j.active {
-            if j.completed {
-                return Ok(());
-            }
-            return Err(SnapshotError::Io(
-                "disk copy".into(),
-                std::io::Error::other(j.error.unwrap_or_else(|| "the backup job failed".into())),
-            ));
-        }
-        report(Progress::Bytes { done: j.processed, total: j.total });
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Encrypts the saved memory into `part/memory.age` under a new age identity
 /// kept in a libvirt secret; returns the secret's UUID.
 fn encrypt_memory(
     lv: &Libvirt,
-    op: &mut Op<'_>,
+    op: &mut SnapshotOp<'_>,
     file: &str,
     part: &Path,
     vm_name: &str,
@@ -1177,7 +829,7 @@ pub fn revert(
     let s = vm::summary(lv, vm_name)?;
     report(Progress::Step { step: "claim" });
     // Held from here, so what is checked below stays true until the revert is done.
-    let mut op = Op::begin(lv, vm_name, &s.uuid, lock::Operation::SnapshotRevert)?;
+    let mut op = SnapshotOp::begin(lv, vm_name, &s.uuid, Operation::SnapshotRevert)?;
     let r = read_record(&s.uuid, snap)
         .ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
     let disks = writable_disks(lv, &s)?;
@@ -1218,7 +870,7 @@ pub fn revert(
             let like = std::fs::metadata(dst).map_err(|e| io(dst, e))?;
             let _ = std::fs::remove_file(&staged);
             let mut out = op.stage_file(&staged)?;
-            copy_sparse_into(&sdir.join(&d.file), &mut out, &staged, report, &op.interrupted)?;
+            copy_sparse_into(&sdir.join(&d.file), &mut out, &staged, report, op.op.flag())?;
             same_owner(&staged, &like)?;
             op.step("stage")?;
             swaps.push((staged, dst.to_path_buf()));
@@ -1230,7 +882,7 @@ pub fn revert(
                 let staged = staged_name(dst);
                 let _ = std::fs::remove_file(&staged);
                 let mut out = op.stage_file(&staged)?;
-                copy_sparse_into(&sdir.join("nvram"), &mut out, &staged, &crate::op::progress::quiet, &op.interrupted)?;
+                copy_sparse_into(&sdir.join("nvram"), &mut out, &staged, &crate::op::progress::quiet, op.op.flag())?;
                 // Owned as the snapshot's copy was (libvirt's QEMU user, or root).
                 let like = std::fs::metadata(dst)
                     .or_else(|_| std::fs::metadata(sdir.join("nvram")))
@@ -1246,7 +898,7 @@ pub fn revert(
             let staged = tdir.with_file_name(".tpm2.phyllome-revert");
             let _ = std::fs::remove_dir_all(&staged);
             std::fs::create_dir_all(tdir.parent().expect("has a parent")).map_err(|e| io(&tdir, e))?;
-            op.p.staged.push(FileId { path: staged.to_string_lossy().into(), dev: 0, ino: 0, key: None });
+            op.p.staged.push(FileId::planned(&staged.to_string_lossy()));
             op.save()?;
             copy_dir_files(&sdir.join("tpm"), &staged)?;
             *op.p.staged.last_mut().expect("pushed") =
@@ -1384,7 +1036,7 @@ pub fn delete(lv: &Libvirt, vm_name: &str, snap: &str) -> Result<()> {
     let uuid = vm::summary(lv, vm_name)?.uuid;
     let r =
         read_record(&uuid, snap).ok_or_else(|| SnapshotError::NoSnapshot { vm: vm_name.into(), name: snap.into() })?;
-    let op = Op::begin(lv, vm_name, &uuid, lock::Operation::SnapshotDelete)?;
+    let op = SnapshotOp::begin(lv, vm_name, &uuid, Operation::SnapshotDelete)?;
     let res = remove_one(lv, &r);
     op.finish();
     res
@@ -1439,77 +1091,6 @@ mod tests {
         assert!(check_description("after the driver update\nsecond line").is_ok());
         assert!(check_description("bell\u{7}").is_err());
         assert!(check_description(&"d".repeat(1025)).is_err());
-    }
-
-    #[test]
-    fn shape_finds_tpm_passthrough_and_what_blocks_a_memory_save() {
-        let xml = "<domain><devices>\
-            <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
-            <sound model='virtio'/>\
-            <filesystem type='mount'><driver type='virtiofs'/><source dir='/srv'/><target dir='data'/></filesystem>\
-            <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev>\
-            </devices></domain>";
-        let s = shape(xml).unwrap();
-        assert!(s.tpm_emulator);
-        assert_eq!(s.hostdevs, vec!["pci domain=0x0000 bus=0x01 slot=0x00 function=0x0"]);
-        assert_eq!(s.memory_blockers.len(), 2, "{:?}", s.memory_blockers);
-        let plain =
-            shape("<domain><devices><sound model='ich9'/><tpm><backend type='passthrough'/></tpm></devices></domain>")
-                .unwrap();
-        assert_eq!(plain, Shape::default());
-    }
-
-    #[test]
-    fn backup_xml_encrypts_each_copy_with_its_disks_secret() {
-        let xml = backup_xml(
-            &[("vda".into(), "/s/disk-vda.qcow2".into(), Some("u-1".into())), ("vdb".into(), "/s/d'b".into(), None)],
-            &["sda".into()],
-        );
-        let flat: String = xml.lines().map(str::trim).collect();
-        assert_eq!(
-            flat,
-            "<domainbackup mode='push'><disks>\
-             <disk name='vda' backup='yes' type='file'><driver type='qcow2'/><target file='/s/disk-vda.qcow2'>\
-             <encryption format='luks'><secret type='passphrase' uuid='u-1'/></encryption></target></disk>\
-             <disk name='vdb' backup='yes' type='file'><driver type='qcow2'/><target file='/s/d&apos;b'/></disk>\
-             <disk name='sda' backup='no'/></disks></domainbackup>"
-        );
-    }
-
-    #[test]
-    fn sparse_copy_keeps_content_and_leaves_holes() {
-        let dir = std::env::temp_dir().join(format!("phyllome-snap-copy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = dir.join("src");
-        let mut data = vec![0u8; 3 << 20];
-        data[10] = 1;
-        data[(3 << 20) - 1] = 7;
-        std::fs::write(&src, &data).unwrap();
-        let dst = dir.join("dst");
-        let n = copy_sparse(&src, &dst, &crate::op::progress::quiet, &AtomicBool::new(false)).unwrap();
-        assert_eq!(n, data.len() as u64);
-        assert_eq!(std::fs::read(&dst).unwrap(), data);
-        let m = std::fs::metadata(&dst).unwrap();
-        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
-        assert_eq!(m.mode() & 0o777, 0o600);
-        // An existing destination is never overwritten.
-        assert!(copy_sparse(&src, &dst, &crate::op::progress::quiet, &AtomicBool::new(false)).is_err());
-        // An interrupted copy stops.
-        let stop = AtomicBool::new(true);
-        assert!(matches!(
-            copy_sparse(&src, &dir.join("x"), &crate::op::progress::quiet, &stop),
-            Err(SnapshotError::Vm(VmError::Interrupted))
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_save_file_is_whole_only_once_libvirt_wrote_its_final_magic() {
-        assert!(save_complete(b"LibvirtQemudSave\x02\0\0\0"));
-        assert!(!save_complete(b"LibvirtQemudPart\x02\0\0\0"), "libvirt is still writing it");
-        assert!(!save_complete(b""));
-        assert!(!save_complete(b"PHYLLOME-DECRYPTED"));
     }
 
     #[test]

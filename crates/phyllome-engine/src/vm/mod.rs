@@ -2,27 +2,26 @@
 //! stop, kill, pause, resume, delete, list, info. The CLI and the web API
 //! both call these; nothing here prints.
 
-use crate::errors::{Classify, ErrorKind};
+use crate::disk::{self, nvram::NvramError, DiskError};
 use crate::domxml::{self, DomainSummary};
-use crate::host_files::{here_only, HostFiles, Owner};
+use crate::errors::{Classify, ErrorKind};
 use crate::host_facts::{self, HostError};
-use crate::op::journal::{Entry, FileId, Journal, JournalError};
-use crate::op::progress::{note, Progress, Report};
+use crate::host_files::FileId;
+use crate::host_files::{here_only, HostFiles, Owner};
 use crate::media::files::{check_files, disk_ref, FileError};
+use crate::op::journal::{Journal, JournalError};
+use crate::op::progress::{note, Progress, Report};
+use crate::op::record::{self, Record};
+use crate::op::{undo, Op, StepError};
+use crate::paths::{self, boot_dir, INITRD_COPY, KERNEL_COPY};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
 use serde::Serialize;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-/// PBKDF time for passphrases people type: slow on purpose (QEMU's default).
-/// Disks keyed by a random 256-bit secret are written by `phyllome-disk`
-/// with the LUKS1 minimum instead: brute force is hopeless whatever the count.
-const PASSPHRASE_ITER_MS: u32 = 2000;
+use std::path::Path;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 /// What the user asks for, apart from the name.
 #[derive(Debug, Clone, Default)]
@@ -101,8 +100,8 @@ pub enum VmError {
     StopTimeout { name: String, secs: u64 },
     #[error("cannot read {0}'s domain XML: {1}")]
     Xml(String, roxmltree::Error),
-    #[error("cannot make the UEFI variable store: {0}")]
-    Nvram(String),
+    #[error(transparent)]
+    Nvram(#[from] NvramError),
     #[error("share: {0}")]
     BadShare(String),
     #[error("no OS given: choose one ({0}), or give an ISO to read it from")]
@@ -113,8 +112,8 @@ pub enum VmError {
     UnknownMedia { path: String, ids: String, choices: String },
     #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
     IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
-    #[error("{what}: not over a connection to another host ({uri}), whose files Phyllome reaches through its libvirt only; run phyllome on that host")]
-    NotHere { what: String, uri: String },
+    #[error(transparent)]
+    NotHere(#[from] crate::host_files::NotHere),
     #[error("cannot remove the VM's snapshots: {0}")]
     Snapshots(String),
     #[error("{name} was changed outside Phyllome: {note}. Phyllome does not {action}. {undo}")]
@@ -133,6 +132,7 @@ impl Classify for VmError {
             VmError::Host(e) => e.kind(),
             VmError::Journal(e) => e.kind(),
             VmError::Lock(e) => e.kind(),
+            VmError::Nvram(e) => e.kind(),
             VmError::NameBusy(_)
             | VmError::VolumeExists { .. }
             | VmError::SecretExists(_)
@@ -155,13 +155,36 @@ impl Classify for VmError {
             | VmError::UnknownMedia { .. }
             | VmError::IsoFirmware { .. } => ErrorKind::InvalidInput,
             VmError::Interrupted => ErrorKind::Interrupted,
-            VmError::NotHere { .. } => ErrorKind::Unsupported,
+            VmError::NotHere(e) => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
 }
 
 pub type Result<T> = std::result::Result<T, VmError>;
+
+impl From<StepError> for VmError {
+    fn from(e: StepError) -> VmError {
+        match e {
+            StepError::Interrupted => VmError::Interrupted,
+            StepError::Injected(step) => VmError::Injected(step),
+        }
+    }
+}
+
+/// A disk operation's failure, in create's terms ("cannot create the disk: ...").
+impl From<DiskError> for VmError {
+    fn from(e: DiskError) -> VmError {
+        match e {
+            DiskError::Io(path, e) => VmError::Disk(format!("{path}: {e}")),
+            DiskError::Stopped(s) => s.into(),
+            e @ DiskError::Job(_) => VmError::Disk(e.to_string()),
+            DiskError::Image(why) => VmError::Disk(why),
+            DiskError::Libvirt(e) => VmError::Libvirt(e),
+            DiskError::Journal(e) => VmError::Journal(e),
+        }
+    }
+}
 
 /// Validates and plans a VM on this host; changes nothing.
 /// What the install ISO decides: the OS when none is given (from its volume
@@ -218,7 +241,7 @@ fn media_checks(req: &mut Request, local: bool) -> Result<Option<phyllome_model:
     }
     // This machine's ISO folder is no place for another host's VM to read from.
     if profile.drivers_iso && req.drivers.is_none() && local {
-        req.drivers = iso::find_virtio_win(Path::new(crate::ISO_DIR)).map(|p| p.to_string_lossy().into_owned());
+        req.drivers = iso::find_virtio_win(Path::new(paths::ISO_DIR)).map(|p| p.to_string_lossy().into_owned());
     }
     Ok(detected)
 }
@@ -267,7 +290,7 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
         return Err(BuildError::UnknownOs(req.os, phyllome_model::catalog::ids().join(", ")).into());
     }
     let pool = spec.pool.clone().unwrap_or_else(|| crate::POOL.to_string());
-    let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| crate::POOL_PATH.to_string());
+    let pool_path = lv.pool_path(&pool)?.unwrap_or_else(|| paths::POOL_PATH.to_string());
     req.disk = Some(disk_ref(name, &pool, &pool_path, spec.encryption.unwrap_or(Encryption::Secret)));
     let (host, _) = host_facts::gather(lv, true)?;
     let mut plan = build::build(&req, &host)?;
@@ -296,19 +319,10 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     Ok(plan)
 }
 
-/// The names of the kernel's and initrd's copies in [`boot_dir`].
-const KERNEL_COPY: &str = "vmlinuz";
-const INITRD_COPY: &str = "initrd.img";
-
-/// The folder holding the copies of VM `name`'s kernel and initrd.
-pub fn boot_dir(name: &str) -> String {
-    format!("{}/{name}", crate::BOOT_DIR)
-}
-
 /// Copies the request's kernel and initrd (files of this machine) to where the plan's
 /// domain expects them on the VM's host, recording each copy in the journal entry the
 /// moment it exists.
-fn copy_boot_files(files: &HostFiles, spec: &VmSpec, plan: &Plan, journal: &Journal, entry: &mut Entry) -> Result<()> {
+fn copy_boot_files(files: &HostFiles, spec: &VmSpec, plan: &Plan, journal: &Journal, entry: &mut Record) -> Result<()> {
     let (Some(from), Some(to)) = (&spec.request.direct_boot, &plan.domain.direct_boot) else { return Ok(()) };
     let dir = Path::new(&to.kernel).parent().expect("a folder under BOOT_DIR").to_string_lossy().into_owned();
     files.make_dir(&dir).map_err(|e| VmError::Disk(format!("{dir}: {e}")))?;
@@ -323,205 +337,6 @@ fn copy_boot_files(files: &HostFiles, spec: &VmSpec, plan: &Plan, journal: &Jour
             .map_err(|e| VmError::Disk(format!("{dst}: {e}")))?;
     }
     Ok(())
-}
-
-/// Removes copied boot files that are still the ones made (inside BOOT_DIR only), then their folder if empty.
-fn remove_boot_files(files: &HostFiles, made: &[FileId]) {
-    for f in made.iter().filter(|f| Path::new(&f.path).starts_with(crate::BOOT_DIR)) {
-        if files.remove(f) {
-            if let Some(dir) = Path::new(&f.path).parent() {
-                files.remove_dir(&dir.to_string_lossy());
-            }
-        }
-    }
-}
-
-/// A create step: stops when the command was interrupted (Ctrl-C, SIGTERM).
-///
-/// Test hooks, only with the `test-hooks` feature (the tests' own build):
-/// `PHYLLOME_TEST_FAIL_AT=STEP` fails a step, `PHYLLOME_TEST_PAUSE_AT=STEP`
-/// holds it for `PHYLLOME_TEST_PAUSE_SECS` (60 s by default), so a test can
-/// kill -9 it or race another command against it.
-pub(crate) fn step(name: &str, interrupted: &AtomicBool) -> Result<()> {
-    #[cfg(feature = "test-hooks")]
-    if std::env::var("PHYLLOME_TEST_PAUSE_AT").is_ok_and(|s| s == name) {
-        let secs = std::env::var("PHYLLOME_TEST_PAUSE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-        let until = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    if interrupted.load(Ordering::Relaxed) {
-        return Err(VmError::Interrupted);
-    }
-    #[cfg(feature = "test-hooks")]
-    if std::env::var("PHYLLOME_TEST_FAIL_AT").is_ok_and(|s| s == name) {
-        return Err(VmError::Injected(name.to_string()));
-    }
-    let _ = name;
-    Ok(())
-}
-
-/// A random 256-bit key as 64 hex digits (printable, so it survives every layer as-is).
-pub(crate) fn random_key() -> std::io::Result<Vec<u8>> {
-    let mut raw = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
-    Ok(raw.iter().flat_map(|b| format!("{b:02x}").into_bytes()).collect())
-}
-
-/// Creates the qcow2 file with qemu-img. The key reaches qemu-img on its
-/// standard input (`file=/dev/stdin`), never in its arguments or environment.
-fn create_disk_file(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2"]);
-    if let Some((_, iter_ms)) = key {
-        cmd.args(["--object", "secret,id=sec0,file=/dev/stdin", "-o"]);
-        cmd.arg(format!("encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time={iter_ms}"));
-    }
-    cmd.arg(path).arg(format!("{gib}G"));
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| VmError::Disk(format!("cannot run qemu-img: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Some((k, _)) = key {
-            let _ = stdin.write_all(k);
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| VmError::Disk(e.to_string()))?;
-    if !out.status.success() {
-        return Err(VmError::Disk(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(())
-}
-
-/// Creates the qcow2 file, retrying QEMU's flaky PBKDF benchmark: QEMU
-/// builds with the threaded benchmark (Debian's 7.2 among them) sometimes
-/// measure 0 ms of CPU for the first round on a fast or busy host and fail with
-/// "Unable to get accurate CPU usage" (fixed upstream in 2025). Each attempt
-/// truncates the same scratch file.
-fn create_disk(path: &str, gib: u64, key: Option<(&[u8], u32)>) -> Result<()> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match create_disk_file(path, gib, key) {
-            Err(VmError::Disk(msg)) if msg.contains("Unable to get accurate CPU usage") && attempt < 5 => {}
-            other => return other,
-        }
-    }
-}
-
-/// The new disk's image, made here: for a random key, written directly by `phyllome-disk`
-/// (about 2 MiB whatever the size); otherwise by qemu-img in a private scratch folder. It
-/// is then written into the volume on the VM's host (`HostFiles::write_new_volume`).
-fn disk_image(gib: u64, encryption: Encryption, key: Option<&[u8]>) -> Result<Vec<u8>> {
-    if let (Encryption::Secret, Some(k)) = (encryption, key) {
-        return phyllome_disk::bytes(gib << 30, k, phyllome_disk::Cost::RANDOM_KEY)
-            .map_err(|e| VmError::Disk(e.to_string()));
-    }
-    let scratch = crate::host_files::Scratch::new().map_err(|e| VmError::Disk(format!("a scratch folder: {e}")))?;
-    let path = scratch.path("disk.qcow2");
-    create_disk(&path, gib, key.map(|k| (k, PASSPHRASE_ITER_MS)))?;
-    std::fs::read(&path).map_err(|e| VmError::Disk(format!("{path}: {e}")))
-}
-
-/// The largest firmware variable template read (OVMF's are 128 KiB to 4 MiB).
-const TEMPLATE_MAX: u64 = 64 << 20;
-
-/// Makes the qcow2 UEFI variable store a definition names, when it is missing,
-/// from the template libvirt picked at define time (libvirt copies a template
-/// only into a store of the template's own format, and OVMF ships raw ones).
-/// Only stores inside libvirt's NVRAM folder are made, on the VM's host: the
-/// template is read there, converted here (`qemu-img convert` in a private
-/// scratch folder) and written there, owned like libvirt's own stores (the
-/// folder's owner: QEMU's user), mode 0600. `made` is called with the store's
-/// identity the moment it exists. Returns the one made, if any.
-pub fn prepare_nvram_with(
-    lv: &Libvirt,
-    name: &str,
-    made: &mut dyn FnMut(&FileId) -> std::io::Result<()>,
-) -> Result<Option<FileId>> {
-    let s = domxml::parse(&lv.inactive_xml(name)?).map_err(|e| VmError::Xml(name.into(), e))?;
-    let Some(n) = s.nvram.filter(|n| n.format == "qcow2") else { return Ok(None) };
-    let files = HostFiles::of(lv);
-    let nv = |e: std::io::Error| VmError::Nvram(format!("{}: {e}", n.path));
-    if files.exists(&n.path).map_err(nv)? {
-        return Ok(None);
-    }
-    if Path::new(&n.path).parent() != Some(Path::new(phyllome_model::domain::NVRAM_DIR)) {
-        return Err(VmError::Nvram(format!(
-            "{} is outside libvirt's NVRAM folder {}",
-            n.path,
-            phyllome_model::domain::NVRAM_DIR
-        )));
-    }
-    let Some(template) = &n.template else {
-        return Err(VmError::Nvram(format!("libvirt named no firmware template for {}", n.path)));
-    };
-    let tv = |e: std::io::Error| VmError::Nvram(format!("{template}: {e}"));
-    let raw = files.read(template, TEMPLATE_MAX).map_err(tv)?;
-    let scratch = crate::host_files::Scratch::new().map_err(tv)?;
-    let (from, to) = (scratch.path("template"), scratch.path("vars.qcow2"));
-    std::fs::write(&from, &raw).map_err(tv)?;
-    let out = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", n.template_format.as_deref().unwrap_or("raw"), "-O", "qcow2", &from, &to])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| VmError::Nvram(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(VmError::Nvram(format!("{template} -> {}: {why}", n.path)));
-    }
-    let store = std::fs::read(&to).map_err(tv)?;
-    let id = files.write_new(&n.path, &store, 0o600, Owner::LikeFolder, made).map_err(nv)?;
-    Ok(Some(id))
-}
-
-/// [`prepare_nvram_with`], recorded nowhere (a start, or a test).
-pub fn prepare_nvram(lv: &Libvirt, name: &str) -> Result<Option<FileId>> {
-    prepare_nvram_with(lv, name, &mut |_| Ok(()))
-}
-
-/// Removes what an (interrupted or failed) create made, by identity: the
-/// domain and the secret by UUID, files by device and inode (by volume key on
-/// another host, through its libvirt), and files only inside the pool's own
-/// folder, libvirt's NVRAM folder or Phyllome's boot folder. Nothing found by
-/// name alone is touched: a VM, volume or secret someone else made with the
-/// same name stays.
-pub(crate) fn rollback(lv: &Libvirt, e: &Entry) {
-    let m = &e.made;
-    if let Some(uuid) = &m.paused_source {
-        // A clone's source, started paused to copy its disk: off again.
-        let _ = lv.destroy_paused_uuid(uuid);
-    }
-    if let Some(uuid) = &m.domain_uuid {
-        // Undefining with the NVRAM flag also removes the store libvirt (or we) made for it.
-        let _ = lv.remove_domain_by_uuid(uuid);
-    }
-    let files = HostFiles::of(lv);
-    let in_nvram_dir = |p: &str| Path::new(p).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR));
-    if let Some(f) = m.nvram_file.as_ref().filter(|f| in_nvram_dir(&f.path)) {
-        files.remove(f);
-    }
-    if let Some(nvram) = e.nvram.as_deref().filter(|p| in_nvram_dir(p)) {
-        // A half-written store carries this create's temporary name, which only a holder of the claim writes.
-        files.discard_partial(nvram);
-    }
-    if let Some(f) = &m.volume_file {
-        files.remove_volume(&e.pool, f);
-    }
-    // libvirt may list the volume while its file is gone (removed above, or by libvirt itself when a
-    // backup into it ended with its paused source): re-read the pool, or the next command of this
-    // name stumbles on a volume libvirt cannot find.
-    if m.volume_file.is_some() || m.paused_source.is_some() {
-        let _ = lv.refresh_pool(&e.pool);
-    }
-    if let Some(uuid) = &m.secret_uuid {
-        let _ = lv.undefine_secret_uuid(uuid);
-    }
-    // A copy cut short carries its temporary name, in this name's own boot folder.
-    for f in [KERNEL_COPY, INITRD_COPY] {
-        files.discard_partial(&format!("{}/{f}", boot_dir(&e.name)));
-    }
-    remove_boot_files(&files, &m.boot_files);
 }
 
 /// Makes an empty file, exclusively, private (0600).
@@ -580,25 +395,16 @@ pub(crate) fn preflight(
     Ok(pool_exists)
 }
 
-/// Cleans up after creates whose process died; returns the names cleaned.
+/// Cleans up after the operations of processes that are gone (`op::recover`), finishing
+/// a move that got to its destination with [`delete`]'s path; returns the VMs concerned.
 pub fn recover(lv: &Libvirt) -> Vec<String> {
-    let journal = Journal::open();
-    let mut cleaned = Vec::new();
-    for e in journal.orphans().into_iter().filter(|e| crate::op::journal::same_connection(e.uri.as_deref(), lv)) {
-        rollback(lv, &e);
-        journal.finish(&e.name);
-        cleaned.push(e.name);
-    }
-    // Operations of dead processes: their locks go, and a snapshot's record is undone first
-    // (the VM back as it was, no half snapshot).
-    let undo = |h: &crate::op::lock::Holder| !h.op.is_snapshot() || crate::snapshot::recover_record(lv, h);
-    cleaned.extend(crate::op::lock::recover(lv, &undo));
-    crate::snapshot::sweep_memory_mounts();
-    // A dead import's staging folder (the whole bundle).
-    crate::bundle::sweep_staging();
-    // Moves cut short: finished or undone where their destination answers.
-    cleaned.extend(crate::migrate::recover(lv).into_iter().filter(|r| r.settled()).map(|r| r.vm));
-    cleaned
+    crate::op::recover::recover(lv, &remove_moved)
+}
+
+/// The copy here of a VM that moved to another host, removed (`op::moves`).
+pub(crate) fn remove_moved(lv: &Libvirt, name: &str) -> std::result::Result<crate::op::moves::RemovedHere, String> {
+    let d = delete_now(lv, name, false).map_err(|e| e.to_string())?;
+    Ok(crate::op::moves::RemovedHere { volumes: d.volumes, secrets: d.secrets, snapshots: d.snapshots })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -695,10 +501,15 @@ pub fn create_with(
     };
     // Claim the name before looking at what exists: of two creates of one name,
     // the second stops here, so no check can go stale before this create makes its objects.
-    let mut entry = Entry { nvram, uri: Some(lv.uri()), ..Entry::new(name, &disk.pool, &disk.volume, &disk.path) };
+    let mut entry =
+        Record::new(lv, if adopt.is_some() { record::Operation::Import } else { record::Operation::Create }, name);
+    entry.made.pool = Some(disk.pool.clone());
+    entry.made.volume = Some(disk.volume.clone());
+    entry.made.volume_path = Some(disk.path.clone());
+    entry.made.nvram = nvram;
     let journal = Journal::open();
     progress(Progress::Step { step: "claim" });
-    step("claim", &AtomicBool::new(false))?;
+    crate::op::step("claim", &AtomicBool::new(false))?;
     journal.begin(&entry)?;
     let pool_exists = match preflight(lv, name, &plan, &disk, start, progress) {
         Ok(p) => p,
@@ -720,28 +531,23 @@ pub fn create_with(
             }
         }
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
-        .collect();
+    let op = Op::begin();
 
-    let at = |s: &'static str| {
-        progress(Progress::Step { step: s });
-        step(s, &interrupted)
-    };
+    let at = |s: &'static str| op.at(progress, s);
     let files = HostFiles::of(lv);
     let result = (|| -> Result<bool> {
         at("pool")?;
-        if !pool_exists && lv.ensure_dir_pool(&disk.pool, crate::POOL_PATH)? {
-            note(progress, &format!("created storage pool {} in {}", disk.pool, crate::POOL_PATH));
+        if !pool_exists && lv.ensure_dir_pool(&disk.pool, paths::POOL_PATH)? {
+            note(progress, &format!("created storage pool {} in {}", disk.pool, paths::POOL_PATH));
         }
         at("secret")?;
         let key = match (encryption, adopt) {
             (Encryption::Secret, Some(a)) => Some(a.key.clone()),
             (_, Some(_)) => return Err(VmError::Disk("an adopted disk is encrypted under its own key".into())),
             (Encryption::None, None) => None,
-            (Encryption::Secret, None) => Some(random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?),
+            (Encryption::Secret, None) => {
+                Some(disk::image::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?)
+            }
             (Encryption::Prompt, None) => passphrase.map(<[u8]>::to_vec),
         };
         if let Some(k) = &key {
@@ -761,7 +567,7 @@ pub fn create_with(
         let what = if key.is_some() { "encrypted disk" } else { "unencrypted disk" };
         if adopt.is_none() {
             note(progress, &format!("creating {what} {}/{} ({} GiB)", disk.pool, disk.volume, plan.disk_gib));
-            let image = disk_image(plan.disk_gib, encryption, key.as_deref())?;
+            let image = disk::image::disk_image(plan.disk_gib, encryption, key.as_deref())?;
             // The volume is made empty and exclusively, and recorded (inode, or volume key on another
             // host), before anything is written into it.
             files
@@ -783,20 +589,23 @@ pub fn create_with(
             let Some(n) =
                 s.nvram.filter(|n| Path::new(&n.path).parent() == Some(Path::new(phyllome_model::domain::NVRAM_DIR)))
             else {
-                return Err(VmError::Nvram(format!("the imported variable store has no place in {name}'s definition")));
+                return Err(NvramError::Store(format!(
+                    "the imported variable store has no place in {name}'s definition"
+                ))
+                .into());
             };
             files
                 .write_new(&n.path, bytes, 0o600, Owner::LikeFolder, &mut |id| {
                     entry.made.nvram_file = Some(id.clone());
                     journal.record(&entry).map_err(std::io::Error::other)
                 })
-                .map_err(|e| VmError::Nvram(format!("{}: {e}", n.path)))?;
+                .map_err(|e| NvramError::Store(format!("{}: {e}", n.path)))?;
             note(progress, "wrote its UEFI variable store");
         }
         if let Some(a) = adopt.filter(|a| !a.tpm.is_empty()) {
             // Removed with the domain on a rollback (libvirt's undefine takes the TPM state along).
             let uuid = entry.made.domain_uuid.clone().expect("defined above");
-            let dir = crate::snapshot::tpm_dir(&uuid);
+            let dir = paths::tpm_dir(&uuid);
             std::fs::create_dir_all(&dir).map_err(|e| VmError::Disk(format!("{}: {e}", dir.display())))?;
             for (file, bytes) in &a.tpm {
                 let to = dir.join(file);
@@ -806,7 +615,7 @@ pub fn create_with(
             }
             note(progress, "wrote its TPM state");
         }
-        let nvram_made = prepare_nvram_with(lv, name, &mut |id| {
+        let nvram_made = disk::nvram::prepare_with(lv, name, &mut |id| {
             entry.made.nvram_file = Some(id.clone());
             journal.record(&entry).map_err(std::io::Error::other)
         })?;
@@ -830,9 +639,7 @@ pub fn create_with(
             let _ = lv.undefine_secret_uuid(&uuid);
         }
     }
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
+    drop(op);
     match result {
         Ok(started) => {
             journal.finish(name);
@@ -850,7 +657,7 @@ pub fn create_with(
         }
         Err(e) => {
             note(progress, "failed: removing what this command made");
-            rollback(lv, &entry);
+            undo::made_objects(lv, name, &entry.made);
             journal.finish(name);
             Err(e)
         }
@@ -881,7 +688,7 @@ pub(crate) fn state(lv: &Libvirt, name: &str) -> Result<State> {
 /// passphrase, which lives in an ephemeral libvirt secret only while QEMU starts.
 pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Result<bool> {
     recover(lv);
-    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Start)?;
+    let _held = crate::op::lock::take(lv, name, record::Operation::Start)?;
     let st = state(lv, name)?;
     if st == State::Running {
         return Ok(false);
@@ -894,7 +701,7 @@ pub fn start(lv: &Libvirt, name: &str, ask: &dyn Fn() -> Result<Vec<u8>>) -> Res
     let s = summary(lv, name)?;
     refuse_changed(lv, &s, "start it: the guest would write to an image that is not encrypted")?;
     // A qcow2 variable store lost since (libvirt cannot remake one itself).
-    prepare_nvram(lv, name)?;
+    disk::nvram::prepare(lv, name)?;
     if s.encryption.as_deref() == Some("prompt") {
         let Some(path) = s.main_disk().and_then(|d| d.luks_secret.clone()) else {
             return Err(VmError::Disk(format!("{name} has no encrypted disk to unlock")));
@@ -1044,7 +851,7 @@ pub fn delete(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
 /// [`delete`] without the recovery first (for the recovery itself, which finishes a move
 /// by removing the source's copy).
 pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<Deleted> {
-    let _held = crate::op::lock::take(lv, name, crate::op::lock::Operation::Delete)?;
+    let _held = crate::op::lock::take(lv, name, record::Operation::Delete)?;
     if state(lv, name)? != State::Shutoff {
         return Err(VmError::Running(name.into()));
     }
@@ -1077,7 +884,7 @@ pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<De
         // A disk another VM also uses is not this VM's to delete: refuse before anything is removed.
         for (pool, volume, _) in &volumes {
             let path = lv.volume_info(pool, volume)?.map(|v| v.path);
-            if let Some(other) = other_user(lv, &s.uuid, pool, volume, path.as_deref())? {
+            if let Some(other) = domxml::user_of_volume(lv, &s.uuid, pool, volume, path.as_deref())? {
                 return Err(VmError::DiskShared { disk: format!("{pool}/{volume}"), other });
             }
         }
@@ -1098,7 +905,7 @@ pub(crate) fn delete_now(lv: &Libvirt, name: &str, keep_disk: bool) -> Result<De
         .filter(|p| Path::new(p).parent() == Some(Path::new(&ours)))
         .filter_map(|p| files.id_of(p))
         .collect();
-    remove_boot_files(&files, &copies);
+    undo::remove_boot_files(&files, &copies);
     let mut out = Deleted { name: name.into(), volumes: vec![], secrets: 0, kept_disk: keep_disk, snapshots, left };
     if keep_disk {
         return Ok(out);
@@ -1227,31 +1034,6 @@ pub(crate) fn refuse_changed(lv: &Libvirt, s: &DomainSummary, action: &str) -> R
     Err(VmError::ChangedOutside { name: name.clone(), note, action: action.into(), undo })
 }
 
-/// The name of another domain (not `uuid`) whose disks include the volume, if any.
-pub(crate) fn other_user(
-    lv: &Libvirt,
-    uuid: &str,
-    pool: &str,
-    volume: &str,
-    path: Option<&str>,
-) -> Result<Option<String>> {
-    for other in lv.domain_names()? {
-        let Ok(xml) = lv.inactive_xml(&other) else { continue };
-        let Ok(o) = domxml::parse(&xml) else { continue };
-        if o.uuid == uuid {
-            continue;
-        }
-        let uses = o.disks.iter().any(|d| {
-            (d.pool.as_deref() == Some(pool) && d.volume.as_deref() == Some(volume))
-                || (path.is_some() && d.file.as_deref() == path)
-        });
-        if uses {
-            return Ok(Some(o.name));
-        }
-    }
-    Ok(None)
-}
-
 /// How many snapshots the VM has: they are kept on this machine, for its own libvirt's VMs only.
 fn snapshot_count(lv: &Libvirt, uuid: &str) -> usize {
     if lv.is_local() {
@@ -1274,7 +1056,7 @@ pub fn set_autostart(lv: &Libvirt, name: &str, on: bool) -> Result<()> {
 /// [`recover`]) may run on that host: it is not started here until the move is settled.
 fn refuse_unfinished_move(lv: &Libvirt, name: &str) -> Result<()> {
     let uuid = lv.uuid(name)?;
-    match crate::migrate::unfinished(lv, &uuid) {
+    match crate::op::moves::unfinished(lv, &uuid) {
         Some((to, why)) => Err(VmError::MoveUnfinished { name: name.into(), to, why }),
         None => Ok(()),
     }
@@ -1312,15 +1094,6 @@ pub struct VmRow {
     pub changed_outside: Option<String>,
 }
 
-pub fn state_name(s: State) -> &'static str {
-    match s {
-        State::Running => "running",
-        State::Paused => "paused",
-        State::Shutoff => "shut off",
-        State::Other => "other",
-    }
-}
-
 pub fn row(lv: &Libvirt, name: &str) -> Result<VmRow> {
     row_of(lv, &summary(lv, name)?)
 }
@@ -1335,7 +1108,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
             .flatten()
             .map(|v| gib_tenths(v.capacity))
     });
-    let moving = crate::migrate::moves_from(lv);
+    let moving = crate::op::moves::moves_from(lv);
     let state_reason = match moving.get(&s.uuid) {
         Some(m) => Some(m.reason()),
         None if st == State::Paused => lv.pause_reason(&s.name).ok().flatten(),
@@ -1345,7 +1118,7 @@ fn row_of(lv: &Libvirt, s: &DomainSummary) -> Result<VmRow> {
         state_reason,
         name: s.name.clone(),
         os: s.os.clone(),
-        state: state_name(st),
+        state: domxml::state_name(st),
         vcpus: s.vcpus,
         memory_mib: s.memory_mib,
         encrypted: s.encrypted(),
@@ -1465,7 +1238,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
         }
     }
     let mut rows = Vec::new();
-    let moving = crate::migrate::moves_from(lv);
+    let moving = crate::op::moves::moves_from(lv);
     for (d, s) in &parsed {
         let disk_gib = sizes.get(d.name.as_str()).map(|&c| gib_tenths(c));
         let state_reason = match moving.get(&s.uuid) {
@@ -1476,7 +1249,7 @@ pub fn list(lv: &Libvirt) -> Result<Vec<VmRow>> {
         rows.push(VmRow {
             name: d.name.clone(),
             os: s.os.clone(),
-            state: state_name(d.state),
+            state: domxml::state_name(d.state),
             vcpus: s.vcpus,
             memory_mib: s.memory_mib,
             encrypted: s.encrypted(),

@@ -1,8 +1,8 @@
 //! `phyllome image`: the Phyllome OS images (a Fedora Remix based on Fedora Server).
 
-use phyllome_engine::errors::Failure;
 use super::Fallible;
 use clap::{Args, Subcommand, ValueEnum};
+use phyllome_engine::errors::Failure;
 use phyllome_system::kickstart::{self, Bootloader, Edition, Recipe};
 use std::path::PathBuf;
 

@@ -20,7 +20,7 @@ pub enum IsoCommand {
     },
     /// The ISOs of the ISO folder, with the OS each holds.
     List {
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -31,7 +31,7 @@ pub enum IsoCommand {
         /// Its name in the folder (default: the file's name, made safe).
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -39,7 +39,7 @@ pub enum IsoCommand {
     /// Remove an ISO no VM uses from the ISO folder.
     Remove {
         name: String,
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,

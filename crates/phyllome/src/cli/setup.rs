@@ -1,8 +1,8 @@
 //! `phyllome host setup`: configures this host for virtualization, showing
 //! every change first (`phyllome_system::setup` plans, `::apply` applies).
 
-use phyllome_engine::errors::Failure;
 use super::Fallible;
+use phyllome_engine::errors::Failure;
 use phyllome_libvirt::Libvirt;
 use phyllome_system::apply::{apply, run_command, Executor, Outcome};
 use phyllome_system::setup::{plan, Action, Options, PoolState, Step};
@@ -51,7 +51,7 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
         root: canon.clone(),
         live,
         pool_name: phyllome_engine::POOL.into(),
-        pool_path: phyllome_engine::POOL_PATH.into(),
+        pool_path: phyllome_engine::paths::POOL_PATH.into(),
         pool_state: if live { pool_state(uri) } else { PoolState::Unknown("a --root tree".into()) },
     };
     let plan = plan(&opts).map_err(Failure::failed)?;
