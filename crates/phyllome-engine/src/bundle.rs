@@ -28,6 +28,7 @@ use crate::op::progress::{note, Progress, Report};
 use crate::op::record::{Operation, Record};
 use crate::op::{undo, Op};
 use crate::paths::STAGING_DIR;
+use crate::share::ShareError;
 use crate::vm::{self, Result, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
@@ -179,6 +180,12 @@ impl Classify for BundleError {
 
 impl From<phyllome_libvirt::Error> for BundleError {
     fn from(e: phyllome_libvirt::Error) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<ShareError> for BundleError {
+    fn from(e: ShareError) -> Self {
         BundleError::Vm(e.into())
     }
 }
@@ -1024,8 +1031,8 @@ fn import_inner(
     let mut shares = vec![];
     for sh in std::mem::take(&mut spec.shares) {
         let (dir, tag, writable) = crate::share::parse_spec(&sh)?;
-        let from_bundle = |e: VmError| match e {
-            VmError::BadShare(why) => VmError::BadShare(format!("the bundle shares {dir} with the VM: {why}")),
+        let from_bundle = |e: ShareError| match e {
+            ShareError::Bad(why) => ShareError::Bad(format!("the bundle shares {dir} with the VM: {why}")),
             e => e,
         };
         let share = if opts.host.is_some() {

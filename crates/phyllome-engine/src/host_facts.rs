@@ -26,6 +26,20 @@ impl Classify for HostError {
     }
 }
 
+/// This host's MemAvailable (the kernel's estimate of what it can give without
+/// swapping), in bytes; 0 when unknown.
+pub fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|k| k * 1024)
+        .unwrap_or(0)
+}
+
 /// The QEMU binary the KVM probe runs.
 pub fn qemu_binary() -> Option<PathBuf> {
     ["/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64"]

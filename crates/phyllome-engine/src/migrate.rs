@@ -39,7 +39,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default)]
-pub struct Request {
+pub struct MoveRequest {
     /// The destination's libvirt URI.
     pub to: String,
     /// `true`: the VM keeps running while it moves; `false` (`--offline`): a stopped VM.
@@ -232,7 +232,7 @@ fn offers_secure_boot(domcaps: &str) -> bool {
 }
 
 /// What a move of `name` to `dst` needs, item by item; changes nothing.
-pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<Checked> {
+pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &MoveRequest) -> Result<Checked> {
     let mode = if req.live { "live" } else { "offline" };
     let mut c = Checked { vm: name.into(), to: req.to.clone(), mode: mode.into(), ok: true, items: vec![] };
     let state = vm::state(src, name)?;
@@ -342,7 +342,7 @@ pub fn check(src: &Libvirt, dst: &Libvirt, name: &str, req: &Request) -> Result<
     let (ok, detail) = match dst.node_memory() {
         Ok(node) => {
             // The destination on this machine: its MemAvailable is this kernel's.
-            let here = if dst.is_local() { Some(crate::snapshot::mem_available()).filter(|&b| b > 0) } else { None };
+            let here = if dst.is_local() { Some(crate::host_facts::mem_available()).filter(|&b| b > 0) } else { None };
             memory_item(&node, here, s.memory_mib)
         }
         Err(_) => {
@@ -664,7 +664,7 @@ fn on_source(src: &Libvirt, path: &str) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 /// Moves `name` to `req.to` (after [`check`] passed).
-pub fn migrate(src: &Libvirt, name: &str, req: &Request, progress: Report<'_>) -> Result<Migrated> {
+pub fn migrate(src: &Libvirt, name: &str, req: &MoveRequest, progress: Report<'_>) -> Result<Migrated> {
     // Moves cut short before are settled first (those to this destination over its own
     // connection below, however long it takes to answer).
     let mut settled = moves::recover(src, &vm::remove_moved);

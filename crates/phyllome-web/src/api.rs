@@ -1441,7 +1441,7 @@ async fn create_snapshot(
     JsonBody(b): JsonBody<SnapshotBody>,
 ) -> ApiResult<Response> {
     who_did(&who, "snapshot", &name);
-    let req = phyllome_engine::snapshot::Request {
+    let req = phyllome_engine::snapshot::SnapshotRequest {
         name: b.name,
         memory: b.memory.unwrap_or(false),
         description: b.description,
@@ -1622,7 +1622,7 @@ fn migrate_request(
     lv: &Libvirt,
     name: &str,
     b: &MigrateBody,
-) -> Result<phyllome_engine::migrate::Request, ApiError> {
+) -> Result<phyllome_engine::migrate::MoveRequest, ApiError> {
     let uri = destination(app, &b.to)?;
     let live = match b.live {
         Some(l) => l,
@@ -1638,7 +1638,7 @@ fn migrate_request(
         }
     };
     // Phyllome's disks are volumes of each host's own pool: a move always copies the disk.
-    Ok(phyllome_engine::migrate::Request { to: uri, live, copy_storage: true })
+    Ok(phyllome_engine::migrate::MoveRequest { to: uri, live, copy_storage: true })
 }
 
 /// A configured host other than this one, by name (the browser never gives a URI).

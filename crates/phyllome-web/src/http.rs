@@ -105,6 +105,12 @@ impl From<phyllome_engine::vm::VmError> for ApiError {
     }
 }
 
+impl From<phyllome_engine::share::ShareError> for ApiError {
+    fn from(e: phyllome_engine::share::ShareError) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
 impl From<phyllome_engine::media::iso_dir::IsoDirError> for ApiError {
     fn from(e: phyllome_engine::media::iso_dir::IsoDirError) -> ApiError {
         ApiError::from_engine(&e)

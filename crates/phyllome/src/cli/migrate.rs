@@ -4,7 +4,7 @@ use super::snapshot::reporter;
 use super::vm::Steps;
 use super::Fallible;
 use clap::Args;
-use phyllome_engine::migrate::{self, Request};
+use phyllome_engine::migrate::{self, MoveRequest};
 use phyllome_engine::text::printable;
 use phyllome_libvirt::{Libvirt, State};
 
@@ -52,7 +52,7 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
             }
         })? != State::Shutoff
     };
-    let req = Request { to: a.to.clone(), live, copy_storage: a.copy_storage };
+    let req = MoveRequest { to: a.to.clone(), live, copy_storage: a.copy_storage };
     if a.dry_run {
         let dst = migrate::connect(&a.to)?;
         let c = migrate::check(&lv, &dst, &a.name, &req)?;
