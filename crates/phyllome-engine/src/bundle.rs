@@ -28,11 +28,12 @@ use crate::op::progress::{note, Progress, Report};
 use crate::op::record::{Operation, Record};
 use crate::op::{undo, Op};
 use crate::paths::STAGING_DIR;
+use crate::retune::{changes, manifest_shares, plan_on, request_for, Change, SavedChoice, SourceHost};
 use crate::share::ShareError;
-use crate::vm::{self, Result, VmError};
+use crate::vm::{self, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
-use phyllome_model::build::{self, Choice, Encryption, Plan};
+use phyllome_model::build::Choice;
 use phyllome_model::Host;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -77,48 +78,6 @@ pub struct BundleInfo {
     pub nvram_format: Option<String>,
     /// The parts that follow, in order, before `keys.age`.
     pub parts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SourceHost {
-    /// `kvm` or `qemu` (TCG).
-    pub virt_type: String,
-    pub cpu_vendor: String,
-    pub cpu_model: String,
-    pub libvirt: String,
-    pub qemu: String,
-}
-
-impl SourceHost {
-    pub fn of(host: &Host) -> SourceHost {
-        SourceHost {
-            virt_type: host.caps.virt_type.clone(),
-            cpu_vendor: serde_json::to_value(host.facts.cpu_vendor)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            cpu_model: host.facts.cpu_model.clone(),
-            libvirt: host.facts.platform.libvirt.clone(),
-            qemu: host.facts.platform.qemu.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SavedChoice {
-    pub item: String,
-    pub choice: String,
-    pub why: String,
-}
-
-impl From<&Choice> for SavedChoice {
-    fn from(c: &Choice) -> Self {
-        SavedChoice { item: c.item.to_string(), choice: c.choice.clone(), why: c.why.clone() }
-    }
 }
 
 /// What `keys.age` holds.
@@ -226,134 +185,6 @@ fn io(path: impl AsRef<Path>, e: std::io::Error) -> BundleError {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The create request for a manifest in a bundle, on any host: install media
-/// are left out (they were for the install, and another host's ISO folder has
-/// its own), the disk is the bundle's (its size, and always encrypted), and a
-/// direct-boot kernel comes with the bundle (`boot`: where its files are).
-pub fn request_for(
-    m: &crate::manifest::Manifest,
-    info_disk_size: u64,
-    boot: Option<(&str, Option<&str>)>,
-) -> vm::VmSpec {
-    let mut spec = m.spec(Path::new(crate::paths::ISO_DIR));
-    spec.request.iso = None;
-    spec.request.drivers = None;
-    spec.request.disk_size = Some(format!("{}G", info_disk_size.div_ceil(1 << 30).max(1)));
-    // The disk exists: the OS's usual minimum is not this import's to enforce.
-    spec.request.force = true;
-    spec.encryption = Some(Encryption::Secret);
-    if let (Some(b), Some((kernel, initrd))) = (&mut spec.request.direct_boot, boot) {
-        b.kernel = kernel.to_string();
-        b.initrd = initrd.map(String::from);
-    }
-    spec
-}
-
-/// A manifest's shares as the domain has them (tags and folders as written there).
-pub fn manifest_shares(m: &crate::manifest::Manifest) -> Vec<phyllome_model::domain::Share> {
-    m.shares
-        .iter()
-        .map(|s| phyllome_model::domain::Share { dir: s.dir.clone(), tag: s.tag.clone(), readonly: !s.writable })
-        .collect()
-}
-
-/// The pure part of the re-tuning: the plan for `spec` on `host`.
-pub fn plan_on(name: &str, spec: &vm::VmSpec, host: &Host, shares: Vec<phyllome_model::domain::Share>) -> Result<Plan> {
-    let network = match spec.network.as_str() {
-        "none" => build::NetworkChoice::None,
-        "user" => build::NetworkChoice::User,
-        "default" | "" => build::NetworkChoice::Default,
-        other => build::NetworkChoice::Named(other.to_string()),
-    };
-    let req = build::Request {
-        name: name.to_string(),
-        network,
-        disk: Some(crate::media::files::disk_ref(name, crate::POOL, crate::paths::POOL_PATH, Encryption::Secret)),
-        version: crate::VERSION.to_string(),
-        shares,
-        ..spec.request.clone()
-    };
-    let mut plan = build::build(&req, host)?;
-    if let Some(b) = &mut plan.domain.direct_boot {
-        let dir = crate::paths::boot_dir(name);
-        b.kernel = format!("{dir}/vmlinuz");
-        if let Some(i) = &mut b.initrd {
-            *i = format!("{dir}/initrd.img");
-        }
-    }
-    Ok(plan)
-}
-
-/// One item the importing host decides differently from the exporting one.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Change {
-    pub item: String,
-    /// The exporting host's choice (absent: it had none for this item).
-    pub from: Option<String>,
-    /// This host's (absent: none here).
-    pub to: Option<String>,
-    pub why: String,
-}
-
-/// What changed between the exporting host's choices and this host's, item by item.
-pub fn changes(from: &[SavedChoice], to: &[Choice]) -> Vec<Change> {
-    let mut out = vec![];
-    let theirs: BTreeMap<&str, &SavedChoice> = from.iter().map(|c| (c.item.as_str(), c)).collect();
-    let ours: BTreeMap<&str, &Choice> = to.iter().map(|c| (c.item, c)).collect();
-    for c in to {
-        match theirs.get(c.item) {
-            Some(t) if t.choice == c.choice => {}
-            t => out.push(Change {
-                item: c.item.to_string(),
-                from: t.map(|t| t.choice.clone()),
-                to: Some(c.choice.clone()),
-                why: c.why.clone(),
-            }),
-        }
-    }
-    for t in from.iter().filter(|t| !ours.contains_key(t.item.as_str())) {
-        out.push(Change {
-            item: t.item.clone(),
-            from: Some(t.choice.clone()),
-            to: None,
-            why: "this host does not need it, or cannot give it".into(),
-        });
-    }
-    out
-}
-
-/// The explanation an import prints for a terminal: the exporting host, what changed and why.
-/// What comes from the bundle (its host, its choices) is anyone's text: it is shown escaped
-/// ([`crate::text::printable`]).
-pub fn render_changes(source: &SourceHost, here: &SourceHost, changes: &[Change]) -> String {
-    use crate::text::printable;
-    let host = |h: &SourceHost| {
-        format!(
-            "{} ({} {}), libvirt {}, QEMU {}",
-            printable(&h.virt_type),
-            printable(&h.cpu_vendor),
-            printable(&h.cpu_model),
-            printable(&h.libvirt),
-            printable(&h.qemu)
-        )
-    };
-    let mut out = format!("exported on: {}\nimported on: {}\n", host(source), host(here));
-    if changes.is_empty() {
-        out.push_str("changed: nothing (this host chooses as the exporting one did)\n");
-    }
-    for c in changes {
-        out.push_str(&format!(
-            "changed {}: {} -> {}\n    why: {}\n",
-            printable(&c.item),
-            printable(c.from.as_deref().unwrap_or("(none)")),
-            printable(c.to.as_deref().unwrap_or("(none)")),
-            printable(&c.why)
-        ));
-    }
-    out
 }
 
 /// What of this host an imported VM reaches, for a terminal: every host folder the bundle
@@ -1242,37 +1073,4 @@ fn convert_nvram(dir: &Path, bytes: &[u8], from: &str, to: &str) -> std::result:
     let _ = std::fs::remove_file(&a);
     let _ = std::fs::remove_file(&b);
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn choice(item: &'static str, choice: &str) -> Choice {
-        Choice { item, choice: choice.into(), why: format!("why {item}") }
-    }
-
-    #[test]
-    fn changes_name_what_differs_appears_and_goes() {
-        let from = vec![
-            SavedChoice { item: "cpu".into(), choice: "host-passthrough".into(), why: "kvm".into() },
-            SavedChoice { item: "video".into(), choice: "virtio-gpu with GL".into(), why: "render node".into() },
-            SavedChoice { item: "disk".into(), choice: "virtio".into(), why: "fast".into() },
-        ];
-        let to = vec![choice("cpu", "qemu64"), choice("disk", "virtio"), choice("sound", "ich9")];
-        let c = changes(&from, &to);
-        assert_eq!(c.len(), 3, "{c:?}");
-        assert_eq!(
-            (c[0].item.as_str(), c[0].from.as_deref(), c[0].to.as_deref()),
-            ("cpu", Some("host-passthrough"), Some("qemu64"))
-        );
-        assert_eq!(c[0].why, "why cpu");
-        assert_eq!((c[1].item.as_str(), c[1].from.as_deref()), ("sound", None));
-        assert_eq!((c[2].item.as_str(), c[2].to.as_deref()), ("video", None));
-        assert!(changes(
-            &from,
-            &[choice("cpu", "host-passthrough"), choice("video", "virtio-gpu with GL"), choice("disk", "virtio")]
-        )
-        .is_empty());
-    }
 }

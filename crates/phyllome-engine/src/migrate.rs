@@ -128,7 +128,7 @@ pub struct Migrated {
     /// What the destination chooses differently from this host, item by item, and why:
     /// applied on an offline move (`retuned`); after a live move, what its next cold boot
     /// there would change (`phyllome apply` or a re-import makes it so).
-    pub changes: Vec<crate::bundle::Change>,
+    pub changes: Vec<crate::retune::Change>,
     pub notes: Vec<String>,
 }
 
@@ -545,111 +545,6 @@ pub fn clean(src: &Libvirt, dst: &Libvirt, to: &str, dry_run: bool) -> Vec<Settl
     moves::clean(src, dst, to, dry_run, &vm::remove_moved)
 }
 
-/// The VM as Phyllome would make it, and what this host chooses for it: what the
-/// destination's choices are compared with, and rebuilt from.
-struct Tuning {
-    spec: vm::VmSpec,
-    /// This host, and what it chooses.
-    here: crate::bundle::SourceHost,
-    from: Vec<crate::bundle::SavedChoice>,
-}
-
-fn tuning_here(src: &Libvirt, name: &str, capacity: u64) -> Option<Tuning> {
-    let (manifest, _) = crate::manifest::of_vm(src, name).ok()?;
-    let (host, _) = crate::host_facts::gather(src, true).ok()?;
-    let spec = crate::bundle::request_for(&manifest, capacity, None);
-    let from = crate::bundle::plan_on(name, &spec, &host, vec![])
-        .ok()?
-        .choices
-        .iter()
-        .map(crate::bundle::SavedChoice::from)
-        .collect();
-    Some(Tuning { spec, here: crate::bundle::SourceHost::of(&host), from })
-}
-
-/// `xml` with the domain's UUID, and the MAC addresses of `old`'s interfaces in order
-/// (the guest keeps its identity, its TPM state folder and its network configuration).
-pub(crate) fn keep_identity(xml: &str, uuid: &str, old: &str) -> String {
-    let macs: Vec<String> = roxmltree::Document::parse(old)
-        .map(|d| {
-            d.descendants()
-                .filter(|n| n.has_tag_name("mac") && n.parent().is_some_and(|p| p.has_tag_name("interface")))
-                .filter_map(|n| n.attribute("address").map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut out = String::with_capacity(xml.len() + 128);
-    let mut rest = xml;
-    if let Some(i) = rest.find("</name>") {
-        let end = i + "</name>".len();
-        out.push_str(&rest[..end]);
-        out.push_str(&format!("<uuid>{uuid}</uuid>"));
-        rest = &rest[end..];
-    }
-    let mut macs = macs.into_iter();
-    while let Some(i) = rest.find("<interface ") {
-        let Some(close) = rest[i..].find('>') else { break };
-        let end = i + close + 1;
-        out.push_str(&rest[..end]);
-        if let Some(mac) = macs.next() {
-            out.push_str(&format!("<mac address='{mac}'/>"));
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The destination's plan for the VM: its definition and choices, and the destination.
-fn plan_there(
-    dst: &Libvirt,
-    name: &str,
-    t: &Tuning,
-) -> std::result::Result<(phyllome_model::build::Plan, crate::bundle::SourceHost), String> {
-    let host = crate::host_facts::gather_remote(dst).map_err(|e| format!("its host facts: {e}"))?;
-    let plan = crate::bundle::plan_on(name, &t.spec, &host, vec![]).map_err(|e| e.to_string())?;
-    Ok((plan, crate::bundle::SourceHost::of(&host)))
-}
-
-/// After an offline move: the definition rebuilt for the destination, as import does,
-/// keeping the UUID, MAC addresses, disk, key, UEFI variable store and TPM state that
-/// moved. On any doubt the moved definition stays (and the reason is returned).
-fn retune(
-    dst: &Libvirt,
-    name: &str,
-    uuid: &str,
-    t: &Tuning,
-) -> std::result::Result<Vec<crate::bundle::Change>, String> {
-    let arrived = dst.inactive_xml(name).map_err(|e| e.message)?;
-    let (plan, there) = plan_there(dst, name, t)?;
-    let xml = keep_identity(&plan.domain.to_xml(), uuid, &arrived);
-    let (old, new) = (
-        crate::domxml::parse(&arrived).map_err(|e| e.to_string())?,
-        crate::domxml::parse(&xml).map_err(|e| e.to_string())?,
-    );
-    let nv = |s: &crate::domxml::DomainSummary| s.nvram.as_ref().map(|n| n.path.clone());
-    if nv(&old) != nv(&new) {
-        return Err(format!(
-            "its UEFI variable store is {:?} there, the rebuilt definition names {:?}",
-            nv(&old).unwrap_or_default(),
-            nv(&new).unwrap_or_default()
-        ));
-    }
-    let disk =
-        |s: &crate::domxml::DomainSummary| s.main_disk().map(|d| (d.pool.clone(), d.volume.clone(), d.file.clone()));
-    if disk(&old) != disk(&new) {
-        return Err("the rebuilt definition names another disk".into());
-    }
-    if let Err(e) = dst.define(&xml) {
-        let _ = dst.define(&arrived);
-        return Err(e.message);
-    }
-    // Tuned there now: what `phyllome xml --vm` compares with later.
-    let chosen: Vec<_> = plan.choices.iter().map(crate::bundle::SavedChoice::from).collect();
-    let _ = crate::retune::record(dst, name, &there, &chosen);
-    Ok(crate::bundle::changes(&t.from, &plan.choices))
-}
-
 /// The largest UEFI variable store or direct-boot file a move carries (they go through memory).
 const CARRIED_MAX: u64 = 512 << 20;
 
@@ -708,7 +603,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &MoveRequest, progress: Report<'_
     let vol = src
         .volume_info(crate::POOL, d.volume.as_deref().unwrap_or_default())?
         .ok_or_else(|| VmError::NoVolume(format!("{}/{name}.qcow2", crate::POOL)))?;
-    let tuning = tuning_here(src, name, vol.capacity);
+    let tuning = crate::retune::tuning_here(src, name, vol.capacity);
     let mut made = Record::moving(src, name, &s.uuid, &req.to, &format!("{name}.qcow2"));
     let op = Op::begin();
     // The disk copy's figures, as libvirt reports them while it runs (its completed job keeps none).
@@ -918,7 +813,7 @@ pub fn migrate(src: &Libvirt, name: &str, req: &MoveRequest, progress: Report<'_
     let mut changes = vec![];
     match (&tuning, req.live) {
         (None, _) => notes.push("its manifest could not be read here: the definition was not re-tuned".into()),
-        (Some(t), false) => match retune(&dst, name, &s.uuid, t) {
+        (Some(t), false) => match crate::retune::retune(&dst, name, &s.uuid, t) {
             Ok(c) => {
                 progress(Progress::Step { step: "retune" });
                 retuned = true;
@@ -931,13 +826,13 @@ pub fn migrate(src: &Libvirt, name: &str, req: &MoveRequest, progress: Report<'_
             }
             Err(why) => notes.push(format!("kept the moved definition, not re-tuned: {why}")),
         },
-        (Some(t), true) => match plan_there(&dst, name, t) {
+        (Some(t), true) => match crate::retune::plan_there(&dst, name, t) {
             Ok((plan, _)) => {
                 // It runs as tuned here: recorded so `phyllome xml --vm` there can say what a cold boot changes.
                 if let Err(e) = crate::retune::record(&dst, name, &t.here, &t.from) {
                     notes.push(format!("what it was tuned to here could not be recorded there: {e}"));
                 }
-                changes = crate::bundle::changes(&t.from, &plan.choices);
+                changes = crate::retune::changes(&t.from, &plan.choices);
                 if !changes.is_empty() {
                     notes.push(format!(
                         "it runs there as defined here; the destination would choose {} item(s) differently at a cold boot (changes; phyllome xml --vm {name} --explain there)",
@@ -979,24 +874,6 @@ pub fn migrate(src: &Libvirt, name: &str, req: &MoveRequest, progress: Report<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_rebuilt_definition_keeps_the_uuid_and_the_mac_addresses_in_order() {
-        let old =
-            "<domain><name>v</name><devices><interface type='network'><mac address='52:54:00:00:00:01'/></interface>\
-                   <interface type='user'><mac address='52:54:00:00:00:02'/></interface></devices></domain>";
-        let new = "<domain type='qemu'>\n  <name>v</name>\n  <devices>\n    <interface type='network'>\n      <model type='virtio'/>\n    </interface>\n    <interface type='user'>\n    </interface>\n  </devices>\n</domain>";
-        let out = keep_identity(new, "0b6c1a4e-0000-4000-8000-000000000001", old);
-        let doc = roxmltree::Document::parse(&out).unwrap();
-        let uuid = doc.descendants().find(|n| n.has_tag_name("uuid")).and_then(|n| n.text());
-        assert_eq!(uuid, Some("0b6c1a4e-0000-4000-8000-000000000001"));
-        let macs: Vec<_> =
-            doc.descendants().filter(|n| n.has_tag_name("mac")).filter_map(|n| n.attribute("address")).collect();
-        assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:02"]);
-        // Without interfaces there, only the UUID is added.
-        let plain = keep_identity("<domain><name>v</name></domain>", "u", old);
-        assert_eq!(plain, "<domain><name>v</name><uuid>u</uuid></domain>");
-    }
 
     #[test]
     fn the_memory_check_counts_what_the_destination_can_give_and_says_which_figure() {

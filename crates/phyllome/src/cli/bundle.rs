@@ -207,7 +207,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&imported)?);
         return Ok(());
     }
-    print!("{}", bundle::render_changes(&imported.source, &imported.here, &imported.changes));
+    print!("{}", phyllome_engine::retune::render_changes(&imported.source, &imported.here, &imported.changes));
     print!("{}", bundle::render_reach(&imported));
     if a.explain {
         println!("every choice on this host:");

@@ -197,7 +197,7 @@ fn next_boot(uri: &str, name: &str, explain: bool, json: bool) -> Fallible {
         print!("{}", n.xml);
         return Ok(());
     }
-    let host = |h: &phyllome_engine::bundle::SourceHost| {
+    let host = |h: &phyllome_engine::retune::SourceHost| {
         format!("{} ({} {}), libvirt {}, QEMU {}", h.virt_type, h.cpu_vendor, h.cpu_model, h.libvirt, h.qemu)
     };
     println!("{name} at its next cold boot on this host: {}", host(&n.here));
