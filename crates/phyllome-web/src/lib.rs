@@ -50,7 +50,7 @@ pub struct Config {
     pub uri: String,
     /// The other hosts whose VMs the list shows too (`phyllome host add`; read at start), each
     /// with a connection and a watcher of its own. Actions on their VMs: the cheap ones only.
-    pub hosts: Vec<phyllome_engine::remotes::Host>,
+    pub hosts: Vec<phyllome_engine::remotes::Remote>,
     pub state_dir: PathBuf,
     pub tls: tls::TlsMode,
     /// The ISO folder (installer ISOs, kernels and initrds create may use).

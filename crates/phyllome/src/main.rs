@@ -209,7 +209,7 @@ fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, phyllome_
     if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::remotes::LOCAL {
         return Ok(cli.connect.clone());
     }
-    Ok(phyllome_engine::remotes::Hosts::open().uri(name)?)
+    Ok(phyllome_engine::remotes::Remotes::open().uri(name)?)
 }
 
 /// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").

@@ -137,7 +137,7 @@ pub fn settle_lock(dir: &Path) -> Option<std::fs::File> {
 
 /// A destination as messages name it: its host name when it was added as one.
 pub fn host_label(uri: &str) -> String {
-    crate::remotes::Hosts::open().name_of(uri).unwrap_or_else(|| uri.to_string())
+    crate::remotes::Remotes::open().name_of(uri).unwrap_or_else(|| uri.to_string())
 }
 
 /// What became of a move cut short, from both hosts' libvirt, by the VM's UUID.

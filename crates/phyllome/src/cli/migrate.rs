@@ -38,7 +38,7 @@ fn mib(b: u64) -> String {
 pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
     if !a.to.contains("://") {
         // A host's name: its URI from the list (an unknown name is a not-found error naming `host list`).
-        a.to = phyllome_engine::remotes::Hosts::open().uri(&a.to)?;
+        a.to = phyllome_engine::remotes::Remotes::open().uri(&a.to)?;
     }
     let lv = Libvirt::connect(uri)?;
     let live = if a.live || a.offline {

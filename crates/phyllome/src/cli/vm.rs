@@ -338,8 +338,8 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
 /// `hosts` entry with `reached: false` and its name in `unreachable`), not a failure: the exit is 0
 /// when at least one host answered, and the first host's error's code when none did.
 fn list_all_hosts(local_uri: &str, json: bool) -> Fallible {
-    use phyllome_engine::remotes::{self, Hosts};
-    let all = Hosts::open().all(local_uri)?;
+    use phyllome_engine::remotes::{self, Remotes};
+    let all = Remotes::open().all(local_uri)?;
     let results = remotes::on_each(&all, remotes::REACH_WITHIN, vm::list);
     if results.iter().all(|(_, r)| r.is_err()) {
         // None answered: the first host's error is the command's, the others are warnings.
