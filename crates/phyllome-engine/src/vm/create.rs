@@ -40,65 +40,6 @@ pub struct VmSpec {
 }
 
 /// Validates and plans a VM on this host; changes nothing.
-/// What the install ISO decides: the OS when none is given (from its volume
-/// descriptor), whether it boots on the profile's firmware, and for Windows
-/// the virtio-win disc of the ISO folder, found by its content.
-fn media_checks(req: &mut Request, local: bool) -> Result<Option<phyllome_model::detect::Detected>> {
-    use crate::media::iso;
-    use phyllome_model::catalog::{self, Family, FirmwarePolicy};
-    let info = match &req.iso {
-        // Relative paths are refused by the model, with a clearer message.
-        Some(path)
-            if path.starts_with('/')
-                && (req.os.is_empty() || catalog::profile(&req.os).is_some_and(|p| p.family != Family::Macos)) =>
-        {
-            Some(iso::inspect(Path::new(path)).map_err(|e| VmError::Iso { path: path.clone(), why: e.to_string() })?)
-        }
-        _ => None,
-    };
-    let mut detected = None;
-    if req.os.is_empty() {
-        let (Some(path), Some(info)) = (&req.iso, &info) else {
-            return Err(VmError::NoOs(catalog::ids().join(", ")));
-        };
-        let Some(d) = iso::detect(info) else {
-            let i = &info.ids;
-            return Err(VmError::UnknownMedia {
-                path: path.clone(),
-                ids: format!(
-                    "volume id {:?}, system id {:?}, publisher {:?}, application {:?}",
-                    i.volume_id, i.system_id, i.publisher_id, i.application_id
-                ),
-                choices: catalog::ids().join(", "),
-            });
-        };
-        req.os = d.os.to_string();
-        detected = Some(d);
-    }
-    let Some(profile) = catalog::profile(&req.os) else { return Ok(detected) };
-    if let (Some(path), Some(info)) = (&req.iso, &info) {
-        // A direct kernel boot does not boot the ISO; an image with no boot entry at all is data.
-        let booted = req.direct_boot.is_none() && (info.boot.bios || info.boot.uefi);
-        let (fits, needs) = match profile.firmware.value {
-            FirmwarePolicy::Uefi { .. } => (info.boot.uefi, "UEFI"),
-            FirmwarePolicy::Bios => (info.boot.bios, "BIOS"),
-        };
-        if booted && !fits {
-            return Err(VmError::IsoFirmware {
-                path: path.clone(),
-                boots: info.boot.describe(),
-                os: req.os.clone(),
-                needs,
-            });
-        }
-    }
-    // This machine's ISO folder is no place for another host's VM to read from.
-    if profile.drivers_iso && req.drivers.is_none() && local {
-        req.drivers = iso::find_virtio_win(Path::new(paths::ISO_DIR)).map(|p| p.to_string_lossy().into_owned());
-    }
-    Ok(detected)
-}
-
 pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     phyllome_model::input::validate_name(name).map_err(BuildError::from)?;
     let network = match spec.network.as_str() {
@@ -130,7 +71,7 @@ pub fn plan(lv: &Libvirt, name: &str, spec: &VmSpec) -> Result<Plan> {
     }
     // A direct-boot kernel and initrd are this machine's files, copied to the VM's host.
     check_files(&req)?;
-    let detected = media_checks(&mut req, lv.is_local())?;
+    let detected = crate::media::install::decide(&mut req, lv.is_local())?;
     for share in &spec.shares {
         let (dir, tag, writable) = crate::share::parse_spec(share)?;
         let s = crate::share::resolve(lv, &dir, tag.as_deref(), writable, spec.share_force)?;

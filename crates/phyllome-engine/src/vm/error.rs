@@ -72,14 +72,8 @@ pub enum VmError {
     Nvram(#[from] NvramError),
     #[error(transparent)]
     Share(#[from] crate::share::ShareError),
-    #[error("no OS given: choose one ({0}), or give an ISO to read it from")]
-    NoOs(String),
-    #[error("{path}: {why}")]
-    Iso { path: String, why: String },
-    #[error("{path} is not an install medium Phyllome knows ({ids}): choose the OS ({choices})")]
-    UnknownMedia { path: String, ids: String, choices: String },
-    #[error("{path} boots {boots}, but {os} starts from {needs}: use an image that boots {needs}, or another --os")]
-    IsoFirmware { path: String, boots: &'static str, os: String, needs: &'static str },
+    #[error(transparent)]
+    Media(#[from] crate::media::install::MediaError),
     #[error(transparent)]
     NotHere(#[from] crate::host_files::NotHere),
     #[error("cannot remove the VM's snapshots: {0}")]
@@ -118,9 +112,7 @@ impl Classify for VmError {
             }
             VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
             VmError::Share(e) => e.kind(),
-            VmError::NoOs(_) | VmError::Iso { .. } | VmError::UnknownMedia { .. } | VmError::IsoFirmware { .. } => {
-                ErrorKind::InvalidInput
-            }
+            VmError::Media(_) => ErrorKind::InvalidInput,
             VmError::Interrupted => ErrorKind::Interrupted,
             VmError::NotHere(e) => e.kind(),
             _ => ErrorKind::Failed,
