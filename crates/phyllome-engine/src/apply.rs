@@ -499,12 +499,7 @@ fn check_changes(
             version: crate::VERSION.to_string(),
             // The disk's minimum is advice at create; an existing VM's disk only grows.
             force: true,
-            disk: Some(crate::media::files::disk_ref(
-                &want.name,
-                crate::POOL,
-                crate::paths::POOL_PATH,
-                build::Encryption::None,
-            )),
+            disk: Some(crate::vm::disk_ref(&want.name, crate::POOL, crate::paths::POOL_PATH, build::Encryption::None)),
             ..Default::default()
         };
         // Only when the profile builds on this host at all is a refusal the size's.

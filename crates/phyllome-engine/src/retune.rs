@@ -210,7 +210,7 @@ pub fn plan_on(
     let req = build::Request {
         name: name.to_string(),
         network,
-        disk: Some(crate::media::files::disk_ref(name, crate::POOL, crate::paths::POOL_PATH, Encryption::Secret)),
+        disk: Some(crate::vm::disk_ref(name, crate::POOL, crate::paths::POOL_PATH, Encryption::Secret)),
         version: crate::VERSION.to_string(),
         shares,
         ..spec.request.clone()

@@ -6,9 +6,9 @@
 //! with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test --test golden`; the diff then
 //! shows every change to generated output in review.
 
-use phyllome_engine::media::files::disk_ref;
 use phyllome_engine::model::build::{build, NetworkChoice, Request};
 use phyllome_engine::model::catalog;
+use phyllome_engine::vm::disk_ref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,12 +2,12 @@
 //! between KVM and TCG, what a missing piece of the host does, and how bad
 //! input is refused.
 
-use phyllome_engine::media::files::disk_ref;
 use phyllome_engine::model::build::{build, BuildError, NetworkChoice, Request};
 use phyllome_engine::model::catalog::Bus;
 use phyllome_engine::model::host::KvmState;
 use phyllome_engine::model::input::InputError;
 use phyllome_engine::model::Host;
+use phyllome_engine::vm::disk_ref;
 use std::path::Path;
 
 fn host(name: &str) -> Host {

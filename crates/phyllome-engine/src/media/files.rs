@@ -1,22 +1,12 @@
-//! From user input to a model request, with the checks that need the host's
-//! file system (the model itself does no I/O).
+//! The host files a create request names, checked to be what they claim to be (with the
+//! checks that need the host's file system: the model itself does no I/O), and whether
+//! QEMU's user can read them.
 
 use crate::errors::{Classify, ErrorKind};
 use crate::media::magic::{self, Claim};
-use phyllome_model::build::{DiskRef, Encryption, Request};
+use phyllome_model::build::Request;
 use phyllome_model::catalog::Family;
 use std::path::Path;
-
-/// The main disk of VM `name`: `NAME.qcow2` in `pool`.
-pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encryption: Encryption) -> DiskRef {
-    let volume = format!("{name}.qcow2");
-    DiskRef {
-        pool: pool.to_string(),
-        path: format!("{}/{volume}", pool_path.trim_end_matches('/')),
-        volume,
-        encryption,
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FileError {
@@ -207,14 +197,6 @@ fn readable_by(path: &Path, user: &QemuUser) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disk_ref_joins_pool_path() {
-        let d = disk_ref("vm1", "phyllome", "/var/lib/x/", Encryption::Secret);
-        assert_eq!(d.volume, "vm1.qcow2");
-        assert_eq!(d.path, "/var/lib/x/vm1.qcow2");
-        assert_eq!(d.encryption, Encryption::Secret);
-    }
 
     #[test]
     fn missing_iso_is_named() {

@@ -10,14 +10,14 @@ use crate::disk::{self, nvram::NvramError};
 use crate::domxml;
 use crate::host_facts;
 use crate::host_files::{here_only, FileId, HostFiles, Owner};
-use crate::media::files::{check_files, disk_ref};
+use crate::media::files::check_files;
 use crate::op::journal::Journal;
 use crate::op::progress::{note, Progress, Report};
 use crate::op::record::{self, Record};
 use crate::op::{undo, Op};
 use crate::paths::{self, boot_dir, INITRD_COPY, KERNEL_COPY};
 use phyllome_libvirt::Libvirt;
-use phyllome_model::build::{self, BuildError, Encryption, NetworkChoice, Plan, Request};
+use phyllome_model::build::{self, BuildError, DiskRef, Encryption, NetworkChoice, Plan, Request};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -37,6 +37,17 @@ pub struct VmSpec {
     pub shares: Vec<String>,
     /// Share folders that `share add` refuses without `--force` (an import given `--force`).
     pub share_force: bool,
+}
+
+/// The main disk of VM `name`: `NAME.qcow2` in `pool`.
+pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encryption: Encryption) -> DiskRef {
+    let volume = format!("{name}.qcow2");
+    DiskRef {
+        pool: pool.to_string(),
+        path: format!("{}/{volume}", pool_path.trim_end_matches('/')),
+        volume,
+        encryption,
+    }
 }
 
 /// Validates and plans a VM on this host; changes nothing.
@@ -447,5 +458,18 @@ pub fn create_with(
             journal.finish(name);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_ref_joins_pool_path() {
+        let d = disk_ref("vm1", "phyllome", "/var/lib/x/", Encryption::Secret);
+        assert_eq!(d.volume, "vm1.qcow2");
+        assert_eq!(d.path, "/var/lib/x/vm1.qcow2");
+        assert_eq!(d.encryption, Encryption::Secret);
     }
 }

@@ -14,7 +14,7 @@ pub mod snapshots;
 pub(crate) use changed::refuse_changed;
 pub use changed::{changed_disks, Changed, Image};
 pub(crate) use create::preflight;
-pub use create::{create, create_with, plan, Adopt, Created, VmSpec};
+pub use create::{create, create_with, disk_ref, plan, Adopt, Created, VmSpec};
 pub(crate) use delete::remove_moved;
 pub use delete::{delete, recover, Deleted};
 pub use error::{Result, VmError};
