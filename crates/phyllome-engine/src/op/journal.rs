@@ -80,21 +80,11 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::record::{Made, Operation, FORMAT};
+    use crate::op::record::{Made, Operation};
 
     fn claim(name: &str) -> Record {
-        Record {
-            record: FORMAT,
-            op: Operation::Create,
-            vm: name.into(),
-            vm_uuid: None,
-            pid: std::process::id(),
-            boot_id: record::boot_id(),
-            uri: None,
-            since: 0,
-            made: Made { pool: Some("pool".into()), volume_path: Some("/p/vm.qcow2".into()), ..Made::default() },
-            there: None,
-        }
+        let made = Made { pool: Some("pool".into()), volume_path: Some("/p/vm.qcow2".into()), ..Made::default() };
+        Record { made, ..Record::new_local(Operation::Create, name) }
     }
 
     #[test]

@@ -203,23 +203,11 @@ pub fn same_connection(recorded: Option<&str>, lv: &Libvirt) -> bool {
 impl Record {
     /// A record of this process for `op` on VM `vm`, through `lv`.
     pub fn new(lv: &Libvirt, op: Operation, vm: &str) -> Record {
-        Record {
-            record: FORMAT,
-            op,
-            vm: vm.into(),
-            vm_uuid: None,
-            pid: std::process::id(),
-            boot_id: boot_id(),
-            uri: Some(lv.uri()),
-            since: now(),
-            made: Made::default(),
-            there: None,
-        }
+        Record { uri: Some(lv.uri()), ..Record::of_this_process(op, vm) }
     }
 
-    /// A record of this process not tied to a connection (tests).
-    #[cfg(test)]
-    pub fn new_local(op: Operation, vm: &str) -> Record {
+    /// A record of this process, not tied to a connection yet.
+    fn of_this_process(op: Operation, vm: &str) -> Record {
         Record {
             record: FORMAT,
             op,
@@ -232,6 +220,12 @@ impl Record {
             made: Made::default(),
             there: None,
         }
+    }
+
+    /// A record of this process not tied to a connection (tests).
+    #[cfg(test)]
+    pub fn new_local(op: Operation, vm: &str) -> Record {
+        Record::of_this_process(op, vm)
     }
 
     /// Whether the process that wrote it is gone (dead, or of another boot).
@@ -547,18 +541,8 @@ mod tests {
     fn a_record_is_written_whole_and_private_and_reads_back() {
         let dir = std::env::temp_dir().join(format!("phyllome-record-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Record {
-            record: FORMAT,
-            op: Operation::Clone,
-            vm: "b".into(),
-            vm_uuid: None,
-            pid: u32::MAX,
-            boot_id: boot_id(),
-            uri: Some("qemu:///system".into()),
-            since: 1,
-            made: Made::default(),
-            there: None,
-        };
+        let mut r =
+            Record { pid: u32::MAX, uri: Some("qemu:///system".into()), ..Record::new_local(Operation::Clone, "b") };
         r.made.paused_source = Some("u".into());
         let path = dir.join("b.json");
         write_new(&path, &r).unwrap();

@@ -4,9 +4,7 @@
 
 use super::error::{io, Result, SnapshotError};
 use super::memory::{encrypt_memory, memory_mount};
-use super::session::{
-    check_description, check_name, free_space, here, writable_disks, write_private, SnapshotOp, SPARE,
-};
+use super::session::{check_description, check_name, check_space, here, writable_disks, write_private, SnapshotOp};
 use crate::disk::copy::{dir_files as copy_dir_files, du, sparse as copy_sparse};
 use crate::domxml::{self, shape};
 use crate::host_facts::mem_available;
@@ -119,15 +117,7 @@ pub fn create(lv: &Libvirt, vm_name: &str, req: &SnapshotRequest, report: Report
     std::fs::create_dir_all(&vdir).map_err(|e| io(&vdir, e))?;
     let _ = std::fs::set_permissions(SNAPSHOT_DIR, std::fs::Permissions::from_mode(0o711));
     std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o711)).map_err(|e| io(&vdir, e))?;
-    let free = free_space(&vdir)?;
-    if free < need + SPARE {
-        return Err(SnapshotError::NoSpace {
-            path: vdir.display().to_string(),
-            what: "for the snapshot",
-            need_mib: (need + SPARE).div_ceil(1 << 20),
-            free_mib: free >> 20,
-        });
-    }
+    check_space(&vdir, need, "for the snapshot")?;
 
     let r = (|| -> Result<SnapshotRecord> {
         let part = vdir.join(format!(".{name}.part"));

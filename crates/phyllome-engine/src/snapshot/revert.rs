@@ -4,7 +4,7 @@
 
 use super::error::{io, Result, SnapshotError};
 use super::memory::{decrypt_memory, memory_mount};
-use super::session::{check_name, free_space, here, writable_disks, SnapshotOp, SPARE};
+use super::session::{check_name, check_space, here, writable_disks, SnapshotOp};
 use crate::disk::copy::{dir_files as copy_dir_files, du, same_owner, sparse_into as copy_sparse_into};
 use crate::host_facts::mem_available;
 use crate::host_files::FileId;
@@ -228,15 +228,7 @@ fn staging_space(r: &SnapshotRecord, sdir: &Path, tdir: &Path) -> Result<()> {
         }
     }
     for (_, dir, need) in per_fs {
-        let free = free_space(&dir)?;
-        if free < need + SPARE {
-            return Err(SnapshotError::NoSpace {
-                path: dir.display().to_string(),
-                what: "to stage the revert",
-                need_mib: (need + SPARE).div_ceil(1 << 20),
-                free_mib: free >> 20,
-            });
-        }
+        check_space(&dir, need, "to stage the revert")?;
     }
     Ok(())
 }

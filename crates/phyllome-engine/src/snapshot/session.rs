@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Kept free beyond what a snapshot needs.
-pub(super) const SPARE: u64 = 64 << 20;
+const SPARE: u64 = 64 << 20;
 
 /// Checks a snapshot name: it becomes a folder name.
 pub fn check_name(name: &str) -> Result<()> {
@@ -144,6 +144,20 @@ pub(super) fn writable_disks(lv: &Libvirt, s: &domxml::DomainSummary) -> Result<
 
 pub(super) fn free_space(dir: &Path) -> Result<u64> {
     fs4::available_space(dir).map_err(|e| io(dir, e))
+}
+
+/// Refuses when `dir`'s file system has less than `need` bytes and the spare free (`what`: what for).
+pub(super) fn check_space(dir: &Path, need: u64, what: &'static str) -> Result<()> {
+    let free = free_space(dir)?;
+    if free < need + SPARE {
+        return Err(SnapshotError::NoSpace {
+            path: dir.display().to_string(),
+            what,
+            need_mib: (need + SPARE).div_ceil(1 << 20),
+            free_mib: free >> 20,
+        });
+    }
+    Ok(())
 }
 
 /// Snapshots are folders of this machine holding copies of the VM's disk images, UEFI
