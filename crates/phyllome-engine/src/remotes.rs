@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the list lives.
-pub const HOSTS_FILE: &str = "/var/lib/phyllome/hosts.toml";
 /// The name of this host's own connection.
 pub const LOCAL: &str = "local";
 /// How long [`on_each`] waits for one host (connection and work) before calling it unreachable.
@@ -131,11 +129,7 @@ impl Remotes {
     /// The state directory's list (in the tests' own build, `PHYLLOME_TEST_HOSTS_FILE` if set,
     /// so tests never touch the host's real list).
     pub fn open() -> Remotes {
-        #[cfg(feature = "test-hooks")]
-        if let Ok(p) = std::env::var("PHYLLOME_TEST_HOSTS_FILE") {
-            return Remotes::at(Path::new(&p));
-        }
-        Remotes::at(Path::new(HOSTS_FILE))
+        Remotes::at(&crate::paths::hosts_file())
     }
 
     pub fn at(path: &Path) -> Remotes {
