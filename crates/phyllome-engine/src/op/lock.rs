@@ -242,7 +242,7 @@ mod tests {
         let mut h = Record::new_local(Operation::SnapshotRevert, "a");
         h.made.staged.push(crate::host_files::FileId::planned("/x"));
         let text = String::from_utf8(h.to_json()).unwrap();
-        assert!(text.contains("\"op\": \"snapshot-revert\""), "{text}");
+        assert!(text.contains("\"op\":\"snapshot-revert\""), "{text}");
         assert_eq!(Record::parse(text.as_bytes()).unwrap(), h);
     }
 }

@@ -239,7 +239,7 @@ impl Record {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("plain data")
+        serde_json::to_vec(self).expect("plain data")
     }
 
     /// A record in this format or in one of the older releases' (see [`old`]).
