@@ -56,7 +56,7 @@ fn load_and_plan(
     uri: &str,
     file: &std::path::Path,
     prune: bool,
-) -> Result<(Libvirt, apply::Plan), Box<dyn std::error::Error>> {
+) -> Result<(Libvirt, apply::Plan), phyllome_engine::errors::Failure> {
     let src = apply::load(file)?;
     let lv = Libvirt::connect(uri)?;
     let plan = apply::plan(&lv, &src, prune)?;
