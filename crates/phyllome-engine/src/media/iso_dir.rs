@@ -12,7 +12,6 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IsoDirError {
@@ -350,17 +349,9 @@ pub fn add(dir: &Path, file: &Path, name: Option<&str>, progress: Report<'_>) ->
     }
     let name =
         name.map(str::to_string).unwrap_or_else(|| file.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
-        .collect();
+    let op = crate::op::Op::begin();
     let mut f = std::fs::File::open(file).map_err(io)?;
-    let r = receive(dir, &name, Some(meta.len()), &mut f, &interrupted, progress);
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
-    r
+    receive(dir, &name, Some(meta.len()), &mut f, op.flag(), progress)
 }
 
 /// `phyllome iso remove NAME`: removes an ISO no VM uses.
