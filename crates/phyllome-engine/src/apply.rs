@@ -10,8 +10,9 @@
 //!   FILE or DIR (`<phyllome:applied from='/abs/path'/>`), never another VM of the host.
 
 use crate::domxml::{self, DomainSummary};
+use crate::errors::{Classify, ErrorKind};
 use crate::manifest::{self, Manifest, ManifestError, ShareEntry};
-use crate::progress::{note, Report};
+use crate::op::progress::{note, Report};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::{Libvirt, State};
 use phyllome_model::domain::{Asked, METADATA_NS};
@@ -72,6 +73,16 @@ pub enum ApplyError {
     InFile { file: String, source: Box<VmError> },
     #[error(transparent)]
     Vm(#[from] VmError),
+}
+
+impl Classify for ApplyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Manifest(e) => e.kind(),
+            ApplyError::InFile { source, .. } => source.kind(),
+            ApplyError::Vm(e) => e.kind(),
+        }
+    }
 }
 
 impl From<phyllome_libvirt::Error> for ApplyError {
@@ -424,7 +435,7 @@ pub struct Plan {
 
 /// The create request of a manifest, marked as made by apply from `source`.
 fn spec_of(want: &Manifest, source: &str) -> vm::VmSpec {
-    let mut spec = want.spec(Path::new(crate::ISO_DIR));
+    let mut spec = want.spec(Path::new(crate::paths::ISO_DIR));
     spec.request.applied_from = Some(source.to_string());
     spec
 }
@@ -453,14 +464,14 @@ fn check_create(lv: &Libvirt, file: &str, want: &Manifest, source: &str) -> Resu
     let in_file = |e: VmError| ApplyError::InFile { file: file.into(), source: Box::new(e) };
     let p = vm::plan(lv, &want.name, &spec_of(want, source)).map_err(in_file)?;
     let disk = p.disk.clone().expect("plan() always asks for a disk");
-    vm::preflight(lv, &want.name, &p, &disk, false, &crate::progress::quiet).map_err(in_file)?;
+    vm::preflight(lv, &want.name, &p, &disk, false, &crate::op::progress::quiet).map_err(in_file)?;
     Ok(())
 }
 
 /// The host's facts, gathered once for all the manifests.
 fn host<'a>(lv: &Libvirt, cache: &'a mut Option<phyllome_model::Host>) -> vm::Result<&'a phyllome_model::Host> {
     if cache.is_none() {
-        *cache = Some(crate::hostinfo::gather(lv, true)?.0);
+        *cache = Some(crate::host_facts::gather(lv, true)?.0);
     }
     Ok(cache.as_ref().expect("gathered"))
 }
@@ -488,7 +499,7 @@ fn check_changes(
             version: crate::VERSION.to_string(),
             // The disk's minimum is advice at create; an existing VM's disk only grows.
             force: true,
-            disk: Some(crate::request::disk_ref(&want.name, crate::POOL, crate::POOL_PATH, build::Encryption::None)),
+            disk: Some(crate::vm::disk_ref(&want.name, crate::POOL, crate::paths::POOL_PATH, build::Encryption::None)),
             ..Default::default()
         };
         // Only when the profile builds on this host at all is a refusal the size's.
@@ -702,6 +713,16 @@ fn change(lv: &Libvirt, want: &Manifest, h: &Have, now: &[&Change], progress: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_errors_fall_into_their_class() {
+        let missing = ManifestError::Missing("/vms".into());
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        let field = ManifestError::Field { file: "a.toml".into(), field: "disk_size", why: "smaller".into() };
+        assert_eq!(ApplyError::from(field).kind(), ErrorKind::InvalidInput);
+        let busy = ApplyError::InFile { file: "a.toml".into(), source: Box::new(VmError::Running("a".into())) };
+        assert_eq!(busy.kind(), ErrorKind::Conflict);
+    }
 
     const VM: &str = r#"
 version = 1

@@ -21,12 +21,19 @@
 //! every checksum before anything is made; then create's journal makes the VM
 //! all or nothing.
 
-use crate::journal::{Entry, Journal};
-use crate::progress::{note, Progress, Report};
-use crate::vm::{self, Result, VmError};
+use crate::disk::reencrypt::ReEncrypt;
+use crate::errors::Classify;
+use crate::op::journal::Journal;
+use crate::op::progress::{note, Progress, Report};
+use crate::op::record::{Operation, Record};
+use crate::op::{undo, Op};
+use crate::paths::STAGING_DIR;
+use crate::retune::{changes, manifest_shares, plan_on, request_for, Change, SavedChoice, SourceHost};
+use crate::share::ShareError;
+use crate::vm::{self, VmError};
 use age::secrecy::{ExposeSecret, SecretString};
 use phyllome_libvirt::{Libvirt, State};
-use phyllome_model::build::{self, Choice, Encryption, Plan};
+use phyllome_model::build::Choice;
 use phyllome_model::Host;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,15 +41,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The `format` of `bundle.json`.
 pub const FORMAT: &str = "phyllome-bundle";
 /// The bundle format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-/// Where imports stage the parts they read, before checking them.
-pub const STAGING_DIR: &str = "/var/lib/phyllome/import";
 /// The largest small part (bundle.json, manifest, NVRAM, TPM state, keys) read into memory.
 const SMALL_PART: u64 = 64 << 20;
 /// scrypt's work factor for the export passphrase: 2^18 (256 MiB of memory,
@@ -74,48 +78,6 @@ pub struct BundleInfo {
     pub nvram_format: Option<String>,
     /// The parts that follow, in order, before `keys.age`.
     pub parts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SourceHost {
-    /// `kvm` or `qemu` (TCG).
-    pub virt_type: String,
-    pub cpu_vendor: String,
-    pub cpu_model: String,
-    pub libvirt: String,
-    pub qemu: String,
-}
-
-impl SourceHost {
-    pub fn of(host: &Host) -> SourceHost {
-        SourceHost {
-            virt_type: host.caps.virt_type.clone(),
-            cpu_vendor: serde_json::to_value(host.facts.cpu_vendor)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            cpu_model: host.facts.cpu_model.clone(),
-            libvirt: host.facts.platform.libvirt.clone(),
-            qemu: host.facts.platform.qemu.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SavedChoice {
-    pub item: String,
-    pub choice: String,
-    pub why: String,
-}
-
-impl From<&Choice> for SavedChoice {
-    fn from(c: &Choice) -> Self {
-        SavedChoice { item: c.item.to_string(), choice: c.choice.clone(), why: c.why.clone() }
-    }
 }
 
 /// What `keys.age` holds.
@@ -156,11 +118,11 @@ pub enum BundleError {
     Io { path: String, why: String },
 }
 
-impl BundleError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for BundleError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind;
         match self {
-            BundleError::Vm(v) => crate::errors::classify(v as &(dyn std::error::Error + 'static)),
+            BundleError::Vm(v) => v.kind(),
             BundleError::Manifest(_)
             | BundleError::NotABundle(_)
             | BundleError::Version(_)
@@ -181,8 +143,38 @@ impl From<phyllome_libvirt::Error> for BundleError {
     }
 }
 
-impl From<crate::journal::JournalError> for BundleError {
-    fn from(e: crate::journal::JournalError) -> Self {
+impl From<ShareError> for BundleError {
+    fn from(e: ShareError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::host_files::NotHere> for BundleError {
+    fn from(e: crate::host_files::NotHere) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::op::StepError> for BundleError {
+    fn from(e: crate::op::StepError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::disk::DiskError> for BundleError {
+    fn from(e: crate::disk::DiskError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::op::lock::LockError> for BundleError {
+    fn from(e: crate::op::lock::LockError) -> Self {
+        BundleError::Vm(e.into())
+    }
+}
+
+impl From<crate::op::journal::JournalError> for BundleError {
+    fn from(e: crate::op::journal::JournalError) -> Self {
         BundleError::Vm(e.into())
     }
 }
@@ -193,134 +185,6 @@ fn io(path: impl AsRef<Path>, e: std::io::Error) -> BundleError {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The create request for a manifest in a bundle, on any host: install media
-/// are left out (they were for the install, and another host's ISO folder has
-/// its own), the disk is the bundle's (its size, and always encrypted), and a
-/// direct-boot kernel comes with the bundle (`boot`: where its files are).
-pub fn request_for(
-    m: &crate::manifest::Manifest,
-    info_disk_size: u64,
-    boot: Option<(&str, Option<&str>)>,
-) -> vm::VmSpec {
-    let mut spec = m.spec(Path::new(crate::ISO_DIR));
-    spec.request.iso = None;
-    spec.request.drivers = None;
-    spec.request.disk_size = Some(format!("{}G", info_disk_size.div_ceil(1 << 30).max(1)));
-    // The disk exists: the OS's usual minimum is not this import's to enforce.
-    spec.request.force = true;
-    spec.encryption = Some(Encryption::Secret);
-    if let (Some(b), Some((kernel, initrd))) = (&mut spec.request.direct_boot, boot) {
-        b.kernel = kernel.to_string();
-        b.initrd = initrd.map(String::from);
-    }
-    spec
-}
-
-/// A manifest's shares as the domain has them (tags and folders as written there).
-pub fn manifest_shares(m: &crate::manifest::Manifest) -> Vec<phyllome_model::domain::Share> {
-    m.shares
-        .iter()
-        .map(|s| phyllome_model::domain::Share { dir: s.dir.clone(), tag: s.tag.clone(), readonly: !s.writable })
-        .collect()
-}
-
-/// The pure part of the re-tuning: the plan for `spec` on `host`.
-pub fn plan_on(name: &str, spec: &vm::VmSpec, host: &Host, shares: Vec<phyllome_model::domain::Share>) -> Result<Plan> {
-    let network = match spec.network.as_str() {
-        "none" => build::NetworkChoice::None,
-        "user" => build::NetworkChoice::User,
-        "default" | "" => build::NetworkChoice::Default,
-        other => build::NetworkChoice::Named(other.to_string()),
-    };
-    let req = build::Request {
-        name: name.to_string(),
-        network,
-        disk: Some(crate::request::disk_ref(name, crate::POOL, crate::POOL_PATH, Encryption::Secret)),
-        version: crate::VERSION.to_string(),
-        shares,
-        ..spec.request.clone()
-    };
-    let mut plan = build::build(&req, host)?;
-    if let Some(b) = &mut plan.domain.direct_boot {
-        let dir = vm::boot_dir(name);
-        b.kernel = format!("{dir}/vmlinuz");
-        if let Some(i) = &mut b.initrd {
-            *i = format!("{dir}/initrd.img");
-        }
-    }
-    Ok(plan)
-}
-
-/// One item the importing host decides differently from the exporting one.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Change {
-    pub item: String,
-    /// The exporting host's choice (absent: it had none for this item).
-    pub from: Option<String>,
-    /// This host's (absent: none here).
-    pub to: Option<String>,
-    pub why: String,
-}
-
-/// What changed between the exporting host's choices and this host's, item by item.
-pub fn changes(from: &[SavedChoice], to: &[Choice]) -> Vec<Change> {
-    let mut out = vec![];
-    let theirs: BTreeMap<&str, &SavedChoice> = from.iter().map(|c| (c.item.as_str(), c)).collect();
-    let ours: BTreeMap<&str, &Choice> = to.iter().map(|c| (c.item, c)).collect();
-    for c in to {
-        match theirs.get(c.item) {
-            Some(t) if t.choice == c.choice => {}
-            t => out.push(Change {
-                item: c.item.to_string(),
-                from: t.map(|t| t.choice.clone()),
-                to: Some(c.choice.clone()),
-                why: c.why.clone(),
-            }),
-        }
-    }
-    for t in from.iter().filter(|t| !ours.contains_key(t.item.as_str())) {
-        out.push(Change {
-            item: t.item.clone(),
-            from: Some(t.choice.clone()),
-            to: None,
-            why: "this host does not need it, or cannot give it".into(),
-        });
-    }
-    out
-}
-
-/// The explanation an import prints for a terminal: the exporting host, what changed and why.
-/// What comes from the bundle (its host, its choices) is anyone's text: it is shown escaped
-/// ([`crate::text::printable`]).
-pub fn render_changes(source: &SourceHost, here: &SourceHost, changes: &[Change]) -> String {
-    use crate::text::printable;
-    let host = |h: &SourceHost| {
-        format!(
-            "{} ({} {}), libvirt {}, QEMU {}",
-            printable(&h.virt_type),
-            printable(&h.cpu_vendor),
-            printable(&h.cpu_model),
-            printable(&h.libvirt),
-            printable(&h.qemu)
-        )
-    };
-    let mut out = format!("exported on: {}\nimported on: {}\n", host(source), host(here));
-    if changes.is_empty() {
-        out.push_str("changed: nothing (this host chooses as the exporting one did)\n");
-    }
-    for c in changes {
-        out.push_str(&format!(
-            "changed {}: {} -> {}\n    why: {}\n",
-            printable(&c.item),
-            printable(c.from.as_deref().unwrap_or("(none)")),
-            printable(c.to.as_deref().unwrap_or("(none)")),
-            printable(&c.why)
-        ));
-    }
-    out
 }
 
 /// What of this host an imported VM reaches, for a terminal: every host folder the bundle
@@ -451,7 +315,7 @@ fn append_part<W: Write>(
 /// keyed by Phyllome's secret (not a typed passphrase). For front ends that
 /// answer before the export starts (the web API's download ticket).
 pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), BundleError> {
-    crate::oplock::check(lv, name)?;
+    crate::op::lock::check(lv, name).map_err(VmError::from)?;
     export_source(lv, name).map(|_| ())
 }
 
@@ -460,7 +324,10 @@ pub fn check_exportable(lv: &Libvirt, name: &str) -> std::result::Result<(), Bun
 type Source = (crate::domxml::DomainSummary, usize, String, String);
 
 fn export_source(lv: &Libvirt, name: &str) -> std::result::Result<Source, BundleError> {
-    crate::hostfiles::here_only(lv, "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)")?;
+    crate::host_files::here_only(
+        lv,
+        "export (it copies the VM's disk, UEFI variables, TPM state and boot files here)",
+    )?;
     match vm::state(lv, name)? {
         State::Shutoff => {}
         _ => {
@@ -500,13 +367,13 @@ pub fn export(
     if passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
     }
-    let _held = crate::oplock::take(lv, name, crate::oplock::Operation::Export)?;
+    let _held = crate::op::lock::take(lv, name, Operation::Export)?;
     let (s, disk, pool, volume) = export_source(lv, name)?;
     let d = &s.disks[disk];
     let vol = lv.volume_info(&pool, &volume)?.ok_or_else(|| VmError::NoVolume(format!("{pool}/{volume}")))?;
     let pool_dir = lv.pool_path(&pool)?.ok_or_else(|| VmError::NoPool(pool.clone()))?;
     let (manifest, mut notes) = crate::manifest::of_vm(lv, name)?;
-    let (host, _) = crate::hostinfo::gather(lv, true).map_err(VmError::from)?;
+    let (host, _) = crate::host_facts::gather(lv, true).map_err(VmError::from)?;
     let boot = manifest.boot.as_ref().map(|b| ("/bundle/vmlinuz", b.initrd.as_ref().map(|_| "/bundle/initrd.img")));
     let spec = request_for(&manifest, vol.capacity, boot);
     let choices = plan_on(name, &spec, &host, manifest_shares(&manifest))
@@ -527,19 +394,15 @@ pub fn export(
     // The journal: a claim in a name no VM can have, with the paused source,
     // the temporary secret and the staging copy recorded by identity.
     let claim = format!("+export+{name}");
-    let mut entry =
-        Entry { uri: Some(lv.uri()), ..Entry::new(&claim, &pool, &format!(".phyllome-export-{name}.qcow2"), &staging) };
+    let mut entry = Record::new(lv, Operation::Export, &claim);
+    entry.made.pool = Some(pool.clone());
+    entry.made.volume = Some(format!(".phyllome-export-{name}.qcow2"));
+    entry.made.volume_path = Some(staging.clone());
     let journal = Journal::open();
     journal.begin(&entry)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
-        .collect();
-    let at = |st: &'static str| -> std::result::Result<(), BundleError> {
-        progress(Progress::Step { step: st });
-        Ok(vm::step(st, &interrupted)?)
-    };
+    let op = Op::begin();
+    let interrupted = op.flag();
+    let at = |st: &'static str| -> std::result::Result<(), BundleError> { Ok(op.at(progress, st)?) };
     let result = (|| -> std::result::Result<Exported, BundleError> {
         if Path::new(&staging).exists() || lv.volume_secret(&staging)?.is_some() {
             return Err(BundleError::Refused(format!(
@@ -547,7 +410,7 @@ pub fn export(
             )));
         }
         at("disk")?;
-        let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+        let key = crate::disk::image::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
         let secret = lv.define_volume_secret(&staging, &format!("phyllome: export key of VM {name}"), false, &key)?;
         entry.made.secret_uuid = Some(secret.clone());
         journal.record(&entry)?;
@@ -555,18 +418,8 @@ pub fn export(
             progress,
             &format!("re-encrypting {name}'s disk under the export key (QEMU copies it with {name} paused)"),
         );
-        crate::clone::reencrypt_stopped(
-            lv,
-            name,
-            &s.uuid,
-            &d.target,
-            &staging,
-            &secret,
-            &journal,
-            &mut entry,
-            &interrupted,
-            progress,
-        )?;
+        let copy = ReEncrypt { vm: name, vm_uuid: &s.uuid, target: &d.target, dest: &staging, secret: &secret };
+        copy.run(lv, &journal, &mut entry, interrupted, progress)?;
         // The key is now in the bundle's hands only; libvirt need not keep it.
         let _ = lv.undefine_secret_uuid(&secret);
         entry.made.secret_uuid = None;
@@ -584,11 +437,11 @@ pub fn export(
             }
             _ => None,
         };
-        let tpm_dir = crate::snapshot::tpm_dir(&s.uuid);
+        let tpm_dir = crate::paths::tpm_dir(&s.uuid);
         let tpm =
             if tpm_dir.is_dir() { Some(enc("tpm", &tar_files(&tpm_dir).map_err(|e| io(&tpm_dir, e))?)?) } else { None };
         let boot_files: Vec<&String> =
-            s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::BOOT_DIR)).collect();
+            s.boot_files.iter().filter(|f| Path::new(f).starts_with(crate::paths::BOOT_DIR)).collect();
         let boot = if boot_files.is_empty() {
             None
         } else {
@@ -656,7 +509,7 @@ pub fn export(
                 }
             }
             let f = std::fs::File::open(&staging).map_err(|e| io(&staging, e))?;
-            let disk = Stop { inner: std::io::BufReader::with_capacity(1 << 20, f), flag: &interrupted };
+            let disk = Stop { inner: std::io::BufReader::with_capacity(1 << 20, f), flag: interrupted };
             append_part(&mut tar, "disk.qcow2", disk, disk_len, &mut sums).map_err(|e| {
                 if interrupted.load(Ordering::Relaxed) {
                     BundleError::Vm(VmError::Interrupted)
@@ -708,11 +561,9 @@ pub fn export(
         );
         Ok(Exported { name: name.into(), bytes: w.written, parts: sizes, notes })
     })();
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
+    drop(op);
     // The staging copy and the temporary key go, whatever happened (by identity).
-    vm::rollback(lv, &entry);
+    undo::made_objects(lv, &claim, &entry.made);
     journal.finish(&claim);
     result
 }
@@ -799,7 +650,7 @@ impl Staging {
         let staging = Staging(dir);
         // Its boot, with the pid in its name: whoever finds it after this process is gone removes it.
         let boot = staging.0.join(STAGING_BOOT);
-        std::fs::write(&boot, crate::journal::boot_id()).map_err(|e| io(&boot, e))?;
+        std::fs::write(&boot, crate::op::record::boot_id()).map_err(|e| io(&boot, e))?;
         Ok(staging)
     }
 }
@@ -810,26 +661,9 @@ impl Drop for Staging {
     }
 }
 
-/// The file in a staging folder that names the boot of the import that made it.
-const STAGING_BOOT: &str = ".boot_id";
-
-/// Removes the staging folders of imports whose process is gone (killed, or of
-/// another boot): every command's recovery (`vm::recover`) calls it.
-pub(crate) fn sweep_staging() {
-    let Ok(rd) = std::fs::read_dir(STAGING_DIR) else { return };
-    let boot = crate::journal::boot_id();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(Ok(pid)) = name.split_once('-').map(|(p, _)| p.parse::<u32>()) else { continue };
-        if pid == std::process::id() {
-            continue;
-        }
-        let other_boot = std::fs::read_to_string(e.path().join(STAGING_BOOT)).is_ok_and(|b| b.trim() != boot);
-        if other_boot || !crate::journal::phyllome_alive(pid) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
+/// The file in a staging folder that names the boot of the import that made it (whoever finds
+/// the folder after that import is gone removes it: `op::recover`).
+const STAGING_BOOT: &str = crate::op::recover::STAGING_BOOT;
 
 fn damaged_or_truncated(what: &str, e: std::io::Error) -> BundleError {
     match e.kind() {
@@ -913,10 +747,11 @@ pub fn import(
     opts: &ImportOptions<'_>,
     progress: Report<'_>,
 ) -> std::result::Result<Imported, BundleError> {
-    crate::hostfiles::here_only(
+    crate::host_files::here_only(
         lv,
         "import (the bundle is staged here and its disk and state move into this host's folders)",
-    )?;
+    )
+    .map_err(VmError::from)?;
     vm::recover(lv);
     if opts.passphrase.is_empty() {
         return Err(VmError::EmptyPassphrase.into());
@@ -924,16 +759,8 @@ pub fn import(
     let passphrase = String::from_utf8(opts.passphrase.to_vec())
         .map_err(|_| BundleError::WrongPassphrase)
         .map(SecretString::from)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
-        .collect();
-    let r = import_inner(lv, input, total, opts, passphrase, &interrupted, progress);
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
-    r
+    let op = Op::begin();
+    import_inner(lv, input, total, opts, passphrase, op.flag(), progress)
 }
 
 fn import_inner(
@@ -1004,7 +831,7 @@ fn import_inner(
     // Refusals this host can tell now, before reading the disk: the name, and whether it can run the VM at all.
     let host = match &opts.host {
         Some(h) => h.clone(),
-        None => crate::hostinfo::gather(lv, true).map_err(VmError::from)?.0,
+        None => crate::host_facts::gather(lv, true).map_err(VmError::from)?.0,
     };
     if opts.host.is_none() && lv.exists(&name)? {
         return Err(VmError::NameBusy(name).into());
@@ -1035,8 +862,8 @@ fn import_inner(
     let mut shares = vec![];
     for sh in std::mem::take(&mut spec.shares) {
         let (dir, tag, writable) = crate::share::parse_spec(&sh)?;
-        let from_bundle = |e: VmError| match e {
-            VmError::BadShare(why) => VmError::BadShare(format!("the bundle shares {dir} with the VM: {why}")),
+        let from_bundle = |e: ShareError| match e {
+            ShareError::Bad(why) => ShareError::Bad(format!("the bundle shares {dir} with the VM: {why}")),
             e => e,
         };
         let share = if opts.host.is_some() {
@@ -1246,37 +1073,4 @@ fn convert_nvram(dir: &Path, bytes: &[u8], from: &str, to: &str) -> std::result:
     let _ = std::fs::remove_file(&a);
     let _ = std::fs::remove_file(&b);
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn choice(item: &'static str, choice: &str) -> Choice {
-        Choice { item, choice: choice.into(), why: format!("why {item}") }
-    }
-
-    #[test]
-    fn changes_name_what_differs_appears_and_goes() {
-        let from = vec![
-            SavedChoice { item: "cpu".into(), choice: "host-passthrough".into(), why: "kvm".into() },
-            SavedChoice { item: "video".into(), choice: "virtio-gpu with GL".into(), why: "render node".into() },
-            SavedChoice { item: "disk".into(), choice: "virtio".into(), why: "fast".into() },
-        ];
-        let to = vec![choice("cpu", "qemu64"), choice("disk", "virtio"), choice("sound", "ich9")];
-        let c = changes(&from, &to);
-        assert_eq!(c.len(), 3, "{c:?}");
-        assert_eq!(
-            (c[0].item.as_str(), c[0].from.as_deref(), c[0].to.as_deref()),
-            ("cpu", Some("host-passthrough"), Some("qemu64"))
-        );
-        assert_eq!(c[0].why, "why cpu");
-        assert_eq!((c[1].item.as_str(), c[1].from.as_deref()), ("sound", None));
-        assert_eq!((c[2].item.as_str(), c[2].to.as_deref()), ("video", None));
-        assert!(changes(
-            &from,
-            &[choice("cpu", "host-passthrough"), choice("video", "virtio-gpu with GL"), choice("disk", "virtio")]
-        )
-        .is_empty());
-    }
 }

@@ -14,16 +14,18 @@
 //!   object is recorded by identity as it is made, and a failure, Ctrl-C or
 //!   kill -9 removes exactly those (and powers the paused source off).
 
-use crate::journal::{Entry, FileId, Journal};
-use crate::progress::{note, Progress, Report};
-use crate::snapshot::{backup_xml, copy_sparse, same_owner};
+use crate::disk::copy::{same_owner, sparse};
+use crate::disk::reencrypt::ReEncrypt;
+use crate::host_files::FileId;
+use crate::op::journal::Journal;
+use crate::op::progress::{note, Progress, Report};
+use crate::op::record::{Operation, Record};
+use crate::op::{undo, Op};
+use crate::paths;
 use crate::vm::{self, Result, VmError};
 use phyllome_libvirt::{Libvirt, State};
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -67,78 +69,25 @@ pub fn clone_xml(
     if let Some((old, new)) = nvram {
         out = out.replace(&format!(">{old}</nvram>"), &format!(">{new}</nvram>"));
     }
-    out = out.replace(&format!("{}/{from}/", crate::BOOT_DIR), &format!("{}/{to}/", crate::BOOT_DIR));
+    out = out.replace(&format!("{}/{from}/", paths::BOOT_DIR), &format!("{}/{to}/", paths::BOOT_DIR));
     out.replace(&format!("/var/log/libvirt/qemu/{from}-"), &format!("/var/log/libvirt/qemu/{to}-"))
-}
-
-/// Re-encrypts the stopped VM `vm`'s disk `target` through QEMU (the one
-/// holder of its key): starts it paused, copies the disk with libvirt's push
-/// backup into the new file `dest`, LUKS-encrypted under the secret `secret`,
-/// and powers it off again. The paused source and the copy are recorded in
-/// `entry` as they happen, so a rollback (or the next command after a kill -9)
-/// undoes them. Clone and export share it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reencrypt_stopped(
-    lv: &Libvirt,
-    vm_name: &str,
-    vm_uuid: &str,
-    target: &str,
-    dest: &str,
-    secret: &str,
-    journal: &Journal,
-    entry: &mut Entry,
-    interrupted: &AtomicBool,
-    progress: Report<'_>,
-) -> Result<()> {
-    entry.made.paused_source = Some(vm_uuid.to_string());
-    journal.record(entry)?;
-    lv.start_paused(vm_name)?;
-    let copied = (|| -> Result<()> {
-        lv.backup_begin(
-            vm_name,
-            &backup_xml(&[(target.to_string(), dest.to_string(), Some(secret.to_string()))], &[]),
-        )?;
-        entry.made.volume_file = FileId::of(dest).ok();
-        journal.record(entry)?;
-        loop {
-            if interrupted.load(Ordering::Relaxed) {
-                let _ = lv.abort_job(vm_name);
-                return Err(VmError::Interrupted);
-            }
-            let j = lv.job(vm_name)?;
-            if !j.active {
-                if j.completed {
-                    return Ok(());
-                }
-                return Err(VmError::Disk(j.error.unwrap_or_else(|| "the disk copy failed".into())));
-            }
-            progress(Progress::Bytes { done: j.processed, total: j.total });
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })();
-    let _ = lv.destroy_paused_uuid(vm_uuid);
-    entry.made.paused_source = None;
-    journal.record(entry)?;
-    copied?;
-    entry.made.volume_file = Some(FileId::of(dest).map_err(|e| VmError::Disk(format!("{dest}: {e}")))?);
-    journal.record(entry)?;
-    Ok(())
 }
 
 /// Clones the stopped VM `from` as `to`.
 pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Report<'_>) -> Result<Cloned> {
-    crate::hostfiles::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")?;
+    crate::host_files::here_only(lv, "clone (it copies the VM's UEFI variables, boot files and TPM state as files)")
+        .map_err(VmError::from)?;
     vm::recover(lv);
     phyllome_model::input::validate_name(to).map_err(phyllome_model::BuildError::from)?;
     // The source is this clone's until it is done: no snapshot, export or start of it meanwhile.
-    let _held = crate::oplock::take(lv, from, crate::oplock::Operation::Clone)?;
+    let _held = crate::op::lock::take(lv, from, Operation::Clone)?;
     if vm::state(lv, from)? != State::Shutoff {
         return Err(VmError::Running(from.into()));
     }
     let xml = lv.inactive_xml(from)?;
     let s = crate::domxml::parse(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
     vm::refuse_changed(lv, &s, "clone it: a clone would copy only the image over its encrypted volume")?;
-    let shape = crate::snapshot::shape(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
+    let shape = crate::domxml::shape(&xml).map_err(|e| VmError::Xml(from.into(), e))?;
     if !shape.hostdevs.is_empty() {
         return Err(VmError::Disk(format!(
             "{from} has a passed-through device ({}): two VMs cannot own one device; detach it first",
@@ -166,7 +115,10 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         (n.path.clone(), format!("{}/{to}_VARS.{ext}", phyllome_model::domain::NVRAM_DIR))
     });
 
-    let mut entry = Entry { uri: Some(lv.uri()), ..Entry::new(to, &pool, &new_volume, &new_path) };
+    let mut entry = Record::new(lv, Operation::Clone, to);
+    entry.made.pool = Some(pool.clone());
+    entry.made.volume = Some(new_volume.clone());
+    entry.made.volume_path = Some(new_path.clone());
     let journal = Journal::open();
     progress(Progress::Step { step: "claim" });
     journal.begin(&entry)?;
@@ -186,56 +138,39 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         journal.finish(to);
         return Err(e);
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|sig| signal_hook::flag::register(*sig, Arc::clone(&interrupted)).ok())
-        .collect();
-    let at = |st: &'static str| {
-        progress(Progress::Step { step: st });
-        vm::step(st, &interrupted)
-    };
+    let op = Op::begin();
+    let at = |st: &'static str| op.at(progress, st);
     let result = (|| -> Result<Cloned> {
         at("disk")?;
         if d.luks_secret.is_some() {
-            let key = vm::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
+            let key = crate::disk::image::random_key().map_err(|e| VmError::Disk(format!("no randomness: {e}")))?;
             let secret =
                 lv.define_volume_secret(&new_path, &format!("phyllome: disk passphrase of VM {to}"), false, &key)?;
             entry.made.secret_uuid = Some(secret.clone());
             journal.record(&entry)?;
             note(progress, &format!("re-encrypting {from}'s disk under a new key (QEMU copies it with {from} paused)"));
-            reencrypt_stopped(
-                lv,
-                from,
-                &s.uuid,
-                &d.target,
-                &new_path,
-                &secret,
-                &journal,
-                &mut entry,
-                &interrupted,
-                progress,
-            )?;
+            let copy = ReEncrypt { vm: from, vm_uuid: &s.uuid, target: &d.target, dest: &new_path, secret: &secret };
+            copy.run(lv, &journal, &mut entry, op.flag(), progress)?;
         } else {
-            copy_sparse(Path::new(&src_path), Path::new(&new_path), progress, &interrupted).map_err(snap_err)?;
+            sparse(Path::new(&src_path), Path::new(&new_path), progress, op.flag())?;
             entry.made.volume_file = Some(FileId::of(&new_path).map_err(|e| VmError::Disk(e.to_string()))?);
             journal.record(&entry)?;
         }
         let like = std::fs::metadata(&src_path).map_err(|e| VmError::Disk(format!("{src_path}: {e}")))?;
-        same_owner(Path::new(&new_path), &like).map_err(snap_err)?;
+        same_owner(Path::new(&new_path), &like)?;
         lv.refresh_pool(&pool)?;
 
         at("boot-files")?;
-        let src_boot = Path::new(crate::BOOT_DIR).join(from);
+        let src_boot = Path::new(paths::BOOT_DIR).join(from);
         if src_boot.is_dir() && s.boot_files.iter().any(|f| Path::new(f).starts_with(&src_boot)) {
-            let dst_boot = Path::new(crate::BOOT_DIR).join(to);
+            let dst_boot = Path::new(paths::BOOT_DIR).join(to);
             std::fs::create_dir_all(&dst_boot).map_err(|e| VmError::Disk(format!("{}: {e}", dst_boot.display())))?;
             for f in &s.boot_files {
                 let f = Path::new(f);
                 let (Ok(rest), Some(name)) = (f.strip_prefix(&src_boot), f.file_name()) else { continue };
                 let _ = rest;
                 let dst = dst_boot.join(name);
-                copy_sparse(f, &dst, &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                sparse(f, &dst, &crate::op::progress::quiet, op.flag())?;
                 entry
                     .made
                     .boot_files
@@ -249,11 +184,11 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         at("nvram")?;
         if let Some((old, new)) = &nvram {
             if Path::new(old).exists() {
-                copy_sparse(Path::new(old), Path::new(new), &crate::progress::quiet, &interrupted).map_err(snap_err)?;
+                sparse(Path::new(old), Path::new(new), &crate::op::progress::quiet, op.flag())?;
                 entry.made.nvram_file = Some(FileId::of(new).map_err(|e| VmError::Disk(e.to_string()))?);
                 journal.record(&entry)?;
-                let like = std::fs::metadata(old).map_err(|e| VmError::Nvram(e.to_string()))?;
-                same_owner(Path::new(new), &like).map_err(snap_err)?;
+                let like = std::fs::metadata(old).map_err(|e| crate::disk::nvram::NvramError::Store(e.to_string()))?;
+                same_owner(Path::new(new), &like)?;
             }
         }
 
@@ -273,21 +208,19 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         let mut kept_tpm = false;
         if keep_tpm {
             at("tpm")?;
-            let src_tpm = crate::snapshot::tpm_dir(&s.uuid);
+            let src_tpm = paths::tpm_dir(&s.uuid);
             if src_tpm.is_dir() {
-                let dst = crate::snapshot::tpm_dir(&uuid);
+                let dst = paths::tpm_dir(&uuid);
                 let parent = dst.parent().expect("under the swtpm folder");
                 std::fs::create_dir_all(parent).map_err(|e| VmError::Disk(format!("{}: {e}", parent.display())))?;
-                crate::snapshot::copy_dir_files(&src_tpm, &dst).map_err(snap_err)?;
+                crate::disk::copy::dir_files(&src_tpm, &dst)?;
                 kept_tpm = true;
             }
         }
         at("finish")?;
         Ok(Cloned { name: to.into(), from: from.into(), uuid, kept_tpm })
     })();
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
+    drop(op);
     match result {
         Ok(c) => {
             journal.finish(to);
@@ -295,17 +228,10 @@ pub fn clone(lv: &Libvirt, from: &str, to: &str, keep_tpm: bool, progress: Repor
         }
         Err(e) => {
             note(progress, "failed: removing what this command made");
-            vm::rollback(lv, &entry);
+            undo::made_objects(lv, to, &entry.made);
             journal.finish(to);
             Err(e)
         }
-    }
-}
-
-fn snap_err(e: crate::snapshot::SnapshotError) -> VmError {
-    match e {
-        crate::snapshot::SnapshotError::Vm(v) => v,
-        other => VmError::Disk(other.to_string()),
     }
 }
 

@@ -254,6 +254,93 @@ pub fn parse(xml: &str) -> Result<DomainSummary, roxmltree::Error> {
     Ok(s)
 }
 
+/// What of a domain's definition snapshots, clones, moves and manifests care about (pure).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub tpm_emulator: bool,
+    /// Passed-through devices, in words.
+    pub hostdevs: Vec<String>,
+    /// Devices QEMU cannot save with the RAM, in words.
+    pub memory_blockers: Vec<String>,
+}
+
+pub fn shape(xml: &str) -> std::result::Result<Shape, roxmltree::Error> {
+    let doc = roxmltree::Document::parse(xml)?;
+    let mut s = Shape::default();
+    let Some(devices) = doc.root_element().children().find(|n| n.has_tag_name("devices")) else {
+        return Ok(s);
+    };
+    for d in devices.children().filter(|n| n.is_element()) {
+        match d.tag_name().name() {
+            "tpm" => {
+                s.tpm_emulator |=
+                    d.children().any(|b| b.has_tag_name("backend") && b.attribute("type") == Some("emulator"))
+            }
+            "hostdev" => {
+                let addr = d
+                    .descendants()
+                    .find(|n| n.has_tag_name("address"))
+                    .map(|a| {
+                        a.attributes().map(|x| format!("{}={}", x.name(), x.value())).collect::<Vec<_>>().join(" ")
+                    })
+                    .unwrap_or_default();
+                s.hostdevs.push(format!("{} {}", d.attribute("type").unwrap_or("hostdev"), addr).trim().to_string());
+            }
+            // QEMU 10.0 marks virtio-sound unmigratable: "non-migratable device: .../virtio-sound-device".
+            "sound" if d.attribute("model") == Some("virtio") => {
+                s.memory_blockers.push("virtio-sound (QEMU cannot save its state)".into())
+            }
+            // virtiofsd's state is not part of the VM's: QEMU refuses to save a VM with a vhost-user-fs device.
+            "filesystem"
+                if d.children().any(|c| c.has_tag_name("driver") && c.attribute("type") == Some("virtiofs")) =>
+            {
+                let tag =
+                    d.children().find(|c| c.has_tag_name("target")).and_then(|t| t.attribute("dir")).unwrap_or("?");
+                s.memory_blockers.push(format!("the shared folder {tag:?} (virtiofs state cannot be saved)"))
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// The name of another domain (not `uuid`) whose disks include the volume (or the file
+/// `path`), if any.
+pub fn user_of_volume(
+    lv: &phyllome_libvirt::Libvirt,
+    uuid: &str,
+    pool: &str,
+    volume: &str,
+    path: Option<&str>,
+) -> Result<Option<String>, phyllome_libvirt::Error> {
+    for other in lv.domain_names()? {
+        let Ok(xml) = lv.inactive_xml(&other) else { continue };
+        let Ok(o) = parse(&xml) else { continue };
+        if o.uuid == uuid {
+            continue;
+        }
+        let uses = o.disks.iter().any(|d| {
+            (d.pool.as_deref() == Some(pool) && d.volume.as_deref() == Some(volume))
+                || (path.is_some() && d.file.as_deref() == path)
+        });
+        if uses {
+            return Ok(Some(o.name));
+        }
+    }
+    Ok(None)
+}
+
+/// A domain state in words (`list`, `info`, a snapshot's record).
+pub fn state_name(s: phyllome_libvirt::State) -> &'static str {
+    use phyllome_libvirt::State;
+    match s {
+        State::Running => "running",
+        State::Paused => "paused",
+        State::Shutoff => "shut off",
+        State::Other => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +432,23 @@ mod tests {
         let s = parse("<domain type='kvm'><name>x</name><memory unit='GiB'>2</memory><vcpu>1</vcpu></domain>").unwrap();
         assert_eq!((s.os.as_deref(), s.memory_mib, s.encrypted()), (None, 2048, false));
         assert_eq!(s.applied_from, None);
+    }
+
+    #[test]
+    fn shape_finds_tpm_passthrough_and_what_blocks_a_memory_save() {
+        let xml = "<domain><devices>\
+            <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
+            <sound model='virtio'/>\
+            <filesystem type='mount'><driver type='virtiofs'/><source dir='/srv'/><target dir='data'/></filesystem>\
+            <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev>\
+            </devices></domain>";
+        let s = shape(xml).unwrap();
+        assert!(s.tpm_emulator);
+        assert_eq!(s.hostdevs, vec!["pci domain=0x0000 bus=0x01 slot=0x00 function=0x0"]);
+        assert_eq!(s.memory_blockers.len(), 2, "{:?}", s.memory_blockers);
+        let plain =
+            shape("<domain><devices><sound model='ich9'/><tpm><backend type='passthrough'/></tpm></devices></domain>")
+                .unwrap();
+        assert_eq!(plain, Shape::default());
     }
 }

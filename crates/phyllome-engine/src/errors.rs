@@ -1,14 +1,13 @@
 //! What kind of failure an error is, for every front end: the CLI's exit code
-//! and `--json` `kind`, and (later) the API's status. One table, documented in
-//! the README.
+//! and `--json` `kind`, and the API's status (the README's table).
+//!
+//! Each error type says its own kind ([`Classify`], in the file that defines it);
+//! front ends hold a [`Failure`]: any classified error, boxed with its kind, so no
+//! table of the engine's error types is needed anywhere. This file knows nothing of
+//! the engine's modules: only the errors of the crates below it that the engine passes on.
 
-use crate::hostinfo::HostError;
-use crate::journal::JournalError;
-use crate::request::FileError;
-use crate::vm::VmError;
 use phyllome_model::build::BuildError;
 use serde::Serialize;
-
 /// A class of failure. The exit code of each is part of the CLI's interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -64,122 +63,134 @@ impl ErrorKind {
     }
 }
 
-fn libvirt(e: &phyllome_libvirt::Error) -> ErrorKind {
-    if e.is_unavailable() {
-        ErrorKind::Unavailable
-    } else if e.is_invalid_state() {
-        ErrorKind::Conflict
-    } else if e.is_no_domain() {
-        ErrorKind::NotFound
-    } else {
+/// An error that knows its kind.
+pub trait Classify: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Any classified error with its kind: what the front ends hold and render
+/// (`From` every [`Classify`] error, so `?` keeps the kind).
+pub struct Failure {
+    kind: ErrorKind,
+    error: Box<dyn std::error::Error>,
+}
+
+impl Failure {
+    /// An error of a kind the caller decides (a front end's own refusals).
+    pub fn new(kind: ErrorKind, error: impl Into<Box<dyn std::error::Error>>) -> Failure {
+        Failure { kind, error: error.into() }
+    }
+
+    /// An error of a crate that knows no kinds: the operation failed.
+    pub fn failed(error: impl Into<Box<dyn std::error::Error>>) -> Failure {
+        Failure::new(ErrorKind::Failed, error)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The error itself.
+    pub fn error(&self) -> &(dyn std::error::Error + 'static) {
+        self.error.as_ref()
+    }
+}
+
+impl<E: Classify + 'static> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure { kind: e.kind(), error: Box::new(e) }
+    }
+}
+
+/// Words, and errors of crates that know no kinds (JSON, a terminal...): the operation failed.
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::new(ErrorKind::Failed, e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Failure {
+        Failure::new(ErrorKind::Failed, e)
+    }
+}
+
+impl From<Box<dyn std::error::Error>> for Failure {
+    fn from(e: Box<dyn std::error::Error>) -> Failure {
+        Failure::new(ErrorKind::Failed, e)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Failure {
+        Failure::new(ErrorKind::Failed, e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} ({})", self.error, self.kind.name())
+    }
+}
+
+impl Classify for phyllome_libvirt::Error {
+    fn kind(&self) -> ErrorKind {
+        if self.is_unavailable() {
+            ErrorKind::Unavailable
+        } else if self.is_invalid_state() {
+            ErrorKind::Conflict
+        } else if self.is_no_domain() {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Failed
+        }
+    }
+}
+
+impl Classify for BuildError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BuildError::NoUefi { .. }
+            | BuildError::NoSecureBootFirmware { .. }
+            | BuildError::NoTpm { .. }
+            | BuildError::Unsupported(_) => ErrorKind::Unsupported,
+            _ => ErrorKind::InvalidInput,
+        }
+    }
+}
+
+impl Classify for phyllome_model::input::InputError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}
+
+impl Classify for phyllome_model::Unsupported {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Unsupported
+    }
+}
+
+impl Classify for phyllome_model::hostdev::HostdevError {
+    fn kind(&self) -> ErrorKind {
         ErrorKind::Failed
     }
 }
 
-fn build(e: &BuildError) -> ErrorKind {
-    match e {
-        BuildError::NoUefi { .. }
-        | BuildError::NoSecureBootFirmware { .. }
-        | BuildError::NoTpm { .. }
-        | BuildError::Unsupported(_) => ErrorKind::Unsupported,
-        _ => ErrorKind::InvalidInput,
+impl Classify for phyllome_host::fixture::FixtureError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Failed
     }
 }
 
-fn file(e: &FileError) -> ErrorKind {
-    match e {
-        FileError::Missing { .. } => ErrorKind::NotFound,
-        FileError::Unreadable { .. } | FileError::UnreadableDevice { .. } => ErrorKind::Failed,
-        _ => ErrorKind::InvalidInput,
-    }
-}
-
-fn vm(e: &VmError) -> ErrorKind {
-    match e {
-        VmError::Build(b) => build(b),
-        VmError::File(f) => file(f),
-        VmError::Libvirt(l) | VmError::Host(HostError::Libvirt(l)) => libvirt(l),
-        VmError::Journal(JournalError::Busy(_)) => ErrorKind::Conflict,
-        VmError::Lock(l) => l.kind(),
-        VmError::NameBusy(_)
-        | VmError::VolumeExists { .. }
-        | VmError::SecretExists(_)
-        | VmError::Running(_)
-        | VmError::NotRunning(_)
-        | VmError::DiskShared { .. }
-        | VmError::NetworkInactive(_)
-        | VmError::IoPaused { .. }
-        | VmError::VolumeInUse { .. }
-        | VmError::MoveUnfinished { .. }
-        | VmError::ChangedOutside { .. } => ErrorKind::Conflict,
-        VmError::NeedPassphrase(_) => ErrorKind::InvalidInput,
-        VmError::NoSuchVm(_) | VmError::NoPool(_) | VmError::NoNetwork(_) | VmError::NoVolume(_) => ErrorKind::NotFound,
-        VmError::BadNetwork(_) | VmError::EmptyPassphrase | VmError::WrongPassphrase(_) => ErrorKind::InvalidInput,
-        VmError::BadShare(_)
-        | VmError::NoOs(_)
-        | VmError::Iso { .. }
-        | VmError::UnknownMedia { .. }
-        | VmError::IsoFirmware { .. } => ErrorKind::InvalidInput,
-        VmError::Interrupted => ErrorKind::Interrupted,
-        VmError::NotHere { .. } => ErrorKind::Unsupported,
-        _ => ErrorKind::Failed,
-    }
-}
-
-fn manifest(e: &crate::manifest::ManifestError) -> ErrorKind {
-    use crate::manifest::ManifestError as M;
-    match e {
-        M::Missing(_) => ErrorKind::NotFound,
-        M::Unreadable { .. } => ErrorKind::Failed,
-        M::Syntax { .. } | M::Version { .. } | M::Field { .. } => ErrorKind::InvalidInput,
-    }
-}
-
-/// The kind of `e`, looking through the engine's error types.
-pub fn classify(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
-    if let Some(e) = e.downcast_ref::<VmError>() {
-        vm(e)
-    } else if let Some(e) = e.downcast_ref::<crate::isodir::IsoDirError>() {
-        use crate::isodir::IsoDirError as I;
-        match e {
-            I::BadName(_) | I::NotIso(..) => ErrorKind::InvalidInput,
-            I::NoSpace { .. } | I::Full { .. } => ErrorKind::NoSpace,
-            I::Exists(_) | I::InUse { .. } => ErrorKind::Conflict,
-            I::Missing(_) | I::NoFile(_) => ErrorKind::NotFound,
-            I::Interrupted => ErrorKind::Interrupted,
-            I::Libvirt(l) => libvirt(l),
-            I::Io(..) => ErrorKind::Failed,
-        }
-    } else if let Some(e) = e.downcast_ref::<crate::manifest::ManifestError>() {
-        manifest(e)
-    } else if let Some(e) = e.downcast_ref::<crate::apply::ApplyError>() {
-        use crate::apply::ApplyError as A;
-        match e {
-            A::Manifest(m) => manifest(m),
-            A::InFile { source, .. } => vm(source),
-            A::Vm(source) => vm(source),
-        }
-    } else if let Some(e) = e.downcast_ref::<crate::snapshot::SnapshotError>() {
-        e.kind()
-    } else if let Some(e) = e.downcast_ref::<crate::bundle::BundleError>() {
-        e.kind()
-    } else if let Some(e) = e.downcast_ref::<crate::migrate::MigrateError>() {
-        e.kind()
-    } else if let Some(e) = e.downcast_ref::<crate::hosts::HostsError>() {
-        e.kind()
-    } else if let Some(e) = e.downcast_ref::<BuildError>() {
-        build(e)
-    } else if let Some(e) = e.downcast_ref::<FileError>() {
-        file(e)
-    } else if e.downcast_ref::<phyllome_model::input::InputError>().is_some() {
-        ErrorKind::InvalidInput
-    } else if let Some(e) = e.downcast_ref::<phyllome_libvirt::Error>() {
-        libvirt(e)
-    } else if let Some(HostError::Libvirt(e)) = e.downcast_ref::<HostError>() {
-        libvirt(e)
-    } else if e.downcast_ref::<phyllome_model::Unsupported>().is_some() {
-        ErrorKind::Unsupported
-    } else {
+impl Classify for std::io::Error {
+    fn kind(&self) -> ErrorKind {
         ErrorKind::Failed
     }
 }
@@ -207,34 +218,16 @@ mod tests {
         assert_eq!(codes.len(), all.len());
     }
 
-    fn boxed_apply(e: crate::apply::ApplyError) -> Box<dyn std::error::Error> {
-        Box::new(e)
-    }
-
     #[test]
-    fn engine_errors_fall_into_their_class() {
-        let boxed = |e: VmError| -> Box<dyn std::error::Error> { Box::new(e) };
-        assert_eq!(classify(boxed(VmError::NameBusy("x".into())).as_ref()), ErrorKind::Conflict);
-        assert_eq!(classify(boxed(VmError::NoSuchVm("x".into())).as_ref()), ErrorKind::NotFound);
-        assert_eq!(classify(boxed(VmError::Interrupted).as_ref()), ErrorKind::Interrupted);
-        let missing = FileError::Missing { what: "ISO", path: "/x".into() };
-        assert_eq!(classify(boxed(VmError::File(missing)).as_ref()), ErrorKind::NotFound);
-        let zero = BuildError::ZeroCpus;
-        assert_eq!(classify(boxed(VmError::Build(zero)).as_ref()), ErrorKind::InvalidInput);
+    fn the_errors_passed_on_fall_into_their_class() {
+        let kind = |f: Failure| f.kind();
+        assert_eq!(kind(BuildError::ZeroCpus.into()), ErrorKind::InvalidInput);
         let tpm = BuildError::NoTpm { os: "Windows 11", why: "swtpm is not installed" };
-        assert_eq!(classify(boxed(VmError::Build(tpm)).as_ref()), ErrorKind::Unsupported);
-        let name: Box<dyn std::error::Error> = Box::new(phyllome_model::input::InputError::EmptyName);
-        assert_eq!(classify(name.as_ref()), ErrorKind::InvalidInput);
-        use crate::apply::ApplyError;
-        use crate::manifest::ManifestError;
-        let missing: Box<dyn std::error::Error> = Box::new(ManifestError::Missing("/vms".into()));
-        assert_eq!(classify(missing.as_ref()), ErrorKind::NotFound);
-        let field = ManifestError::Field { file: "a.toml".into(), field: "disk_size", why: "smaller".into() };
-        let shrink: Box<dyn std::error::Error> = Box::new(ApplyError::from(field));
-        assert_eq!(classify(shrink.as_ref()), ErrorKind::InvalidInput);
-        let busy = ApplyError::InFile { file: "a.toml".into(), source: Box::new(VmError::Running("a".into())) };
-        assert_eq!(classify(boxed_apply(busy).as_ref()), ErrorKind::Conflict);
-        let io: Box<dyn std::error::Error> = Box::new(std::io::Error::other("disk full"));
-        assert_eq!(classify(io.as_ref()), ErrorKind::Failed);
+        assert_eq!(kind(tpm.into()), ErrorKind::Unsupported);
+        assert_eq!(kind(phyllome_model::input::InputError::EmptyName.into()), ErrorKind::InvalidInput);
+        assert_eq!(kind(std::io::Error::other("disk full").into()), ErrorKind::Failed);
+        assert_eq!(kind("words".into()), ErrorKind::Failed);
+        let f = Failure::new(ErrorKind::Usage, "--host and --connect");
+        assert_eq!((f.kind(), f.to_string()), (ErrorKind::Usage, "--host and --connect".to_string()));
     }
 }

@@ -9,6 +9,12 @@ pub enum ImageError {
     Png(#[from] png::EncodingError),
 }
 
+impl crate::errors::Classify for ImageError {
+    fn kind(&self) -> crate::errors::ErrorKind {
+        crate::errors::ErrorKind::Failed
+    }
+}
+
 /// Converts a binary PPM (P6, 8-bit) to PNG.
 pub fn ppm_to_png(ppm: &[u8]) -> Result<Vec<u8>, ImageError> {
     if !ppm.starts_with(b"P6") {

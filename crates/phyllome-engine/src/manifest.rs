@@ -7,6 +7,7 @@
 //! serde, refusing unknown keys as the format requires.
 
 use crate::domxml;
+use crate::errors::{Classify, ErrorKind};
 use crate::vm::{self, VmError};
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
@@ -112,6 +113,18 @@ pub enum ManifestError {
     Missing(String),
     #[error("{file}: {why}")]
     Unreadable { file: String, why: String },
+}
+
+impl Classify for ManifestError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ManifestError::Missing(_) => ErrorKind::NotFound,
+            ManifestError::Unreadable { .. } => ErrorKind::Failed,
+            ManifestError::Syntax { .. } | ManifestError::Version { .. } | ManifestError::Field { .. } => {
+                ErrorKind::InvalidInput
+            }
+        }
+    }
 }
 
 fn file_name(p: &str) -> String {
@@ -297,7 +310,7 @@ pub fn from_summary(xml: &str, s: &domxml::DomainSummary, autostart: bool) -> (M
         Some(n) if n.network == "user" => "user".into(),
         Some(n) => n.network.strip_prefix("network ").unwrap_or(&n.network).to_string(),
     };
-    let shape = crate::snapshot::shape(xml).unwrap_or_default();
+    let shape = crate::domxml::shape(xml).unwrap_or_default();
     let uefi = s.nvram.is_some() || os_el.is_some_and(|o| o.attribute("firmware") == Some("efi"));
     let manifest = Manifest {
         version: VERSION,

@@ -3,12 +3,43 @@
 //! critical folders and for folders holding a VM's disk; the shared memory a
 //! share needs is added with it.
 
-use crate::vm::{Result, VmError};
+use crate::errors::{Classify, ErrorKind};
 use phyllome_libvirt::Libvirt;
 use phyllome_model::domain::Share;
 use phyllome_model::Feature;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("share: {0}")]
+    Bad(String),
+    #[error("no VM named {0:?}")]
+    NoSuchVm(String),
+    #[error(transparent)]
+    Libvirt(#[from] phyllome_libvirt::Error),
+    #[error(transparent)]
+    Host(#[from] crate::host_facts::HostError),
+    #[error(transparent)]
+    Build(#[from] phyllome_model::build::BuildError),
+    #[error(transparent)]
+    NotHere(#[from] crate::host_files::NotHere),
+}
+
+impl Classify for ShareError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ShareError::Bad(_) => ErrorKind::InvalidInput,
+            ShareError::NoSuchVm(_) => ErrorKind::NotFound,
+            ShareError::Libvirt(e) => e.kind(),
+            ShareError::Host(e) => e.kind(),
+            ShareError::Build(e) => e.kind(),
+            ShareError::NotHere(e) => e.kind(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ShareError>;
 
 /// Folders never shared without `--force`, nor anything inside them: the
 /// host's configuration, boot and root's home, its programs and libraries,
@@ -81,7 +112,7 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(VmError::BadShare(format!("tag {tag:?}: 1 to {MAX_TAG} letters, digits, '-' or '_'")))
+        Err(ShareError::Bad(format!("tag {tag:?}: 1 to {MAX_TAG} letters, digits, '-' or '_'")))
     }
 }
 
@@ -95,20 +126,20 @@ pub fn parse_spec(spec: &str) -> Result<(String, Option<String>, bool)> {
     match parts.as_slice() {
         [dir] => Ok((dir.to_string(), None, writable)),
         [dir, tag] => Ok((dir.to_string(), Some(tag.to_string()), writable)),
-        _ => Err(VmError::BadShare(format!("--share {spec:?}: HOSTDIR[:TAG][:rw]"))),
+        _ => Err(ShareError::Bad(format!("--share {spec:?}: HOSTDIR[:TAG][:rw]"))),
     }
 }
 
 /// The checked share for `dir`: an existing absolute folder, not critical
 /// unless `force`, with a valid tag.
 pub fn resolve(lv: &Libvirt, dir: &str, tag: Option<&str>, writable: bool, force: bool) -> Result<Share> {
-    crate::hostfiles::here_only(lv, "sharing a folder (the folder is checked on this machine)")?;
+    crate::host_files::here_only(lv, "sharing a folder (the folder is checked on this machine)")?;
     if !dir.starts_with('/') {
-        return Err(VmError::BadShare(format!("{dir:?}: give the folder's absolute path")));
+        return Err(ShareError::Bad(format!("{dir:?}: give the folder's absolute path")));
     }
-    let real = std::fs::canonicalize(dir).map_err(|e| VmError::BadShare(format!("{dir}: {e}")))?;
+    let real = std::fs::canonicalize(dir).map_err(|e| ShareError::Bad(format!("{dir}: {e}")))?;
     if !real.is_dir() {
-        return Err(VmError::BadShare(format!("{dir} is not a folder")));
+        return Err(ShareError::Bad(format!("{dir} is not a folder")));
     }
     if !force {
         guard(&real, &vm_disks(lv)?)?;
@@ -122,7 +153,7 @@ pub fn resolve(lv: &Libvirt, dir: &str, tag: Option<&str>, writable: bool, force
 pub fn guard(dir: &Path, disks: &[PathBuf]) -> Result<()> {
     match critical(dir, disks) {
         Some(why) => {
-            Err(VmError::BadShare(format!("{why}: sharing it would expose the host (--force to share it anyway)")))
+            Err(ShareError::Bad(format!("{why}: sharing it would expose the host (--force to share it anyway)")))
         }
         None => Ok(()),
     }
@@ -192,14 +223,14 @@ pub fn shares_of(xml: &str) -> Vec<ShareRow> {
 /// The inactive XML with the shared memory backing added, when it is missing;
 /// None when it is there already. Refused when a memory backing of another kind is set.
 pub fn with_shared_memory(xml: &str) -> Result<Option<String>> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| VmError::BadShare(format!("the domain's XML: {e}")))?;
+    let doc = roxmltree::Document::parse(xml).map_err(|e| ShareError::Bad(format!("the domain's XML: {e}")))?;
     let root = doc.root_element();
     if let Some(mb) = root.children().find(|c| c.has_tag_name("memoryBacking")) {
         let shared = mb.children().any(|c| c.has_tag_name("access") && c.attribute("mode") == Some("shared"));
         return if shared {
             Ok(None)
         } else {
-            Err(VmError::BadShare(
+            Err(ShareError::Bad(
                 "the VM has its own <memoryBacking> without <access mode='shared'/>, which virtiofs needs: add it with virsh edit".into(),
             ))
         };
@@ -208,7 +239,7 @@ pub fn with_shared_memory(xml: &str) -> Result<Option<String>> {
         .children()
         .find(|c| c.has_tag_name("vcpu"))
         .map(|v| v.range().start)
-        .ok_or_else(|| VmError::BadShare("the domain's XML has no <vcpu>".into()))?;
+        .ok_or_else(|| ShareError::Bad("the domain's XML has no <vcpu>".into()))?;
     let block = phyllome_model::domain::shared_memory().render();
     Ok(Some(format!("{}{}\n  {}", &xml[..at], block.trim_end(), &xml[at..])))
 }
@@ -236,15 +267,15 @@ fn share_xml(s: &Share) -> String {
 /// `phyllome share add VM HOSTDIR`.
 pub fn add(lv: &Libvirt, vm: &str, dir: &str, tag: Option<&str>, writable: bool, force: bool) -> Result<ShareChange> {
     if !lv.exists(vm)? {
-        return Err(VmError::NoSuchVm(vm.to_string()));
+        return Err(ShareError::NoSuchVm(vm.to_string()));
     }
     let share = resolve(lv, dir, tag, writable, force)?;
-    let (host, _) = crate::hostinfo::gather(lv, false)?;
+    let (host, _) = crate::host_facts::gather(lv, false)?;
     host.check(if share.readonly { Feature::ReadonlyVirtiofs } else { Feature::Virtiofs })
         .map_err(phyllome_model::build::BuildError::from)?;
     let inactive = lv.inactive_xml(vm)?;
     if shares_of(&inactive).iter().any(|s| s.tag == share.tag) {
-        return Err(VmError::BadShare(format!("{vm} already has a share tagged {}: give another --tag", share.tag)));
+        return Err(ShareError::Bad(format!("{vm} already has a share tagged {}: give another --tag", share.tag)));
     }
     if let Some(edited) = with_shared_memory(&inactive)? {
         lv.redefine(&edited)?;
@@ -263,7 +294,7 @@ pub fn add(lv: &Libvirt, vm: &str, dir: &str, tag: Option<&str>, writable: bool,
 /// `phyllome share list VM`: from the definition (what the next boot has).
 pub fn list(lv: &Libvirt, vm: &str) -> Result<Vec<ShareRow>> {
     if !lv.exists(vm)? {
-        return Err(VmError::NoSuchVm(vm.to_string()));
+        return Err(ShareError::NoSuchVm(vm.to_string()));
     }
     Ok(shares_of(&lv.inactive_xml(vm)?))
 }
@@ -273,7 +304,7 @@ pub fn list(lv: &Libvirt, vm: &str) -> Result<Vec<ShareRow>> {
 pub fn remove(lv: &Libvirt, vm: &str, tag: &str) -> Result<ShareChange> {
     let rows = list(lv, vm)?;
     let Some(row) = rows.into_iter().find(|s| s.tag == tag) else {
-        return Err(VmError::BadShare(format!("{vm} has no share tagged {tag} (phyllome share list {vm})")));
+        return Err(ShareError::Bad(format!("{vm} has no share tagged {tag} (phyllome share list {vm})")));
     };
     let share = Share { dir: row.dir.clone(), tag: row.tag.clone(), readonly: row.readonly };
     let mut applied = lv.detach_device(vm, &share_xml(&share))?;

@@ -160,7 +160,8 @@ pub fn cache_key(root: &Path, qemu: &Path) -> Option<String> {
     Some(format!("{}:{}:{secs}", boot_id.trim(), qemu.display()))
 }
 
-const CACHE_FILE: &str = "/run/phyllome/kvm-probe";
+/// Where the verdict is kept for this boot (listed in the engine's `paths.rs`).
+pub const CACHE_FILE: &str = "/run/phyllome/kvm-probe";
 
 /// Probes once per boot: the verdict is kept in /run (tmpfs, gone at reboot).
 pub fn probe_cached(qemu: &Path, firmware: &[FirmwareDescriptor]) -> Probe {

@@ -110,7 +110,7 @@ pub fn virtiofsd(root: &Path) -> Option<Virtiofsd> {
 }
 
 /// Where [`tools`] keeps its answers for this boot.
-const TOOLS_CACHE: &str = "/run/phyllome/platform-tools.json";
+pub const TOOLS_CACHE: &str = "/run/phyllome/platform-tools.json";
 
 /// Identifies a binary by path, inode, size and modification time: an upgrade changes the key.
 fn binary_key(path: Option<&str>) -> String {

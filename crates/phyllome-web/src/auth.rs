@@ -28,6 +28,13 @@ pub const MIN_PASSWORD: usize = 8;
 /// Longest password hashed (argon2 takes any length; this bounds the work a request can ask for).
 pub const MAX_PASSWORD: usize = 1024;
 
+/// The account store's errors: the operation failed.
+impl phyllome_engine::errors::Classify for AuthError {
+    fn kind(&self) -> phyllome_engine::errors::ErrorKind {
+        phyllome_engine::errors::ErrorKind::Failed
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("user name {0:?} is not valid: 1-32 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")]

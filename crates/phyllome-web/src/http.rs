@@ -31,8 +31,8 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use phyllome_engine::errors::ErrorKind;
-use phyllome_engine::hosts::LOCAL;
+use phyllome_engine::errors::{Classify, ErrorKind};
+use phyllome_engine::remotes::LOCAL;
 use phyllome_libvirt::Libvirt;
 use std::sync::Arc;
 
@@ -82,8 +82,8 @@ impl ApiError {
 
     /// An engine error, by its class: the client's fault is a 4xx, an
     /// unreachable libvirtd a 503, and only a real failure a 500.
-    pub fn from_engine(e: &(dyn std::error::Error + 'static)) -> ApiError {
-        let kind = phyllome_engine::errors::classify(e);
+    pub fn from_engine(e: &dyn Classify) -> ApiError {
+        let kind = e.kind();
         let status = status_of(kind);
         let message = match kind {
             ErrorKind::Unavailable => format!("libvirtd cannot be reached now: {e}"),
@@ -112,8 +112,14 @@ impl From<phyllome_engine::vm::VmError> for ApiError {
     }
 }
 
-impl From<phyllome_engine::isodir::IsoDirError> for ApiError {
-    fn from(e: phyllome_engine::isodir::IsoDirError) -> ApiError {
+impl From<phyllome_engine::share::ShareError> for ApiError {
+    fn from(e: phyllome_engine::share::ShareError) -> ApiError {
+        ApiError::from_engine(&e)
+    }
+}
+
+impl From<phyllome_engine::media::iso_dir::IsoDirError> for ApiError {
+    fn from(e: phyllome_engine::media::iso_dir::IsoDirError) -> ApiError {
         ApiError::from_engine(&e)
     }
 }
@@ -592,7 +598,7 @@ mod tests {
         // Out of space is 507 with a kind of its own, whichever operation refuses.
         let full = b(B::NoSpace("pool phyllome has 3 MiB free".into()));
         assert_eq!((full.status, full.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
-        use phyllome_engine::isodir::IsoDirError as I;
+        use phyllome_engine::media::iso_dir::IsoDirError as I;
         let iso = ApiError::from(I::NoSpace { name: "a.iso".into(), need: 1, free: 64, spare: 64, held: 0 });
         assert_eq!((iso.status, iso.kind), (StatusCode::INSUFFICIENT_STORAGE, "no-space"));
         let mid = ApiError::from(I::Full("a.iso".into()));

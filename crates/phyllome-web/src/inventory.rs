@@ -13,7 +13,7 @@
 //! (a disk resized behind our back, a libvirtd restart).
 
 use bytes::Bytes;
-use phyllome_engine::hosts::{Host, LOCAL};
+use phyllome_engine::remotes::{Remote, LOCAL};
 use phyllome_engine::vm::{self, VmError, VmRow};
 use phyllome_libvirt::Libvirt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -332,11 +332,11 @@ impl Inventory {
     /// first request on) and, for a few seconds, of the others. Fails only
     /// when this host's libvirtd does not answer. Needs libvirt's event loop
     /// (`phyllome_libvirt::start_event_loop`) to be running.
-    pub fn start(uri: &str, others: &[Host], resync: Duration) -> Result<Inventory, InventoryError> {
+    pub fn start(uri: &str, others: &[Remote], resync: Duration) -> Result<Inventory, InventoryError> {
         let (out, list) = watch::channel(Bytes::from_static(b"[]"));
         let (hosts_tx, hosts) = watch::channel(Bytes::from_static(b"[]"));
         let (status_tx, status) = watch::channel(Status::UP);
-        let mut all = vec![Host { name: LOCAL.into(), uri: uri.into() }];
+        let mut all = vec![Remote { name: LOCAL.into(), uri: uri.into() }];
         all.extend(others.iter().filter(|h| h.name != LOCAL).cloned());
         let parts = all
             .iter()

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use phyllome_libvirt::Libvirt;
 use serde::Serialize;
 use std::cell::Cell;

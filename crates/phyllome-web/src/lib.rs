@@ -51,7 +51,7 @@ pub struct Config {
     pub uri: String,
     /// The other hosts whose VMs the list shows too (`phyllome host add`; read at start), each
     /// with a connection and a watcher of its own. Actions on their VMs: the cheap ones only.
-    pub hosts: Vec<phyllome_engine::hosts::Host>,
+    pub hosts: Vec<phyllome_engine::remotes::Remote>,
     pub state_dir: PathBuf,
     pub tls: tls::TlsMode,
     /// The ISO folder (installer ISOs, kernels and initrds create may use).
@@ -100,6 +100,13 @@ pub struct Started {
     pub tls: Option<tls::TlsInfo>,
     pub users: usize,
     pub novnc: Option<PathBuf>,
+}
+
+/// The server could not start or went down: the operation failed.
+impl phyllome_engine::errors::Classify for ServeError {
+    fn kind(&self) -> phyllome_engine::errors::ErrorKind {
+        phyllome_engine::errors::ErrorKind::Failed
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +169,7 @@ impl App {
     /// The connection to host `name` (`local`: [`App::libvirt`]), kept and
     /// reopened like the local one. Blocking: call from blocking threads.
     pub fn libvirt_on(&self, name: &str) -> Result<Arc<Libvirt>, http::ApiError> {
-        if name == phyllome_engine::hosts::LOCAL {
+        if name == phyllome_engine::remotes::LOCAL {
             return Ok(self.libvirt()?);
         }
         let Some(uri) = self.host_uri(name) else { return Err(http::no_such_host(name)) };

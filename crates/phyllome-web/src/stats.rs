@@ -151,8 +151,8 @@ impl Hub {
                         // One failed sample (libvirt's own retries and fallbacks are behind it) keeps the
                         // connection and the previous sample: only a connection that died is made again.
                         tracing::debug!(error = %e, "stats sample failed");
-                        let gone =
-                            phyllome_engine::errors::classify(&e) == phyllome_engine::errors::ErrorKind::Unavailable;
+                        let gone = phyllome_engine::errors::Classify::kind(&e)
+                            == phyllome_engine::errors::ErrorKind::Unavailable;
                         if gone || !lv.is_alive() {
                             self.lock().unreachable = true;
                             conn = None;

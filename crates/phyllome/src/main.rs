@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let uri = match connection(&cli, &matches) {
         Ok(uri) => uri,
-        Err(e) => return report(json, &e.to_string(), kind(e.as_ref())),
+        Err(e) => return report(json, &e.to_string(), e.kind()),
     };
     let uri = uri.as_str();
     let result = match cli.command {
@@ -171,15 +171,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(json, &e.to_string(), kind(e.as_ref())),
-    }
-}
-
-fn kind(e: &(dyn std::error::Error + 'static)) -> phyllome_engine::errors::ErrorKind {
-    if e.downcast_ref::<Usage>().is_some() {
-        phyllome_engine::errors::ErrorKind::Usage
-    } else {
-        phyllome_engine::errors::classify(e)
+        Err(e) => report(json, &e.to_string(), e.kind()),
     }
 }
 
@@ -188,11 +180,17 @@ fn kind(e: &(dyn std::error::Error + 'static)) -> phyllome_engine::errors::Error
 #[error("{0}")]
 pub(crate) struct Usage(pub(crate) String);
 
+impl phyllome_engine::errors::Classify for Usage {
+    fn kind(&self) -> phyllome_engine::errors::ErrorKind {
+        phyllome_engine::errors::ErrorKind::Usage
+    }
+}
+
 /// The libvirt URI the command works on: `--connect`'s, or with `--host NAME` that host's
 /// (`local` is `--connect`'s). `--host` and `--connect` both on the command line is a usage
 /// error; one on the command line beats the other's environment variable. `host add|list|remove`
 /// manage the names and `list --all-hosts` reaches every host, so for them `--host` picks nothing.
-fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, Box<dyn std::error::Error>> {
+fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, phyllome_engine::errors::Failure> {
     let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
     let Some(name) = &cli.host else { return Ok(cli.connect.clone()) };
     if typed("host") && typed("connect") {
@@ -208,10 +206,10 @@ fn connection(cli: &Cli, matches: &clap::ArgMatches) -> Result<String, Box<dyn s
             host::HostCommand::Add { .. } | host::HostCommand::List { .. } | host::HostCommand::Remove { .. }
         )
     );
-    if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::hosts::LOCAL {
+    if manages || all_hosts || (typed("connect") && !typed("host")) || name == phyllome_engine::remotes::LOCAL {
         return Ok(cli.connect.clone());
     }
-    Ok(phyllome_engine::hosts::Hosts::open().uri(name)?)
+    Ok(phyllome_engine::remotes::Remotes::open().uri(name)?)
 }
 
 /// Prints an error (as JSON with --json) and returns its class's exit code (README, "Exit codes").

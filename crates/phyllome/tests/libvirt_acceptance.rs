@@ -25,7 +25,7 @@ fn define(name: &str, xml: &str) -> TestDomain {
     virsh_ok(&["define", "--validate", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(file);
     let lv = phyllome_libvirt::Libvirt::connect(URI).unwrap();
-    phyllome_engine::vm::prepare_nvram(&lv, name).unwrap();
+    phyllome_engine::disk::nvram::prepare(&lv, name).unwrap();
     dom
 }
 

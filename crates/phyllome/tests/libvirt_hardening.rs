@@ -429,3 +429,105 @@ fn a_disk_chain_made_outside_phyllome_is_named_refused_and_deleted_whole() {
     let vols = virsh_ok(&["vol-list", "phyllome"]);
     assert!(!vols.contains(&vm.0), "libvirt still lists its volumes: {vols}");
 }
+
+/// A libvirt secret whose usage is `path`, as Phyllome's disk and memory keys are; its UUID.
+fn define_secret(path: &str) -> String {
+    let xml =
+        format!("<secret ephemeral='no' private='yes'><usage type='volume'><volume>{path}</volume></usage></secret>");
+    let file = std::env::temp_dir().join(format!("{PREFIX}secret-{}.xml", std::process::id()));
+    std::fs::write(&file, xml).unwrap();
+    let out = virsh_ok(&["secret-define", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
+    out.split_whitespace().find(|w| w.len() == 36 && w.matches('-').count() == 4).expect("a secret UUID").to_string()
+}
+
+fn secret_exists(uuid: &str) -> bool {
+    virsh(&["secret-dumpxml", uuid]).status.success()
+}
+
+/// A file's identity as the crash records of every release wrote it.
+fn file_id(path: &str) -> serde_json::Value {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    serde_json::json!({"path": path, "dev": m.dev(), "ino": m.ino()})
+}
+
+#[test]
+fn crash_records_written_by_the_release_before_are_recovered() {
+    require_libvirt();
+    // A create, a snapshot operation (in the VM's lock) and a snapshot operation of the release
+    // before the lock (its own record), all cut short by a kill -9 of an older phyllome, each
+    // record in that release's format, naming real objects.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    let dead = 999_999_999u32;
+    let created = TestVm::new("old-journal");
+    let made = define_minimal_domain(&created.0);
+    let domain_uuid = virsh_ok(&["domuuid", &created.0]).trim().to_string();
+    let disk_key = define_secret(&volume_path(&created.0));
+    virsh_ok(&["vol-create-as", "phyllome", &format!("{}.qcow2", created.0), "1M", "--format", "raw"]);
+    let entry = serde_json::json!({
+        "name": created.0, "pool": "phyllome", "volume": format!("{}.qcow2", created.0),
+        "volume_path": volume_path(&created.0), "pid": dead, "boot_id": boot, "uri": URI,
+        "made": {"secret_uuid": disk_key, "volume_file": file_id(&volume_path(&created.0)), "domain_uuid": domain_uuid},
+    });
+    std::fs::create_dir_all("/var/lib/phyllome/pending").unwrap();
+    std::fs::write(journal_entry(&created.0), entry.to_string()).unwrap();
+
+    let locked = define_minimal_domain(&format!("{PREFIX}old-lock-{}", std::process::id()));
+    let locked_uuid = virsh_ok(&["domuuid", &locked.name]).trim().to_string();
+    let part = format!("/var/lib/phyllome/snapshots/{locked_uuid}/.s1.part");
+    std::fs::create_dir_all(&part).unwrap();
+    let memory_key = define_secret(&format!("/var/lib/phyllome/snapshots/{locked_uuid}/s1/memory.age"));
+    let lock = serde_json::json!({
+        "vm": locked.name, "vm_uuid": locked_uuid, "op": "snapshot-create", "pid": dead, "boot_id": boot,
+        "uri": URI, "since": 1, "record": {"part": file_id(&part), "memory_secret": memory_key, "backup": false,
+        "frozen": false, "paused": false, "mount": null, "save_file": null, "saved": null, "staged": []},
+    });
+    let lock_file = format!("/var/lib/phyllome/operations/{locked_uuid}.json");
+    std::fs::create_dir_all("/var/lib/phyllome/operations").unwrap();
+    std::fs::write(&lock_file, lock.to_string()).unwrap();
+
+    let older = define_minimal_domain(&format!("{PREFIX}old-pending-{}", std::process::id()));
+    let older_uuid = virsh_ok(&["domuuid", &older.name]).trim().to_string();
+    let staged = format!("/var/tmp/{PREFIX}staged-{}", std::process::id());
+    std::fs::write(&staged, "a revert's staged copy").unwrap();
+    let older_key = define_secret(&format!("/var/lib/phyllome/snapshots/{older_uuid}/s1/memory.age"));
+    let pending = serde_json::json!({
+        "vm": older.name, "vm_uuid": older_uuid, "pid": dead, "boot_id": boot, "uri": URI, "part": null,
+        "memory_secret": older_key, "backup": false, "frozen": false, "paused": false, "mount": null,
+        "save_file": null, "saved": null, "staged": [file_id(&staged)],
+    });
+    let pending_file = format!("/var/lib/phyllome/pending-snapshots/{older_uuid}.json");
+    std::fs::create_dir_all("/var/lib/phyllome/pending-snapshots").unwrap();
+    std::fs::write(&pending_file, pending.to_string()).unwrap();
+
+    let out = phyllome(&["list"]);
+
+    let left = [
+        (!Path::new(&journal_entry(&created.0)).exists(), "the create's entry"),
+        (!created.exists(), "the domain the create made"),
+        (!secret_exists(&disk_key), "the disk key the create made"),
+        (!Path::new(&volume_path(&created.0)).exists(), "the volume the create made"),
+        (!Path::new(&part).exists(), "the snapshot's .part folder"),
+        (!secret_exists(&memory_key), "the snapshot's memory key"),
+        (!Path::new(&lock_file).exists(), "the lock of the dead snapshot"),
+        (!Path::new(&staged).exists(), "the older release's staged copy"),
+        (!secret_exists(&older_key), "the older release's memory key"),
+        (!Path::new(&pending_file).exists(), "the older release's record"),
+    ];
+    // Whatever happened, nothing of this test stays.
+    for (path, key) in [(&part, &memory_key), (&staged, &older_key)] {
+        let _ = std::fs::remove_dir_all(path);
+        let _ = std::fs::remove_file(path);
+        virsh(&["secret-undefine", key]);
+    }
+    virsh(&["secret-undefine", &disk_key]);
+    let _ = std::fs::remove_dir(format!("/var/lib/phyllome/snapshots/{locked_uuid}"));
+    let _ = std::fs::remove_file(&lock_file);
+    let _ = std::fs::remove_file(&pending_file);
+    drop(made);
+    ok(out);
+    let not_recovered: Vec<&str> = left.iter().filter(|(gone, _)| !gone).map(|(_, what)| *what).collect();
+    assert!(not_recovered.is_empty(), "left after recovery: {not_recovered:?}");
+    assert!(locked.state() == "shut off" && older.state() == "shut off", "the VMs themselves stay");
+}

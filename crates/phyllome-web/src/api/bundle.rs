@@ -254,7 +254,7 @@ pub(super) async fn download_export(
             }
         };
         let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-        let r = bundle::export(&lv, &ticket.vm, &ticket.passphrase, &mut out, &phyllome_engine::progress::quiet);
+        let r = bundle::export(&lv, &ticket.vm, &ticket.passphrase, &mut out, &phyllome_engine::op::progress::quiet);
         app2.inventory.refresh(&ticket.vm);
         match r {
             Ok(e) => tracing::info!(vm = %shown(&ticket.vm), bytes = e.bytes, "export sent"),
@@ -397,7 +397,7 @@ pub(super) async fn import_vm(
         let r = (|| {
             let lv = app2.libvirt()?;
             let opts = ImportOptions { name, passphrase: &passphrase, dry_run, host: None, force };
-            let r = bundle::import(&lv, &mut input, len, &opts, &phyllome_engine::progress::quiet);
+            let r = bundle::import(&lv, &mut input, len, &opts, &phyllome_engine::op::progress::quiet);
             if let Ok(i) = &r {
                 if !i.dry_run {
                     app2.inventory.refresh(&i.name);

@@ -9,7 +9,7 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use phyllome_engine::hostinfo;
+use phyllome_engine::host_facts;
 use phyllome_host::check;
 use phyllome_model::catalog;
 use serde::Serialize;
@@ -111,7 +111,7 @@ pub(super) async fn list_networks(State(app): State<Arc<App>>) -> ApiResult<Json
 #[utoipa::path(get, operation_id = "hostCheck", path = "/api/v1/host/check", tag = "host", responses((status = 200, body = Object)))]
 pub(super) async fn host_check(State(app): State<Arc<App>>) -> ApiResult<Response> {
     let report = blocking(&app, |app, lv| {
-        let inputs = hostinfo::check_inputs(Ok(lv), &app.config.uri);
+        let inputs = host_facts::check_inputs(Ok(lv), &app.config.uri);
         Ok(check::run(Path::new("/"), &inputs))
     })
     .await?;

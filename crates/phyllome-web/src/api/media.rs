@@ -46,7 +46,7 @@ pub struct MediaFile {
     os_name: Option<String>,
     /// For an ISO: whether it boots BIOS and UEFI.
     #[serde(skip_serializing_if = "Option::is_none")]
-    boot: Option<phyllome_engine::iso::Boot>,
+    boot: Option<phyllome_engine::media::iso::Boot>,
     /// For an ISO: a virtio-win driver disc (found by its content).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     virtio_win: bool,
@@ -76,16 +76,16 @@ fn media_kind(name: &str) -> &'static str {
 /// (path, size, mtime): an unknown ISO costs a pass over osinfo-db, and the
 /// create dialog lists media every time it opens. Bounded: the cache starts
 /// over past 256 files.
-fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> phyllome_engine::isodir::IsoFile {
+fn iso_facts(path: &Path, meta: &std::fs::Metadata) -> phyllome_engine::media::iso_dir::IsoFile {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
-    static CACHE: Mutex<Option<HashMap<Key, phyllome_engine::isodir::IsoFile>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<HashMap<Key, phyllome_engine::media::iso_dir::IsoFile>>> = Mutex::new(None);
     let key: Key = (path.to_path_buf(), meta.len(), meta.modified().ok());
     if let Some(hit) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return hit.clone();
     }
-    let facts = phyllome_engine::isodir::describe(path);
+    let facts = phyllome_engine::media::iso_dir::describe(path);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     if map.len() >= 256 {
@@ -139,7 +139,7 @@ pub(super) async fn list_media(State(app): State<Arc<App>>) -> ApiResult<Json<Me
 #[utoipa::path(put, operation_id = "uploadMedia", path = "/api/v1/media/{name}", tag = "host",
     params(("name" = String, Path, description = "The file name (made safe; must end in .iso)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = phyllome_engine::isodir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 201, body = phyllome_engine::media::iso_dir::Added), (status = 411, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub(super) async fn upload_media(
     State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
@@ -161,7 +161,7 @@ pub(super) async fn upload_media(
     let added = tokio::task::spawn_blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let never = std::sync::atomic::AtomicBool::new(false);
-        phyllome_engine::isodir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::progress::quiet)
+        phyllome_engine::media::iso_dir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::op::progress::quiet)
     })
     .await
     .map_err(|_| ApiError::internal("the upload's worker failed"))??;
@@ -178,7 +178,7 @@ pub(super) async fn delete_media(
 ) -> ApiResult<Json<serde_json::Value>> {
     who_did(&who, "remove medium", &name);
     let path =
-        blocking(&app, move |app, lv| Ok(phyllome_engine::isodir::remove(lv, &app.config.media_dir, &name)?)).await?;
+        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?)).await?;
     Ok(Json(serde_json::json!({ "removed": path })))
 }
 

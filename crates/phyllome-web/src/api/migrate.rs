@@ -12,7 +12,7 @@ use axum::http::header::{self, HeaderMap};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use phyllome_engine::hosts::LOCAL;
+use phyllome_engine::remotes::LOCAL;
 use phyllome_engine::vm::VmError;
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ fn migrate_request(
     lv: &Libvirt,
     name: &str,
     b: &MigrateBody,
-) -> Result<phyllome_engine::migrate::Request, ApiError> {
+) -> Result<phyllome_engine::migrate::MoveRequest, ApiError> {
     let uri = destination(app, &b.to)?;
     let live = match b.live {
         Some(l) => l,
@@ -58,7 +58,7 @@ fn migrate_request(
         }
     };
     // Phyllome's disks are volumes of each host's own pool: a move always copies the disk.
-    Ok(phyllome_engine::migrate::Request { to: uri, live, copy_storage: true })
+    Ok(phyllome_engine::migrate::MoveRequest { to: uri, live, copy_storage: true })
 }
 
 /// A configured host other than this one, by name (the browser never gives a URI).
@@ -146,7 +146,7 @@ pub struct CleanQuery {
 pub struct Cleaned {
     host: String,
     dry_run: bool,
-    moves: Vec<phyllome_engine::migrate::Settled>,
+    moves: Vec<phyllome_engine::op::moves::Settled>,
 }
 
 /// Settle the migrations of this host's VMs to host `name` that were cut short (`phyllome host clean NAME`): a

@@ -48,7 +48,7 @@ pub(super) async fn create_snapshot(
     JsonBody(b): JsonBody<SnapshotBody>,
 ) -> ApiResult<Response> {
     who_did(&who, "snapshot", &name);
-    let req = phyllome_engine::snapshot::Request {
+    let req = phyllome_engine::snapshot::SnapshotRequest {
         name: b.name,
         memory: b.memory.unwrap_or(false),
         description: b.description,

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use phyllome_engine::hosts::LOCAL;
+use phyllome_engine::remotes::LOCAL;
 use phyllome_engine::vm::{self, Created, Deleted, Details, VmError, VmSpec};
 use phyllome_model::build::Encryption;
 use phyllome_model::catalog::{self, Bus};
@@ -331,7 +331,7 @@ pub(super) async fn stop_vm(
     let host = h.name();
     who_did_on(&who, "stop", &name, &host);
     let a = blocking_on(&app, host.clone(), move |app, lv| {
-        let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::progress::quiet);
+        let r = vm::stop(lv, &name, timeout, force, &phyllome_engine::op::progress::quiet);
         app.inventory.refresh_on(&host, &name);
         let how = match r? {
             vm::Stopped::AlreadyOff => "already shut off",

@@ -3,7 +3,7 @@
 use super::Fallible;
 use clap::Args;
 use phyllome_engine::apply::{self, Action, Outcome, VmDiff};
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ fn load_and_plan(
     uri: &str,
     file: &std::path::Path,
     prune: bool,
-) -> Result<(Libvirt, apply::Plan), Box<dyn std::error::Error>> {
+) -> Result<(Libvirt, apply::Plan), phyllome_engine::errors::Failure> {
     let src = apply::load(file)?;
     let lv = Libvirt::connect(uri)?;
     let plan = apply::plan(&lv, &src, prune)?;

@@ -51,7 +51,7 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-fn passphrase(from_stdin: bool, confirm: bool) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+fn passphrase(from_stdin: bool, confirm: bool) -> Result<Vec<u8>, phyllome_engine::errors::Failure> {
     let prompt = if confirm { "Export passphrase (it opens the bundle): " } else { "Passphrase of the bundle: " };
     if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
@@ -207,7 +207,7 @@ pub fn import(uri: &str, a: ImportArgs) -> Fallible {
         println!("{}", serde_json::to_string_pretty(&imported)?);
         return Ok(());
     }
-    print!("{}", bundle::render_changes(&imported.source, &imported.here, &imported.changes));
+    print!("{}", phyllome_engine::retune::render_changes(&imported.source, &imported.here, &imported.changes));
     print!("{}", bundle::render_reach(&imported));
     if a.explain {
         println!("every choice on this host:");

@@ -2,7 +2,7 @@
 
 use super::Fallible;
 use clap::Args;
-use phyllome_engine::hostinfo;
+use phyllome_engine::host_facts;
 use phyllome_host::check::{self, Inputs, Report, Status};
 use phyllome_libvirt::Libvirt;
 use std::io::Write;
@@ -26,10 +26,10 @@ pub fn is_live_root(root: &Path) -> Result<bool, String> {
 
 /// What only the running host can answer: libvirtd, the KVM probe, free space, the user.
 pub fn run(uri: &str, args: CheckArgs) -> Fallible {
-    phyllome_engine::hostfiles::here_only_uri(uri, "phyllome check (it examines this machine)")?;
+    phyllome_engine::host_files::here_only_uri(uri, "phyllome check (it examines this machine)")?;
     let inputs = if is_live_root(&args.root)? {
         let lv = Libvirt::connect(uri).map_err(|e| e.message);
-        hostinfo::check_inputs(lv.as_ref().map_err(String::clone), uri)
+        host_facts::check_inputs(lv.as_ref().map_err(String::clone), uri)
     } else {
         let mut i = Inputs::recorded(&format!("--root {} is not the running host", args.root.display()));
         i.uri = uri.to_string();

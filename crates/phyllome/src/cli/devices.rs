@@ -146,7 +146,10 @@ pub fn pci_risks(dev: &PciDevice) -> Vec<String> {
 }
 
 pub fn attach(uri: &str, a: AttachArgs) -> Fallible {
-    phyllome_engine::hostfiles::here_only_uri(uri, "passing a device through (the device is checked on this machine)")?;
+    phyllome_engine::host_files::here_only_uri(
+        uri,
+        "passing a device through (the device is checked on this machine)",
+    )?;
     let dev = Hostdev::parse(&a.device)?;
     validate_name(&a.name)?;
     root_exists(&a.root)?;

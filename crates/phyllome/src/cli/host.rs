@@ -3,8 +3,8 @@
 
 use super::Fallible;
 use clap::Subcommand;
-use phyllome_engine::hostinfo;
-use phyllome_engine::hosts::{self, Host, Hosts};
+use phyllome_engine::host_facts;
+use phyllome_engine::remotes::{self, Remote, Remotes};
 use phyllome_engine::text::printable;
 use phyllome_libvirt::Libvirt;
 use serde_json::json;
@@ -75,19 +75,19 @@ pub enum HostCommand {
 }
 
 pub fn add(name: &str, uri: &str, no_check: bool, json: bool) -> Fallible {
-    let list = Hosts::open();
+    let list = Remotes::open();
     // Name, URI and duplicates are told before anything is connected to.
     list.check_add(name, uri)?;
     let versions = if no_check {
         None
     } else {
-        let unreachable = |why: String| hosts::HostsError::Unreachable {
+        let unreachable = |why: String| remotes::RemoteError::Unreachable {
             name: name.into(),
             uri: uri.into(),
             why: format!("{why} (nothing stored; --no-check stores it without connecting)"),
         };
-        let lv = hosts::connect(&Host { name: name.into(), uri: uri.into() }).map_err(|e| match e {
-            hosts::HostsError::Unreachable { why, .. } => unreachable(why),
+        let lv = remotes::connect(&Remote { name: name.into(), uri: uri.into() }).map_err(|e| match e {
+            remotes::RemoteError::Unreachable { why, .. } => unreachable(why),
             e => e,
         })?;
         Some(lv.versions().map_err(|e| unreachable(e.to_string()))?)
@@ -108,7 +108,7 @@ pub fn add(name: &str, uri: &str, no_check: bool, json: bool) -> Fallible {
 }
 
 pub fn remove(name: &str, json: bool) -> Fallible {
-    let host = Hosts::open().remove(name)?;
+    let host = Remotes::open().remove(name)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&json!({"name": host.name, "uri": host.uri}))?);
     } else {
@@ -118,11 +118,11 @@ pub fn remove(name: &str, json: bool) -> Fallible {
 }
 
 pub fn list(local_uri: &str, offline: bool, json: bool) -> Fallible {
-    let all = Hosts::open().all(local_uri)?;
-    let reached: Vec<Option<Result<(String, String), hosts::HostsError>>> = if offline {
+    let all = Remotes::open().all(local_uri)?;
+    let reached: Vec<Option<Result<(String, String), remotes::RemoteError>>> = if offline {
         all.iter().map(|_| None).collect()
     } else {
-        hosts::on_each(&all, hosts::REACH_WITHIN, |lv| lv.versions()).into_iter().map(|(_, r)| Some(r)).collect()
+        remotes::on_each(&all, remotes::REACH_WITHIN, |lv| lv.versions()).into_iter().map(|(_, r)| Some(r)).collect()
     };
     if json {
         let rows: Vec<_> = all
@@ -169,7 +169,7 @@ pub fn list(local_uri: &str, offline: bool, json: bool) -> Fallible {
 }
 
 pub fn clean(uri: &str, host: &str, dry_run: bool, json: bool) -> Fallible {
-    let to = if host.contains("://") { host.to_string() } else { Hosts::open().uri(host)? };
+    let to = if host.contains("://") { host.to_string() } else { Remotes::open().uri(host)? };
     let lv = Libvirt::connect(uri)?;
     let dst = phyllome_engine::migrate::connect(&to)?;
     let moves = phyllome_engine::migrate::clean(&lv, &dst, &to, dry_run);
@@ -200,7 +200,7 @@ pub fn clean(uri: &str, host: &str, dry_run: bool, json: bool) -> Fallible {
 pub fn facts(uri: &str, json: bool, record: Option<String>, via_libvirt: bool) -> Fallible {
     let lv = Libvirt::connect(uri)?;
     let (host, kvm_detail) =
-        if via_libvirt { (hostinfo::gather_remote(&lv)?, None) } else { hostinfo::gather(&lv, true)? };
+        if via_libvirt { (host_facts::gather_remote(&lv)?, None) } else { host_facts::gather(&lv, true)? };
     if let Some(dir) = record {
         std::fs::create_dir_all(&dir)?;
         let virttype = &host.caps.virt_type;

@@ -2,6 +2,7 @@
 
 use super::Fallible;
 use clap::{Args, Subcommand, ValueEnum};
+use phyllome_engine::errors::Failure;
 use phyllome_system::kickstart::{self, Bootloader, Edition, Recipe};
 use std::path::PathBuf;
 
@@ -77,7 +78,7 @@ pub fn kickstart(args: KickstartArgs) -> Fallible {
         phyllome_repo: args.phyllome_repo,
         disk: args.disk,
     };
-    let text = kickstart::render(&recipe)?;
+    let text = kickstart::render(&recipe).map_err(Failure::failed)?;
     match args.output {
         Some(path) => {
             std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -3,10 +3,10 @@
 use super::render::{byte_bar, human};
 use super::Fallible;
 use clap::Subcommand;
-use phyllome_engine::hostfiles::here_only_uri;
-use phyllome_engine::iso;
-use phyllome_engine::isodir;
-use phyllome_engine::progress::Progress;
+use phyllome_engine::host_files::here_only_uri;
+use phyllome_engine::media::iso;
+use phyllome_engine::media::iso_dir;
+use phyllome_engine::op::progress::Progress;
 use phyllome_engine::text::printable;
 use std::path::PathBuf;
 
@@ -20,7 +20,7 @@ pub enum IsoCommand {
     },
     /// The ISOs of the ISO folder, with the OS each holds.
     List {
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -31,7 +31,7 @@ pub enum IsoCommand {
         /// Its name in the folder (default: the file's name, made safe).
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -39,7 +39,7 @@ pub enum IsoCommand {
     /// Remove an ISO no VM uses from the ISO folder.
     Remove {
         name: String,
-        #[arg(long, value_name = "DIR", default_value = phyllome_engine::ISO_DIR)]
+        #[arg(long, value_name = "DIR", default_value = phyllome_engine::paths::ISO_DIR)]
         dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -49,7 +49,7 @@ pub enum IsoCommand {
 pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
     match cmd {
         IsoCommand::Inspect { file, json } => {
-            let info = isodir::inspect(&file)?;
+            let info = iso_dir::inspect(&file)?;
             let d = iso::detect(&info);
             if json {
                 let v = serde_json::json!({
@@ -76,7 +76,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
         }
         IsoCommand::List { dir, json } => {
             here_only_uri(uri, "the ISO folder (this machine's)")?;
-            let rows = isodir::list(&dir)?;
+            let rows = iso_dir::list(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -113,7 +113,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
                     bar.set_position(done);
                 }
             };
-            let r = isodir::add(&dir, &file, name.as_deref(), &report);
+            let r = iso_dir::add(&dir, &file, name.as_deref(), &report);
             bar.finish_and_clear();
             let a = r?;
             if json {
@@ -128,7 +128,7 @@ pub fn run(uri: &str, cmd: IsoCommand) -> Fallible {
             // Whether a VM uses it is asked of this machine's libvirt, whose VMs can.
             here_only_uri(uri, "the ISO folder (this machine's)")?;
             let lv = phyllome_libvirt::Libvirt::connect(uri)?;
-            let path = isodir::remove(&lv, &dir, &name)?;
+            let path = iso_dir::remove(&lv, &dir, &name)?;
             if json {
                 println!("{}", serde_json::json!({ "removed": path }));
             } else {

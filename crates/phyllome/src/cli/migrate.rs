@@ -3,7 +3,7 @@
 use super::render::{human, reporter, Steps};
 use super::Fallible;
 use clap::Args;
-use phyllome_engine::migrate::{self, Request};
+use phyllome_engine::migrate::{self, MoveRequest};
 use phyllome_engine::text::printable;
 use phyllome_libvirt::{Libvirt, State};
 
@@ -33,7 +33,7 @@ pub struct MigrateArgs {
 pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
     if !a.to.contains("://") {
         // A host's name: its URI from the list (an unknown name is a not-found error naming `host list`).
-        a.to = phyllome_engine::hosts::Hosts::open().uri(&a.to)?;
+        a.to = phyllome_engine::remotes::Remotes::open().uri(&a.to)?;
     }
     let lv = Libvirt::connect(uri)?;
     let live = if a.live || a.offline {
@@ -47,7 +47,7 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
             }
         })? != State::Shutoff
     };
-    let req = Request { to: a.to.clone(), live, copy_storage: a.copy_storage };
+    let req = MoveRequest { to: a.to.clone(), live, copy_storage: a.copy_storage };
     if a.dry_run {
         let dst = migrate::connect(&a.to)?;
         let c = migrate::check(&lv, &dst, &a.name, &req)?;
@@ -64,7 +64,7 @@ pub fn run(uri: &str, mut a: MigrateArgs) -> Fallible {
             );
         }
         if !c.ok {
-            return Err(Box::new(migrate::MigrateError::Refused { vm: a.name, to: a.to, why: c.failures() }));
+            return Err(migrate::MigrateError::Refused { vm: a.name, to: a.to, why: c.failures() }.into());
         }
         return Ok(());
     }

@@ -24,4 +24,4 @@ pub mod vm;
 pub mod volume;
 pub mod xml;
 
-pub type Fallible = Result<(), Box<dyn std::error::Error>>;
+pub type Fallible = Result<(), phyllome_engine::errors::Failure>;

@@ -2,7 +2,7 @@
 //! every command prints the same way: a spinner naming the step, byte counts
 //! on it or on a bar, notes as `phyllome: ...` lines, sizes the short way and dates in UTC.
 
-use phyllome_engine::progress::Progress;
+use phyllome_engine::op::progress::Progress;
 use std::cell::Cell;
 use std::io::IsTerminal;
 use std::time::Duration;

@@ -117,10 +117,10 @@ pub fn serve(uri: &str, a: ServeArgs) -> Fallible {
     config.stats_interval = Duration::from_millis(a.bench_stats_interval_ms.clamp(10, 60_000));
     config.vendor_dir = a.vendor_dir;
     // The other hosts of `phyllome host add`: their VMs are listed too (each host watched on its own connection).
-    config.hosts = phyllome_engine::hosts::Hosts::open()
+    config.hosts = phyllome_engine::remotes::Remotes::open()
         .all(uri)?
         .into_iter()
-        .filter(|h| h.name != phyllome_engine::hosts::LOCAL)
+        .filter(|h| h.name != phyllome_engine::remotes::LOCAL)
         .collect();
     let hosts: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
     let format = if a.log_format == "json" { web::LogFormat::Json } else { web::LogFormat::Text };

@@ -2,6 +2,7 @@
 //! every change first (`phyllome_system::setup` plans, `::apply` applies).
 
 use super::Fallible;
+use phyllome_engine::errors::Failure;
 use phyllome_libvirt::Libvirt;
 use phyllome_system::apply::{apply, run_command, Executor, Outcome};
 use phyllome_system::setup::{plan, Action, Options, PoolState, Step};
@@ -35,7 +36,7 @@ fn pool_state(uri: &str) -> PoolState {
 }
 
 pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
-    phyllome_engine::hostfiles::here_only_uri(uri, "host setup (it changes this machine)")?;
+    phyllome_engine::host_files::here_only_uri(uri, "host setup (it changes this machine)")?;
     let canon: PathBuf = root.canonicalize().map_err(|e| format!("--root {}: {e}", root.display()))?;
     if !canon.is_dir() {
         return Err(format!("--root {}: not a directory", root.display()).into());
@@ -50,10 +51,10 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
         root: canon.clone(),
         live,
         pool_name: phyllome_engine::POOL.into(),
-        pool_path: phyllome_engine::POOL_PATH.into(),
+        pool_path: phyllome_engine::paths::POOL_PATH.into(),
         pool_state: if live { pool_state(uri) } else { PoolState::Unknown("a --root tree".into()) },
     };
-    let plan = plan(&opts)?;
+    let plan = plan(&opts).map_err(Failure::failed)?;
     println!(
         "phyllome host setup on {}{}",
         if live { "this host".to_string() } else { canon.display().to_string() },
@@ -64,7 +65,7 @@ pub fn run(uri: &str, dry_run: bool, root: &Path) -> Fallible {
         return Ok(());
     }
     println!("\napplying:");
-    let outcomes = apply(&canon, live, &plan, &mut Live { uri })?;
+    let outcomes = apply(&canon, live, &plan, &mut Live { uri }).map_err(Failure::failed)?;
     let mut left = 0;
     for (i, (change, outcome)) in plan.changes.iter().zip(&outcomes).enumerate() {
         match outcome {

@@ -56,7 +56,7 @@ pub fn run(uri: &str, cmd: SnapshotCommand) -> Fallible {
     match cmd {
         SnapshotCommand::Create { vm, name, memory, description, json } => {
             let steps = Steps::new(&format!("snapshot of {vm}"));
-            let req = snapshot::Request { name, memory, description };
+            let req = snapshot::SnapshotRequest { name, memory, description };
             let s = snapshot::create(&lv, &vm, &req, &reporter(&steps))?;
             drop(steps);
             if json {

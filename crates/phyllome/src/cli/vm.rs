@@ -269,9 +269,9 @@ fn list(lv: &Libvirt, json: bool) -> Fallible {
 /// `hosts` entry with `reached: false` and its name in `unreachable`), not a failure: the exit is 0
 /// when at least one host answered, and the first host's error's code when none did.
 fn list_all_hosts(local_uri: &str, json: bool) -> Fallible {
-    use phyllome_engine::hosts::{self, Hosts};
-    let all = Hosts::open().all(local_uri)?;
-    let results = hosts::on_each(&all, hosts::REACH_WITHIN, vm::list);
+    use phyllome_engine::remotes::{self, Remotes};
+    let all = Remotes::open().all(local_uri)?;
+    let results = remotes::on_each(&all, remotes::REACH_WITHIN, vm::list);
     if results.iter().all(|(_, r)| r.is_err()) {
         // None answered: the first host's error is the command's, the others are warnings.
         let mut errors = results.into_iter().filter_map(|(_, r)| r.err());

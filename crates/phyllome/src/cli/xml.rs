@@ -159,7 +159,7 @@ pub fn run(uri: &str, a: XmlArgs) -> Fallible {
     if !spec.request.os.is_empty() && phyllome_engine::model::catalog::profile(&spec.request.os).is_none() {
         return Err(super::os::unknown_os(&spec.request.os).into());
     }
-    phyllome_engine::request::check_files(&spec.request)?;
+    phyllome_engine::media::files::check_files(&spec.request)?;
 
     let lv = Libvirt::connect(uri)?;
     let plan = vm::plan(&lv, &name, &spec)?;
@@ -188,7 +188,7 @@ pub fn run(uri: &str, a: XmlArgs) -> Fallible {
 fn next_boot(uri: &str, name: &str, explain: bool, json: bool) -> Fallible {
     use phyllome_engine::text::printable;
     let lv = Libvirt::connect(uri)?;
-    let n = phyllome_engine::tuned::next_boot(&lv, name)?;
+    let n = phyllome_engine::retune::next_boot(&lv, name)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&n)?);
         return Ok(());
@@ -197,7 +197,7 @@ fn next_boot(uri: &str, name: &str, explain: bool, json: bool) -> Fallible {
         print!("{}", n.xml);
         return Ok(());
     }
-    let host = |h: &phyllome_engine::bundle::SourceHost| {
+    let host = |h: &phyllome_engine::retune::SourceHost| {
         format!("{} ({} {}), libvirt {}, QEMU {}", h.virt_type, h.cpu_vendor, h.cpu_model, h.libvirt, h.qemu)
     };
     println!("{name} at its next cold boot on this host: {}", host(&n.here));

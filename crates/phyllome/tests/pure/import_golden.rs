@@ -5,8 +5,8 @@
 //! `HOST.err` when the host cannot run it (with the package to install).
 //! Regenerate on purpose with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome --test pure import_golden`.
 
-use phyllome_engine::bundle::{changes, plan_on, render_changes, request_for, SavedChoice};
 use phyllome_engine::manifest::Manifest;
+use phyllome_engine::retune::{changes, plan_on, render_changes, request_for, SavedChoice};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,13 +51,13 @@ fn one_bundle_is_retuned_for_every_recorded_host() {
         let spec = request_for(&m, 64 << 30, None);
         let exported: Vec<SavedChoice> =
             plan_on(&m.name, &spec, from, vec![]).unwrap().choices.iter().map(SavedChoice::from).collect();
-        let source = phyllome_engine::bundle::SourceHost::of(from);
+        let source = phyllome_engine::retune::SourceHost::of(from);
         let dir = root().join("fixtures/golden/import").join(os);
         for (host_name, host) in &hosts {
             let (files, got): (Vec<PathBuf>, Vec<String>) = match plan_on(&m.name, &spec, host, vec![]) {
                 Ok(plan) => {
                     let c = changes(&exported, &plan.choices);
-                    let mut explain = render_changes(&source, &phyllome_engine::bundle::SourceHost::of(host), &c);
+                    let mut explain = render_changes(&source, &phyllome_engine::retune::SourceHost::of(host), &c);
                     for w in &plan.warnings {
                         explain.push_str(&format!("warning: {w}\n"));
                     }

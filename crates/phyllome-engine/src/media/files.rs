@@ -1,21 +1,12 @@
-//! From user input to a model request, with the checks that need the host's
-//! file system (the model itself does no I/O).
+//! The host files a create request names, checked to be what they claim to be (with the
+//! checks that need the host's file system: the model itself does no I/O), and whether
+//! QEMU's user can read them.
 
-use crate::media::{self, Claim};
-use phyllome_model::build::{DiskRef, Encryption, Request};
+use crate::errors::{Classify, ErrorKind};
+use crate::media::magic::{self, Claim};
+use phyllome_model::build::Request;
 use phyllome_model::catalog::Family;
 use std::path::Path;
-
-/// The main disk of VM `name`: `NAME.qcow2` in `pool`.
-pub fn disk_ref(name: &str, pool: &str, pool_path: &str, encryption: Encryption) -> DiskRef {
-    let volume = format!("{name}.qcow2");
-    DiskRef {
-        pool: pool.to_string(),
-        path: format!("{}/{volume}", pool_path.trim_end_matches('/')),
-        volume,
-        encryption,
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FileError {
@@ -33,6 +24,16 @@ pub enum FileError {
     KernelInterface { what: &'static str, path: String },
     #[error("{what} {path:?} cannot be read by QEMU's user {user} ({why}); Phyllome does not change its owner or mode. Make it readable (e.g. chmod o+r, and o+x on its folders), or copy it into /var/lib/phyllome/isos")]
     NotReadableByQemu { what: &'static str, path: String, user: String, why: String },
+}
+
+impl Classify for FileError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FileError::Missing { .. } => ErrorKind::NotFound,
+            FileError::Unreadable { .. } | FileError::UnreadableDevice { .. } => ErrorKind::Failed,
+            _ => ErrorKind::InvalidInput,
+        }
+    }
 }
 
 /// Opens the file a request names and checks that it is what it claims to be.
@@ -64,15 +65,15 @@ fn check_file(what: &'static str, path: &str, claim: Claim) -> Result<(), FileEr
             err(e)
         }
     })?;
-    let mut head = Vec::with_capacity(media::HEAD);
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, media::HEAD as u64), &mut head).map_err(|e| {
+    let mut head = Vec::with_capacity(magic::HEAD);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, magic::HEAD as u64), &mut head).map_err(|e| {
         if block {
             FileError::UnreadableDevice { what, path: path.to_string(), err: e.to_string() }
         } else {
             err(e)
         }
     })?;
-    if !media::check(claim, &head) {
+    if !magic::check(claim, &head) {
         return Err(FileError::NotWhatItClaims { what, path: path.to_string(), expected: claim.expected() });
     }
     // Read-only installer media are given to QEMU as they are (libvirt is told not to
@@ -196,14 +197,6 @@ fn readable_by(path: &Path, user: &QemuUser) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disk_ref_joins_pool_path() {
-        let d = disk_ref("vm1", "phyllome", "/var/lib/x/", Encryption::Secret);
-        assert_eq!(d.volume, "vm1.qcow2");
-        assert_eq!(d.path, "/var/lib/x/vm1.qcow2");
-        assert_eq!(d.encryption, Encryption::Secret);
-    }
 
     #[test]
     fn missing_iso_is_named() {

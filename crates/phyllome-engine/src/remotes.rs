@@ -11,13 +11,12 @@
 //! The name `local` is this host's own connection (`--connect`, by default
 //! `qemu:///system`) and cannot be added.
 
+use crate::errors::Classify;
 use phyllome_libvirt::Libvirt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the list lives.
-pub const HOSTS_FILE: &str = "/var/lib/phyllome/hosts.toml";
 /// The name of this host's own connection.
 pub const LOCAL: &str = "local";
 /// How long [`on_each`] waits for one host (connection and work) before calling it unreachable.
@@ -27,19 +26,19 @@ pub const REACH_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Host {
+pub struct Remote {
     pub name: String,
     pub uri: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct HostsFile {
+struct RemotesFile {
     #[serde(default)]
-    host: Vec<Host>,
+    host: Vec<Remote>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HostsError {
+pub enum RemoteError {
     #[error(
         "{0:?} is not a host name: use 1 to 63 lowercase letters, digits and '-' (starting with a letter or digit)"
     )]
@@ -62,20 +61,20 @@ pub enum HostsError {
     OnHost { name: String, why: String },
 }
 
-impl HostsError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for RemoteError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         use crate::errors::ErrorKind;
         match self {
-            HostsError::BadName(_) | HostsError::Reserved(_) | HostsError::BadUri(_) => ErrorKind::InvalidInput,
-            HostsError::Unknown(_) => ErrorKind::NotFound,
-            HostsError::Exists(..) | HostsError::UriExists(..) => ErrorKind::Conflict,
-            HostsError::Unreachable { .. } => ErrorKind::Unavailable,
-            HostsError::File { .. } | HostsError::OnHost { .. } => ErrorKind::Failed,
+            RemoteError::BadName(_) | RemoteError::Reserved(_) | RemoteError::BadUri(_) => ErrorKind::InvalidInput,
+            RemoteError::Unknown(_) => ErrorKind::NotFound,
+            RemoteError::Exists(..) | RemoteError::UriExists(..) => ErrorKind::Conflict,
+            RemoteError::Unreachable { .. } => ErrorKind::Unavailable,
+            RemoteError::File { .. } | RemoteError::OnHost { .. } => ErrorKind::Failed,
         }
     }
 }
 
-type Result<T> = std::result::Result<T, HostsError>;
+type Result<T> = std::result::Result<T, RemoteError>;
 
 /// A host name: what a user types after `--host`, and what a list shows.
 pub fn check_name(name: &str) -> Result<()> {
@@ -84,10 +83,10 @@ pub fn check_name(name: &str) -> Result<()> {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.as_bytes()[0] != b'-';
     if !ok {
-        return Err(HostsError::BadName(name.into()));
+        return Err(RemoteError::BadName(name.into()));
     }
     if name == LOCAL {
-        return Err(HostsError::Reserved(name.into()));
+        return Err(RemoteError::Reserved(name.into()));
     }
     Ok(())
 }
@@ -95,9 +94,9 @@ pub fn check_name(name: &str) -> Result<()> {
 /// A libvirt URI of a QEMU driver: `qemu[+transport]://[user@]host[:port]/system|session[?…]`.
 /// Checked before it is stored, so a typo is told at `host add`, not at first use.
 pub fn check_uri(uri: &str) -> Result<()> {
-    let bad = |why: &str| Err(HostsError::BadUri(format!("{uri:?} is not a libvirt QEMU URI: {why}")));
+    let bad = |why: &str| Err(RemoteError::BadUri(format!("{uri:?} is not a libvirt QEMU URI: {why}")));
     if uri.len() > 1024 {
-        return Err(HostsError::BadUri("the URI is longer than 1024 bytes".into()));
+        return Err(RemoteError::BadUri("the URI is longer than 1024 bytes".into()));
     }
     if uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return bad("it holds spaces or control characters");
@@ -122,46 +121,42 @@ pub fn check_uri(uri: &str) -> Result<()> {
 
 /// The list of hosts, in its file.
 #[derive(Debug, Clone)]
-pub struct Hosts {
+pub struct Remotes {
     path: PathBuf,
 }
 
-impl Hosts {
+impl Remotes {
     /// The state directory's list (in the tests' own build, `PHYLLOME_TEST_HOSTS_FILE` if set,
     /// so tests never touch the host's real list).
-    pub fn open() -> Hosts {
-        #[cfg(feature = "test-hooks")]
-        if let Ok(p) = std::env::var("PHYLLOME_TEST_HOSTS_FILE") {
-            return Hosts::at(Path::new(&p));
-        }
-        Hosts::at(Path::new(HOSTS_FILE))
+    pub fn open() -> Remotes {
+        Remotes::at(&crate::paths::hosts_file())
     }
 
-    pub fn at(path: &Path) -> Hosts {
-        Hosts { path: path.to_path_buf() }
+    pub fn at(path: &Path) -> Remotes {
+        Remotes { path: path.to_path_buf() }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn err(&self, why: impl std::fmt::Display) -> HostsError {
-        HostsError::File { path: self.path.display().to_string(), why: why.to_string() }
+    fn err(&self, why: impl std::fmt::Display) -> RemoteError {
+        RemoteError::File { path: self.path.display().to_string(), why: why.to_string() }
     }
 
     /// The hosts, in the order they were added. No file: none.
-    pub fn list(&self) -> Result<Vec<Host>> {
+    pub fn list(&self) -> Result<Vec<Remote>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(self.err(e)),
         };
-        let file: HostsFile = toml::from_str(&text).map_err(|e| self.err(e.message()))?;
+        let file: RemotesFile = toml::from_str(&text).map_err(|e| self.err(e.message()))?;
         Ok(file.host)
     }
 
-    fn write(&self, hosts: &[Host]) -> Result<()> {
-        let text = toml::to_string(&HostsFile { host: hosts.to_vec() }).map_err(|e| self.err(e))?;
+    fn write(&self, hosts: &[Remote]) -> Result<()> {
+        let text = toml::to_string(&RemotesFile { host: hosts.to_vec() }).map_err(|e| self.err(e))?;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         }
@@ -174,39 +169,39 @@ impl Hosts {
         })
     }
 
-    /// What [`Hosts::add`] would refuse, without adding (so a front end can tell it before
+    /// What [`Remotes::add`] would refuse, without adding (so a front end can tell it before
     /// connecting to the URI): a bad name or URI, a name or URI there already.
     pub fn check_add(&self, name: &str, uri: &str) -> Result<()> {
         self.checked(name, uri).map(drop)
     }
 
-    fn checked(&self, name: &str, uri: &str) -> Result<Vec<Host>> {
+    fn checked(&self, name: &str, uri: &str) -> Result<Vec<Remote>> {
         check_name(name)?;
         check_uri(uri)?;
         let hosts = self.list()?;
         if let Some(h) = hosts.iter().find(|h| h.name == name) {
-            return Err(HostsError::Exists(name.into(), h.uri.clone()));
+            return Err(RemoteError::Exists(name.into(), h.uri.clone()));
         }
         if let Some(h) = hosts.iter().find(|h| h.uri == uri) {
-            return Err(HostsError::UriExists(uri.into(), h.name.clone()));
+            return Err(RemoteError::UriExists(uri.into(), h.name.clone()));
         }
         Ok(hosts)
     }
 
     /// Adds a host. Its name and URI are checked; neither may be there already.
-    pub fn add(&self, name: &str, uri: &str) -> Result<Host> {
+    pub fn add(&self, name: &str, uri: &str) -> Result<Remote> {
         let mut hosts = self.checked(name, uri)?;
-        let host = Host { name: name.into(), uri: uri.into() };
+        let host = Remote { name: name.into(), uri: uri.into() };
         hosts.push(host.clone());
         self.write(&hosts)?;
         Ok(host)
     }
 
     /// Removes a host from the list (nothing on the host itself changes).
-    pub fn remove(&self, name: &str) -> Result<Host> {
+    pub fn remove(&self, name: &str) -> Result<Remote> {
         let mut hosts = self.list()?;
         let Some(i) = hosts.iter().position(|h| h.name == name) else {
-            return Err(HostsError::Unknown(name.into()));
+            return Err(RemoteError::Unknown(name.into()));
         };
         let host = hosts.remove(i);
         self.write(&hosts)?;
@@ -215,7 +210,11 @@ impl Hosts {
 
     /// The URI of a host by name.
     pub fn uri(&self, name: &str) -> Result<String> {
-        self.list()?.into_iter().find(|h| h.name == name).map(|h| h.uri).ok_or_else(|| HostsError::Unknown(name.into()))
+        self.list()?
+            .into_iter()
+            .find(|h| h.name == name)
+            .map(|h| h.uri)
+            .ok_or_else(|| RemoteError::Unknown(name.into()))
     }
 
     /// The name a URI was added under, if any (for messages: a host's name says more than its URI).
@@ -225,16 +224,16 @@ impl Hosts {
 
     /// Every host to show in one list: this host's own connection first (as `local`),
     /// then the added ones (one whose URI is the local one is not repeated).
-    pub fn all(&self, local_uri: &str) -> Result<Vec<Host>> {
-        let mut all = vec![Host { name: LOCAL.into(), uri: local_uri.into() }];
+    pub fn all(&self, local_uri: &str) -> Result<Vec<Remote>> {
+        let mut all = vec![Remote { name: LOCAL.into(), uri: local_uri.into() }];
         all.extend(self.list()?.into_iter().filter(|h| h.uri != local_uri));
         Ok(all)
     }
 }
 
 /// Connects to a host (no time bound: an ssh URI may ask for a password on the terminal).
-/// Any failure is [`HostsError::Unreachable`].
-pub fn connect(host: &Host) -> Result<Libvirt> {
+/// Any failure is [`RemoteError::Unreachable`].
+pub fn connect(host: &Remote) -> Result<Libvirt> {
     // libvirt's own words (the URI is in the error already).
     Libvirt::connect(&host.uri).map_err(|e| unreachable(host, e.message))
 }
@@ -251,16 +250,16 @@ pub fn connect_within(uri: &str, within: Duration) -> std::result::Result<Libvir
     rx.recv_timeout(within).unwrap_or_else(|_| Err(format!("no answer within {} s", within.as_secs())))
 }
 
-fn unreachable(host: &Host, why: impl std::fmt::Display) -> HostsError {
-    HostsError::Unreachable { name: host.name.clone(), uri: host.uri.clone(), why: why.to_string() }
+fn unreachable(host: &Remote, why: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Unreachable { name: host.name.clone(), uri: host.uri.clone(), why: why.to_string() }
 }
 
 /// `f` on every host at once, each host's connection and work bounded by `within`: one host that
 /// does not answer (or fails) does not hold back or fail the others. Results come in the hosts'
-/// order: [`HostsError::Unreachable`] when the host could not be connected to in time,
-/// [`HostsError::OnHost`] when `f` failed there. A host that never answers leaves its thread
+/// order: [`RemoteError::Unreachable`] when the host could not be connected to in time,
+/// [`RemoteError::OnHost`] when `f` failed there. A host that never answers leaves its thread
 /// waiting in libvirt; it ends with the process.
-pub fn on_each<T, E, F>(hosts: &[Host], within: Duration, f: F) -> Vec<(Host, Result<T>)>
+pub fn on_each<T, E, F>(hosts: &[Remote], within: Duration, f: F) -> Vec<(Remote, Result<T>)>
 where
     T: Send + 'static,
     E: std::fmt::Display,
@@ -272,7 +271,7 @@ where
         let (f, tx, host) = (f.clone(), tx.clone(), host.clone());
         std::thread::spawn(move || {
             let r = connect(&host)
-                .and_then(|lv| f(&lv).map_err(|e| HostsError::OnHost { name: host.name.clone(), why: e.to_string() }));
+                .and_then(|lv| f(&lv).map_err(|e| RemoteError::OnHost { name: host.name.clone(), why: e.to_string() }));
             let _ = tx.send((i, r));
         });
     }
@@ -294,13 +293,13 @@ where
 mod tests {
     use super::*;
 
-    fn temp() -> (PathBuf, Hosts) {
+    fn temp() -> (PathBuf, Remotes) {
         let dir = std::env::temp_dir().join(format!(
             "phyllome-test-hosts-{}-{}",
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
-        let h = Hosts::at(&dir.join("hosts.toml"));
+        let h = Remotes::at(&dir.join("hosts.toml"));
         (dir, h)
     }
 
@@ -313,11 +312,11 @@ mod tests {
         let names: Vec<_> = h.list().unwrap().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["b", "a"], "the order they were added");
         assert_eq!(h.uri("a").unwrap(), "qemu+unix:///system?socket=/run/x/libvirt-sock");
-        assert!(matches!(h.add("a", "qemu+tls://other/system"), Err(HostsError::Exists(..))));
-        assert!(matches!(h.add("c", "qemu+ssh://root@b.example/system"), Err(HostsError::UriExists(..))));
+        assert!(matches!(h.add("a", "qemu+tls://other/system"), Err(RemoteError::Exists(..))));
+        assert!(matches!(h.add("c", "qemu+ssh://root@b.example/system"), Err(RemoteError::UriExists(..))));
         assert_eq!(h.remove("b").unwrap().name, "b");
-        assert!(matches!(h.remove("b"), Err(HostsError::Unknown(_))));
-        assert!(matches!(h.uri("b"), Err(HostsError::Unknown(_))));
+        assert!(matches!(h.remove("b"), Err(RemoteError::Unknown(_))));
+        assert!(matches!(h.uri("b"), Err(RemoteError::Unknown(_))));
         let all: Vec<_> = h.all("qemu:///system").unwrap().into_iter().map(|h| h.name).collect();
         assert_eq!(all, ["local", "a"]);
         // No temporary file stays beside it.
@@ -331,9 +330,9 @@ mod tests {
             check_name(good).unwrap();
         }
         for bad in ["", "-a", "A", "a b", "a/b", "ä", &"x".repeat(64)] {
-            assert!(matches!(check_name(bad), Err(HostsError::BadName(_))), "{bad:?}");
+            assert!(matches!(check_name(bad), Err(RemoteError::BadName(_))), "{bad:?}");
         }
-        assert!(matches!(check_name("local"), Err(HostsError::Reserved(_))));
+        assert!(matches!(check_name("local"), Err(RemoteError::Reserved(_))));
     }
 
     #[test]
@@ -356,13 +355,13 @@ mod tests {
             "qemu+ssh://h/system x",
             "qemu+ssh://h/system\n",
         ] {
-            assert!(matches!(check_uri(bad), Err(HostsError::BadUri(_))), "{bad:?}");
+            assert!(matches!(check_uri(bad), Err(RemoteError::BadUri(_))), "{bad:?}");
         }
     }
 
     #[test]
     fn a_dead_host_is_unreachable_at_once_and_in_order() {
-        let dead = |n: &str| Host {
+        let dead = |n: &str| Remote {
             name: n.into(),
             uri: format!("qemu+unix:///system?socket=/nonexistent/phyllome-test-{n}/libvirt-sock"),
         };
@@ -374,7 +373,7 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         for (_, r) in got {
             let e = r.unwrap_err();
-            assert!(matches!(e, HostsError::Unreachable { .. }), "{e}");
+            assert!(matches!(e, RemoteError::Unreachable { .. }), "{e}");
             assert_eq!(e.kind(), crate::errors::ErrorKind::Unavailable);
         }
     }

@@ -12,11 +12,60 @@
 //! libvirt by the volume key libvirt gave it (for a directory pool, its path), and
 //! it is removed only while that key is still there.
 
-use crate::journal::FileId;
-use crate::vm::VmError;
 use phyllome_libvirt::{Libvirt, Perms};
+use serde::{Deserialize, Serialize};
 use std::io::{Error, ErrorKind, Result, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// A file by identity: its path, and the device and inode it had when made on this
+/// machine, or the volume key libvirt gave it when it was made on another host through
+/// its libvirt. Crash records name files this way, so recovery never acts on a name alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl FileId {
+    /// The identity of the file now at `path` on this machine.
+    pub fn of(path: &str) -> Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(FileId { path: path.to_string(), dev: m.dev(), ino: m.ino(), key: None })
+    }
+
+    /// A file made on another host through its libvirt, known there by its volume key.
+    pub fn through(path: &str, key: &str) -> FileId {
+        FileId { path: path.to_string(), dev: 0, ino: 0, key: Some(key.to_string()) }
+    }
+
+    /// A file about to be made here, known by its path until it exists.
+    pub fn planned(path: &str) -> FileId {
+        FileId { path: path.to_string(), dev: 0, ino: 0, key: None }
+    }
+
+    /// Whether the file at the path on this machine is still the one recorded (not replaced, not gone).
+    pub fn still_there(&self) -> bool {
+        self.key.is_none() && FileId::of(&self.path).is_ok_and(|now| now == *self)
+    }
+}
+
+/// A command that needs the files of the machine it runs on, aimed at another host.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: not over a connection to another host ({uri}), whose files Phyllome reaches through its libvirt only; run phyllome on that host")]
+pub struct NotHere {
+    pub what: String,
+    pub uri: String,
+}
+
+impl crate::errors::Classify for NotHere {
+    fn kind(&self) -> crate::errors::ErrorKind {
+        crate::errors::ErrorKind::Unsupported
+    }
+}
 
 /// Who owns a file made on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,20 +341,20 @@ fn write_new_here(
 
 /// Refuses `what` when `lv` reaches another host: it needs that host's files directly
 /// (copies of disk images, TPM state, a folder to share...), which its libvirt does not give.
-pub fn here_only(lv: &Libvirt, what: &str) -> crate::vm::Result<()> {
+pub fn here_only(lv: &Libvirt, what: &str) -> std::result::Result<(), NotHere> {
     if lv.is_local() {
         Ok(())
     } else {
-        Err(VmError::NotHere { what: what.to_string(), uri: lv.uri() })
+        Err(NotHere { what: what.to_string(), uri: lv.uri() })
     }
 }
 
 /// [`here_only`] for a command that works on this machine alone, before it connects.
-pub fn here_only_uri(uri: &str, what: &str) -> crate::vm::Result<()> {
+pub fn here_only_uri(uri: &str, what: &str) -> std::result::Result<(), NotHere> {
     if phyllome_libvirt::uri_is_local(uri) {
         Ok(())
     } else {
-        Err(VmError::NotHere { what: what.to_string(), uri: uri.to_string() })
+        Err(NotHere { what: what.to_string(), uri: uri.to_string() })
     }
 }
 
@@ -342,6 +391,23 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_known_by_its_inode_not_its_name() {
+        let p = std::env::temp_dir().join(format!("phyllome-fileid-{}", std::process::id()));
+        let path = p.to_str().unwrap();
+        std::fs::write(&p, "a").unwrap();
+        let id = FileId::of(path).unwrap();
+        assert!(id.still_there());
+        // Replaced by another file of the same name (made while the first still
+        // existed, so with another inode): no longer ours.
+        let other = std::env::temp_dir().join(format!("phyllome-fileid-other-{}", std::process::id()));
+        std::fs::write(&other, "b").unwrap();
+        std::fs::rename(&other, &p).unwrap();
+        assert!(!id.still_there());
+        std::fs::remove_file(&p).unwrap();
+        assert!(!id.still_there());
+    }
 
     #[test]
     fn a_file_is_written_whole_or_not_at_all_and_never_over_another() {

@@ -9,78 +9,19 @@
 //! its recovery record in it (snapshots do: what is paused, saved, staged).
 //!
 //! A lock whose process is gone (kill -9, power loss: another boot) is
-//! recovered by the next command (`vm::recover`): its record, if any, is undone
+//! recovered by the next command (`op::recover`): its record, if any, is undone
 //! first, then the lock goes. One thread may take the lock of a VM it already
 //! holds (a revert that starts the VM, a migration that deletes its source):
 //! that inner take is a no-op.
 
-use crate::journal::{boot_id, phyllome_alive, same_connection};
+use super::record::{self, Made, Record};
+use crate::errors::Classify;
+use crate::paths::LOCK_DIR;
 use phyllome_libvirt::Libvirt;
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The locks, one file per VM (by UUID).
-pub const LOCK_DIR: &str = "/var/lib/phyllome/operations";
-
-/// What holds a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Operation {
-    SnapshotCreate,
-    SnapshotRevert,
-    SnapshotDelete,
-    Clone,
-    Export,
-    Migrate,
-    Delete,
-    Start,
-}
-
-impl Operation {
-    /// What the VM is undergoing, after "is being".
-    pub fn doing(self) -> &'static str {
-        match self {
-            Operation::SnapshotCreate => "snapshotted",
-            Operation::SnapshotRevert => "reverted to a snapshot",
-            Operation::SnapshotDelete => "relieved of a snapshot",
-            Operation::Clone => "cloned",
-            Operation::Export => "exported",
-            Operation::Migrate => "migrated",
-            Operation::Delete => "deleted",
-            Operation::Start => "started",
-        }
-    }
-
-    pub fn is_snapshot(self) -> bool {
-        matches!(self, Operation::SnapshotCreate | Operation::SnapshotRevert | Operation::SnapshotDelete)
-    }
-}
-
-/// A lock's content.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Holder {
-    pub vm: String,
-    pub vm_uuid: String,
-    pub op: Operation,
-    pub pid: u32,
-    pub boot_id: String,
-    /// The libvirt connection it works through.
-    pub uri: Option<String>,
-    /// Seconds since the epoch.
-    pub since: u64,
-    /// What the operation records for its recovery (a snapshot operation's pending state).
-    #[serde(default)]
-    pub record: Option<serde_json::Value>,
-}
-
-impl Holder {
-    /// Whether its process is gone (dead, or of another boot).
-    pub fn is_dead(&self) -> bool {
-        self.boot_id != boot_id() || !phyllome_alive(self.pid)
-    }
-}
+use super::record::Operation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -93,13 +34,19 @@ pub enum LockError {
     Unrecovered { vm: String, op: Operation, uri: String },
     #[error("the operation lock of {vm} ({path}): {why}")]
     Io { vm: String, path: String, why: String },
+    #[error("no VM named {0:?}")]
+    NoSuchVm(String),
+    #[error(transparent)]
+    Libvirt(#[from] phyllome_libvirt::Error),
 }
 
-impl LockError {
-    pub fn kind(&self) -> crate::errors::ErrorKind {
+impl Classify for LockError {
+    fn kind(&self) -> crate::errors::ErrorKind {
         match self {
             LockError::Busy { .. } | LockError::Unrecovered { .. } => crate::errors::ErrorKind::Conflict,
             LockError::Io { .. } => crate::errors::ErrorKind::Failed,
+            LockError::NoSuchVm(_) => crate::errors::ErrorKind::NotFound,
+            LockError::Libvirt(e) => e.kind(),
         }
     }
 }
@@ -115,64 +62,45 @@ thread_local! {
 #[derive(Debug)]
 pub struct Lock {
     path: PathBuf,
-    holder: Holder,
+    holder: Record,
     /// Taken again by a thread that held it already: touches nothing.
     nested: bool,
     done: bool,
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    /// It keeps a record of what the operation made: left in place when dropped.
+    keeps: bool,
 }
 
 fn path_of(uuid: &str) -> PathBuf {
     Path::new(LOCK_DIR).join(format!("{uuid}.json"))
 }
 
-fn read(path: &Path) -> Option<Holder> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+fn read(path: &Path) -> Option<Record> {
+    Record::read(path)
 }
 
 /// Takes the lock of VM `name` (looked up by name; its UUID names the lock) for `op`.
-pub fn take(lv: &Libvirt, name: &str, op: Operation) -> Result<Lock, crate::vm::VmError> {
-    let uuid =
-        lv.uuid(name).map_err(
-            |e| {
-                if e.is_no_domain() {
-                    crate::vm::VmError::NoSuchVm(name.into())
-                } else {
-                    e.into()
-                }
-            },
-        )?;
-    Ok(take_uuid(lv, name, &uuid, op)?)
+pub fn take(lv: &Libvirt, name: &str, op: Operation) -> Result<Lock, LockError> {
+    let uuid = lv.uuid(name).map_err(|e| if e.is_no_domain() { LockError::NoSuchVm(name.into()) } else { e.into() })?;
+    take_uuid(lv, name, &uuid, op)
 }
 
 /// Takes the lock of the VM with this UUID for `op`.
 pub fn take_uuid(lv: &Libvirt, name: &str, uuid: &str, op: Operation) -> Result<Lock, LockError> {
     let path = path_of(uuid);
-    let holder = Holder {
-        vm: name.into(),
-        vm_uuid: uuid.into(),
-        op,
-        pid: std::process::id(),
-        boot_id: boot_id(),
-        uri: Some(lv.uri()),
-        since: now(),
-        record: None,
-    };
+    let holder = Record { vm_uuid: Some(uuid.into()), ..Record::new(lv, op, name) };
     if HELD.with(|h| h.borrow().iter().any(|u| u == uuid)) {
-        return Ok(Lock { path, holder, nested: true, done: false });
+        return Ok(Lock { path, holder, nested: true, done: false, keeps: false });
     }
     let ioe = |p: &Path, e: std::io::Error| LockError::Io {
         vm: name.into(),
         path: p.display().to_string(),
         why: e.to_string(),
     };
-    std::fs::create_dir_all(LOCK_DIR).map_err(|e| ioe(Path::new(LOCK_DIR), e))?;
+    crate::paths::make(LOCK_DIR).map_err(|e| ioe(Path::new(LOCK_DIR), e))?;
     // Written whole under a name of this process, then linked into place: exclusive, never half written.
     let tmp = Path::new(LOCK_DIR).join(format!(".{uuid}.{}.tmp", std::process::id()));
-    write_new(&tmp, &holder).map_err(|e| ioe(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    record::write_new(&tmp, &holder).map_err(|e| ioe(&tmp, e))?;
     let mut tries = 0;
     let taken = loop {
         tries += 1;
@@ -188,10 +116,10 @@ pub fn take_uuid(lv: &Libvirt, name: &str, uuid: &str, op: Operation) -> Result<
                         vm: name.into(),
                         op: other.op,
                         pid: other.pid,
-                        secs: now().saturating_sub(other.since),
+                        secs: record::now().saturating_sub(other.since),
                     });
                 }
-                if other.record.is_some() {
+                if !other.made.is_empty() {
                     // A dead operation's record is undone by recovery through its own connection first.
                     break Err(LockError::Unrecovered {
                         vm: name.into(),
@@ -207,21 +135,12 @@ pub fn take_uuid(lv: &Libvirt, name: &str, uuid: &str, op: Operation) -> Result<
     let _ = std::fs::remove_file(&tmp);
     taken?;
     HELD.with(|h| h.borrow_mut().push(uuid.to_string()));
-    Ok(Lock { path, holder, nested: false, done: false })
-}
-
-fn write_new(path: &Path, holder: &Holder) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(&serde_json::to_vec(holder).expect("serializable"))?;
-    f.sync_all()
+    Ok(Lock { path, holder, nested: false, done: false, keeps: false })
 }
 
 /// Removes a dead holder's lock, only while it is still that holder's: it is
 /// renamed aside first, and put back if another process replaced it meanwhile.
-fn remove_dead(path: &Path, dead: &Holder) {
+fn remove_dead(path: &Path, dead: &Record) {
     let aside = path.with_extension(format!("dead.{}", std::process::id()));
     if std::fs::rename(path, &aside).is_err() {
         return;
@@ -233,19 +152,19 @@ fn remove_dead(path: &Path, dead: &Holder) {
 }
 
 impl Lock {
-    pub fn holder(&self) -> &Holder {
+    pub fn holder(&self) -> &Record {
         &self.holder
     }
 
-    /// Keeps `record` in the lock (atomically: a crash leaves the old or the new one).
-    pub fn record<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
+    /// Keeps what the operation made or changed in the lock (atomically: a crash leaves
+    /// the old or the new one). A lock that keeps something stays until it is undone.
+    pub fn record(&mut self, made: &Made) -> std::io::Result<()> {
         if self.nested {
             return Ok(());
         }
-        self.holder.record = Some(serde_json::to_value(record).expect("serializable"));
-        let tmp = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
-        write_new(&tmp, &self.holder)?;
-        std::fs::rename(&tmp, &self.path)
+        self.holder.made = made.clone();
+        self.keeps = true;
+        record::write(&self.path, &self.holder)
     }
 
     /// Done: the VM is free again.
@@ -262,63 +181,43 @@ impl Lock {
         if read(&self.path).is_some_and(|h| h.pid == self.holder.pid && h.since == self.holder.since) {
             let _ = std::fs::remove_file(&self.path);
         }
-        HELD.with(|h| h.borrow_mut().retain(|u| *u != self.holder.vm_uuid));
+        HELD.with(|h| h.borrow_mut().retain(|u| Some(u) != self.holder.vm_uuid.as_ref()));
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if self.holder.record.is_none() {
+        if !self.keeps {
             self.free();
         } else {
-            HELD.with(|h| h.borrow_mut().retain(|u| *u != self.holder.vm_uuid));
+            HELD.with(|h| h.borrow_mut().retain(|u| Some(u) != self.holder.vm_uuid.as_ref()));
         }
     }
 }
 
 /// Refuses when another live operation holds the VM (for commands that would
 /// break one, such as stop or pause, without holding the VM themselves).
-pub fn check(lv: &Libvirt, name: &str) -> Result<(), crate::vm::VmError> {
+pub fn check(lv: &Libvirt, name: &str) -> Result<(), LockError> {
     let Ok(uuid) = lv.uuid(name) else { return Ok(()) };
     if HELD.with(|h| h.borrow().contains(&uuid)) {
         return Ok(());
     }
     match read(&path_of(&uuid)) {
         Some(h) if !h.is_dead() => {
-            Err(LockError::Busy { vm: name.into(), op: h.op, pid: h.pid, secs: now().saturating_sub(h.since) }.into())
+            Err(LockError::Busy { vm: name.into(), op: h.op, pid: h.pid, secs: record::now().saturating_sub(h.since) })
         }
         _ => Ok(()),
     }
 }
 
 /// Every lock there is, with its file.
-pub fn all() -> Vec<(PathBuf, Holder)> {
-    let Ok(rd) = std::fs::read_dir(LOCK_DIR) else { return vec![] };
-    rd.flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| read(&p).map(|h| (p, h)))
-        .collect()
+pub fn all() -> Vec<(PathBuf, Record)> {
+    record::all_in(Path::new(LOCK_DIR))
 }
 
-/// Recovers the locks of dead processes made through `lv`'s connection:
-/// `undo` finishes what a record says (true: done), then the lock goes; a
-/// lock whose record is not done yet stays for the next command. Returns the VMs.
-pub fn recover(lv: &Libvirt, undo: &dyn Fn(&Holder) -> bool) -> Vec<String> {
-    let mut done = vec![];
-    for (path, h) in all() {
-        // A record is undone through the connection that made it; a bare lock of the dead just goes.
-        let ours = h.record.is_none() || same_connection(h.uri.as_deref(), lv);
-        if !h.is_dead() || h.pid == std::process::id() || !ours {
-            continue;
-        }
-        if h.record.is_some() && !undo(&h) {
-            continue;
-        }
-        remove_dead(&path, &h);
-        done.push(h.vm);
-    }
-    done
+/// Removes the lock `path` of the dead holder `h`, once what it keeps is undone.
+pub(crate) fn remove(path: &Path, h: &Record) {
+    remove_dead(path, h);
 }
 
 #[cfg(test)]
@@ -339,21 +238,11 @@ mod tests {
     }
 
     #[test]
-    fn holders_read_back_and_the_dead_are_known() {
-        let h = Holder {
-            vm: "a".into(),
-            vm_uuid: "u".into(),
-            op: Operation::SnapshotRevert,
-            pid: u32::MAX,
-            boot_id: boot_id(),
-            uri: None,
-            since: 1,
-            record: Some(serde_json::json!({"staged": []})),
-        };
-        let text = serde_json::to_string(&h).unwrap();
+    fn a_lock_keeping_a_snapshots_state_reads_back() {
+        let mut h = Record::new_local(Operation::SnapshotRevert, "a");
+        h.made.staged.push(crate::host_files::FileId::planned("/x"));
+        let text = String::from_utf8(h.to_json()).unwrap();
         assert!(text.contains("\"op\":\"snapshot-revert\""), "{text}");
-        assert_eq!(serde_json::from_str::<Holder>(&text).unwrap(), h);
-        assert!(h.is_dead(), "no phyllome has pid u32::MAX");
-        assert!(Holder { boot_id: "another boot".into(), ..h }.is_dead());
+        assert_eq!(Record::parse(text.as_bytes()).unwrap(), h);
     }
 }

@@ -3,15 +3,15 @@
 //! OS it holds. A copy lands whole or not at all: it is written beside its
 //! final name, hashed as it goes, and renamed only once complete.
 
-use crate::iso::{self, Boot};
-use crate::progress::{Progress, Report};
+use crate::errors::{Classify, ErrorKind};
+use crate::media::iso::{self, Boot};
+use crate::op::progress::{Progress, Report};
 use phyllome_libvirt::Libvirt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IsoDirError {
@@ -41,6 +41,20 @@ pub enum IsoDirError {
     Io(String, std::io::Error),
     #[error(transparent)]
     Libvirt(#[from] phyllome_libvirt::Error),
+}
+
+impl Classify for IsoDirError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            IsoDirError::BadName(_) | IsoDirError::NotIso(..) => ErrorKind::InvalidInput,
+            IsoDirError::NoSpace { .. } | IsoDirError::Full { .. } => ErrorKind::NoSpace,
+            IsoDirError::Exists(_) | IsoDirError::InUse { .. } => ErrorKind::Conflict,
+            IsoDirError::Missing(_) | IsoDirError::NoFile(_) => ErrorKind::NotFound,
+            IsoDirError::Interrupted => ErrorKind::Interrupted,
+            IsoDirError::Libvirt(e) => e.kind(),
+            IsoDirError::Io(..) => ErrorKind::Failed,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, IsoDirError>;
@@ -335,17 +349,9 @@ pub fn add(dir: &Path, file: &Path, name: Option<&str>, progress: Report<'_>) ->
     }
     let name =
         name.map(str::to_string).unwrap_or_else(|| file.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
-        .iter()
-        .filter_map(|s| signal_hook::flag::register(*s, Arc::clone(&interrupted)).ok())
-        .collect();
+    let op = crate::op::Op::begin();
     let mut f = std::fs::File::open(file).map_err(io)?;
-    let r = receive(dir, &name, Some(meta.len()), &mut f, &interrupted, progress);
-    for h in hooks {
-        signal_hook::low_level::unregister(h);
-    }
-    r
+    receive(dir, &name, Some(meta.len()), &mut f, op.flag(), progress)
 }
 
 /// `phyllome iso remove NAME`: removes an ISO no VM uses.
@@ -374,7 +380,7 @@ pub fn remove(lv: &Libvirt, dir: &Path, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::quiet;
+    use crate::op::progress::quiet;
 
     #[test]
     fn names_are_made_safe_and_stay_in_the_folder() {
@@ -397,7 +403,7 @@ mod tests {
     #[test]
     fn a_copy_lands_whole_with_its_hash_or_not_at_all() {
         let d = dir("copy");
-        let img = crate::iso::tests::image("Debian 12.8.0 amd64 n", "", "", None, &[]);
+        let img = crate::media::iso::tests::image("Debian 12.8.0 amd64 n", "", "", None, &[]);
         let seen = std::cell::Cell::new(0u64);
         let r = receive(&d, "deb.iso", Some(img.len() as u64), &mut &img[..], &AtomicBool::new(false), &|p| {
             if let Progress::Bytes { done, .. } = p {
@@ -440,7 +446,7 @@ mod tests {
         assert!(*held >= 200 && *spare == 64, "{e}");
         let text = e.to_string();
         assert!(text.contains("64 MiB") && text.contains("spare") && text.contains("under way"), "{text}");
-        assert_eq!(crate::errors::classify(&e), crate::errors::ErrorKind::NoSpace);
+        assert_eq!(e.kind(), crate::errors::ErrorKind::NoSpace);
         // What a copy wrote is in free space already: it holds only the rest.
         assert!(Reservation::take(&d, "c.iso", 30 * MIB, || Ok(free - 100 * MIB)).is_err());
         a.wrote(100 * MIB);

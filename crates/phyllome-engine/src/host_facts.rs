@@ -2,6 +2,7 @@
 //! libvirt's versions, host and domain capabilities, swtpm and virtiofsd (the
 //! capability record, [`phyllome_model::capability`]), and the KVM probe.
 
+use crate::errors::{Classify, ErrorKind};
 use phyllome_host::{kvm, parse_domcaps, platform, read_facts};
 use phyllome_libvirt::Libvirt;
 use phyllome_model::host::KvmState;
@@ -14,6 +15,29 @@ pub enum HostError {
     Libvirt(#[from] phyllome_libvirt::Error),
     #[error("cannot read libvirt's domain capabilities: {0}")]
     Domcaps(#[from] phyllome_host::domcaps::DomcapsError),
+}
+
+impl Classify for HostError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HostError::Libvirt(e) => e.kind(),
+            HostError::Domcaps(_) => ErrorKind::Failed,
+        }
+    }
+}
+
+/// This host's MemAvailable (the kernel's estimate of what it can give without
+/// swapping), in bytes; 0 when unknown.
+pub fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|k| k * 1024)
+        .unwrap_or(0)
 }
 
 /// The QEMU binary the KVM probe runs.
@@ -75,9 +99,11 @@ pub fn check_inputs(lv: Result<&Libvirt, String>, uri: &str) -> phyllome_host::c
     let libvirt = lv
         .clone()
         .and_then(|lv| lv.versions().map(|(libvirt, qemu)| Versions { libvirt, qemu }).map_err(|e| e.message.clone()));
-    let migrations = lv.as_ref().ok().map(|lv| crate::migrate::unsettled(lv));
-    let pool_path =
-        lv.ok().and_then(|lv| lv.pool_path(crate::POOL).ok().flatten()).unwrap_or_else(|| crate::POOL_PATH.into());
+    let migrations = lv.as_ref().ok().map(|lv| crate::op::moves::unsettled(lv));
+    let pool_path = lv
+        .ok()
+        .and_then(|lv| lv.pool_path(crate::POOL).ok().flatten())
+        .unwrap_or_else(|| crate::paths::POOL_PATH.into());
     // The probe boots a tiny guest under KVM for a few seconds at most, once per boot.
     let kvm_probe = if Path::new("/dev/kvm").exists() {
         qemu_binary().map(|qemu| kvm::probe_cached(&qemu, &phyllome_host::facts::read_firmware(Path::new("/"))))
