@@ -43,7 +43,7 @@ tests() {
 
 if $pure; then
     tests --workspace --lib --bins
-    tests -p phyllome-model -p phyllome-host -p phyllome-disk -p phyllome-system --test '*'
+    tests -p phyllome-model -p phyllome-host -p phyllome-disk -p phyllome-system -p phyllome-engine --test '*'
     tests -p phyllome --test pure
 else
     ./scripts/setup.sh --kvm-aside-if-broken

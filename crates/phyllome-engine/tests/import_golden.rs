@@ -3,7 +3,7 @@
 //! `fixtures/golden/import/OS/HOST.xml` (the domain that host gets) and
 //! `HOST.explain` (what changed against the exporting host, and why), or
 //! `HOST.err` when the host cannot run it (with the package to install).
-//! Regenerate on purpose with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome --test pure import_golden`.
+//! Regenerate on purpose with `PHYLLOME_REGENERATE_GOLDEN=1 cargo test -p phyllome-engine --test import_golden`.
 
 use phyllome_engine::manifest::Manifest;
 use phyllome_engine::retune::{changes, plan_on, render_changes, request_for, SavedChoice};
