@@ -161,7 +161,14 @@ pub(super) async fn upload_media(
     let added = tokio::task::spawn_blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
         let never = std::sync::atomic::AtomicBool::new(false);
-        phyllome_engine::media::iso_dir::receive(&dir, &name, Some(len), &mut sync, &never, &phyllome_engine::op::progress::quiet)
+        phyllome_engine::media::iso_dir::receive(
+            &dir,
+            &name,
+            Some(len),
+            &mut sync,
+            &never,
+            &phyllome_engine::op::progress::quiet,
+        )
     })
     .await
     .map_err(|_| ApiError::internal("the upload's worker failed"))??;
@@ -178,7 +185,8 @@ pub(super) async fn delete_media(
 ) -> ApiResult<Json<serde_json::Value>> {
     who_did(&who, "remove medium", &name);
     let path =
-        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?)).await?;
+        blocking(&app, move |app, lv| Ok(phyllome_engine::media::iso_dir::remove(lv, &app.config.media_dir, &name)?))
+            .await?;
     Ok(Json(serde_json::json!({ "removed": path })))
 }
 
